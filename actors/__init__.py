@@ -1,0 +1,1 @@
+"""Thespian actors of the message queue: Supervisor, ChannelActor, Timer, and the pure batching core."""

@@ -1,0 +1,358 @@
+"""The batching rules of one channel, as a pure state machine.
+
+No Thespian, Redis or clock inside: every method that depends on time takes ``now`` (seconds on any
+monotonic clock) and returns the effects the caller must carry out. The shell (``ChannelActor``, tests)
+reads :attr:`ChannelCore.deadline` after each call and calls :meth:`ChannelCore.tick` when it is reached.
+
+Rules:
+    * Messages join the channel's open batch. A batch closes when no message arrived for ``window`` seconds
+      (the window slides with each message), when it holds ``max_batch_size`` messages (at once), or when
+      its first message is ``max_wait`` seconds old (if set). Settings are fixed when a batch opens.
+    * With batching off, each message becomes its own item (after the open batch, if any, is closed).
+    * Closed batches join a FIFO. With a processor attached, exactly one item is in flight at a time; the
+      next is delivered only after the processor's done/failed reply or a cancel.
+    * Enqueue-front puts an item at the head of the FIFO, behind the item in flight.
+    * Cancel abandons the in-flight item and delivers the next; clear discards the FIFO (not the open batch,
+      not the item in flight); stop cancels the in-flight item and detaches the processor.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from protocol.errors import InvalidInput, ProtocolViolation
+from protocol.values import (
+    BatchSettings,
+    ChannelStatistics,
+    FlushReason,
+    MessageBatch,
+    Payload,
+    QueuedMessage,
+    QueueItem,
+)
+
+
+class ChannelState(enum.Enum):
+    """Where the channel stands towards its processor."""
+
+    DETACHED = "detached"  # no processor: finished items wait
+    IDLE = "idle"  # a processor is attached and nothing is in flight
+    BUSY = "busy"  # one item is with the processor
+
+
+# -- effects ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAdded:
+    """A message joined the open batch (which now holds ``batch_size`` messages)."""
+
+    message: QueuedMessage
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemQueued:
+    """An item entered the FIFO: at its tail (a closed batch or unbatched message) or at its head (front)."""
+
+    item: QueueItem
+    reason: FlushReason
+    lateness: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Hand ``item`` to the processor under ``delivery_id``."""
+
+    item: QueueItem
+    delivery_id: int
+    reason: FlushReason
+    lateness: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryCancelled:
+    """The in-flight delivery was abandoned; tell the processor."""
+
+    item: QueueItem
+    delivery_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFinished:
+    """The processor answered the delivery; ``error`` is None on success."""
+
+    item: QueueItem
+    delivery_id: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCleared:
+    """The waiting items were discarded."""
+
+    items: tuple[QueueItem, ...]
+
+
+Effect = Union[MessageAdded, ItemQueued, Deliver, DeliveryCancelled, DeliveryFinished, QueueCleared]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    item: QueueItem
+    reason: FlushReason
+    lateness: float
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    batch: MessageBatch
+    settings: BatchSettings
+    opened_at: float
+    last_at: float
+
+    @property
+    def deadline(self) -> float:
+        due = self.last_at + self.settings.window
+        if self.settings.max_wait is not None:
+            return min(due, self.opened_at + self.settings.max_wait)
+        return due
+
+    def timed_reason(self) -> FlushReason:
+        cap = self.settings.max_wait
+        if cap is not None and self.opened_at + cap <= self.last_at + self.settings.window:
+            return FlushReason.MAX_WAIT
+        return FlushReason.WINDOW
+
+
+def _new_item_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ChannelCore:
+    """Batching state of one channel. Not thread-safe; one owner calls it."""
+
+    __slots__ = (
+        "channel_id",
+        "_settings",
+        "_new_id",
+        "_open",
+        "_fifo",
+        "_attached",
+        "_in_flight",
+        "_last_delivery_id",
+        "_processed",
+        "_cancelled",
+        "_failed",
+    )
+
+    def __init__(
+        self,
+        channel_id: str,
+        settings: BatchSettings | None = None,
+        *,
+        new_id: Callable[[], str] = _new_item_id,
+        processed: int = 0,
+        cancelled: int = 0,
+        failed: int = 0,
+    ) -> None:
+        self.channel_id = channel_id
+        self._settings = settings or BatchSettings()
+        self._new_id = new_id
+        self._open: _OpenBatch | None = None
+        self._fifo: deque[_Waiting] = deque()
+        self._attached = False
+        self._in_flight: tuple[int, QueueItem] | None = None
+        self._last_delivery_id = 0
+        self._processed = processed
+        self._cancelled = cancelled
+        self._failed = failed
+
+    # -- queries ----------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ChannelState:
+        if not self._attached:
+            return ChannelState.DETACHED
+        return ChannelState.BUSY if self._in_flight is not None else ChannelState.IDLE
+
+    @property
+    def settings(self) -> BatchSettings:
+        """The settings the next batch will open with."""
+        return self._settings
+
+    @property
+    def deadline(self) -> float | None:
+        """When the open batch must close (None when no batch is open)."""
+        return self._open.deadline if self._open is not None else None
+
+    @property
+    def in_flight(self) -> tuple[int, QueueItem] | None:
+        """The delivery id and item with the processor, if any."""
+        return self._in_flight
+
+    @property
+    def open_batch(self) -> MessageBatch | None:
+        return self._open.batch if self._open is not None else None
+
+    def waiting(self) -> tuple[QueueItem, ...]:
+        """The finished items waiting for the processor, head first."""
+        return tuple(w.item for w in self._fifo)
+
+    @property
+    def is_quiescent(self) -> bool:
+        """True when nothing is open, waiting or in flight: the channel holds no work."""
+        return self._open is None and not self._fifo and self._in_flight is None
+
+    def statistics(self) -> ChannelStatistics:
+        return ChannelStatistics(
+            channel_id=self.channel_id,
+            queued=len(self._fifo),
+            open_batch_size=self._open.batch.size if self._open is not None else 0,
+            in_flight=self._in_flight is not None,
+            processed=self._processed,
+            cancelled=self._cancelled,
+            failed=self._failed,
+            has_processor=self._attached,
+        )
+
+    # -- events -----------------------------------------------------------------------------------------
+
+    def configure(self, settings: BatchSettings) -> None:
+        """Use ``settings`` from the next batch on; the open batch keeps the settings it opened with."""
+        self._settings = settings
+
+    def enqueue(self, msg: QueuedMessage, now: float) -> list[Effect]:
+        """Add ``msg`` to the open batch (opening one if needed), closing batches that are due or full."""
+        if msg.channel_id != self.channel_id:
+            raise InvalidInput(
+                f"message for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
+            )
+        effects: list[Effect] = []
+        current = self._open
+        if current is not None and now >= current.deadline:
+            self._close(current.timed_reason(), now, effects)
+            current = None
+        if not self._settings.batching:
+            if current is not None:
+                self._close(FlushReason.SETTINGS, now, effects)
+            self._push_tail(QueueItem(self._new_id(), self.channel_id, msg), FlushReason.UNBATCHED, 0.0, effects)
+            self._deliver_next(effects)
+            return effects
+        if current is None:
+            current = self._open = _OpenBatch(MessageBatch(), self._settings, now, now)
+        current.batch.add(msg, msg.queued_at)
+        current.last_at = now
+        effects.append(MessageAdded(msg, current.batch.size))
+        if current.batch.size >= current.settings.max_batch_size:
+            self._close(FlushReason.FULL, now, effects)
+        self._deliver_next(effects)
+        return effects
+
+    def tick(self, now: float) -> list[Effect]:
+        """Close the open batch if its deadline has passed."""
+        effects: list[Effect] = []
+        current = self._open
+        if current is not None and now >= current.deadline:
+            self._close(current.timed_reason(), now, effects)
+            self._deliver_next(effects)
+        return effects
+
+    def enqueue_front(self, payload: Payload, now: float) -> list[Effect]:
+        """Put ``payload`` at the head of the FIFO, behind the item in flight."""
+        if isinstance(payload, MessageBatch) and not payload.messages:
+            raise InvalidInput("enqueue_front needs a non-empty batch")
+        if payload.channel_id != self.channel_id:
+            raise InvalidInput(
+                f"item for channel {payload.channel_id!r} sent to channel {self.channel_id!r}"
+            )
+        item = QueueItem(self._new_id(), self.channel_id, payload)
+        self._fifo.appendleft(_Waiting(item, FlushReason.FRONT, 0.0))
+        effects: list[Effect] = [ItemQueued(item, FlushReason.FRONT, 0.0)]
+        self._deliver_next(effects)
+        return effects
+
+    def attach(self) -> list[Effect]:
+        """A processor is ready: deliver the head item if nothing is in flight. Idempotent."""
+        self._attached = True
+        effects: list[Effect] = []
+        self._deliver_next(effects)
+        return effects
+
+    def finish(self, delivery_id: int, error: str | None = None) -> list[Effect]:
+        """The processor answered ``delivery_id`` (``error`` set when it failed); deliver the next item.
+
+        A reply for a delivery that was already cancelled is ignored (no effects).
+
+        Raises:
+            ProtocolViolation: if ``delivery_id`` was never issued by this channel.
+        """
+        if delivery_id > self._last_delivery_id or delivery_id < 1:
+            raise ProtocolViolation(
+                f"reply for delivery {delivery_id} in state {self.state.value}: "
+                f"channel {self.channel_id!r} issued deliveries 1..{self._last_delivery_id}"
+            )
+        flight = self._in_flight
+        if flight is None or flight[0] != delivery_id:
+            return []
+        self._in_flight = None
+        self._processed += 1
+        if error is not None:
+            self._failed += 1
+        effects: list[Effect] = [DeliveryFinished(flight[1], delivery_id, error)]
+        self._deliver_next(effects)
+        return effects
+
+    def cancel_current(self) -> tuple[bool, list[Effect]]:
+        """Abandon the in-flight item and deliver the next; False when nothing was in flight."""
+        effects: list[Effect] = []
+        cancelled = self._cancel(effects)
+        self._deliver_next(effects)
+        return cancelled, effects
+
+    def clear(self) -> tuple[int, list[Effect]]:
+        """Discard every waiting item; return how many."""
+        items = tuple(w.item for w in self._fifo)
+        self._fifo.clear()
+        return len(items), ([QueueCleared(items)] if items else [])
+
+    def stop(self) -> tuple[bool, list[Effect]]:
+        """Cancel the in-flight item and detach the processor; waiting items and the open batch stay."""
+        effects: list[Effect] = []
+        cancelled = self._cancel(effects)
+        self._attached = False
+        return cancelled, effects
+
+    # -- transitions ------------------------------------------------------------------------------------
+
+    def _cancel(self, effects: list[Effect]) -> bool:
+        flight = self._in_flight
+        if flight is None:
+            return False
+        self._in_flight = None
+        self._cancelled += 1
+        effects.append(DeliveryCancelled(flight[1], flight[0]))
+        return True
+
+    def _close(self, reason: FlushReason, now: float, effects: list[Effect]) -> None:
+        current = self._open
+        assert current is not None
+        self._open = None
+        lateness = 0.0 if reason is FlushReason.FULL else max(0.0, now - current.deadline)
+        self._push_tail(QueueItem(self._new_id(), self.channel_id, current.batch), reason, lateness, effects)
+
+    def _push_tail(self, item: QueueItem, reason: FlushReason, lateness: float, effects: list[Effect]) -> None:
+        self._fifo.append(_Waiting(item, reason, lateness))
+        effects.append(ItemQueued(item, reason, lateness))
+
+    def _deliver_next(self, effects: list[Effect]) -> None:
+        if not self._attached or self._in_flight is not None or not self._fifo:
+            return
+        head = self._fifo.popleft()
+        self._last_delivery_id += 1
+        self._in_flight = (self._last_delivery_id, head.item)
+        effects.append(Deliver(head.item, self._last_delivery_id, head.reason, head.lateness))

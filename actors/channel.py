@@ -1,0 +1,233 @@
+"""ChannelActor: one per active channel, a thin shell over the pure batching core.
+
+It turns protocol messages into :class:`ChannelCore` calls and the core's effects into sends: items to the
+processor, deadlines to the shared :class:`~actors.timer.Timer` (at most one pending wake per purpose), and a
+``Passivate`` offer to the Supervisor once it has held no work for ``idle_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+
+from actors.base import Dispatcher
+from actors.batching import (
+    ChannelCore,
+    Deliver,
+    DeliveryCancelled,
+    DeliveryFinished,
+    Effect,
+)
+from actors.internal import (
+    AttachProcessor,
+    ChannelInit,
+    Gathered,
+    Passivate,
+    Routed,
+    ScheduleWake,
+    Wake,
+    WakeKind,
+)
+from protocol.errors import ProtocolViolation
+from protocol.messages import (
+    BatchReady,
+    CancelCurrent,
+    Cancelled,
+    CancelProcessing,
+    ChannelConfigured,
+    ChannelStopped,
+    Clear,
+    Cleared,
+    ConfigureChannel,
+    Enqueue,
+    EnqueueFront,
+    EnqueueMany,
+    GetStatistics,
+    ProcessingDone,
+    ProcessingFailed,
+    Statistics,
+    StopChannel,
+)
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+log = logging.getLogger(__name__)
+
+
+class ChannelActor(Dispatcher):
+    """Holds one channel's open batch, deadline and FIFO; keeps one item in flight to the processor."""
+
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._core: ChannelCore | None = None
+        self._timer: Optional[ActorAddress] = None
+        self._supervisor: Optional[ActorAddress] = None
+        self._processor: Optional[ActorAddress] = None
+        self._flight_processor: Optional[ActorAddress] = None
+        self._idle_timeout = 60.0
+        self._received = 0  # messages from the Supervisor, for the passivation handshake
+        self._deadline_wake: float | None = None
+        self._idle_wake: float | None = None
+        self._last_activity = 0.0
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    def receiveMsg_ChannelInit(self, msg: ChannelInit, sender: ActorAddress) -> None:
+        self._received += 1
+        self._supervisor = sender
+        self._timer = msg.timer
+        self._idle_timeout = msg.idle_timeout
+        self._core = ChannelCore(
+            msg.channel_id, msg.settings, processed=msg.processed, cancelled=msg.cancelled, failed=msg.failed
+        )
+        self._processor = msg.processor
+        effects = self._core.attach() if msg.processor is not None else []
+        self._settle(effects)
+
+    def receiveMsg_AttachProcessor(self, msg: AttachProcessor, sender: ActorAddress) -> None:
+        self._received += 1
+        self._processor = msg.processor
+        self._settle(self._channel.attach())
+
+    # -- inbound messages ----------------------------------------------------------------------------------
+
+    def receiveMsg_Enqueue(self, msg: Enqueue, sender: ActorAddress) -> None:
+        self._received += 1
+        self._settle(self._channel.enqueue(msg.message, self.clock()))
+
+    def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
+        self._received += 1
+        core = self._channel
+        effects: list[Effect] = []
+        for message in msg.messages:
+            effects += core.enqueue(message, self.clock())
+        self._settle(effects)
+
+    def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
+        self._received += 1
+        self._settle(self._channel.enqueue_front(msg.payload, self.clock()))
+
+    # -- processor replies -------------------------------------------------------------------------------
+
+    def receiveMsg_ProcessingDone(self, msg: ProcessingDone, sender: ActorAddress) -> None:
+        self._finish(msg.delivery_id, None, sender)
+
+    def receiveMsg_ProcessingFailed(self, msg: ProcessingFailed, sender: ActorAddress) -> None:
+        self._finish(msg.delivery_id, msg.error or "failed", sender)
+
+    def _finish(self, delivery_id: int, error: str | None, sender: ActorAddress) -> None:
+        if sender == self._supervisor:
+            self._received += 1
+        try:
+            effects = self._channel.finish(delivery_id, error)
+        except ProtocolViolation as exc:
+            log.warning("channel %r ignored a reply from %s: %s", self._channel.channel_id, sender, exc)
+            return
+        self._settle(effects)
+
+    # -- commands routed by the Supervisor ---------------------------------------------------------------
+
+    def receiveMsg_Routed(self, msg: Routed, sender: ActorAddress) -> None:
+        self._received += 1
+        core = self._channel
+        command = msg.command
+        effects: list[Effect] = []
+        reply: object
+        if isinstance(command, CancelCurrent):
+            cancelled, effects = core.cancel_current()
+            reply = Cancelled(core.channel_id, cancelled)
+        elif isinstance(command, Clear):
+            removed, effects = core.clear()
+            reply = Cleared(core.channel_id, removed)
+        elif isinstance(command, StopChannel):
+            cancelled, effects = core.stop()
+            self._processor = None
+            reply = ChannelStopped(core.channel_id, cancelled)
+        elif isinstance(command, ConfigureChannel):
+            core.configure(command.settings)
+            reply = ChannelConfigured(core.channel_id)
+        elif isinstance(command, GetStatistics):
+            reply = Statistics((core.statistics(),))
+        else:  # pragma: no cover - Routed only carries the commands above
+            raise TypeError(f"cannot route {type(command).__name__}")
+        self._settle(effects)
+        self.send(msg.reply_to, Gathered(msg.gather, reply) if msg.gather else reply)
+
+    # -- time --------------------------------------------------------------------------------------------
+
+    def receiveMsg_Wake(self, msg: Wake, sender: ActorAddress) -> None:
+        now = self.clock()
+        if msg.kind is WakeKind.DEADLINE:
+            if msg.at == self._deadline_wake:
+                self._deadline_wake = None
+            self._settle(self._channel.tick(now), active=False)
+            return
+        if msg.at == self._idle_wake:
+            self._idle_wake = None
+        core = self._channel
+        if not core.is_quiescent:
+            return
+        idle_until = self._last_activity + self._idle_timeout
+        if now >= idle_until:
+            stats = core.statistics()
+            assert self._supervisor is not None
+            self.send(
+                self._supervisor,
+                Passivate(core.channel_id, self._received, stats.processed, stats.cancelled, stats.failed),
+            )
+        else:
+            self._schedule_idle(idle_until)
+
+    # -- effects -----------------------------------------------------------------------------------------
+
+    @property
+    def _channel(self) -> ChannelCore:
+        if self._core is None:
+            raise RuntimeError("ChannelActor used before ChannelInit")
+        return self._core
+
+    def _settle(self, effects: list[Effect], active: bool = True) -> None:
+        """Carry out the core's effects, then re-arm the deadline and idle wakes as needed."""
+        core = self._channel
+        for effect in effects:
+            if isinstance(effect, Deliver):
+                assert self._processor is not None
+                self._flight_processor = self._processor
+                self.send(
+                    self._processor,
+                    BatchReady(
+                        core.channel_id, effect.item, effect.delivery_id, effect.reason.value, effect.lateness
+                    ),
+                )
+            elif isinstance(effect, DeliveryCancelled):
+                if self._flight_processor is not None:
+                    self.send(self._flight_processor, CancelProcessing(core.channel_id, effect.delivery_id))
+            elif isinstance(effect, DeliveryFinished) and effect.error is not None:
+                log.warning(
+                    "channel %r: processor failed item %s (%d messages): %s",
+                    core.channel_id,
+                    effect.item.item_id,
+                    effect.item.size,
+                    effect.error,
+                )
+        deadline = core.deadline
+        if deadline is not None and (self._deadline_wake is None or deadline < self._deadline_wake):
+            self._deadline_wake = deadline
+            self._send_timer(ScheduleWake(deadline, WakeKind.DEADLINE))
+        now = self.clock()
+        if active:
+            self._last_activity = now
+        if core.is_quiescent and self._idle_wake is None:
+            self._schedule_idle(self._last_activity + self._idle_timeout)
+
+    def _schedule_idle(self, at: float) -> None:
+        self._idle_wake = at
+        self._send_timer(ScheduleWake(at, WakeKind.IDLE))
+
+    def _send_timer(self, request: ScheduleWake) -> None:
+        assert self._timer is not None
+        self.send(self._timer, request)

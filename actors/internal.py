@@ -1,0 +1,107 @@
+"""Messages that pass only between this project's own actors. Not a public interface."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Union
+
+from protocol.messages import (
+    CancelCurrent,
+    Clear,
+    ConfigureChannel,
+    GetStatistics,
+    StopChannel,
+)
+from protocol.values import BatchSettings
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureSystem:
+    """Launcher -> Supervisor: default batch settings and the idle time after which a channel passivates.
+    Reply ``SystemConfigured``."""
+
+    settings: BatchSettings
+    idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SystemConfigured:
+    """Supervisor -> launcher."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInit:
+    """Supervisor -> new ChannelActor (its first message): who it is and whom it talks to."""
+
+    channel_id: str
+    settings: BatchSettings
+    timer: "ActorAddress"
+    processor: Optional["ActorAddress"]
+    idle_timeout: float
+    processed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AttachProcessor:
+    """Supervisor -> ChannelActor: deliver to ``processor`` from now on."""
+
+    processor: "ActorAddress"
+
+
+ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics]
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Supervisor -> ChannelActor: a command whose reply goes to ``reply_to``; wrapped in ``Gathered`` with
+    ``gather`` when that is not 0."""
+
+    command: ChannelCommand
+    reply_to: "ActorAddress"
+    gather: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    """ChannelActor -> Supervisor: one answer of a scatter-gather request."""
+
+    gather: int
+    reply: object
+
+
+@dataclass(frozen=True, slots=True)
+class Passivate:
+    """ChannelActor -> Supervisor: idle with no work; may be stopped if it has seen every routed message."""
+
+    channel_id: str
+    received: int
+    processed: int
+    cancelled: int
+    failed: int
+
+
+class WakeKind(enum.Enum):
+    DEADLINE = "deadline"
+    IDLE = "idle"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleWake:
+    """ChannelActor -> Timer: send me ``Wake`` when the monotonic clock reaches ``at``."""
+
+    at: float
+    kind: WakeKind
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Timer -> ChannelActor: the time ``at`` it asked for has come."""
+
+    at: float
+    kind: WakeKind

@@ -1,0 +1,341 @@
+"""Supervisor: the system's front door, registered under the global name ``SUPERVISOR_NAME``.
+
+It validates commands at the edge, spawns one :class:`ChannelActor` per active channel on demand, routes
+each command to its channel, keeps processor registrations and per-channel settings (so a passivated channel
+comes back as it was), and owns the shared :class:`Timer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
+
+from actors.base import Dispatcher
+from actors.channel import ChannelActor
+from actors.internal import (
+    AttachProcessor,
+    ChannelCommand,
+    ChannelInit,
+    ConfigureSystem,
+    Gathered,
+    Passivate,
+    Routed,
+    SystemConfigured,
+)
+from actors.timer import Timer
+from protocol.errors import InvalidInput
+from protocol.limits import validate_channel_id, validate_message
+from protocol.messages import (
+    CancelCurrent,
+    Cancelled,
+    ChannelConfigured,
+    ChannelStopped,
+    Clear,
+    Cleared,
+    ConfigureChannel,
+    Enqueue,
+    Enqueued,
+    EnqueueFront,
+    EnqueueMany,
+    GetStatistics,
+    ProcessingDone,
+    ProcessingFailed,
+    ProcessingStarted,
+    Rejected,
+    StartProcessing,
+    Statistics,
+    StopChannel,
+)
+from protocol.values import BatchSettings, ChannelStatistics, MessageBatch, QueuedMessage
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Gather:
+    reply_to: ActorAddress
+    remaining: int
+    snapshots: list[ChannelStatistics] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Route:
+    address: ActorAddress
+    sent: int = 0  # messages sent to the channel actor, for the passivation handshake
+
+
+class Supervisor(Dispatcher):
+    """Routes commands by channel and keeps what must outlive a passivated ChannelActor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settings = BatchSettings()
+        self._idle_timeout = 60.0
+        self._timer: Optional[ActorAddress] = None
+        self._routes: dict[str, _Route] = {}
+        self._overrides: dict[str, BatchSettings] = {}
+        self._processors: dict[str, ActorAddress] = {}
+        self._default_processor: Optional[ActorAddress] = None
+        self._stopped: set[str] = set()
+        self._retired: dict[str, tuple[int, int, int]] = {}  # processed, cancelled, failed
+        self._gathers: dict[int, _Gather] = {}
+        self._gather_seq = 0
+
+    # -- configuration -----------------------------------------------------------------------------------
+
+    def receiveMsg_ConfigureSystem(self, msg: ConfigureSystem, sender: ActorAddress) -> None:
+        if not isinstance(msg.settings, BatchSettings):
+            self._reject(msg, "", InvalidInput("settings must be a BatchSettings"), sender)
+            return
+        if not msg.idle_timeout > 0:
+            self._reject(msg, "", InvalidInput(f"idle_timeout must be > 0, got {msg.idle_timeout!r}"), sender)
+            return
+        self._settings = msg.settings
+        self._idle_timeout = msg.idle_timeout
+        self.send(sender, SystemConfigured())
+
+    def receiveMsg_StartProcessing(self, msg: StartProcessing, sender: ActorAddress) -> None:
+        processor = msg.processor if msg.processor is not None else sender
+        if msg.channel_id == "":
+            self._default_processor = processor
+            for channel_id in self._routes:
+                if channel_id not in self._processors and channel_id not in self._stopped:
+                    self._send_channel(channel_id, AttachProcessor(processor))
+        else:
+            if not self._valid_channel(msg, msg.channel_id, sender):
+                return
+            self._processors[msg.channel_id] = processor
+            self._stopped.discard(msg.channel_id)
+            if msg.channel_id in self._routes:
+                self._send_channel(msg.channel_id, AttachProcessor(processor))
+        self.send(sender, ProcessingStarted(msg.channel_id))
+
+    # -- messages ----------------------------------------------------------------------------------------
+
+    def receiveMsg_Enqueue(self, msg: Enqueue, sender: ActorAddress) -> None:
+        try:
+            message = validate_message(msg.message)
+        except InvalidInput as exc:
+            self._reject(msg, _channel_of(msg.message), exc, sender, reply=msg.ack)
+            return
+        self._send_channel(message.channel_id, Enqueue(message) if msg.ack else msg)
+        if msg.ack:
+            self.send(sender, Enqueued(1))
+
+    def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
+        if not isinstance(msg.messages, (tuple, list)):
+            self._reject(msg, "", InvalidInput("messages must be a tuple of QueuedMessage"), sender, msg.ack)
+            return
+        groups: dict[str, list[QueuedMessage]] = {}
+        for message in msg.messages:
+            try:
+                validate_message(message)
+            except InvalidInput as exc:
+                self._reject(msg, _channel_of(message), exc, sender, reply=msg.ack)
+                continue
+            groups.setdefault(message.channel_id, []).append(message)
+        accepted = 0
+        for channel_id, messages in groups.items():
+            accepted += len(messages)
+            self._send_channel(channel_id, EnqueueMany(tuple(messages)))
+        if msg.ack:
+            self.send(sender, Enqueued(accepted))
+
+    def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
+        try:
+            channel_id = _validate_payload(msg.payload)
+        except InvalidInput as exc:
+            self._reject(msg, _channel_of(msg.payload), exc, sender, reply=msg.ack)
+            return
+        self._send_channel(channel_id, EnqueueFront(msg.payload) if msg.ack else msg)
+        if msg.ack:
+            self.send(sender, Enqueued(1))
+
+    # -- channel commands ----------------------------------------------------------------------------------
+
+    def receiveMsg_CancelCurrent(self, msg: CancelCurrent, sender: ActorAddress) -> None:
+        self._command(msg, sender, Cancelled(msg.channel_id, False))
+
+    def receiveMsg_Clear(self, msg: Clear, sender: ActorAddress) -> None:
+        self._command(msg, sender, Cleared(msg.channel_id, 0))
+
+    def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
+        if not self._valid_channel(msg, msg.channel_id, sender):
+            return
+        self._processors.pop(msg.channel_id, None)
+        self._stopped.add(msg.channel_id)
+        self._command(msg, sender, ChannelStopped(msg.channel_id, False))
+
+    def receiveMsg_ConfigureChannel(self, msg: ConfigureChannel, sender: ActorAddress) -> None:
+        if not isinstance(msg.settings, BatchSettings):
+            self._reject(msg, str(msg.channel_id), InvalidInput("settings must be a BatchSettings"), sender)
+            return
+        if not self._valid_channel(msg, msg.channel_id, sender):
+            return
+        self._overrides[msg.channel_id] = msg.settings
+        self._command(msg, sender, ChannelConfigured(msg.channel_id))
+
+    def receiveMsg_GetStatistics(self, msg: GetStatistics, sender: ActorAddress) -> None:
+        if msg.channel_id:
+            self._command(msg, sender, Statistics((self._idle_statistics(msg.channel_id),)))
+            return
+        if not self._routes:
+            self.send(sender, Statistics(()))
+            return
+        self._gather_seq += 1
+        self._gathers[self._gather_seq] = _Gather(sender, len(self._routes))
+        for channel_id in self._routes:
+            self._send_channel(channel_id, Routed(msg, self.myAddress, self._gather_seq))
+
+    def receiveMsg_Gathered(self, msg: Gathered, sender: ActorAddress) -> None:
+        gather = self._gathers.get(msg.gather)
+        if gather is None:
+            log.warning("Supervisor got an answer for unknown request %d", msg.gather)
+            return
+        assert isinstance(msg.reply, Statistics)
+        gather.snapshots.extend(msg.reply.channels)
+        gather.remaining -= 1
+        if gather.remaining == 0:
+            del self._gathers[msg.gather]
+            snapshots = sorted(gather.snapshots, key=lambda s: s.channel_id)
+            self.send(gather.reply_to, Statistics(tuple(snapshots)))
+
+    # -- processor replies sent here rather than to the channel --------------------------------------------
+
+    def receiveMsg_ProcessingDone(self, msg: ProcessingDone, sender: ActorAddress) -> None:
+        self._forward_reply(msg, sender)
+
+    def receiveMsg_ProcessingFailed(self, msg: ProcessingFailed, sender: ActorAddress) -> None:
+        self._forward_reply(msg, sender)
+
+    def _forward_reply(self, msg: ProcessingDone | ProcessingFailed, sender: ActorAddress) -> None:
+        if msg.channel_id in self._routes:
+            self._send_channel(msg.channel_id, msg)
+        else:
+            log.warning("reply for delivery %s of idle channel %r ignored", msg.delivery_id, msg.channel_id)
+
+    # -- channel life cycle --------------------------------------------------------------------------------
+
+    def receiveMsg_Passivate(self, msg: Passivate, sender: ActorAddress) -> None:
+        route = self._routes.get(msg.channel_id)
+        if route is None or route.address != sender or route.sent != msg.received:
+            return  # it has been sent more since; it will offer again when idle
+        del self._routes[msg.channel_id]
+        self._retired[msg.channel_id] = (msg.processed, msg.cancelled, msg.failed)
+        self.send(sender, ActorExitRequest())
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
+        if msg.childAddress == self._timer:
+            log.error("the Timer exited; starting a new one for channels created from now on")
+            self._timer = None
+            return
+        for channel_id, route in list(self._routes.items()):
+            if route.address == msg.childAddress:
+                log.error("ChannelActor of %r exited unexpectedly; its in-memory work is lost", channel_id)
+                del self._routes[channel_id]
+
+    def receiveUnrecognizedMessage(self, msg: object, sender: ActorAddress) -> None:
+        if isinstance(msg, ActorSystemMessage):
+            return
+        log.warning("Supervisor rejected an unknown %s from %s", type(msg).__name__, sender)
+        self.send(sender, Rejected(type(msg).__name__, "", "UnknownMessage", "not a message_queue command"))
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _command(self, msg: ChannelCommand, sender: ActorAddress, idle_reply: object) -> None:
+        """Route ``msg`` to its live channel, or answer for an idle channel with ``idle_reply``."""
+        if not self._valid_channel(msg, msg.channel_id, sender):
+            return
+        if msg.channel_id in self._routes:
+            self._send_channel(msg.channel_id, Routed(msg, sender))
+        else:
+            self.send(sender, idle_reply)
+
+    def _valid_channel(self, msg: object, channel_id: object, sender: ActorAddress) -> bool:
+        try:
+            validate_channel_id(channel_id)
+        except InvalidInput as exc:
+            self._reject(msg, _printable(channel_id), exc, sender)
+            return False
+        return True
+
+    def _send_channel(self, channel_id: str, msg: object) -> None:
+        route = self._routes.get(channel_id)
+        if route is None:
+            route = self._routes[channel_id] = _Route(self.createActor(ChannelActor))
+            processed, cancelled, failed = self._retired.pop(channel_id, (0, 0, 0))
+            self.send(
+                route.address,
+                ChannelInit(
+                    channel_id,
+                    self._overrides.get(channel_id, self._settings),
+                    self._timer_address(),
+                    self._processor_for(channel_id),
+                    self._idle_timeout,
+                    processed,
+                    cancelled,
+                    failed,
+                ),
+            )
+            route.sent += 1
+        self.send(route.address, msg)
+        route.sent += 1
+
+    def _processor_for(self, channel_id: str) -> Optional[ActorAddress]:
+        if channel_id in self._stopped:
+            return None
+        return self._processors.get(channel_id, self._default_processor)
+
+    def _timer_address(self) -> ActorAddress:
+        if self._timer is None:
+            self._timer = self.createActor(Timer)
+        return self._timer
+
+    def _idle_statistics(self, channel_id: str) -> ChannelStatistics:
+        processed, cancelled, failed = self._retired.get(channel_id, (0, 0, 0))
+        return ChannelStatistics(
+            channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None
+        )
+
+    def _reject(
+        self, msg: object, channel_id: str, exc: Exception, sender: ActorAddress, reply: bool = True
+    ) -> None:
+        if reply:
+            self.send(sender, Rejected(type(msg).__name__, channel_id, type(exc).__name__, str(exc)))
+        else:
+            log.warning("rejected %s for channel %r: %s", type(msg).__name__, channel_id, exc)
+
+
+def _printable(channel_id: object) -> str:
+    return channel_id[:256] if isinstance(channel_id, str) else ""
+
+
+def _channel_of(value: object) -> str:
+    try:
+        return _printable(getattr(value, "channel_id", ""))
+    except ValueError:  # an empty MessageBatch has no channel
+        return ""
+
+
+def _validate_payload(payload: object) -> str:
+    """Check an enqueue-front payload and return its channel id."""
+    if isinstance(payload, QueuedMessage):
+        return validate_message(payload).channel_id
+    if not isinstance(payload, MessageBatch):
+        raise InvalidInput(f"payload must be a QueuedMessage or MessageBatch, got {type(payload).__name__}")
+    if not payload.messages:
+        raise InvalidInput("payload batch must not be empty")
+    channel_id = payload.messages[0].channel_id
+    for message in payload.messages:
+        validate_message(message)
+        if message.channel_id != channel_id:
+            raise InvalidInput(
+                f"a batch holds one channel: got {message.channel_id!r} after {channel_id!r}"
+            )
+    return channel_id

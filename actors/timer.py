@@ -1,0 +1,60 @@
+"""One timer for every channel: a heap of deadlines and a single armed Thespian wakeup.
+
+Thespian wakeups cannot be cancelled and, on simpleSystemBase, every send scans all pending wakeups; so
+channels never call ``wakeupAfter`` themselves. They send ``ScheduleWake`` here and get ``Wake`` back. At most
+a few Thespian wakeups are pending at any time, whatever the number of channels.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from thespian.actors import WakeupMessage
+
+from actors.base import Dispatcher
+from actors.internal import ScheduleWake, Wake
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+# A wakeup already armed this close to a new deadline serves it too.
+_ARM_TOLERANCE = 0.0005
+
+
+class Timer(Dispatcher):
+    """Sends each ``ScheduleWake`` sender a ``Wake`` when its time comes, in deadline order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._heap: list[tuple[float, int, ActorAddress, ScheduleWake]] = []
+        self._seq = itertools.count()
+        self._armed: list[float] = []  # times of the Thespian wakeups still pending, a small heap
+
+    def receiveMsg_ScheduleWake(self, msg: ScheduleWake, sender: ActorAddress) -> None:
+        heapq.heappush(self._heap, (msg.at, next(self._seq), sender, msg))
+        self._arm()
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
+        at = msg.payload
+        if at in self._armed:
+            self._armed.remove(at)
+            heapq.heapify(self._armed)
+        now = time.monotonic()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, target, request = heapq.heappop(heap)
+            self.send(target, Wake(request.at, request.kind))
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._heap:
+            return
+        due = self._heap[0][0]
+        if self._armed and self._armed[0] <= due + _ARM_TOLERANCE:
+            return
+        heapq.heappush(self._armed, due)
+        self.wakeupAfter(timedelta(seconds=max(0.0, due - time.monotonic())), payload=due)

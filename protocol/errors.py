@@ -1,0 +1,31 @@
+"""The project's exception hierarchy.
+
+Every error a caller can act on derives from :class:`MessageQueueError`. Exception classes keep the default
+``__init__`` signature so they survive pickling across Thespian process boundaries.
+"""
+
+from __future__ import annotations
+
+
+class MessageQueueError(Exception):
+    """Base class of every error raised by this project."""
+
+
+class InvalidInput(MessageQueueError, ValueError):
+    """A message, id or payload broke a documented limit; the message says which rule and which value."""
+
+
+class InvalidSettings(MessageQueueError, ValueError):
+    """A batching or system setting is out of range; the message names the setting and the value."""
+
+
+class DecodeError(MessageQueueError, ValueError):
+    """Bytes could not be decoded into a protocol value (malformed, unknown tag, or over a limit)."""
+
+
+class ProtocolViolation(MessageQueueError, RuntimeError):
+    """An event arrived that the receiving state machine cannot accept in its current state."""
+
+
+class Timeout(MessageQueueError, TimeoutError):
+    """The actor system did not answer within the allotted time."""

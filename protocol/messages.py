@@ -1,0 +1,210 @@
+"""Actor messages: one frozen dataclass per command, reply and fact.
+
+Commands (imperative names) go to the Supervisor, found by the global name :data:`SUPERVISOR_NAME`. Each
+command is answered with the reply named in its docstring, or with :class:`Rejected` when it breaks a limit.
+``Enqueue`` and ``EnqueueFront`` are answered only when sent with ``ack=True``; otherwise a rejection is logged
+as a warning. Facts (``BatchReady``, ``CancelProcessing``) go from a channel to its processor, which answers
+``BatchReady`` with ``ProcessingDone`` or ``ProcessingFailed`` (to the sender of ``BatchReady``, or to the
+Supervisor: both route by channel).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+SUPERVISOR_NAME = "message_queue.supervisor"
+
+
+# -- commands -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Producer -> Supervisor: add one message to its channel's open batch. Reply ``Enqueued`` if ack."""
+
+    message: QueuedMessage
+    ack: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueMany:
+    """Producer -> Supervisor: add messages in the given order. Reply ``Enqueued`` if ack.
+
+    Invalid messages are rejected one by one (``Rejected`` each if ack, else a warning); the valid ones are
+    still enqueued.
+    """
+
+    messages: tuple[QueuedMessage, ...]
+    ack: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueFront:
+    """Producer -> Supervisor: put a message or batch at the head of its channel's queue, behind the item
+    in flight. Reply ``Enqueued`` if ack."""
+
+    payload: Payload
+    ack: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartProcessing:
+    """Processor owner -> Supervisor: deliver a channel's items (every channel without a processor of its
+    own when ``channel_id`` is empty) to ``processor``, or to the sender when it is None. Reply
+    ``ProcessingStarted``."""
+
+    channel_id: str = ""
+    processor: Optional["ActorAddress"] = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopChannel:
+    """Anyone -> Supervisor: cancel the channel's in-flight item and detach its processor. Waiting items and
+    the open batch are kept for the next ``StartProcessing``. Reply ``ChannelStopped``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCurrent:
+    """Anyone -> Supervisor: abandon the channel's in-flight item and move on. Reply ``Cancelled``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """Anyone -> Supervisor: discard the channel's waiting items (not the open batch, not the one in
+    flight). Reply ``Cleared``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureChannel:
+    """Anyone -> Supervisor: override a channel's batch settings from its next batch on. Reply
+    ``ChannelConfigured``."""
+
+    channel_id: str
+    settings: BatchSettings
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatistics:
+    """Anyone -> Supervisor: snapshot one channel, or every live channel when ``channel_id`` is empty.
+    Reply ``Statistics``."""
+
+    channel_id: str = ""
+
+
+# -- replies --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """Supervisor -> producer: this many messages (or one front item) were accepted."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Supervisor -> sender: the command broke a rule; ``error`` is the exception class name, ``reason``
+    its message. Nothing else was dropped."""
+
+    command: str
+    channel_id: str
+    error: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingStarted:
+    """Supervisor -> sender of ``StartProcessing``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStopped:
+    """Supervisor -> sender of ``StopChannel``; ``cancelled`` tells whether an item was in flight."""
+
+    channel_id: str
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Supervisor -> sender of ``CancelCurrent``; ``cancelled`` tells whether an item was in flight."""
+
+    channel_id: str
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """Supervisor -> sender of ``Clear``: how many waiting items were discarded."""
+
+    channel_id: str
+    removed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfigured:
+    """Supervisor -> sender of ``ConfigureChannel``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """Supervisor -> sender of ``GetStatistics``: one snapshot per channel, sorted by channel id."""
+
+    channels: tuple[ChannelStatistics, ...]
+
+
+# -- facts between a channel and its processor ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReady:
+    """Channel -> processor: process ``item``; answer ``ProcessingDone`` or ``ProcessingFailed`` with the
+    same ``delivery_id``. ``reason`` says why the batch closed; ``lateness`` is how long after its due time
+    it closed, in seconds."""
+
+    channel_id: str
+    item: QueueItem
+    delivery_id: int
+    reason: str = ""
+    lateness: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CancelProcessing:
+    """Channel -> processor: the delivery was cancelled; abandon it. A later reply for it is ignored."""
+
+    channel_id: str
+    delivery_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingDone:
+    """Processor -> channel (or Supervisor): the delivery was processed."""
+
+    channel_id: str
+    delivery_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingFailed:
+    """Processor -> channel (or Supervisor): the delivery failed; the channel logs it and moves on."""
+
+    channel_id: str
+    delivery_id: int
+    error: str

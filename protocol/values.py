@@ -1,0 +1,160 @@
+"""Value types: the seed-compatible message and batch, and the frozen values the actors exchange."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Union
+
+from protocol.errors import InvalidSettings
+
+
+def utc_now() -> datetime:
+    """The current wall-clock time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+@dataclass(slots=True)
+class QueuedMessage:
+    """One inbound chat message waiting in a channel's batching queue.
+
+    ``raw`` holds the platform's original object for in-process consumers; it is never encoded, stored or
+    sent across a process boundary, and it takes no part in equality.
+    """
+
+    platform: str
+    channel_id: str
+    user_id: str
+    user_name: str
+    text: str
+    queued_at: datetime = field(default_factory=utc_now)
+    extra: dict[str, Any] = field(default_factory=dict)
+    raw: Any = field(default=None, compare=False)
+
+
+@dataclass(slots=True)
+class MessageBatch:
+    """Messages of one channel collected in a rolling window, oldest first."""
+
+    messages: list[QueuedMessage] = field(default_factory=list)
+    first_at: datetime = field(default_factory=utc_now)
+    last_at: datetime = field(default_factory=utc_now)
+
+    def add(self, msg: QueuedMessage, at: datetime | None = None) -> None:
+        """Append ``msg`` and slide the window: ``last_at`` becomes ``at`` (default: now).
+
+        The first message also sets ``first_at``.
+        """
+        stamp = utc_now() if at is None else at
+        if not self.messages:
+            self.first_at = stamp
+        self.messages.append(msg)
+        self.last_at = stamp
+
+    @property
+    def size(self) -> int:
+        """Number of messages in the batch."""
+        return len(self.messages)
+
+    @property
+    def channel_id(self) -> str:
+        """The channel every message of the batch belongs to.
+
+        Raises:
+            ValueError: if the batch is empty.
+        """
+        if not self.messages:
+            raise ValueError("an empty MessageBatch has no channel_id")
+        return self.messages[0].channel_id
+
+    def unique_authors(self) -> list[str]:
+        """Distinct author ids in the order each first appears."""
+        return list(dict.fromkeys(m.user_id for m in self.messages))
+
+
+Payload = Union[QueuedMessage, MessageBatch]
+
+
+def payload_channel(payload: Payload) -> str:
+    """The channel of a queue payload (a message or a non-empty batch)."""
+    return payload.channel_id
+
+
+def payload_messages(payload: Payload) -> tuple[QueuedMessage, ...]:
+    """The messages a payload carries, oldest first."""
+    if isinstance(payload, MessageBatch):
+        return tuple(payload.messages)
+    return (payload,)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """A finished unit of work for a channel's processor: one message or one batch.
+
+    ``item_id`` is stable for the item's whole life (redeliveries keep it); ``attempt`` counts deliveries
+    begun after a restart, starting at 1.
+    """
+
+    item_id: str
+    channel_id: str
+    payload: Payload
+    attempt: int = 1
+
+    @property
+    def size(self) -> int:
+        """Number of messages the item carries."""
+        return len(payload_messages(self.payload))
+
+
+class FlushReason(str, enum.Enum):
+    """Why an open batch was closed into a queue item."""
+
+    WINDOW = "window"  # the quiet window elapsed with no new message
+    FULL = "full"  # the batch reached max_batch_size
+    MAX_WAIT = "max_wait"  # the batch's age reached max_wait
+    UNBATCHED = "unbatched"  # batching is disabled: the message is its own item
+    FRONT = "front"  # inserted at the head of the queue by enqueue-front
+    SETTINGS = "settings"  # batching was turned off while the batch was open
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSettings:
+    """How a channel batches: quiet window and hard age cap in seconds, size cap, or no batching at all."""
+
+    window: float = 5.0
+    max_batch_size: int = 10
+    max_wait: float | None = None
+    batching: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, (int, float)):
+            raise InvalidSettings(f"window must be a number of seconds, got {self.window!r}")
+        if not math.isfinite(self.window) or self.window < 0:
+            raise InvalidSettings(f"window must be >= 0 and finite, got {self.window!r}")
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int):
+            raise InvalidSettings(f"max_batch_size must be an int, got {self.max_batch_size!r}")
+        if self.max_batch_size < 1:
+            raise InvalidSettings(f"max_batch_size must be >= 1, got {self.max_batch_size!r}")
+        if self.max_wait is not None:
+            if isinstance(self.max_wait, bool) or not isinstance(self.max_wait, (int, float)):
+                raise InvalidSettings(f"max_wait must be a number of seconds or None, got {self.max_wait!r}")
+            if not math.isfinite(self.max_wait) or self.max_wait <= 0:
+                raise InvalidSettings(f"max_wait must be > 0 and finite, got {self.max_wait!r}")
+        if not isinstance(self.batching, bool):
+            raise InvalidSettings(f"batching must be a bool, got {self.batching!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """A snapshot of one channel, derived from its state when taken."""
+
+    channel_id: str
+    queued: int  # finished items waiting for the processor
+    open_batch_size: int  # messages in the batch still collecting
+    in_flight: bool  # an item is with the processor
+    processed: int  # items the processor reported done or failed
+    cancelled: int  # in-flight items abandoned by cancel or stop
+    failed: int  # items the processor reported failed (included in processed)
+    has_processor: bool
