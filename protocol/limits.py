@@ -4,7 +4,9 @@ Limits:
     * channel id: 1..256 bytes of UTF-8, no surrogates;
     * message text: at most 64 KiB of UTF-8;
     * ``extra``: at most 16 KiB once encoded, nesting depth at most 4, keys are strings;
-    * platform, user id, user name: at most 256 bytes of UTF-8 each.
+    * platform, user id, user name: at most 256 bytes of UTF-8 each;
+    * a batch: at most 100 messages (``max_batch_size``), so that a full batch of maximal messages still
+      fits one encoded frame (16 MiB).
 
 ``raw`` (the platform's original object) is never checked, stored or sent across a process boundary.
 """
@@ -23,6 +25,7 @@ MAX_TEXT_BYTES = 64 * 1024
 MAX_EXTRA_BYTES = 16 * 1024
 MAX_EXTRA_DEPTH = 4
 MAX_NAME_BYTES = 256
+MAX_BATCH_SIZE = 100
 
 
 def _utf8_size(value: str, what: str) -> int:

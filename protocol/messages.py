@@ -87,6 +87,14 @@ class Clear:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldBatch:
+    """Anyone -> Supervisor: suspend the deadline of the channel's open batch until its next message (it
+    still closes when full). Reply ``BatchHeld``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigureChannel:
     """Anyone -> Supervisor: override a channel's batch settings from its next batch on. Reply
     ``ChannelConfigured``."""
@@ -101,6 +109,15 @@ class GetStatistics:
     Reply ``Statistics``."""
 
     channel_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """Observer -> Supervisor: send every channel's ``QueueChanged`` facts to ``observer`` (to the sender when
+    None), replacing any earlier observer. Each live channel reports its current counts at once. Reply
+    ``Observing``."""
+
+    observer: Optional["ActorAddress"] = None
 
 
 # -- replies --------------------------------------------------------------------------------------------
@@ -156,6 +173,14 @@ class Cleared:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchHeld:
+    """Supervisor -> sender of ``HoldBatch``; ``held`` tells whether a batch was open."""
+
+    channel_id: str
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelConfigured:
     """Supervisor -> sender of ``ConfigureChannel``."""
 
@@ -167,6 +192,11 @@ class Statistics:
     """Supervisor -> sender of ``GetStatistics``: one snapshot per channel, sorted by channel id."""
 
     channels: tuple[ChannelStatistics, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Observing:
+    """Supervisor -> sender of ``Observe``."""
 
 
 # -- facts between a channel and its processor ------------------------------------------------------------
@@ -208,3 +238,17 @@ class ProcessingFailed:
     channel_id: str
     delivery_id: int
     error: str
+
+
+# -- facts for an observer -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueueChanged:
+    """Channel (or Supervisor, for a channel that died) -> observer registered with ``Observe``: the
+    number of finished items waiting, or whether one is in flight, changed. Not sent for a message that only
+    joins the open batch."""
+
+    channel_id: str
+    queued: int
+    in_flight: bool

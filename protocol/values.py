@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 from protocol.errors import InvalidSettings
+from protocol.limits import MAX_BATCH_SIZE
 
 
 def utc_now() -> datetime:
@@ -117,6 +118,7 @@ class FlushReason(str, enum.Enum):
     UNBATCHED = "unbatched"  # batching is disabled: the message is its own item
     FRONT = "front"  # inserted at the head of the queue by enqueue-front
     SETTINGS = "settings"  # batching was turned off while the batch was open
+    RESTORED = "restored"  # loaded from persistent storage after a restart
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +137,10 @@ class BatchSettings:
             raise InvalidSettings(f"window must be >= 0 and finite, got {self.window!r}")
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int):
             raise InvalidSettings(f"max_batch_size must be an int, got {self.max_batch_size!r}")
-        if self.max_batch_size < 1:
-            raise InvalidSettings(f"max_batch_size must be >= 1, got {self.max_batch_size!r}")
+        if not 1 <= self.max_batch_size <= MAX_BATCH_SIZE:
+            raise InvalidSettings(
+                f"max_batch_size must be in 1..{MAX_BATCH_SIZE}, got {self.max_batch_size!r}"
+            )
         if self.max_wait is not None:
             if isinstance(self.max_wait, bool) or not isinstance(self.max_wait, (int, float)):
                 raise InvalidSettings(f"max_wait must be a number of seconds or None, got {self.max_wait!r}")
@@ -158,3 +162,22 @@ class ChannelStatistics:
     cancelled: int  # in-flight items abandoned by cancel or stop
     failed: int  # items the processor reported failed (included in processed)
     has_processor: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEntry:
+    """A message of a channel's open batch as persisted: the message and when it joined (Unix seconds)."""
+
+    message: QueuedMessage
+    arrived_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A stored entry that could not be decoded: where it was (the key's role), why, the bytes, and when it was
+    set aside (Unix seconds)."""
+
+    role: str
+    reason: str
+    data: bytes
+    at: float

@@ -1,0 +1,781 @@
+"""The one msgpack codec of the project: every stored or external protocol value goes through :func:`encode`
+and :func:`decode`.
+
+Wire format:
+    A value is a msgpack array ``[tag, field1, field2, ...]``: a short stable string tag from :data:`TAGS`,
+    then the fields in dataclass order, by position. A field holding another protocol value holds it as a
+    nested tagged array, so a union (a queue payload is a message or a batch) is decoded by its tag. Lists
+    and tuples of values are arrays of tagged arrays. A datetime is ``[seconds, microseconds, offset]``:
+    for an aware datetime, Unix seconds and microseconds of its instant and its UTC offset in microseconds;
+    for a naive one, seconds and microseconds of its wall-clock time since 1970-01-01T00:00 and ``nil``.
+    ``extra`` is a msgpack map. ``QueuedMessage.raw`` is never encoded: decoded messages have ``raw=None``.
+    ``FlushReason`` travels as its string value (``BatchReady.reason`` is a str). ``StartProcessing`` and
+    ``Observe`` hold a Thespian ``ActorAddress`` and have no tag: :func:`encode` raises ``TypeError``.
+
+Schema-evolution rules (for anything stored or sent, msgspec style):
+    1. New fields go only at the end of a type, and only with a plain default. A decoder fills in the
+       default when an older writer left the field out; every field of the first version is required.
+    2. A decoder rejects arrays with more fields than it knows (``DecodeError``) instead of dropping them:
+       deploy new readers before new writers.
+    3. Tags are never renamed, removed or reused; renaming a class does not change its tag.
+    4. A change of a field's meaning, type or unit is a new field or a new tag, never an edit in place.
+    5. Decoders ignore nothing silently: an unknown tag, a wrong tag for a field, a wrong arity, a field of
+       the wrong type (a bool where an int belongs, an int where a str belongs), a duplicate map key, an ext
+       type, trailing bytes or a broken limit is a ``DecodeError``.
+
+Limits (checked by both :func:`encode`, as ``InvalidInput``, and :func:`decode`, as ``DecodeError``, so
+that anything encodable is decodable):
+    * a frame: at most :data:`MAX_FRAME_BYTES` (16 MiB) of msgpack: a full batch (100 messages of maximal
+      text and ``extra``) fits;
+    * a channel id: 1..256 bytes of UTF-8 (empty only where a field means "every channel", and in
+      ``Rejected``, which echoes the offending id as free text);
+    * message text, ``Rejected.reason``, ``ProcessingFailed.error``: at most 64 KiB of UTF-8;
+    * platform, user id, user name, item id, command and error names, flush reason: at most 256 bytes;
+    * ``extra``: see :func:`check_extra` (16 KiB encoded, depth 4, str keys, plain values);
+    * a list of values (batch messages, ``EnqueueMany``, ``Statistics``): at most
+      :data:`MAX_SEQUENCE_ITEMS` items;
+    * counts and ids: ints in 0..2**63-1 (``attempt`` from 1); floats finite;
+    * nesting: the schema has no recursive type, so decoding descends at most nine arrays/maps (the deepest
+      path is ``BatchReady.item.payload.messages[i].extra`` with ``extra`` four levels deep); anything deeper
+      is rejected where the schema expects something else, and ``extra`` is walked iteratively with its own
+      depth cap. msgpack's own stack (1,024 levels) rejects deeper frames before that.
+    * msgpack's allocation bounds are set so a hostile header cannot make the unpacker preallocate more than
+      the limits above allow (``max_str_len``, ``max_bin_len``, ``max_array_len``, ``max_map_len``,
+      ``max_ext_len=0``).
+
+Datetimes round-trip exactly: equal wall-clock time and UTC offset (the tzinfo comes back as a fixed-offset
+``datetime.timezone``, ``timezone.utc`` for offset 0), naive stays naive. A ``zoneinfo`` datetime inside a
+DST fold or gap keeps its instant and offset, but Python compares it unequal to any other zone (PEP 495).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import operator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any, Callable, Final, Mapping, TypeVar, Union, overload
+
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
+
+from protocol.errors import DecodeError, InvalidInput
+from protocol.limits import (
+    MAX_EXTRA_BYTES,
+    MAX_EXTRA_DEPTH,
+    MAX_NAME_BYTES,
+    MAX_TEXT_BYTES,
+    validate_channel_id,
+)
+from protocol.messages import (
+    BatchHeld,
+    BatchReady,
+    CancelCurrent,
+    CancelProcessing,
+    Cancelled,
+    ChannelConfigured,
+    ChannelStopped,
+    Clear,
+    Cleared,
+    ConfigureChannel,
+    Enqueue,
+    EnqueueFront,
+    EnqueueMany,
+    Enqueued,
+    GetStatistics,
+    HoldBatch,
+    Observing,
+    ProcessingDone,
+    ProcessingFailed,
+    ProcessingStarted,
+    QueueChanged,
+    Rejected,
+    Statistics,
+    StopChannel,
+)
+from protocol.values import (
+    BatchSettings,
+    ChannelStatistics,
+    MessageBatch,
+    OpenEntry,
+    DeadLetter,
+    QueuedMessage,
+    QueueItem,
+)
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "MAX_SEQUENCE_ITEMS",
+    "TAGS",
+    "Encodable",
+    "check_extra",
+    "decode",
+    "encode",
+]
+
+MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+"""Largest encoded frame, in bytes: room for about a hundred messages of maximal text and extra."""
+
+MAX_SEQUENCE_ITEMS: Final = 65_536
+"""Most values in one list field (messages of a batch or of ``EnqueueMany``, channels of ``Statistics``)."""
+
+_MAX_INT: Final = 2**63 - 1
+_MIN_EXTRA_INT: Final = -(2**63)
+_MAX_EXTRA_INT: Final = 2**64 - 1
+_DAY_US: Final = 86_400 * 1_000_000
+_EPOCH: Final = datetime(1970, 1, 1)
+_EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_US: Final = timedelta(microseconds=1)
+
+Encodable = Union[
+    QueuedMessage,
+    MessageBatch,
+    QueueItem,
+    BatchSettings,
+    ChannelStatistics,
+    OpenEntry,
+    DeadLetter,
+    Enqueue,
+    EnqueueMany,
+    EnqueueFront,
+    StopChannel,
+    CancelCurrent,
+    Clear,
+    HoldBatch,
+    ConfigureChannel,
+    GetStatistics,
+    Enqueued,
+    Rejected,
+    ProcessingStarted,
+    ChannelStopped,
+    Cancelled,
+    Cleared,
+    BatchHeld,
+    ChannelConfigured,
+    Statistics,
+    Observing,
+    BatchReady,
+    CancelProcessing,
+    ProcessingDone,
+    ProcessingFailed,
+    QueueChanged,
+]
+"""Every type :func:`encode` accepts and :func:`decode` returns."""
+
+_T = TypeVar("_T")
+
+
+class _Bad(Exception):
+    """A broken rule, located while the error unwinds: ``path`` collects field names innermost first."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+        self.root: str | None = None
+
+    def describe(self) -> str:
+        where = self.root or ""
+        for segment in reversed(self.path):
+            where += segment if segment.startswith("[") or not where else "." + segment
+        return f"{where}: {self.message}" if where else self.message
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+# -- fields: one encoder and one decoder per field, each returning the converted value or raising _Bad ----
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    encode: Callable[[Any], object]
+    decode: Callable[[Any], object]
+
+
+def _utf8_size(name: str, value: object) -> int:
+    if not isinstance(value, str):
+        raise _Bad(f"{name} must be a str, got {_kind(value)}")
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise _Bad(f"{name} must be valid UTF-8 text, got {value[:40]!r}") from exc
+
+
+def _text(name: str, limit: int, *, allow_empty: bool = True) -> _Field:
+    """A str of at most ``limit`` UTF-8 bytes."""
+
+    def check(value: Any) -> str:
+        size = _utf8_size(name, value)
+        if size > limit:
+            raise _Bad(f"{name} must be at most {limit} bytes of UTF-8, got {size} bytes")
+        if size == 0 and not allow_empty:
+            raise _Bad(f"{name} must not be empty")
+        # A str subclass (a str enum such as FlushReason) travels as its plain string value.
+        return value if type(value) is str else str.__str__(value)
+
+    return _Field(name, check, check)
+
+
+def _channel(*, allow_empty: bool = False) -> _Field:
+    """A channel id under the rules of :func:`protocol.limits.validate_channel_id`."""
+
+    def check(value: Any) -> str:
+        if allow_empty and isinstance(value, str) and value == "":
+            return ""
+        try:
+            validate_channel_id(value)
+        except InvalidInput as exc:
+            raise _Bad(str(exc)) from exc
+        return value if type(value) is str else str.__str__(value)
+
+    return _Field("channel_id", check, check)
+
+
+def _int(name: str, minimum: int = 0) -> _Field:
+    """An int (never a bool) in ``minimum..2**63-1``."""
+
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Bad(f"{name} must be an int, got {_kind(value)}")
+        if not minimum <= value <= _MAX_INT:
+            raise _Bad(f"{name} must be in {minimum}..{_MAX_INT}, got {value}")
+        return int(value)
+
+    return _Field(name, check, check)
+
+
+def _bytes(name: str, limit: int) -> _Field:
+    """Bytes of at most ``limit`` length."""
+
+    def check(value: Any) -> bytes:
+        if not isinstance(value, bytes):
+            raise _Bad(f"{name} must be bytes, got {_kind(value)}")
+        if len(value) > limit:
+            raise _Bad(f"{name} must be at most {limit} bytes, got {len(value)} bytes")
+        return bytes(value)
+
+    return _Field(name, check, check)
+
+
+def _bool(name: str) -> _Field:
+    def check(value: Any) -> bool:
+        if type(value) is not bool:
+            raise _Bad(f"{name} must be a bool, got {_kind(value)}")
+        return value
+
+    return _Field(name, check, check)
+
+
+def _check_number(name: str, value: object) -> float:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Bad(f"{name} must be finite, got {value!r}")
+        return value if type(value) is float else float(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -_MAX_INT - 1 <= value <= _MAX_INT:
+            raise _Bad(f"{name} must fit in 64 bits, got {value}")
+        return value if type(value) is int else int(value)
+    raise _Bad(f"{name} must be an int or a float, got {_kind(value)}")
+
+
+def _number(name: str) -> _Field:
+    """A finite int or float; the type is kept, so ``5`` stays an int and ``5.0`` a float."""
+
+    def check(value: Any) -> float:
+        return _check_number(name, value)
+
+    return _Field(name, check, check)
+
+
+def _optional_number(name: str) -> _Field:
+    def check(value: Any) -> float | None:
+        return None if value is None else _check_number(name, value)
+
+    return _Field(name, check, check)
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch_at(offset_us: int) -> datetime:
+    """1970-01-01T00:00 wall-clock time at a fixed UTC offset: adding a timedelta to it is wall arithmetic."""
+    return datetime(1970, 1, 1, tzinfo=timezone(timedelta(microseconds=offset_us)))
+
+
+def _datetime(name: str) -> _Field:
+    """A datetime as ``[seconds, microseconds, utc offset in microseconds or nil]``."""
+
+    def encode(value: Any) -> list[int | None]:
+        if not isinstance(value, datetime):
+            raise _Bad(f"{name} must be a datetime, got {_kind(value)}")
+        offset = value.utcoffset()
+        if offset is None:
+            delta = value - _EPOCH
+            return [delta.days * 86_400 + delta.seconds, delta.microseconds, None]
+        delta = value - _EPOCH_UTC
+        return [delta.days * 86_400 + delta.seconds, delta.microseconds, offset // _ONE_US]
+
+    def decode(value: Any) -> datetime:
+        if type(value) is not list or len(value) != 3:
+            raise _Bad(f"{name} must be an array [seconds, microseconds, offset], got {_kind(value)}")
+        seconds, micros, offset = value
+        if type(seconds) is not int:
+            raise _Bad(f"{name} seconds must be an int, got {_kind(seconds)}")
+        if type(micros) is not int or not 0 <= micros < 1_000_000:
+            raise _Bad(f"{name} microseconds must be an int in 0..999999, got {micros!r}")
+        if offset is not None and (type(offset) is not int or not -_DAY_US < offset < _DAY_US):
+            raise _Bad(f"{name} offset must be nil or an int of microseconds within a day, got {offset!r}")
+        try:
+            if offset is None:
+                return _EPOCH + timedelta(seconds=seconds, microseconds=micros)
+            return _epoch_at(offset) + timedelta(seconds=seconds, microseconds=micros + offset)
+        except OverflowError as exc:
+            raise _Bad(f"{name} is out of the range of datetime: {value!r}") from exc
+
+    return _Field(name, encode, decode)
+
+
+def _extra(name: str) -> _Field:
+    def check(value: Any) -> dict[str, Any]:
+        try:
+            check_extra(value)
+        except InvalidInput as exc:
+            raise _Bad(str(exc)) from exc
+        result: dict[str, Any] = value
+        return result
+
+    return _Field(name, check, check)
+
+
+# -- tagged values ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    tag: str
+    cls: type[Any]
+    names: tuple[str, ...]
+    encoders: tuple[Callable[[Any], object], ...]
+    decoders: tuple[Callable[[Any], object], ...]
+    required: int
+    get: Callable[[Any], tuple[Any, ...]]
+
+
+def _schema(
+    tag: str,
+    cls: type[Any],
+    *fields: _Field,
+    required: int | None = None,
+    never_encoded: tuple[str, ...] = (),
+) -> _Schema:
+    """Describe ``cls`` on the wire: every field it declares (save ``never_encoded``), in order.
+
+    ``required`` is the number of fields of the type's first version (default: all of them); a decoder
+    fills in the defaults of the later ones when a frame stops before them. Raises TypeError at import time
+    if the schema and the dataclass disagree, so a field added to a dataclass cannot be silently dropped.
+    """
+    names = tuple(f.name for f in fields)
+    declared = tuple(f.name for f in dataclasses.fields(cls) if f.name not in never_encoded)
+    if names != declared:
+        raise TypeError(f"codec schema of {cls.__name__} lists {names}, the dataclass declares {declared}")
+    required = len(fields) if required is None else required
+    for later in dataclasses.fields(cls)[required : len(fields)]:
+        if later.default is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{later.name} came after the first version: it needs a default")
+    get: Callable[[Any], tuple[Any, ...]]
+    if not names:
+        get = lambda value: ()  # noqa: E731
+    elif len(names) == 1:
+        single = operator.attrgetter(names[0])
+        get = lambda value: (single(value),)  # noqa: E731 - attrgetter of one name returns no tuple
+    else:
+        get = operator.attrgetter(*names)
+    encoders = tuple(f.encode for f in fields)
+    return _Schema(tag, cls, names, encoders, tuple(f.decode for f in fields), required, get)
+
+
+def _encode_fields(schema: _Schema, value: Any) -> list[object]:
+    out: list[object] = [schema.tag]
+    try:
+        for encode_field, field_value in zip(schema.encoders, schema.get(value)):
+            out.append(encode_field(field_value))
+    except _Bad as exc:
+        exc.path.append(schema.names[len(out) - 1])
+        exc.root = schema.cls.__name__
+        raise
+    return out
+
+
+def _decode_fields(schema: _Schema, obj: list[Any]) -> object:
+    count = len(obj) - 1
+    if not schema.required <= count <= len(schema.names):
+        known = len(schema.names)
+        wanted = f"{known}" if schema.required == known else f"{schema.required} to {known}"
+        bad = _Bad(f"expected {wanted} fields after tag {schema.tag!r}, got {count}")
+        bad.root = schema.cls.__name__
+        raise bad
+    args: list[object] = []
+    try:
+        for decode_field, field_value in zip(schema.decoders, obj[1:]):
+            args.append(decode_field(field_value))
+    except _Bad as exc:
+        exc.path.append(schema.names[len(args)])
+        exc.root = schema.cls.__name__
+        raise
+    try:
+        return schema.cls(*args)
+    except ValueError as exc:  # a value type's own check, e.g. InvalidSettings from BatchSettings
+        bad = _Bad(str(exc))
+        bad.root = schema.cls.__name__
+        raise bad from exc
+
+
+def _decode_tagged(obj: object, allowed: Mapping[str, _Schema], what: str) -> object:
+    if type(obj) is not list or not obj:
+        got = "an empty array" if type(obj) is list else _kind(obj)
+        raise _Bad(f"{what} must be a tagged array, got {got}")
+    tag = obj[0]
+    if type(tag) is not str:
+        raise _Bad(f"tag must be a str, got {_kind(tag)}")
+    schema = allowed.get(tag)
+    if schema is None:
+        if tag in _BY_TAG:
+            raise _Bad(f"{what} must be a {_names(allowed)}, got tag {tag!r} ({_BY_TAG[tag].cls.__name__})")
+        raise _Bad(f"unknown tag {tag[:40]!r}")
+    return _decode_fields(schema, obj)
+
+
+def _names(schemas: Mapping[str, _Schema]) -> str:
+    return " or ".join(s.cls.__name__ for s in schemas.values())
+
+
+def _nested(name: str, *schemas: _Schema) -> _Field:
+    """A field holding one of ``schemas`` as a nested tagged array."""
+    by_type = {s.cls: s for s in schemas}
+    by_tag = {s.tag: s for s in schemas}
+
+    def encode(value: Any) -> list[object]:
+        schema = by_type.get(type(value))
+        if schema is None:
+            raise _Bad(f"{name} must be a {_names(by_tag)}, got {_kind(value)}")
+        return _encode_fields(schema, value)
+
+    def decode(value: Any) -> object:
+        return _decode_tagged(value, by_tag, name)
+
+    return _Field(name, encode, decode)
+
+
+def _sequence(name: str, container: type[list[Any]] | type[tuple[Any, ...]], item: _Field) -> _Field:
+    """A list or tuple (exactly ``container``) of nested values, at most MAX_SEQUENCE_ITEMS long."""
+
+    def encode(value: Any) -> list[object]:
+        if not isinstance(value, container):
+            raise _Bad(f"{name} must be a {container.__name__}, got {_kind(value)}")
+        if len(value) > MAX_SEQUENCE_ITEMS:
+            raise _Bad(f"{name} must hold at most {MAX_SEQUENCE_ITEMS} items, got {len(value)}")
+        out: list[object] = []
+        try:
+            for element in value:
+                out.append(item.encode(element))
+        except _Bad as exc:
+            exc.path.append(f"[{len(out)}]")
+            raise
+        return out
+
+    def decode(value: Any) -> object:
+        if type(value) is not list:
+            raise _Bad(f"{name} must be an array, got {_kind(value)}")
+        out: list[object] = []
+        try:
+            for element in value:
+                out.append(item.decode(element))
+        except _Bad as exc:
+            exc.path.append(f"[{len(out)}]")
+            raise
+        return out if container is list else tuple(out)
+
+    return _Field(name, encode, decode)
+
+
+_CHANNEL = _channel()
+_CHANNEL_OR_ALL = _channel(allow_empty=True)
+_DELIVERY_ID = _int("delivery_id")
+
+_MESSAGE = _schema(
+    "msg",
+    QueuedMessage,
+    _text("platform", MAX_NAME_BYTES),
+    _CHANNEL,
+    _text("user_id", MAX_NAME_BYTES),
+    _text("user_name", MAX_NAME_BYTES),
+    _text("text", MAX_TEXT_BYTES),
+    _datetime("queued_at"),
+    _extra("extra"),
+    never_encoded=("raw",),
+)
+_BATCH = _schema(
+    "batch",
+    MessageBatch,
+    _sequence("messages", list, _nested("message", _MESSAGE)),
+    _datetime("first_at"),
+    _datetime("last_at"),
+)
+_ITEM = _schema(
+    "item",
+    QueueItem,
+    _text("item_id", MAX_NAME_BYTES, allow_empty=False),
+    _CHANNEL,
+    _nested("payload", _MESSAGE, _BATCH),
+    _int("attempt", 1),
+)
+_SETTINGS = _schema(
+    "settings",
+    BatchSettings,
+    _number("window"),
+    _int("max_batch_size", 1),
+    _optional_number("max_wait"),
+    _bool("batching"),
+)
+_CHANNEL_STATISTICS = _schema(
+    "chan_stats",
+    ChannelStatistics,
+    _CHANNEL,
+    _int("queued"),
+    _int("open_batch_size"),
+    _bool("in_flight"),
+    _int("processed"),
+    _int("cancelled"),
+    _int("failed"),
+    _bool("has_processor"),
+)
+
+_SCHEMAS: Final = (
+    _MESSAGE,
+    _BATCH,
+    _ITEM,
+    _SETTINGS,
+    _CHANNEL_STATISTICS,
+    _schema("open_entry", OpenEntry, _nested("message", _MESSAGE), _number("arrived_at")),
+    _schema(
+        "dead_letter",
+        DeadLetter,
+        _text("role", MAX_NAME_BYTES),
+        _text("reason", MAX_TEXT_BYTES),
+        _bytes("data", MAX_FRAME_BYTES // 2),
+        _number("at"),
+    ),
+    _schema("enqueue", Enqueue, _nested("message", _MESSAGE), _bool("ack")),
+    _schema(
+        "enqueue_many", EnqueueMany, _sequence("messages", tuple, _nested("message", _MESSAGE)), _bool("ack")
+    ),
+    _schema("enqueue_front", EnqueueFront, _nested("payload", _MESSAGE, _BATCH), _bool("ack")),
+    _schema("stop_channel", StopChannel, _CHANNEL),
+    _schema("cancel_current", CancelCurrent, _CHANNEL),
+    _schema("clear", Clear, _CHANNEL),
+    _schema("hold_batch", HoldBatch, _CHANNEL),
+    _schema("configure_channel", ConfigureChannel, _CHANNEL, _nested("settings", _SETTINGS)),
+    _schema("get_statistics", GetStatistics, _CHANNEL_OR_ALL),
+    _schema("enqueued", Enqueued, _int("count")),
+    _schema(
+        "rejected",
+        Rejected,
+        _text("command", MAX_NAME_BYTES),
+        # Echoes whatever id the rejected command carried: free text, possibly empty or over the id limit.
+        _text("channel_id", MAX_TEXT_BYTES),
+        _text("error", MAX_NAME_BYTES),
+        _text("reason", MAX_TEXT_BYTES),
+    ),
+    _schema("processing_started", ProcessingStarted, _CHANNEL_OR_ALL),
+    _schema("channel_stopped", ChannelStopped, _CHANNEL, _bool("cancelled")),
+    _schema("cancelled", Cancelled, _CHANNEL, _bool("cancelled")),
+    _schema("cleared", Cleared, _CHANNEL, _int("removed")),
+    _schema("batch_held", BatchHeld, _CHANNEL, _bool("held")),
+    _schema("channel_configured", ChannelConfigured, _CHANNEL),
+    _schema("statistics", Statistics, _sequence("channels", tuple, _nested("channel", _CHANNEL_STATISTICS))),
+    _schema("observing", Observing),
+    _schema(
+        "batch_ready",
+        BatchReady,
+        _CHANNEL,
+        _nested("item", _ITEM),
+        _DELIVERY_ID,
+        _text("reason", MAX_NAME_BYTES),
+        _number("lateness"),
+    ),
+    _schema("cancel_processing", CancelProcessing, _CHANNEL, _DELIVERY_ID),
+    _schema("processing_done", ProcessingDone, _CHANNEL, _DELIVERY_ID),
+    _schema("processing_failed", ProcessingFailed, _CHANNEL, _DELIVERY_ID, _text("error", MAX_TEXT_BYTES)),
+    _schema("queue_changed", QueueChanged, _CHANNEL, _int("queued"), _bool("in_flight")),
+)
+
+_BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})
+_BY_TYPE: Final[Mapping[type[Any], _Schema]] = MappingProxyType({s.cls: s for s in _SCHEMAS})
+
+TAGS: Final[Mapping[str, type[Any]]] = MappingProxyType({s.tag: s.cls for s in _SCHEMAS})
+"""The tag table: each wire tag and the type it stands for. Tags are never renamed or reused."""
+
+# Deliberately absent: these hold a Thespian ActorAddress, which has no wire form.
+_NOT_ENCODABLE: Final = {
+    name: "it holds a Thespian ActorAddress, which has no wire form"
+    for name in ("StartProcessing", "Observe")
+}
+
+
+# -- public API ------------------------------------------------------------------------------------------
+
+
+def encode(value: object) -> bytes:
+    """Encode one protocol value (a type of :data:`Encodable`) as a msgpack frame.
+
+    Raises:
+        TypeError: if the value's type has no tag (``StartProcessing``, a dict, ...).
+        InvalidInput: if a field has the wrong type or breaks a limit (the message names the field path and
+            the rule), or the frame would exceed :data:`MAX_FRAME_BYTES`.
+    """
+    schema = _BY_TYPE.get(type(value))
+    if schema is None:
+        name = type(value).__name__
+        why = _NOT_ENCODABLE.get(name, "it is not a protocol type with a tag")
+        raise TypeError(f"cannot encode {name}: {why}")
+    try:
+        data: bytes = msgpack.packb(_encode_fields(schema, value), use_bin_type=True)
+    except _Bad as exc:
+        raise InvalidInput(exc.describe()) from exc.__cause__
+    if len(data) > MAX_FRAME_BYTES:
+        raise InvalidInput(f"an encoded frame must be at most {MAX_FRAME_BYTES} bytes, got {len(data)} bytes")
+    return data
+
+
+def _reject_ext(code: int, data: bytes) -> object:
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a msgpack map has a duplicate key")
+    return result
+
+
+@overload
+def decode(data: bytes | bytearray | memoryview, expected: type[_T]) -> _T: ...
+
+
+@overload
+def decode(
+    data: bytes | bytearray | memoryview, expected: tuple[type[Any], ...] | None = None
+) -> Encodable: ...
+
+
+def decode(
+    data: bytes | bytearray | memoryview, expected: type[Any] | tuple[type[Any], ...] | None = None
+) -> object:
+    """Decode one msgpack frame made by :func:`encode`; if ``expected`` is given, the value must be of it.
+
+    Raises:
+        DecodeError: for any malformed input whatsoever (not bytes, not msgpack, trailing bytes, ext types,
+            unknown or unexpected tag, wrong arity, a field of the wrong type, a broken limit), raised from
+            the underlying error when there is one.
+    """
+    if isinstance(data, memoryview):
+        size = data.nbytes
+    elif isinstance(data, (bytes, bytearray)):
+        size = len(data)
+    else:
+        raise DecodeError(f"data must be bytes, got {_kind(data)}")
+    if size > MAX_FRAME_BYTES:
+        raise DecodeError(f"a frame must be at most {MAX_FRAME_BYTES} bytes, got {size} bytes")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            object_pairs_hook=_unique_keys,
+            ext_hook=_reject_ext,
+            max_str_len=MAX_TEXT_BYTES,
+            max_bin_len=size,
+            max_array_len=min(size, MAX_SEQUENCE_ITEMS),
+            max_map_len=MAX_EXTRA_BYTES,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData as exc:  # its message would repr the whole decoded value
+        raise DecodeError(f"not a valid msgpack frame: {len(exc.extra)} bytes after the value") from exc
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"not a valid msgpack frame: {str(exc)[:200] or type(exc).__name__}") from exc
+    try:
+        value = _decode_tagged(obj, _BY_TAG, "a frame")
+    except _Bad as exc:
+        raise DecodeError(exc.describe()) from exc.__cause__
+    if expected is not None and not isinstance(value, expected):
+        wanted = expected if isinstance(expected, tuple) else (expected,)
+        raise DecodeError(
+            f"expected {' or '.join(t.__name__ for t in wanted)}, got {type(value).__name__}"
+        )
+    return value
+
+
+_EXTRA_SCALARS: Final = frozenset({type(None), bool, float, str, bytes})
+_EXTRA_CONTAINERS: Final = frozenset({dict, list, tuple})
+
+
+def check_extra(extra: object) -> None:
+    """Check that ``extra`` can be stored: a dict of plain msgpack values within the limits.
+
+    Rules:
+        * ``extra`` is a ``dict`` whose keys, and the keys of every dict inside it, are ``str``;
+        * values are exactly ``None``, ``bool``, ``int`` in -2**63..2**64-1, ``float``, ``str``, ``bytes``,
+          ``list``, ``tuple`` or ``dict`` (no subclasses, sets, datetimes or other objects);
+        * nesting depth at most ``MAX_EXTRA_DEPTH`` (4): ``extra`` itself is depth 1, a list or dict
+          directly inside it is depth 2, and so on; scalars add no depth, an empty container counts;
+        * at most ``MAX_EXTRA_BYTES`` (16 KiB) once encoded as msgpack; strings must be valid UTF-8.
+
+    Tuples are accepted but decode as lists.
+
+    Raises:
+        InvalidInput: naming the broken rule and where in ``extra`` it broke.
+    """
+    if type(extra) is not dict:
+        raise InvalidInput(f"extra must be a dict, got {_kind(extra)}")
+    if not extra:
+        return
+    pending: list[tuple[dict[Any, Any] | list[Any] | tuple[Any, ...], int, str]] = [(extra, 1, "extra")]
+    while pending:
+        container, depth, where = pending.pop()
+        if type(container) is dict:
+            for key in container:
+                if type(key) is not str:
+                    raise InvalidInput(f"extra keys must be str, got {_kind(key)} {key!r:.40} in {where}")
+            items: Any = container.items()
+        else:
+            items = enumerate(container)
+        for key, value in items:
+            kind = type(value)
+            if kind in _EXTRA_SCALARS:
+                continue
+            if kind is int:
+                if not _MIN_EXTRA_INT <= value <= _MAX_EXTRA_INT:
+                    raise InvalidInput(f"extra ints must fit in 64 bits, got {value} at {where}[{key!r}]")
+                continue
+            if kind in _EXTRA_CONTAINERS:
+                if depth + 1 > MAX_EXTRA_DEPTH:
+                    raise InvalidInput(
+                        f"extra nesting depth must be at most {MAX_EXTRA_DEPTH}, got {depth + 1} "
+                        f"at {where}[{key!r}]"
+                    )
+                pending.append((value, depth + 1, f"{where}[{key!r}]"))
+                continue
+            raise InvalidInput(
+                "extra values must be None, bool, int, float, str, bytes, list, tuple or dict, "
+                f"got {kind.__name__} at {where}[{key!r}]"
+            )
+    try:
+        size = len(msgpack.packb(extra, use_bin_type=True))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"extra strings must be valid UTF-8 text, got {exc.object[:40]!r}") from exc
+    if size > MAX_EXTRA_BYTES:
+        raise InvalidInput(f"extra must be at most {MAX_EXTRA_BYTES} bytes once encoded, got {size} bytes")
