@@ -14,6 +14,8 @@ Rules:
     * Enqueue-front puts an item at the head of the FIFO, behind the item in flight.
     * Cancel abandons the in-flight item and delivers the next; clear discards the FIFO (not the open batch,
       not the item in flight); stop cancels the in-flight item and detaches the processor.
+    * Hold suspends the open batch's deadline: it keeps collecting and closes only by size, or by time again
+      once the next message restarts its window.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import enum
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 from protocol.errors import InvalidInput, ProtocolViolation
 from protocol.values import (
@@ -114,6 +116,7 @@ class _OpenBatch:
     settings: BatchSettings
     opened_at: float
     last_at: float
+    held: bool = False
 
     @property
     def deadline(self) -> float:
@@ -187,8 +190,11 @@ class ChannelCore:
 
     @property
     def deadline(self) -> float | None:
-        """When the open batch must close (None when no batch is open)."""
-        return self._open.deadline if self._open is not None else None
+        """When the open batch must close (None when no batch is open, or it is held)."""
+        current = self._open
+        if current is None or current.held:
+            return None
+        return current.deadline
 
     @property
     def in_flight(self) -> tuple[int, QueueItem] | None:
@@ -222,6 +228,26 @@ class ChannelCore:
 
     # -- events -----------------------------------------------------------------------------------------
 
+    def restore(
+        self, waiting: Sequence[QueueItem], open_messages: Sequence[tuple[QueuedMessage, float]], now: float
+    ) -> None:
+        """Resume from stored state: ``waiting`` items head first, and the open batch's messages with the
+        (monotonic) times they arrived, so the batch keeps its original deadline. Only on a fresh core.
+
+        Raises:
+            ProtocolViolation: if the core already holds work.
+        """
+        if not self.is_quiescent or self._last_delivery_id:
+            raise ProtocolViolation(f"restore of channel {self.channel_id!r} in state {self.state.value} with work")
+        for item in waiting:
+            self._fifo.append(_Waiting(item, FlushReason.RESTORED, 0.0))
+        if open_messages:
+            first_at = open_messages[0][1]
+            current = self._open = _OpenBatch(MessageBatch(), self._settings, first_at, first_at)
+            for msg, arrived in open_messages:
+                current.batch.add(msg, msg.queued_at)
+                current.last_at = arrived
+
     def configure(self, settings: BatchSettings) -> None:
         """Use ``settings`` from the next batch on; the open batch keeps the settings it opened with."""
         self._settings = settings
@@ -234,7 +260,7 @@ class ChannelCore:
             )
         effects: list[Effect] = []
         current = self._open
-        if current is not None and now >= current.deadline:
+        if current is not None and not current.held and now >= current.deadline:
             self._close(current.timed_reason(), now, effects)
             current = None
         if not self._settings.batching:
@@ -246,6 +272,10 @@ class ChannelCore:
         if current is None:
             current = self._open = _OpenBatch(MessageBatch(), self._settings, now, now)
         current.batch.add(msg, msg.queued_at)
+        if current.held:
+            # the window restarts with this message; max_wait counts from it too
+            current.held = False
+            current.opened_at = now
         current.last_at = now
         effects.append(MessageAdded(msg, current.batch.size))
         if current.batch.size >= current.settings.max_batch_size:
@@ -257,10 +287,17 @@ class ChannelCore:
         """Close the open batch if its deadline has passed."""
         effects: list[Effect] = []
         current = self._open
-        if current is not None and now >= current.deadline:
+        if current is not None and not current.held and now >= current.deadline:
             self._close(current.timed_reason(), now, effects)
             self._deliver_next(effects)
         return effects
+
+    def hold(self) -> bool:
+        """Suspend the open batch's deadline until the next message; False when no batch is open."""
+        if self._open is None:
+            return False
+        self._open.held = True
+        return True
 
     def enqueue_front(self, payload: Payload, now: float) -> list[Effect]:
         """Put ``payload`` at the head of the FIFO, behind the item in flight."""

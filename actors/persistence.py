@@ -1,0 +1,152 @@
+"""RedisPersistence: the one actor that talks to Redis when persistence is on.
+
+Channels send it ``Persist`` (operations plus the messages that may only leave once those operations are
+durable: deliveries to processors, acknowledgements to producers, command replies). It buffers what arrives
+and flushes everything in one transaction on a zero-delay wakeup, which fires once the messages already
+queued to it have been handled: one Redis round trip serves many channels. Only after the transaction
+succeeds are the held messages sent, in order. If Redis cannot be reached the buffer is kept and retried
+with backoff; nothing is acknowledged meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Optional
+
+import redis
+from thespian.actors import WakeupMessage
+
+from actors.base import Dispatcher
+from actors.store import ChannelSnapshot, Op, RedisDataLost, RedisStore
+from protocol.errors import MessageQueueError
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+log = logging.getLogger(__name__)
+
+_FLUSH = "flush"
+_MAX_BACKOFF = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStore:
+    """Supervisor -> RedisPersistence: connect and check the server. Reply ``StoreOpened`` or ``StoreFailed``."""
+
+    url: str
+    allow_volatile: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOpened:
+    """RedisPersistence -> Supervisor."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """RedisPersistence -> Supervisor: the store cannot be used; ``reason`` says why."""
+
+    error: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChannels:
+    """Supervisor -> RedisPersistence: load every persisted channel. Reply ``ChannelsLoaded``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsLoaded:
+    """RedisPersistence -> Supervisor."""
+
+    snapshots: tuple[ChannelSnapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """ChannelActor -> RedisPersistence: apply ``ops``, then send each of ``then`` (address, message)."""
+
+    ops: tuple[Op, ...]
+    then: tuple[tuple["ActorAddress", object], ...] = ()
+
+
+class RedisPersistence(Dispatcher):
+    """Write-ahead of every channel's state changes to Redis, batched per flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._store: RedisStore | None = None
+        self._ops: list[Op] = []
+        self._then: list[tuple[ActorAddress, object]] = []
+        self._flush_armed = False
+        self._backoff = 0.0
+
+    def receiveMsg_OpenStore(self, msg: OpenStore, sender: ActorAddress) -> None:
+        try:
+            store = RedisStore.from_url(msg.url)
+            store.check_durability(msg.allow_volatile)
+            store.open_epoch()
+        except (MessageQueueError, redis.RedisError, ValueError) as exc:
+            self.send(sender, StoreFailed(type(exc).__name__, str(exc)))
+            return
+        self._store = store
+        self.send(sender, StoreOpened())
+
+    def receiveMsg_LoadChannels(self, msg: LoadChannels, sender: ActorAddress) -> None:
+        self.send(sender, ChannelsLoaded(tuple(self._required_store().load())))
+
+    def receiveMsg_Persist(self, msg: Persist, sender: ActorAddress) -> None:
+        self._ops.extend(msg.ops)
+        self._then.extend(msg.then)
+        if not self._flush_armed:
+            self._flush_armed = True
+            self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
+        if msg.payload != _FLUSH:
+            return
+        self._flush_armed = False
+        ops, then = self._ops, self._then
+        try:
+            self._required_store().apply(ops)
+        except RedisDataLost as exc:
+            log.critical("%s; holding %d operations and every acknowledgement until an operator acts", exc,
+                         len(ops))
+            self._retry()
+            return
+        except redis.RedisError as exc:
+            log.error("Redis write of %d operations failed (%s); retrying in %.2f s", len(ops), exc,
+                      self._next_backoff())
+            self._retry()
+            return
+        self._ops, self._then = [], []
+        self._backoff = 0.0
+        for address, message in then:
+            self.send(address, message)
+
+    def _next_backoff(self) -> float:
+        return min(_MAX_BACKOFF, max(0.05, self._backoff * 2))
+
+    def _retry(self) -> None:
+        self._backoff = self._next_backoff()
+        self._flush_armed = True
+        self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)
+
+    def _required_store(self) -> RedisStore:
+        if self._store is None:
+            raise RuntimeError("RedisPersistence used before OpenStore")
+        return self._store
+
+    def on_stop(self) -> None:
+        if self._ops:
+            try:
+                self._required_store().apply(self._ops)
+            except (redis.RedisError, MessageQueueError) as exc:
+                log.error("could not write %d operations at exit: %s", len(self._ops), exc)
+            else:
+                for address, message in self._then:
+                    self.send(address, message)
+        if self._store is not None:
+            self._store.close()

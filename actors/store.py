@@ -1,0 +1,270 @@
+"""Redis storage of channel state, for the RedisPersistence actor (the only user of this module).
+
+Per channel (keys from :mod:`protocol.keys`):
+    * ``message_queue:open:<ch>``: list of the open batch's messages (``OpenEntry``: message + arrival time);
+    * ``message_queue:redis:<ch>``: list of finished items (``QueueItem``), head first;
+    * ``message_queue:processing:<ch>``: list holding the one item in flight until its processor answers;
+    * ``message_queue:dead:<ch>``: list of stored entries that could not be decoded, with the reason.
+The set ``message_queue:index:channels`` lists every channel that may hold state (no ``KEYS`` scans), and
+``message_queue:index:epoch`` is written once: if it disappears while we run, Redis lost data.
+
+Every batch of operations is applied in one MULTI/EXEC transaction, so a crash leaves either all of a batch
+or none of it. Values are encoded with :mod:`protocol.codec`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Sequence, Union
+
+import redis
+
+from protocol import codec, keys
+from protocol.errors import DecodeError, MessageQueueError
+from protocol.values import DeadLetter, OpenEntry, QueueItem
+
+log = logging.getLogger(__name__)
+
+
+class UnsafeRedis(MessageQueueError):
+    """The Redis server would silently lose acknowledged data, and no opt-out was given."""
+
+
+class RedisDataLost(MessageQueueError):
+    """Redis lost data this system had written (its epoch marker vanished or changed)."""
+
+
+# -- operations ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOpen:
+    """A message joined the channel's open batch."""
+
+    channel_id: str
+    entry: OpenEntry
+
+
+@dataclass(frozen=True, slots=True)
+class PushTail:
+    """An item joined the tail of the channel's queue; ``closes_open`` when it is the open batch closing."""
+
+    channel_id: str
+    item: QueueItem
+    closes_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PushHead:
+    """An item was put at the head of the channel's queue."""
+
+    channel_id: str
+    item: QueueItem
+
+
+@dataclass(frozen=True, slots=True)
+class TakeHead:
+    """The queue's head item went in flight."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinishInFlight:
+    """The processor answered (or the delivery was cancelled): forget the item in flight."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearQueue:
+    """The channel's waiting items were discarded."""
+
+    channel_id: str
+
+
+Op = Union[AppendOpen, PushTail, PushHead, TakeHead, FinishInFlight, ClearQueue]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSnapshot:
+    """What a restarted channel resumes with: waiting items head first (a redelivered in-flight item at the
+    head with its attempt raised) and the open batch's entries."""
+
+    channel_id: str
+    waiting: tuple[QueueItem, ...]
+    open_entries: tuple[OpenEntry, ...]
+
+
+# -- the store ----------------------------------------------------------------------------------------------
+
+
+class RedisStore:
+    """Applies operations to Redis and loads channel state back. Blocking; one owner."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._epoch: bytes | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
+
+    def close(self) -> None:
+        self._redis.close()
+
+    # -- safety ---------------------------------------------------------------------------------------------
+
+    def durability_problems(self) -> list[str]:
+        """Reasons this server could silently lose acknowledged writes (empty when it is safe)."""
+        try:
+            config = self._redis.config_get("appendonly")
+            config.update(self._redis.config_get("maxmemory-policy"))
+        except redis.ResponseError as exc:
+            return [f"cannot read the server's persistence settings with CONFIG GET ({exc})"]
+        problems = []
+        if config.get("appendonly") != "yes":
+            problems.append(
+                f"appendonly is {config.get('appendonly')!r}: a restart of Redis would lose acknowledged "
+                "messages (set appendonly yes)"
+            )
+        if config.get("maxmemory-policy") != "noeviction":
+            problems.append(
+                f"maxmemory-policy is {config.get('maxmemory-policy')!r}: Redis may evict queued messages "
+                "under memory pressure (set maxmemory-policy noeviction)"
+            )
+        return problems
+
+    def check_durability(self, allow_volatile: bool) -> None:
+        """Refuse a server that could lose acknowledged data, unless ``allow_volatile`` (then warn).
+
+        Raises:
+            UnsafeRedis: naming every problem found.
+        """
+        problems = self.durability_problems()
+        if not problems:
+            return
+        text = "; ".join(problems)
+        if not allow_volatile:
+            raise UnsafeRedis(f"refusing to persist to this Redis: {text}. Pass --allow-volatile-redis to accept it")
+        log.warning("persisting to a Redis that may lose data (allowed by option): %s", text)
+
+    def open_epoch(self) -> bytes:
+        """Read (or on a fresh server, write) the epoch marker.
+
+        Raises:
+            RedisDataLost: when channel state exists but the marker does not (Redis lost part of its data).
+        """
+        epoch = self._redis.get(keys.EPOCH)
+        if epoch is None:
+            if self._redis.scard(keys.CHANNEL_INDEX):
+                raise RedisDataLost(
+                    f"{keys.EPOCH} is missing but {keys.CHANNEL_INDEX} is not: Redis lost part of its data"
+                )
+            self._redis.set(keys.EPOCH, f"{time.time():.6f}:{uuid.uuid4().hex}", nx=True)
+            epoch = self._redis.get(keys.EPOCH)
+        assert epoch is not None
+        self._epoch = epoch
+        return epoch
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Apply ``ops`` in order, in one transaction.
+
+        Raises:
+            RedisDataLost: if the epoch marker vanished or changed (Redis restarted without our data).
+            redis.RedisError: when Redis cannot be reached; nothing of ``ops`` was applied.
+        """
+        if not ops:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        channels: set[str] = set()
+        for op in ops:
+            channel = op.channel_id
+            if channel not in channels:
+                channels.add(channel)
+            if isinstance(op, AppendOpen):
+                pipe.rpush(keys.channel_key(keys.OPEN_BATCH, channel), codec.encode(op.entry))
+            elif isinstance(op, PushTail):
+                pipe.rpush(keys.queue_key(channel), codec.encode(op.item))
+                if op.closes_open:
+                    pipe.delete(keys.channel_key(keys.OPEN_BATCH, channel))
+            elif isinstance(op, PushHead):
+                pipe.lpush(keys.queue_key(channel), codec.encode(op.item))
+            elif isinstance(op, TakeHead):
+                pipe.lmove(keys.queue_key(channel), keys.channel_key(keys.PROCESSING, channel), "LEFT", "RIGHT")
+            elif isinstance(op, FinishInFlight):
+                pipe.delete(keys.channel_key(keys.PROCESSING, channel))
+            elif isinstance(op, ClearQueue):
+                pipe.delete(keys.queue_key(channel))
+            else:  # pragma: no cover - Op is a closed union
+                raise TypeError(f"unknown operation {type(op).__name__}")
+        pipe.sadd(keys.CHANNEL_INDEX, *channels)
+        pipe.get(keys.EPOCH)
+        results = pipe.execute()
+        if self._epoch is not None and results[-1] != self._epoch:
+            raise RedisDataLost(
+                f"{keys.EPOCH} changed from {self._epoch!r} to {results[-1]!r}: Redis lost the data written "
+                "before (restarted without persistence, flushed, or failed over to an empty replica)"
+            )
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def load(self) -> list[ChannelSnapshot]:
+        """Load every persisted channel, putting each item in flight back at its queue's head with its
+        attempt raised. Entries that fail to decode move to the channel's dead-letter list."""
+        channels = sorted(m.decode("utf-8", "surrogateescape") for m in self._redis.smembers(keys.CHANNEL_INDEX))
+        pipe = self._redis.pipeline(transaction=False)
+        for channel in channels:
+            pipe.lrange(keys.channel_key(keys.PROCESSING, channel), 0, -1)
+            pipe.lrange(keys.queue_key(channel), 0, -1)
+            pipe.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)
+        raw = pipe.execute()
+        snapshots = []
+        fix = self._redis.pipeline(transaction=True)
+        empty = []
+        for index, channel in enumerate(channels):
+            in_flight_raw, queue_raw, open_raw = raw[3 * index : 3 * index + 3]
+            in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix)
+            waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix)
+            entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix)
+            if in_flight:
+                redelivered = [replace(item, attempt=item.attempt + 1) for item in in_flight]
+                fix.delete(keys.channel_key(keys.PROCESSING, channel))
+                for item in reversed(redelivered):
+                    fix.lpush(keys.queue_key(channel), codec.encode(item))
+                waiting = redelivered + waiting
+            if not waiting and not entries:
+                empty.append(channel)
+                continue
+            snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries)))
+        if empty:
+            fix.srem(keys.CHANNEL_INDEX, *empty)
+        fix.execute()
+        return snapshots
+
+    def _decode_all(
+        self, channel: str, role: str, entries: list[bytes], kind: type, fix: redis.client.Pipeline
+    ) -> list:  # type: ignore[type-arg]
+        decoded = []
+        bad = False
+        for data in entries:
+            try:
+                decoded.append(codec.decode(data, kind))
+            except DecodeError as exc:
+                bad = True
+                log.error("channel %r: a stored %s entry could not be decoded (%s); moved to dead letters",
+                          channel, role, exc)
+                letter = DeadLetter(role, str(exc)[:4096], data[: codec.MAX_FRAME_BYTES // 2], time.time())
+                fix.rpush(keys.channel_key(keys.DEAD_LETTER, channel), codec.encode(letter))
+        if bad:
+            key = keys.channel_key(role, channel)
+            fix.delete(key)
+            if decoded:
+                fix.rpush(key, *(codec.encode(value) for value in decoded))
+        return decoded
+
