@@ -39,7 +39,7 @@ class Dispatcher(ActorTypeDispatcher):  # type: ignore[misc]
             found = getattr(cls, "receiveMsg_" + each.__name__, None)
             if found is not None:
                 return found  # type: ignore[no-any-return]
-        return cls.receiveUnrecognizedMessage  # type: ignore[no-any-return]
+        return cls.receiveUnrecognizedMessage
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: ActorAddress) -> None:
         self.on_stop()

@@ -35,6 +35,7 @@ from protocol.values import (
     Payload,
     QueuedMessage,
     QueueItem,
+    payload_messages,
 )
 
 
@@ -230,23 +231,44 @@ class ChannelCore:
 
     def restore(
         self, waiting: Sequence[QueueItem], open_messages: Sequence[tuple[QueuedMessage, float]], now: float
-    ) -> None:
+    ) -> list[Effect]:
         """Resume from stored state: ``waiting`` items head first, and the open batch's messages with the
         (monotonic) times they arrived, so the batch keeps its original deadline. Only on a fresh core.
 
+        Open messages beyond ``max_batch_size`` (the cap shrank across the restart) are closed into full
+        batches, as enqueue would have; those are the returned effects.
+
         Raises:
-            ProtocolViolation: if the core already holds work.
+            ProtocolViolation: if the core already holds work, or a processor is attached (restore returns no
+                effects, so it could not deliver).
+            InvalidInput: if an item or message belongs to another channel.
         """
         if not self.is_quiescent or self._last_delivery_id:
             raise ProtocolViolation(f"restore of channel {self.channel_id!r} in state {self.state.value} with work")
+        if self._attached:
+            raise ProtocolViolation(
+                f"restore of channel {self.channel_id!r} in state {self.state.value}: restore before attach"
+            )
+        stored = [m for item in waiting for m in payload_messages(item.payload)] + [m for m, _ in open_messages]
+        for channel in [item.channel_id for item in waiting] + [m.channel_id for m in stored]:
+            if channel != self.channel_id:
+                raise InvalidInput(f"restored state of channel {channel!r} sent to channel {self.channel_id!r}")
         for item in waiting:
             self._fifo.append(_Waiting(item, FlushReason.RESTORED, 0.0))
-        if open_messages:
-            first_at = open_messages[0][1]
+        effects: list[Effect] = []
+        cap = self._settings.max_batch_size
+        for start in range(0, len(open_messages), cap):
+            chunk = open_messages[start : start + cap]
+            first_at = chunk[0][1]
             current = self._open = _OpenBatch(MessageBatch(), self._settings, first_at, first_at)
-            for msg, arrived in open_messages:
+            for msg, arrived in chunk:
                 current.batch.add(msg, msg.queued_at)
                 current.last_at = arrived
+            if len(chunk) == cap:
+                self._open = None
+                item = QueueItem(self._new_id(), self.channel_id, current.batch)
+                self._push_tail(item, FlushReason.FULL, 0.0, effects)
+        return effects
 
     def configure(self, settings: BatchSettings) -> None:
         """Use ``settings`` from the next batch on; the open batch keeps the settings it opened with."""
@@ -303,10 +325,11 @@ class ChannelCore:
         """Put ``payload`` at the head of the FIFO, behind the item in flight."""
         if isinstance(payload, MessageBatch) and not payload.messages:
             raise InvalidInput("enqueue_front needs a non-empty batch")
-        if payload.channel_id != self.channel_id:
-            raise InvalidInput(
-                f"item for channel {payload.channel_id!r} sent to channel {self.channel_id!r}"
-            )
+        for msg in payload_messages(payload):
+            if msg.channel_id != self.channel_id:
+                raise InvalidInput(
+                    f"item for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
+                )
         item = QueueItem(self._new_id(), self.channel_id, payload)
         self._fifo.appendleft(_Waiting(item, FlushReason.FRONT, 0.0))
         effects: list[Effect] = [ItemQueued(item, FlushReason.FRONT, 0.0)]
@@ -379,7 +402,9 @@ class ChannelCore:
         current = self._open
         assert current is not None
         self._open = None
-        lateness = 0.0 if reason is FlushReason.FULL else max(0.0, now - current.deadline)
+        # a full batch closes on time; a held one has no deadline to be late for
+        on_time = reason is FlushReason.FULL or current.held
+        lateness = 0.0 if on_time else max(0.0, now - current.deadline)
         self._push_tail(QueueItem(self._new_id(), self.channel_id, current.batch), reason, lateness, effects)
 
     def _push_tail(self, item: QueueItem, reason: FlushReason, lateness: float, effects: list[Effect]) -> None:

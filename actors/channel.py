@@ -11,6 +11,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
+from thespian.actors import ActorSystemMessage
+
 from actors.base import Dispatcher
 from actors.batching import (
     ChannelCore,
@@ -31,6 +33,7 @@ from actors.internal import (
 )
 from protocol.errors import ProtocolViolation
 from protocol.messages import (
+    BatchHeld,
     BatchReady,
     CancelCurrent,
     Cancelled,
@@ -44,8 +47,11 @@ from protocol.messages import (
     EnqueueFront,
     EnqueueMany,
     GetStatistics,
+    HoldBatch,
+    Observe,
     ProcessingDone,
     ProcessingFailed,
+    QueueChanged,
     Statistics,
     StopChannel,
 )
@@ -73,8 +79,20 @@ class ChannelActor(Dispatcher):
         self._deadline_wake: float | None = None
         self._idle_wake: float | None = None
         self._last_activity = 0.0
+        self._observer: Optional[ActorAddress] = None
+        self._reported: tuple[int, bool] | None = None  # (queued, in_flight) last sent to the observer
+        self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
+        self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
 
     # -- set-up ------------------------------------------------------------------------------------------
+
+    def receiveMessage(self, message: object, sender: ActorAddress) -> None:
+        if self._core is None and not isinstance(message, (ChannelInit, ActorSystemMessage)):
+            # On the TCP base, ChannelInit waits until every address it carries (the Timer's, just created)
+            # is usable, and the Supervisor's next messages can overtake it: keep them until it comes.
+            self._early.append((message, sender))
+            return
+        super().receiveMessage(message, sender)
 
     def receiveMsg_ChannelInit(self, msg: ChannelInit, sender: ActorAddress) -> None:
         self._received += 1
@@ -84,14 +102,26 @@ class ChannelActor(Dispatcher):
         self._core = ChannelCore(
             msg.channel_id, msg.settings, processed=msg.processed, cancelled=msg.cancelled, failed=msg.failed
         )
+        # Every delivery of an earlier actor of this channel ended done or cancelled before it passivated:
+        # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
+        self._delivery_base = msg.processed + msg.cancelled
         self._processor = msg.processor
         effects = self._core.attach() if msg.processor is not None else []
         self._settle(effects)
+        early, self._early = self._early, []
+        for message, origin in early:
+            self.receiveMessage(message, origin)
 
     def receiveMsg_AttachProcessor(self, msg: AttachProcessor, sender: ActorAddress) -> None:
         self._received += 1
         self._processor = msg.processor
         self._settle(self._channel.attach())
+
+    def receiveMsg_Observe(self, msg: Observe, sender: ActorAddress) -> None:
+        self._received += 1
+        self._observer = msg.observer
+        self._reported = None
+        self._report()
 
     # -- inbound messages ----------------------------------------------------------------------------------
 
@@ -122,12 +152,14 @@ class ChannelActor(Dispatcher):
     def _finish(self, delivery_id: int, error: str | None, sender: ActorAddress) -> None:
         if sender == self._supervisor:
             self._received += 1
-        try:
-            effects = self._channel.finish(delivery_id, error)
-        except ProtocolViolation as exc:
-            log.warning("channel %r ignored a reply from %s: %s", self._channel.channel_id, sender, exc)
-            return
-        self._settle(effects)
+        effects: list[Effect] = []
+        if delivery_id > self._delivery_base:  # else a late reply to a delivery of an earlier actor
+            try:
+                effects = self._channel.finish(delivery_id - self._delivery_base, error)
+            except ProtocolViolation as exc:
+                log.warning("channel %r ignored a reply from %s: %s", self._channel.channel_id, sender, exc)
+        # settled even when ignored: it may have voided a Passivate offer, and the idle wake must re-arm
+        self._settle(effects, active=bool(effects))
 
     # -- commands routed by the Supervisor ---------------------------------------------------------------
 
@@ -152,9 +184,12 @@ class ChannelActor(Dispatcher):
             reply = ChannelConfigured(core.channel_id)
         elif isinstance(command, GetStatistics):
             reply = Statistics((core.statistics(),))
+        elif isinstance(command, HoldBatch):
+            reply = BatchHeld(core.channel_id, core.hold())
         else:  # pragma: no cover - Routed only carries the commands above
             raise TypeError(f"cannot route {type(command).__name__}")
-        self._settle(effects)
+        # a statistics query is not activity: polling must not keep an idle channel from passivating
+        self._settle(effects, active=not isinstance(command, GetStatistics))
         self.send(msg.reply_to, Gathered(msg.gather, reply) if msg.gather else reply)
 
     # -- time --------------------------------------------------------------------------------------------
@@ -200,12 +235,19 @@ class ChannelActor(Dispatcher):
                 self.send(
                     self._processor,
                     BatchReady(
-                        core.channel_id, effect.item, effect.delivery_id, effect.reason.value, effect.lateness
+                        core.channel_id,
+                        effect.item,
+                        effect.delivery_id + self._delivery_base,
+                        effect.reason.value,
+                        effect.lateness,
                     ),
                 )
             elif isinstance(effect, DeliveryCancelled):
                 if self._flight_processor is not None:
-                    self.send(self._flight_processor, CancelProcessing(core.channel_id, effect.delivery_id))
+                    self.send(
+                        self._flight_processor,
+                        CancelProcessing(core.channel_id, effect.delivery_id + self._delivery_base),
+                    )
             elif isinstance(effect, DeliveryFinished) and effect.error is not None:
                 log.warning(
                     "channel %r: processor failed item %s (%d messages): %s",
@@ -214,6 +256,8 @@ class ChannelActor(Dispatcher):
                     effect.item.size,
                     effect.error,
                 )
+        if self._observer is not None and effects:
+            self._report()
         deadline = core.deadline
         if deadline is not None and (self._deadline_wake is None or deadline < self._deadline_wake):
             self._deadline_wake = deadline
@@ -223,6 +267,14 @@ class ChannelActor(Dispatcher):
             self._last_activity = now
         if core.is_quiescent and self._idle_wake is None:
             self._schedule_idle(self._last_activity + self._idle_timeout)
+
+    def _report(self) -> None:
+        """Tell the observer the waiting count and in-flight flag, if they changed since last told."""
+        stats = self._channel.statistics()
+        status = (stats.queued, stats.in_flight)
+        if status != self._reported and self._observer is not None:
+            self._reported = status
+            self.send(self._observer, QueueChanged(stats.channel_id, stats.queued, stats.in_flight))
 
     def _schedule_idle(self, at: float) -> None:
         self._idle_wake = at

@@ -2,12 +2,19 @@
 
 On ``simpleSystemBase`` actors run only inside ``tell``/``ask``/``listen`` of the thread that calls them. The
 :class:`InProcessDriver` gives the system one dedicated thread that does nothing else: other threads hand it
-commands through a queue (never blocking), and it hands every ``BatchReady``/``CancelProcessing`` addressed to
-it to an ``on_output`` callback. Consecutive ``Enqueue`` commands are coalesced into one ``EnqueueMany``.
+commands through a queue (never blocking), and it hands every ``BatchReady``/``CancelProcessing``/
+``QueueChanged`` addressed to it to an ``on_output`` callback, on that thread, in the order the actors sent
+them. Consecutive ``Enqueue`` commands are coalesced into one ``EnqueueMany``.
 
 Because ``simpleSystemBase`` runs every consequence of a ``tell`` before returning, the replies produced by
 one command are exactly those present when its ``tell`` returns: that is how :meth:`InProcessDriver.call`
-matches a reply to its command without correlation ids.
+matches a reply to its command without correlation ids. Outputs produced by a command are handed to
+``on_output`` before its future resolves.
+
+Between commands the thread blocks on its inbox until the earliest pending Thespian wakeup is due, then
+fires the due wakeups and runs what they send: an idle system costs no CPU and a due timer fires on time.
+This reads three internals of the simple base (``_next_wakeup``, ``_realizeWakeups``, ``_runSends``, present
+in Thespian 4.0); if they are missing it falls back to polling every ``poll_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -16,24 +23,45 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Callable, Union
 
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
-from protocol.messages import BatchReady, CancelProcessing, Enqueue, EnqueueMany
+from protocol.messages import BatchReady, CancelProcessing, Enqueue, EnqueueMany, QueueChanged, Rejected
 from protocol.values import BatchSettings, QueuedMessage
 
 log = logging.getLogger(__name__)
 
-Output = Union[BatchReady, CancelProcessing]
+Output = Union[BatchReady, CancelProcessing, QueueChanged]
+_OUTPUTS = (BatchReady, CancelProcessing, QueueChanged)
 
 _MAX_COALESCED = 256  # Enqueues merged into one EnqueueMany; keeps Thespian's pending-send list short
-_STOP = object()
+_IDLE_WAIT = 1.0  # longest block on the inbox when no wakeup is pending (seconds); only bounds shutdown checks
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    msg: object
+    future: Future[object] | None
+
+
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+_Inbox = Union[QueuedMessage, _Command, _Stop]
+
+
+class DriverStopped(RuntimeError):
+    """The driver is not running (never started, stopped, or its thread died)."""
 
 
 class InProcessDriver:
     """Owns a ``simpleSystemBase`` actor system and the one thread that runs it.
 
-    ``poll_interval`` bounds how late a due timer can fire while no command arrives (seconds).
+    ``poll_interval`` bounds how late a due timer can fire while no command arrives (seconds), when the
+    system's wakeup list cannot be read; otherwise timers fire when due.
     """
 
     def __init__(
@@ -48,16 +76,22 @@ class InProcessDriver:
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
         self._poll = poll_interval
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self._system: RunningSystem | None = None
+        self._stopping = False
 
     # -- any thread ------------------------------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the system thread and wait until the Supervisor is configured."""
+        """Start the system thread and wait until the Supervisor is configured. Idempotent.
+
+        Raises:
+            TimeoutError: if the system did not start within ``timeout`` seconds.
+            Exception: whatever starting the actor system raised.
+        """
         if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="message-queue-actors", daemon=True)
@@ -65,28 +99,45 @@ class InProcessDriver:
         if not self._started.wait(timeout):
             raise TimeoutError(f"actor system did not start within {timeout} s")
         if self._failure is not None:
+            self._thread = None
             raise self._failure
 
     def tell(self, msg: object) -> None:
-        """Send ``msg`` to the Supervisor; replies to it are dropped (logged if they are rejections)."""
-        self._inbox.put((msg, None))
+        """Send ``msg`` to the Supervisor; its reply is dropped (a ``Rejected`` one is logged as a warning)."""
+        self._inbox.put(_Command(msg, None))
 
     def enqueue(self, message: QueuedMessage) -> None:
         """Fire-and-forget ``Enqueue``: the cheapest way in."""
         self._inbox.put(message)
 
     def call(self, msg: object) -> Future[object]:
-        """Send ``msg`` to the Supervisor; the future resolves with its reply (None if it has none)."""
+        """Send ``msg`` to the Supervisor; the future resolves with its reply (None if it has none).
+
+        The future fails with :class:`DriverStopped` if the driver is not running or stops first.
+        """
         future: Future[object] = Future()
-        self._inbox.put((msg, future))
+        if not self.running or self._stopping:
+            future.set_exception(DriverStopped("the actor system driver is not running"))
+            return future
+        self._inbox.put(_Command(msg, future))
         return future
 
+    def request_stop(self) -> None:
+        """Ask the thread to stop and shut the system down, without waiting. Safe from any thread."""
+        self._stopping = True
+        self._inbox.put(_STOP)
+
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread and shut the actor system down. Idempotent."""
+        """Stop the thread and shut the actor system down, waiting up to ``timeout`` s. Idempotent.
+
+        Called on the driver's own thread (from an output callback) it only requests the stop.
+        """
         thread = self._thread
         if thread is None:
             return
-        self._inbox.put(_STOP)
+        self.request_stop()
+        if thread is threading.current_thread():
+            return
         thread.join(timeout)
         self._thread = None
 
@@ -106,11 +157,13 @@ class InProcessDriver:
         self._started.set()
         system = self._system
         asys, supervisor = system.asys, system.supervisor
+        timers = _SimpleBaseTimers.find(asys)
         pending: list[QueuedMessage] = []
         try:
             while True:
+                item: _Inbox | None
                 try:
-                    item = self._inbox.get(timeout=self._poll)
+                    item = self._inbox.get(timeout=self._poll if timers is None else timers.wait_time())
                 except queue.Empty:
                     item = None
                 stop = False
@@ -119,13 +172,12 @@ class InProcessDriver:
                         pending.append(item)
                         if len(pending) >= _MAX_COALESCED:
                             self._flush(asys, supervisor, pending)
+                    elif isinstance(item, _Stop):
+                        stop = True
+                        break
                     else:
                         self._flush(asys, supervisor, pending)
-                        if item is _STOP:
-                            stop = True
-                            break
-                        msg, future = item  # type: ignore[misc]
-                        self._command(asys, supervisor, msg, future)
+                        self._command(asys, supervisor, item.msg, item.future)
                     try:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
@@ -134,10 +186,26 @@ class InProcessDriver:
                 if stop:
                     return
                 # Fire due timers (Timer's wakeup) and collect what they produced.
-                self._collect(asys.listen(self._poll / 10), None)
-                self._collect(None, None, asys)
+                if timers is None:
+                    self._collect(asys.listen(self._poll / 10), None, asys)
+                else:
+                    timers.fire()
+                    self._collect(None, None, asys)
         finally:
+            self._stopping = True
+            self._fail_pending()
             system.shutdown()
+
+    def _fail_pending(self) -> None:
+        """Fail the futures of commands that will never run."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Command) and item.future is not None:
+                if item.future.set_running_or_notify_cancel():
+                    item.future.set_exception(DriverStopped("the actor system driver stopped"))
 
     def _flush(self, asys: object, supervisor: object, pending: list[QueuedMessage]) -> None:
         if not pending:
@@ -159,16 +227,19 @@ class InProcessDriver:
         self._collect(None, future, asys)
 
     def _collect(self, first: object, future: Future[object] | None, asys: object | None = None) -> None:
-        """Dispatch ``first`` and, when ``asys`` is given, every response already waiting."""
+        """Dispatch ``first`` and, when ``asys`` is given, every response already waiting; resolve ``future``
+        with the first response that is not an output."""
         reply: object = None
         response = first
         while True:
             if response is not None:
-                if isinstance(response, (BatchReady, CancelProcessing)):
-                    self._on_output(response)
+                if isinstance(response, _OUTPUTS):
+                    self._output(response)
                 elif future is not None and reply is None:
                     reply = response
-                else:
+                elif isinstance(response, Rejected):
+                    log.warning("the Supervisor rejected a %s: %s", response.command, response.reason)
+                elif future is not None:
                     log.warning("unsolicited reply %r", response)
             if asys is None:
                 break
@@ -177,3 +248,40 @@ class InProcessDriver:
                 break
         if future is not None:
             future.set_result(reply)
+
+    def _output(self, output: Output) -> None:
+        try:
+            self._on_output(output)
+        except Exception:  # the consumer's bug must not stop the actor system
+            log.exception("on_output failed on %s for channel %r", type(output).__name__, output.channel_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _SimpleBaseTimers:
+    """The simple base's wakeup internals: when the next wakeup is due, and firing the due ones."""
+
+    next_wakeup: Callable[[], object]
+    realize: Callable[[], None]
+    run_sends: Callable[[], None]
+
+    @classmethod
+    def find(cls, asys: object) -> _SimpleBaseTimers | None:
+        base = getattr(asys, "_systemBase", None)
+        hooks = [getattr(base, name, None) for name in ("_next_wakeup", "_realizeWakeups", "_runSends")]
+        if not all(callable(hook) for hook in hooks):
+            log.info("Thespian's simple base has no readable wakeup list; the driver polls for timers")
+            return None
+        return cls(*hooks)  # type: ignore[arg-type]
+
+    def wait_time(self) -> float:
+        """Seconds until the earliest pending wakeup is due (``_IDLE_WAIT`` when none is pending)."""
+        timer = self.next_wakeup()
+        if timer is None:
+            return _IDLE_WAIT
+        remaining = float(timer.view().remainingSeconds())  # type: ignore[attr-defined]
+        return min(_IDLE_WAIT, max(0.0, remaining))
+
+    def fire(self) -> None:
+        """Queue every due wakeup and run all pending sends to completion."""
+        self.realize()
+        self.run_sends()

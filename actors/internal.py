@@ -11,6 +11,7 @@ from protocol.messages import (
     Clear,
     ConfigureChannel,
     GetStatistics,
+    HoldBatch,
     StopChannel,
 )
 from protocol.values import BatchSettings
@@ -54,7 +55,7 @@ class AttachProcessor:
     processor: "ActorAddress"
 
 
-ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics]
+ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch]
 
 
 @dataclass(frozen=True, slots=True)

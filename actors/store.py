@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import Sequence, Union
+from typing import Sequence, TypeVar, Union
 
 import redis
 
@@ -27,6 +27,8 @@ from protocol.errors import DecodeError, MessageQueueError
 from protocol.values import DeadLetter, OpenEntry, QueueItem
 
 log = logging.getLogger(__name__)
+
+_V = TypeVar("_V", QueueItem, OpenEntry)
 
 
 class UnsafeRedis(MessageQueueError):
@@ -158,17 +160,22 @@ class RedisStore:
         Raises:
             RedisDataLost: when channel state exists but the marker does not (Redis lost part of its data).
         """
-        epoch = self._redis.get(keys.EPOCH)
+        epoch = self._get_bytes(keys.EPOCH)
         if epoch is None:
             if self._redis.scard(keys.CHANNEL_INDEX):
                 raise RedisDataLost(
                     f"{keys.EPOCH} is missing but {keys.CHANNEL_INDEX} is not: Redis lost part of its data"
                 )
             self._redis.set(keys.EPOCH, f"{time.time():.6f}:{uuid.uuid4().hex}", nx=True)
-            epoch = self._redis.get(keys.EPOCH)
+            epoch = self._get_bytes(keys.EPOCH)
         assert epoch is not None
         self._epoch = epoch
         return epoch
+
+    def _get_bytes(self, key: str) -> bytes | None:
+        value = self._redis.get(key)
+        assert value is None or isinstance(value, bytes)  # the client is made without decode_responses
+        return value
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -217,7 +224,8 @@ class RedisStore:
     def load(self) -> list[ChannelSnapshot]:
         """Load every persisted channel, putting each item in flight back at its queue's head with its
         attempt raised. Entries that fail to decode move to the channel's dead-letter list."""
-        channels = sorted(m.decode("utf-8", "surrogateescape") for m in self._redis.smembers(keys.CHANNEL_INDEX))
+        members: set[bytes] = self._redis.smembers(keys.CHANNEL_INDEX)  # type: ignore[assignment]
+        channels = sorted(m.decode("utf-8") for m in members)
         pipe = self._redis.pipeline(transaction=False)
         for channel in channels:
             pipe.lrange(keys.channel_key(keys.PROCESSING, channel), 0, -1)
@@ -248,9 +256,9 @@ class RedisStore:
         return snapshots
 
     def _decode_all(
-        self, channel: str, role: str, entries: list[bytes], kind: type, fix: redis.client.Pipeline
-    ) -> list:  # type: ignore[type-arg]
-        decoded = []
+        self, channel: str, role: str, entries: list[bytes], kind: type[_V], fix: redis.client.Pipeline
+    ) -> list[_V]:
+        decoded: list[_V] = []
         bad = False
         for data in entries:
             try:

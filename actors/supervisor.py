@@ -29,6 +29,7 @@ from actors.timer import Timer
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id, validate_message
 from protocol.messages import (
+    BatchHeld,
     CancelCurrent,
     Cancelled,
     ChannelConfigured,
@@ -41,9 +42,13 @@ from protocol.messages import (
     EnqueueFront,
     EnqueueMany,
     GetStatistics,
+    HoldBatch,
+    Observe,
+    Observing,
     ProcessingDone,
     ProcessingFailed,
     ProcessingStarted,
+    QueueChanged,
     Rejected,
     StartProcessing,
     Statistics,
@@ -83,9 +88,11 @@ class Supervisor(Dispatcher):
         self._processors: dict[str, ActorAddress] = {}
         self._default_processor: Optional[ActorAddress] = None
         self._stopped: set[str] = set()
+        self._observer: Optional[ActorAddress] = None  # gets every channel's QueueChanged facts
         self._retired: dict[str, tuple[int, int, int]] = {}  # processed, cancelled, failed
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
+        self._stopping = False  # asked to exit: children exit with it, which is no error
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -115,6 +122,13 @@ class Supervisor(Dispatcher):
             if msg.channel_id in self._routes:
                 self._send_channel(msg.channel_id, AttachProcessor(processor))
         self.send(sender, ProcessingStarted(msg.channel_id))
+
+    def receiveMsg_Observe(self, msg: Observe, sender: ActorAddress) -> None:
+        observer = msg.observer if msg.observer is not None else sender
+        self._observer = observer
+        for channel_id in list(self._routes):
+            self._send_channel(channel_id, Observe(observer))
+        self.send(sender, Observing())
 
     # -- messages ----------------------------------------------------------------------------------------
 
@@ -164,6 +178,9 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_Clear(self, msg: Clear, sender: ActorAddress) -> None:
         self._command(msg, sender, Cleared(msg.channel_id, 0))
+
+    def receiveMsg_HoldBatch(self, msg: HoldBatch, sender: ActorAddress) -> None:
+        self._command(msg, sender, BatchHeld(msg.channel_id, False))
 
     def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
         if not self._valid_channel(msg, msg.channel_id, sender):
@@ -230,7 +247,12 @@ class Supervisor(Dispatcher):
         self._retired[msg.channel_id] = (msg.processed, msg.cancelled, msg.failed)
         self.send(sender, ActorExitRequest())
 
+    def on_stop(self) -> None:
+        self._stopping = True
+
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
+        if self._stopping:
+            return
         if msg.childAddress == self._timer:
             log.error("the Timer exited; starting a new one for channels created from now on")
             self._timer = None
@@ -239,6 +261,8 @@ class Supervisor(Dispatcher):
             if route.address == msg.childAddress:
                 log.error("ChannelActor of %r exited unexpectedly; its in-memory work is lost", channel_id)
                 del self._routes[channel_id]
+                if self._observer is not None:
+                    self.send(self._observer, QueueChanged(channel_id, 0, False))
 
     def receiveUnrecognizedMessage(self, msg: object, sender: ActorAddress) -> None:
         if isinstance(msg, ActorSystemMessage):
@@ -284,6 +308,9 @@ class Supervisor(Dispatcher):
                 ),
             )
             route.sent += 1
+            if self._observer is not None and not isinstance(msg, Observe):
+                self.send(route.address, Observe(self._observer))
+                route.sent += 1
         self.send(route.address, msg)
         route.sent += 1
 

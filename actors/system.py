@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -44,21 +45,40 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _children(pid: int) -> list[int]:
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, session...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: the other fields follow the last ')'
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _all_stats() -> list[tuple[int, list[bytes]]]:
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: the parent pid follows the last ')'
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(entry))
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and len(fields) > 3:
+                found.append((int(entry), fields))
     return found
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, fields in _all_stats() if int(fields[1]) == pid]
+
+
+def _parent(pid: int) -> int:
+    fields = _stat(pid)
+    return int(fields[1]) if fields is not None else 0
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs; a process that exited but was not yet reaped (a zombie) counts as gone."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
 
 
 def descendants(pid: int) -> list[int]:
@@ -72,35 +92,100 @@ def descendants(pid: int) -> list[int]:
     return result
 
 
+def session_members(session: int) -> list[int]:
+    """Every live (not zombie) process of the session ``session``."""
+    return [
+        pid for pid, fields in _all_stats() if int(fields[3]) == session and fields[0] not in (b"Z", b"X")
+    ]
+
+
+def _wait_exit(pid: int, timeout: float) -> None:
+    """Block until ``pid`` has exited (reaped or not) or ``timeout`` seconds have passed."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone already (ProcessLookupError), or no pidfd on this kernel: nothing to wait on
+        return
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll(timeout * 1000)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class RunningSystem:
-    """A started actor system and the address of its Supervisor."""
+    """A started actor system and the address of its Supervisor.
+
+    On the TCP base, Thespian daemonizes its admin: the child it forks starts a new session, forks the admin
+    and exits, so the admin and every actor process are orphans, not our descendants. They are found by that
+    session instead (``sessions`` holds its id, the pid of that short-lived child).
+    """
 
     asys: ActorSystem
     supervisor: ActorAddress
     base: str
-    admin_pids: list[int] = field(default_factory=list)  # TCP base: the admin process(es) it forked
+    admin_pids: list[int] = field(default_factory=list)  # TCP base: the admin process(es)
+    sessions: list[int] = field(default_factory=list)  # TCP base: the sessions of every process it started
 
-    def shutdown(self) -> None:
+    def processes(self) -> list[int]:
+        """Every live process the system started (TCP base: admin, logger, one per actor); empty after
+        :meth:`shutdown`."""
+        return [pid for session in self.sessions for pid in session_members(session)]
+
+    def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the actor system; on the TCP base also end every process it started (admin included).
 
         ``ActorSystem.shutdown()`` can leave the TCP admin running with its port open, so whatever is left
-        of the processes below the admin is killed by pid.
+        of the system's session is killed by pid, and this returns once those processes have exited.
         """
-        pids = [p for admin in self.admin_pids for p in [admin, *descendants(admin)]]
         try:
             self.asys.shutdown()
         finally:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                else:
+            for _ in range(10):  # a member forking while it is killed leaves a new one behind
+                pids = self.processes()
+                if not pids:
+                    break
+                for pid in pids:
                     try:
-                        os.waitpid(pid, 0)
-                    except ChildProcessError:
-                        pass  # not our direct child: init reaps it
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                for pid in pids:
+                    _wait_exit(pid, timeout)
+            for leader in self.sessions:
+                try:
+                    os.waitpid(leader, 0)  # our direct child, long exited: reap it
+                except ChildProcessError:
+                    pass
+
+
+def _close_tcp_sockets_on_close() -> None:
+    """Make Thespian's ``TCPTransport.close`` close the sockets it holds. Idempotent.
+
+    In Thespian 4.0.1, ``close`` forgets the connections it keeps open for reuse, and the static
+    ``_safeSocketShutdown`` it calls for its listening socket never closes it (its guard
+    ``isinstance(socket.error, Exception)`` is always False). So every external ``createActor`` and every
+    ``ActorSystem.shutdown()`` left sockets for the garbage collector to close, each with a
+    ``ResourceWarning``. The module's function of the same name does the job right.
+    """
+    from thespian.system.transport import TCPTransport as tcp
+
+    transport = tcp.TCPTransport
+    if getattr(transport.close, "closes_sockets", False):
+        return
+    original = transport.close
+
+    def close(self: Any) -> None:
+        kept = getattr(self, "_openSockets", {})
+        for idle in list(kept.values()):
+            tcp._safeSocketShutdown(idle)
+        kept.clear()
+        original(self)
+
+    close.closes_sockets = True  # type: ignore[attr-defined]
+    transport.close = close
+    transport._safeSocketShutdown = staticmethod(tcp._safeSocketShutdown)
 
 
 def start_system(
@@ -124,11 +209,15 @@ def start_system(
         )
     capabilities: dict[str, Any] = {}
     if base == TCP_BASE:
+        _close_tcp_sockets_on_close()
         capabilities["Admin Port"] = admin_port if admin_port is not None else free_port()
     before = set(_children(os.getpid()))
     asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
-    admins = sorted(set(_children(os.getpid())) - before) if base == TCP_BASE else []
-    running = RunningSystem(asys, asys.createActor(Supervisor, globalName=SUPERVISOR_NAME), base, admins)
+    sessions = sorted(set(_children(os.getpid())) - before) if base == TCP_BASE else []
+    members = {pid for session in sessions for pid in session_members(session)}
+    admins = sorted(pid for pid in members if _parent(pid) not in members)
+    supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+    running = RunningSystem(asys, supervisor, base, admins, sessions)
     reply = asys.ask(running.supervisor, ConfigureSystem(settings or BatchSettings(), idle_timeout), timeout)
     if not isinstance(reply, SystemConfigured):
         running.shutdown()

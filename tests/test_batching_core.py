@@ -21,6 +21,7 @@ from actors.batching import (
     QueueCleared,
 )
 from protocol.errors import InvalidInput, InvalidSettings, ProtocolViolation
+from protocol.limits import MAX_BATCH_SIZE
 from protocol.values import (
     BatchSettings,
     ChannelStatistics,
@@ -87,8 +88,8 @@ def queued_texts(core: ChannelCore) -> list[list[str]]:
 
 def test_a_message_opens_a_batch_whose_deadline_is_one_window_later() -> None:
     core = make_core(window=2.0)
-    effects = core.enqueue(msg("a"), now=10.0)
-    assert effects == [MessageAdded(effects[0].message, 1)]
+    first = msg("a")
+    assert core.enqueue(first, now=10.0) == [MessageAdded(first, 1)]
     assert core.deadline == 12.0
     assert core.open_batch is not None and [m.text for m in core.open_batch.messages] == ["a"]
 
@@ -671,6 +672,147 @@ def test_stop_keeps_the_open_batch() -> None:
     assert of_type(core.tick(1.0), Deliver) == []
 
 
+# -- hold -------------------------------------------------------------------------------------------------
+
+
+def test_hold_without_an_open_batch_returns_false() -> None:
+    assert make_core().hold() is False
+
+
+def test_hold_suspends_the_deadline_so_tick_never_closes_the_batch() -> None:
+    core = make_core(window=1.0, max_wait=2.0)
+    core.enqueue(msg("a"), now=0.0)
+    assert core.hold() is True
+    assert core.deadline is None
+    assert core.tick(100.0) == []
+    assert core.open_batch is not None and core.open_batch.size == 1
+
+
+def test_the_next_message_restarts_the_window_of_a_held_batch() -> None:
+    core = make_core(window=1.0)
+    core.enqueue(msg("a"), now=0.0)
+    core.hold()
+    late = msg("b")
+    assert core.enqueue(late, now=10.0) == [MessageAdded(late, 2)]  # long after the suspended deadline
+    assert core.deadline == 11.0
+    queued = only(core.tick(11.0), ItemQueued)
+    assert (queued.reason, queued.lateness, texts(queued.item)) == (FlushReason.WINDOW, 0.0, ["a", "b"])
+
+
+def test_max_wait_of_a_held_batch_counts_from_the_message_that_resumes_it() -> None:
+    core = make_core(window=2.0, max_wait=3.0)
+    core.enqueue(msg("a"), now=0.0)
+    core.hold()
+    core.enqueue(msg("b"), now=10.0)
+    core.enqueue(msg("c"), now=11.5)
+    assert core.deadline == 13.0
+    assert only(core.tick(13.0), ItemQueued).reason is FlushReason.MAX_WAIT
+
+
+def test_a_held_batch_still_closes_when_full() -> None:
+    core = make_core(window=1.0, max_batch_size=2)
+    core.enqueue(msg("a"), now=0.0)
+    core.hold()
+    assert only(core.enqueue(msg("b"), now=5.0), ItemQueued).reason is FlushReason.FULL
+
+
+def test_hold_leaves_the_next_batch_alone() -> None:
+    core = make_core(window=1.0, max_batch_size=2)
+    core.enqueue(msg("a"), now=0.0)
+    core.hold()
+    core.enqueue(msg("b"), now=5.0)  # full: closes
+    core.enqueue(msg("c"), now=5.0)
+    assert core.deadline == 6.0
+
+
+def test_turning_batching_off_closes_a_held_batch_with_no_lateness() -> None:
+    # A held batch has no deadline, so it cannot be late; lateness is measured against a suspended deadline.
+    core = make_core(window=1.0)
+    core.enqueue(msg("a"), now=0.0)
+    core.hold()
+    core.configure(BatchSettings(batching=False))
+    effects = core.enqueue(msg("b"), now=10.0)
+    reasons = [(e.reason, e.lateness) for e in of_type(effects, ItemQueued)]
+    assert reasons == [(FlushReason.SETTINGS, 0.0), (FlushReason.UNBATCHED, 0.0)]
+
+
+# -- restore ----------------------------------------------------------------------------------------------
+
+
+def stored_item(item_id: str, *names: str, channel: str = CHANNEL) -> QueueItem:
+    batch = MessageBatch()
+    for name in names:
+        batch.add(msg(name, channel=channel))
+    return QueueItem(item_id, channel, batch, attempt=2)
+
+
+def test_restore_puts_the_stored_items_in_the_fifo_head_first_with_reason_restored() -> None:
+    core = make_core()
+    first, second = stored_item("s1", "a"), stored_item("s2", "b", "c")
+    core.restore([first, second], [], now=0.0)
+    assert core.waiting() == (first, second)
+    deliver = only(core.attach(), Deliver)
+    assert (deliver.item, deliver.reason, deliver.lateness, deliver.delivery_id) == (
+        first,
+        FlushReason.RESTORED,
+        0.0,
+        1,
+    )
+
+
+def test_restore_reopens_the_batch_with_its_original_deadline() -> None:
+    core = make_core(window=2.0, max_wait=3.0)
+    core.restore([], [(msg("a"), 100.0), (msg("b"), 101.0)], now=101.5)
+    assert core.open_batch is not None and [m.text for m in core.open_batch.messages] == ["a", "b"]
+    assert core.deadline == 103.0
+    core.enqueue(msg("c"), now=102.5)
+    assert core.deadline == 103.0  # max_wait still counts from the restored first message
+    queued = only(core.tick(103.0), ItemQueued)
+    assert (queued.reason, texts(queued.item)) == (FlushReason.MAX_WAIT, ["a", "b", "c"])
+
+
+def test_restore_into_a_core_holding_work_raises_protocol_violation() -> None:
+    core = make_core()
+    core.enqueue(msg("a"), now=0.0)
+    with pytest.raises(ProtocolViolation, match=r"restore of channel 'chan-1' in state detached"):
+        core.restore([stored_item("s1", "x")], [], now=0.0)
+
+
+def test_restore_after_a_delivery_raises_protocol_violation() -> None:
+    core = make_core(max_batch_size=1, attached=True)
+    core.enqueue(msg("a"), now=0.0)
+    core.finish(1)
+    assert core.is_quiescent
+    with pytest.raises(ProtocolViolation, match="in state idle"):
+        core.restore([stored_item("s1", "x")], [], now=0.0)
+
+
+def test_restore_never_leaves_an_attached_processor_idle_beside_waiting_items() -> None:
+    # restore() returns no effects, so on an attached core it can neither deliver nor stay silent.
+    core = make_core(attached=True)
+    try:
+        core.restore([stored_item("s1", "a")], [], now=0.0)
+    except ProtocolViolation:
+        return
+    assert not (core.state is ChannelState.IDLE and core.waiting()), "items wait while the processor idles"
+
+
+def test_restore_never_yields_a_batch_over_the_size_cap() -> None:
+    core = make_core(window=1.0, max_batch_size=2)
+    core.restore([], [(msg("a"), 0.0), (msg("b"), 0.0), (msg("c"), 0.0)], now=0.0)
+    effects = core.enqueue(msg("d"), now=0.5) + core.tick(10.0)
+    sizes = [item.size for item in core.waiting()] + [
+        e.item.size for e in of_type(effects, ItemQueued)
+    ]
+    assert sizes and max(sizes) <= 2
+
+
+def test_restore_of_another_channels_item_raises_invalid_input() -> None:
+    core = make_core()
+    with pytest.raises(InvalidInput, match="other"):
+        core.restore([stored_item("s1", "x", channel="other")], [], now=0.0)
+
+
 # -- statistics and state ---------------------------------------------------------------------------------
 
 
@@ -779,8 +921,9 @@ def test_batch_settings_defaults() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_batch_size": 0}, "max_batch_size must be >= 1, got 0"),
-        ({"max_batch_size": -3}, "max_batch_size must be >= 1, got -3"),
+        ({"max_batch_size": 0}, f"max_batch_size must be in 1..{MAX_BATCH_SIZE}, got 0"),
+        ({"max_batch_size": -3}, f"max_batch_size must be in 1..{MAX_BATCH_SIZE}, got -3"),
+        ({"max_batch_size": MAX_BATCH_SIZE + 1}, f"max_batch_size must be in 1..100, got {MAX_BATCH_SIZE + 1}"),
         ({"max_batch_size": True}, "max_batch_size must be an int, got True"),
         ({"max_batch_size": 2.0}, "max_batch_size must be an int, got 2.0"),
         ({"window": -0.5}, "window must be >= 0 and finite, got -0.5"),
@@ -807,6 +950,7 @@ def test_batch_settings_reject_out_of_range_values_naming_rule_and_value(
 def test_batch_settings_accept_boundary_values() -> None:
     settings = BatchSettings(window=0, max_batch_size=1, max_wait=0.001, batching=False)
     assert (settings.window, settings.max_batch_size, settings.max_wait) == (0, 1, 0.001)
+    assert BatchSettings(max_batch_size=MAX_BATCH_SIZE).max_batch_size == MAX_BATCH_SIZE
 
 
 def test_invalid_settings_is_a_value_error() -> None:
