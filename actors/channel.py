@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from thespian.actors import ActorSystemMessage
 
@@ -20,8 +20,12 @@ from actors.batching import (
     DeliveryCancelled,
     DeliveryFinished,
     Effect,
+    ItemQueued,
+    MessageAdded,
+    QueueCleared,
 )
 from actors.internal import (
+    Ack,
     AttachProcessor,
     ChannelInit,
     Gathered,
@@ -30,6 +34,17 @@ from actors.internal import (
     ScheduleWake,
     Wake,
     WakeKind,
+)
+from actors.persistence import Persist
+from actors.store import (
+    AppendOpen,
+    ChannelSnapshot,
+    ClearQueue,
+    FinishInFlight,
+    Op,
+    PushHead,
+    PushTail,
+    TakeHead,
 )
 from protocol.errors import ProtocolViolation
 from protocol.messages import (
@@ -55,6 +70,7 @@ from protocol.messages import (
     Statistics,
     StopChannel,
 )
+from protocol.values import FlushReason, OpenEntry
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -83,6 +99,7 @@ class ChannelActor(Dispatcher):
         self._reported: tuple[int, bool] | None = None  # (queued, in_flight) last sent to the observer
         self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
+        self._persistence: Optional[ActorAddress] = None
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -106,11 +123,37 @@ class ChannelActor(Dispatcher):
         # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
         self._delivery_base = msg.processed + msg.cancelled
         self._processor = msg.processor
-        effects = self._core.attach() if msg.processor is not None else []
+        self._persistence = msg.persistence
+        effects: list[Effect] = []
+        if msg.restore is not None:
+            effects = self._restore(msg.restore)
+        if msg.processor is not None:
+            effects += self._core.attach()
         self._settle(effects)
         early, self._early = self._early, []
         for message, origin in early:
             self.receiveMessage(message, origin)
+
+    def _restore(self, snapshot: ChannelSnapshot) -> list[Effect]:
+        """Resume the stored state; open messages keep their arrival times, so deadlines stay as they were."""
+        core = self._channel
+        now, wall = self.clock(), time.time()
+        entries = snapshot.open_entries
+        effects = core.restore(snapshot.waiting, [(e.message, now - (wall - e.arrived_at)) for e in entries], now)
+        if effects and self._persistence is not None:
+            # The cap shrank across the restart and full batches were cut from the stored open batch: store
+            # them, then the stored open batch again as what is still open.
+            ops: list[Op] = []
+            for effect in effects:
+                _journal(core.channel_id, effect, ops)
+            still_open = entries[len(entries) - (core.statistics().open_batch_size) :]
+            ops.extend(AppendOpen(core.channel_id, entry) for entry in still_open)
+            self.send(self._persistence, Persist(tuple(ops)))
+        return []
+
+    def receiveMsg_Ack(self, msg: Ack, sender: ActorAddress) -> None:
+        self._received += 1
+        self._settle([], active=False, then=[(msg.reply_to, msg.reply)])
 
     def receiveMsg_AttachProcessor(self, msg: AttachProcessor, sender: ActorAddress) -> None:
         self._received += 1
@@ -189,8 +232,11 @@ class ChannelActor(Dispatcher):
         else:  # pragma: no cover - Routed only carries the commands above
             raise TypeError(f"cannot route {type(command).__name__}")
         # a statistics query is not activity: polling must not keep an idle channel from passivating
-        self._settle(effects, active=not isinstance(command, GetStatistics))
-        self.send(msg.reply_to, Gathered(msg.gather, reply) if msg.gather else reply)
+        self._settle(
+            effects,
+            active=not isinstance(command, GetStatistics),
+            then=[(msg.reply_to, Gathered(msg.gather, reply) if msg.gather else reply)],
+        )
 
     # -- time --------------------------------------------------------------------------------------------
 
@@ -225,28 +271,43 @@ class ChannelActor(Dispatcher):
             raise RuntimeError("ChannelActor used before ChannelInit")
         return self._core
 
-    def _settle(self, effects: list[Effect], active: bool = True) -> None:
-        """Carry out the core's effects, then re-arm the deadline and idle wakes as needed."""
+    def _settle(
+        self,
+        effects: list[Effect],
+        active: bool = True,
+        then: Sequence[tuple[ActorAddress, object]] = (),
+    ) -> None:
+        """Carry out the core's effects, send ``then``, and re-arm the deadline and idle wakes as needed.
+
+        With persistence, every message that leaves (deliveries, cancels, replies) is handed to
+        RedisPersistence with the operations that make the effects durable, and leaves only after them.
+        """
         core = self._channel
+        out: list[tuple[ActorAddress, object]] = []
+        ops: list[Op] | None = [] if self._persistence is not None else None
         for effect in effects:
             if isinstance(effect, Deliver):
                 assert self._processor is not None
                 self._flight_processor = self._processor
-                self.send(
-                    self._processor,
-                    BatchReady(
-                        core.channel_id,
-                        effect.item,
-                        effect.delivery_id + self._delivery_base,
-                        effect.reason.value,
-                        effect.lateness,
-                    ),
+                out.append(
+                    (
+                        self._processor,
+                        BatchReady(
+                            core.channel_id,
+                            effect.item,
+                            effect.delivery_id + self._delivery_base,
+                            effect.reason.value,
+                            effect.lateness,
+                        ),
+                    )
                 )
             elif isinstance(effect, DeliveryCancelled):
                 if self._flight_processor is not None:
-                    self.send(
-                        self._flight_processor,
-                        CancelProcessing(core.channel_id, effect.delivery_id + self._delivery_base),
+                    out.append(
+                        (
+                            self._flight_processor,
+                            CancelProcessing(core.channel_id, effect.delivery_id + self._delivery_base),
+                        )
                     )
             elif isinstance(effect, DeliveryFinished) and effect.error is not None:
                 log.warning(
@@ -256,6 +317,16 @@ class ChannelActor(Dispatcher):
                     effect.item.size,
                     effect.error,
                 )
+            if ops is not None:
+                _journal(core.channel_id, effect, ops)
+        out.extend(then)
+        if ops is not None:
+            if ops or out:
+                assert self._persistence is not None
+                self.send(self._persistence, Persist(tuple(ops), tuple(out)))
+        else:
+            for address, message in out:
+                self.send(address, message)
         if self._observer is not None and effects:
             self._report()
         deadline = core.deadline
@@ -283,3 +354,20 @@ class ChannelActor(Dispatcher):
     def _send_timer(self, request: ScheduleWake) -> None:
         assert self._timer is not None
         self.send(self._timer, request)
+
+
+def _journal(channel_id: str, effect: Effect, ops: list[Op]) -> None:
+    """Append the store operations that make ``effect`` durable."""
+    if isinstance(effect, MessageAdded):
+        ops.append(AppendOpen(channel_id, OpenEntry(effect.message, time.time())))
+    elif isinstance(effect, ItemQueued):
+        if effect.reason is FlushReason.FRONT:
+            ops.append(PushHead(channel_id, effect.item))
+        else:
+            ops.append(PushTail(channel_id, effect.item, closes_open=effect.reason is not FlushReason.UNBATCHED))
+    elif isinstance(effect, Deliver):
+        ops.append(TakeHead(channel_id))
+    elif isinstance(effect, (DeliveryFinished, DeliveryCancelled)):
+        ops.append(FinishInFlight(channel_id))
+    elif isinstance(effect, QueueCleared):
+        ops.append(ClearQueue(channel_id))

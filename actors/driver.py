@@ -71,8 +71,12 @@ class InProcessDriver:
         *,
         idle_timeout: float = 60.0,
         poll_interval: float = 0.001,
+        redis_url: str = "",
+        allow_volatile_redis: bool = False,
     ) -> None:
         self._on_output = on_output
+        self._redis_url = redis_url
+        self._allow_volatile_redis = allow_volatile_redis
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
         self._poll = poll_interval
@@ -82,6 +86,7 @@ class InProcessDriver:
         self._failure: BaseException | None = None
         self._system: RunningSystem | None = None
         self._stopping = False
+        self._start_timeout = 10.0
 
     # -- any thread ------------------------------------------------------------------------------------------
 
@@ -94,6 +99,7 @@ class InProcessDriver:
         """
         if self._thread is not None:
             return
+        self._start_timeout = timeout
         self._thread = threading.Thread(target=self._run, name="message-queue-actors", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
@@ -149,7 +155,14 @@ class InProcessDriver:
 
     def _run(self) -> None:
         try:
-            self._system = start_system(SIMPLE_BASE, self._settings, idle_timeout=self._idle_timeout)
+            self._system = start_system(
+                SIMPLE_BASE,
+                self._settings,
+                idle_timeout=self._idle_timeout,
+                redis_url=self._redis_url,
+                allow_volatile_redis=self._allow_volatile_redis,
+                timeout=self._start_timeout,
+            )
         except BaseException as exc:  # reported to start()'s caller
             self._failure = exc
             self._started.set()

@@ -14,6 +14,7 @@ from protocol.messages import (
     HoldBatch,
     StopChannel,
 )
+from actors.store import ChannelSnapshot
 from protocol.values import BatchSettings
 
 if TYPE_CHECKING:
@@ -27,11 +28,15 @@ class ConfigureSystem:
 
     settings: BatchSettings
     idle_timeout: float = 60.0
+    redis_url: str = ""  # persist every channel to this Redis (empty: in memory only)
+    allow_volatile_redis: bool = False  # accept a Redis that may lose acknowledged writes
 
 
 @dataclass(frozen=True, slots=True)
 class SystemConfigured:
-    """Supervisor -> launcher."""
+    """Supervisor -> launcher: ready; ``restored`` channels were loaded from Redis."""
+
+    restored: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,8 @@ class ChannelInit:
     processed: int = 0
     cancelled: int = 0
     failed: int = 0
+    persistence: Optional["ActorAddress"] = None  # RedisPersistence, when the system persists
+    restore: Optional[ChannelSnapshot] = None  # stored state to resume from
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,14 @@ class AttachProcessor:
     """Supervisor -> ChannelActor: deliver to ``processor`` from now on."""
 
     processor: "ActorAddress"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Supervisor -> ChannelActor: send ``reply`` to ``reply_to`` once everything before is durable."""
+
+    reply_to: "ActorAddress"
+    reply: object
 
 
 ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch]

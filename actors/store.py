@@ -35,6 +35,10 @@ class UnsafeRedis(MessageQueueError):
     """The Redis server would silently lose acknowledged data, and no opt-out was given."""
 
 
+class StoreUnavailable(MessageQueueError):
+    """The Redis server could not be reached."""
+
+
 class RedisDataLost(MessageQueueError):
     """Redis lost data this system had written (its epoch marker vanished or changed)."""
 

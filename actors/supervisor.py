@@ -16,6 +16,7 @@ from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExit
 from actors.base import Dispatcher
 from actors.channel import ChannelActor
 from actors.internal import (
+    Ack,
     AttachProcessor,
     ChannelCommand,
     ChannelInit,
@@ -25,6 +26,15 @@ from actors.internal import (
     Routed,
     SystemConfigured,
 )
+from actors.persistence import (
+    ChannelsLoaded,
+    LoadChannels,
+    OpenStore,
+    RedisPersistence,
+    StoreFailed,
+    StoreOpened,
+)
+from actors.store import ChannelSnapshot
 from actors.timer import Timer
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id, validate_message
@@ -62,11 +72,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# What the Supervisor handles while it restores persisted channels; everything else waits.
+_STARTUP_MESSAGES = (StoreOpened, StoreFailed, ChannelsLoaded, ActorSystemMessage)
+
+
 @dataclass(slots=True)
 class _Gather:
+    """A scatter-gather request: statistics snapshots to merge, or (``counting``) enqueue acks to add up."""
+
     reply_to: ActorAddress
     remaining: int
+    counting: bool = False
     snapshots: list[ChannelStatistics] = field(default_factory=list)
+    count: int = 0
 
 
 @dataclass(slots=True)
@@ -93,6 +111,8 @@ class Supervisor(Dispatcher):
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
         self._stopping = False  # asked to exit: children exit with it, which is no error
+        self._persistence: Optional[ActorAddress] = None  # RedisPersistence, when the system persists
+        self._starting: tuple[ActorAddress, list[tuple[object, ActorAddress]]] | None = None
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -105,7 +125,48 @@ class Supervisor(Dispatcher):
             return
         self._settings = msg.settings
         self._idle_timeout = msg.idle_timeout
-        self.send(sender, SystemConfigured())
+        if not msg.redis_url:
+            self.send(sender, SystemConfigured())
+            return
+        # Persistence: answer only once every stored channel is back; hold other commands until then.
+        self._starting = (sender, [])
+        self._persistence = self.createActor(RedisPersistence)
+        self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis))
+
+    def receiveMessage(self, message: object, sender: ActorAddress) -> None:
+        if self._starting is not None and not isinstance(message, _STARTUP_MESSAGES):
+            self._starting[1].append((message, sender))
+            return
+        super().receiveMessage(message, sender)
+
+    def receiveMsg_StoreOpened(self, msg: StoreOpened, sender: ActorAddress) -> None:
+        assert self._persistence is not None
+        self.send(self._persistence, LoadChannels())
+
+    def receiveMsg_StoreFailed(self, msg: StoreFailed, sender: ActorAddress) -> None:
+        assert self._starting is not None
+        launcher, held = self._starting
+        self._starting = None
+        self._persistence = None
+        self.send(sender, ActorExitRequest())
+        log.error("persistence refused: %s", msg.reason)
+        self.send(launcher, Rejected("ConfigureSystem", "", msg.error, msg.reason))
+        self._replay(held)
+
+    def receiveMsg_ChannelsLoaded(self, msg: ChannelsLoaded, sender: ActorAddress) -> None:
+        assert self._starting is not None
+        launcher, held = self._starting
+        self._starting = None
+        for snapshot in msg.snapshots:
+            self._spawn(snapshot.channel_id, snapshot)
+        if msg.snapshots:
+            log.info("restored %d channels from Redis", len(msg.snapshots))
+        self.send(launcher, SystemConfigured(len(msg.snapshots)))
+        self._replay(held)
+
+    def _replay(self, held: list[tuple[object, ActorAddress]]) -> None:
+        for message, origin in held:
+            self.receiveMessage(message, origin)
 
     def receiveMsg_StartProcessing(self, msg: StartProcessing, sender: ActorAddress) -> None:
         processor = msg.processor if msg.processor is not None else sender
@@ -140,7 +201,7 @@ class Supervisor(Dispatcher):
             return
         self._send_channel(message.channel_id, Enqueue(message) if msg.ack else msg)
         if msg.ack:
-            self.send(sender, Enqueued(1))
+            self._ack(message.channel_id, sender, Enqueued(1))
 
     def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
         if not isinstance(msg.messages, (tuple, list)):
@@ -154,12 +215,19 @@ class Supervisor(Dispatcher):
                 self._reject(msg, _channel_of(message), exc, sender, reply=msg.ack)
                 continue
             groups.setdefault(message.channel_id, []).append(message)
-        accepted = 0
         for channel_id, messages in groups.items():
-            accepted += len(messages)
             self._send_channel(channel_id, EnqueueMany(tuple(messages)))
-        if msg.ack:
-            self.send(sender, Enqueued(accepted))
+        if not msg.ack:
+            return
+        if self._persistence is None or not groups:
+            self.send(sender, Enqueued(sum(len(m) for m in groups.values())))
+        elif len(groups) == 1:
+            [(channel_id, messages)] = groups.items()
+            self._ack(channel_id, sender, Enqueued(len(messages)))
+        else:
+            gather = self._new_gather(_Gather(sender, len(groups), counting=True))
+            for channel_id, messages in groups.items():
+                self._ack(channel_id, self.myAddress, Gathered(gather, Enqueued(len(messages))))
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
         try:
@@ -169,7 +237,7 @@ class Supervisor(Dispatcher):
             return
         self._send_channel(channel_id, EnqueueFront(msg.payload) if msg.ack else msg)
         if msg.ack:
-            self.send(sender, Enqueued(1))
+            self._ack(channel_id, sender, Enqueued(1))
 
     # -- channel commands ----------------------------------------------------------------------------------
 
@@ -205,23 +273,33 @@ class Supervisor(Dispatcher):
         if not self._routes:
             self.send(sender, Statistics(()))
             return
-        self._gather_seq += 1
-        self._gathers[self._gather_seq] = _Gather(sender, len(self._routes))
+        gather = self._new_gather(_Gather(sender, len(self._routes)))
         for channel_id in self._routes:
-            self._send_channel(channel_id, Routed(msg, self.myAddress, self._gather_seq))
+            self._send_channel(channel_id, Routed(msg, self.myAddress, gather))
+
+    def _new_gather(self, gather: _Gather) -> int:
+        self._gather_seq += 1
+        self._gathers[self._gather_seq] = gather
+        return self._gather_seq
 
     def receiveMsg_Gathered(self, msg: Gathered, sender: ActorAddress) -> None:
         gather = self._gathers.get(msg.gather)
         if gather is None:
             log.warning("Supervisor got an answer for unknown request %d", msg.gather)
             return
-        assert isinstance(msg.reply, Statistics)
-        gather.snapshots.extend(msg.reply.channels)
+        if isinstance(msg.reply, Enqueued):
+            gather.count += msg.reply.count
+        else:
+            assert isinstance(msg.reply, Statistics)
+            gather.snapshots.extend(msg.reply.channels)
         gather.remaining -= 1
         if gather.remaining == 0:
             del self._gathers[msg.gather]
-            snapshots = sorted(gather.snapshots, key=lambda s: s.channel_id)
-            self.send(gather.reply_to, Statistics(tuple(snapshots)))
+            if gather.counting:
+                self.send(gather.reply_to, Enqueued(gather.count))
+            else:
+                snapshots = sorted(gather.snapshots, key=lambda s: s.channel_id)
+                self.send(gather.reply_to, Statistics(tuple(snapshots)))
 
     # -- processor replies sent here rather than to the channel --------------------------------------------
 
@@ -252,6 +330,9 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
         if self._stopping:
+            return
+        if msg.childAddress == self._persistence and self._persistence is not None:
+            log.critical("RedisPersistence exited: nothing more can be persisted or acknowledged")
             return
         if msg.childAddress == self._timer:
             log.error("the Timer exited; starting a new one for channels created from now on")
@@ -289,28 +370,43 @@ class Supervisor(Dispatcher):
             return False
         return True
 
+    def _ack(self, channel_id: str, reply_to: ActorAddress, reply: object) -> None:
+        """Send ``reply`` once the channel's work so far is durable (at once without persistence)."""
+        if self._persistence is None:
+            self.send(reply_to, reply)
+        else:
+            self._send_channel(channel_id, Ack(reply_to, reply))
+
+    def _spawn(self, channel_id: str, restore: ChannelSnapshot | None = None) -> _Route:
+        route = self._routes[channel_id] = _Route(self.createActor(ChannelActor))
+        processed, cancelled, failed = self._retired.pop(channel_id, (0, 0, 0))
+        self.send(
+            route.address,
+            ChannelInit(
+                channel_id,
+                self._overrides.get(channel_id, self._settings),
+                self._timer_address(),
+                self._processor_for(channel_id),
+                self._idle_timeout,
+                processed,
+                cancelled,
+                failed,
+                self._persistence,
+                restore,
+            ),
+        )
+        route.sent += 1
+        if self._observer is not None:
+            self.send(route.address, Observe(self._observer))
+            route.sent += 1
+        return route
+
     def _send_channel(self, channel_id: str, msg: object) -> None:
         route = self._routes.get(channel_id)
         if route is None:
-            route = self._routes[channel_id] = _Route(self.createActor(ChannelActor))
-            processed, cancelled, failed = self._retired.pop(channel_id, (0, 0, 0))
-            self.send(
-                route.address,
-                ChannelInit(
-                    channel_id,
-                    self._overrides.get(channel_id, self._settings),
-                    self._timer_address(),
-                    self._processor_for(channel_id),
-                    self._idle_timeout,
-                    processed,
-                    cancelled,
-                    failed,
-                ),
-            )
-            route.sent += 1
-            if self._observer is not None and not isinstance(msg, Observe):
-                self.send(route.address, Observe(self._observer))
-                route.sent += 1
+            route = self._spawn(channel_id)
+            if isinstance(msg, Observe):
+                return  # the new channel was just told the observer
         self.send(route.address, msg)
         route.sent += 1
 

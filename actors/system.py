@@ -23,8 +23,9 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorSystem
 
 from actors.internal import ConfigureSystem, SystemConfigured
+from actors.store import RedisDataLost, StoreUnavailable, UnsafeRedis
 from actors.supervisor import Supervisor
-from protocol.errors import InvalidSettings, Timeout
+from protocol.errors import InvalidSettings, MessageQueueError, Timeout
 from protocol.messages import SUPERVISOR_NAME, Rejected
 from protocol.values import BatchSettings
 
@@ -33,6 +34,14 @@ TCP_BASE = "multiprocTCPBase"
 SUPPORTED_BASES = (SIMPLE_BASE, TCP_BASE)
 
 log = logging.getLogger(__name__)
+
+# What a refused start raises, by the error name the Supervisor reports.
+_STARTUP_ERRORS: dict[str, type[MessageQueueError]] = {
+    "UnsafeRedis": UnsafeRedis,
+    "RedisDataLost": RedisDataLost,
+    "ConnectionError": StoreUnavailable,
+    "TimeoutError": StoreUnavailable,
+}
 
 # Thespian's own logging goes through the standard library: do not let it install its defaults.
 _LOG_DEFS: dict[str, Any] = {"version": 1, "disable_existing_loggers": False}
@@ -194,12 +203,19 @@ def start_system(
     *,
     idle_timeout: float = 60.0,
     admin_port: int | None = None,
+    redis_url: str = "",
+    allow_volatile_redis: bool = False,
     timeout: float = 10.0,
 ) -> RunningSystem:
     """Start an actor system on ``base``, create (or find) the Supervisor and configure it.
 
+    With ``redis_url`` every channel is persisted there and the channels stored by an earlier run are
+    restored before this returns (``timeout`` covers the restore).
+
     Raises:
-        InvalidSettings: for an unsupported base.
+        InvalidSettings: for an unsupported base or settings the Supervisor refuses.
+        UnsafeRedis: if the Redis server could lose acknowledged writes and ``allow_volatile_redis`` is False.
+        RedisDataLost: if Redis lost part of the data stored by an earlier run.
         Timeout: if the Supervisor does not answer within ``timeout`` seconds.
     """
     if base not in SUPPORTED_BASES:
@@ -218,10 +234,11 @@ def start_system(
     admins = sorted(pid for pid in members if _parent(pid) not in members)
     supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
     running = RunningSystem(asys, supervisor, base, admins, sessions)
-    reply = asys.ask(running.supervisor, ConfigureSystem(settings or BatchSettings(), idle_timeout), timeout)
+    configure = ConfigureSystem(settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis)
+    reply = asys.ask(running.supervisor, configure, timeout)
     if not isinstance(reply, SystemConfigured):
         running.shutdown()
         if isinstance(reply, Rejected):
-            raise InvalidSettings(reply.reason)
+            raise _STARTUP_ERRORS.get(reply.error, InvalidSettings)(reply.reason)
         raise Timeout(f"the Supervisor did not answer within {timeout} s (got {reply!r})")
     return running
