@@ -35,7 +35,7 @@ from actors.internal import (
     Wake,
     WakeKind,
 )
-from actors.persistence import Persist
+from actors.persistence import Durable, Persist
 from actors.store import (
     AppendOpen,
     ChannelSnapshot,
@@ -100,6 +100,7 @@ class ChannelActor(Dispatcher):
         self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: Optional[ActorAddress] = None
+        self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -150,6 +151,12 @@ class ChannelActor(Dispatcher):
             ops.extend(AppendOpen(core.channel_id, entry) for entry in still_open)
             self.send(self._persistence, Persist(tuple(ops)))
         return []
+
+    def receiveMsg_Durable(self, msg: Durable, sender: ActorAddress) -> None:
+        self._awaiting_durable -= 1
+        for address, message in msg.then:
+            self.send(address, message)
+        self._settle([], active=False)  # re-arms the idle wake a pending Durable may have skipped
 
     def receiveMsg_Ack(self, msg: Ack, sender: ActorAddress) -> None:
         self._received += 1
@@ -250,7 +257,7 @@ class ChannelActor(Dispatcher):
         if msg.at == self._idle_wake:
             self._idle_wake = None
         core = self._channel
-        if not core.is_quiescent:
+        if not core.is_quiescent or self._awaiting_durable:
             return
         idle_until = self._last_activity + self._idle_timeout
         if now >= idle_until:
@@ -324,6 +331,7 @@ class ChannelActor(Dispatcher):
             if ops or out:
                 assert self._persistence is not None
                 self.send(self._persistence, Persist(tuple(ops), tuple(out)))
+                self._awaiting_durable += bool(out)
         else:
             for address, message in out:
                 self.send(address, message)

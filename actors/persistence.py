@@ -1,10 +1,11 @@
 """RedisPersistence: the one actor that talks to Redis when persistence is on.
 
-Channels send it ``Persist`` (operations plus the messages that may only leave once those operations are
-durable: deliveries to processors, acknowledgements to producers, command replies). It buffers what arrives
+Channels send it ``Persist``: operations, plus the messages that may only leave once those operations are
+durable (deliveries to processors, acknowledgements to producers, command replies). It buffers what arrives
 and flushes everything in one transaction on a zero-delay wakeup, which fires once the messages already
 queued to it have been handled: one Redis round trip serves many channels. Only after the transaction
-succeeds are the held messages sent, in order. If Redis cannot be reached the buffer is kept and retried
+succeeds does each channel get its held messages back in ``Durable``, to send them itself (so a processor's
+reply goes to the channel that sent the delivery). If Redis cannot be reached the buffer is kept and retried
 with backoff; nothing is acknowledged meanwhile.
 """
 
@@ -66,10 +67,18 @@ class ChannelsLoaded:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """ChannelActor -> RedisPersistence: apply ``ops``, then send each of ``then`` (address, message)."""
+    """ChannelActor -> RedisPersistence: apply ``ops``; then answer ``Durable(then)`` if ``then`` is not
+    empty."""
 
     ops: tuple[Op, ...]
     then: tuple[tuple["ActorAddress", object], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
+
+    then: tuple[tuple["ActorAddress", object], ...]
 
 
 class RedisPersistence(Dispatcher):
@@ -79,7 +88,7 @@ class RedisPersistence(Dispatcher):
         super().__init__()
         self._store: RedisStore | None = None
         self._ops: list[Op] = []
-        self._then: list[tuple[ActorAddress, object]] = []
+        self._then: list[tuple[ActorAddress, Durable]] = []
         self._flush_armed = False
         self._backoff = 0.0
 
@@ -99,7 +108,8 @@ class RedisPersistence(Dispatcher):
 
     def receiveMsg_Persist(self, msg: Persist, sender: ActorAddress) -> None:
         self._ops.extend(msg.ops)
-        self._then.extend(msg.then)
+        if msg.then:
+            self._then.append((sender, Durable(msg.then)))
         if not self._flush_armed:
             self._flush_armed = True
             self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)

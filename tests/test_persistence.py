@@ -1,0 +1,193 @@
+"""Persistence mode on real actor systems and a private redis-server: what is acknowledged is in Redis, and a
+restarted system resumes every channel where the last one stopped."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Optional
+
+import pytest
+import redis
+
+from actor_support import HOLD
+from actors.store import RedisDataLost, UnsafeRedis
+from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
+from protocol import codec, keys
+from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront
+from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
+from redis_support import RedisServer, redis_server
+from test_actors import Harness, message, texts
+
+pytestmark = pytest.mark.redis
+
+BASES = [
+    pytest.param(SIMPLE_BASE, id="simple"),
+    pytest.param(TCP_BASE, id="tcp", marks=pytest.mark.tcp),
+]
+
+
+class Node:
+    """Starts and stops systems persisting to one Redis, one at a time."""
+
+    def __init__(self, base: str, server: RedisServer) -> None:
+        self.base = base
+        self.server = server
+        self.current: Optional[Harness] = None
+
+    def start(self, window: float = 30.0, max_batch_size: int = 10) -> Harness:
+        self.stop()
+        port = free_port() if self.base == TCP_BASE else None
+        running = start_system(
+            self.base,
+            BatchSettings(window=window, max_batch_size=max_batch_size),
+            admin_port=port,
+            redis_url=self.server.url,
+            timeout=20,
+        )
+        self.current = Harness(running, port)
+        return self.current
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.shutdown_and_verify()
+            self.current = None
+
+
+@pytest.fixture(params=BASES)
+def node(request: pytest.FixtureRequest, redis_srv: RedisServer) -> Iterator[Node]:
+    n = Node(str(request.param), redis_srv)
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_srv.url)
+    yield c
+    c.close()
+
+
+def stored(client: redis.Redis, role: str, channel: str) -> list[object]:
+    return [codec.decode(raw) for raw in client.lrange(keys.channel_key(role, channel), 0, -1)]
+
+
+def test_an_acknowledged_enqueue_is_already_in_redis(node: Node, client: redis.Redis) -> None:
+    h = node.start()
+    h.enqueue(message("c1", "a"), message("c2", "b"), message("c1", "c"))
+    opened = stored(client, keys.OPEN_BATCH, "c1")
+    assert [e.message.text for e in opened if isinstance(e, OpenEntry)] == ["a", "c"]
+    assert len(stored(client, keys.OPEN_BATCH, "c2")) == 1
+
+
+def test_the_item_in_flight_is_held_in_its_processing_record_until_the_processor_answers(
+    node: Node, client: redis.Redis
+) -> None:
+    h = node.start(max_batch_size=2)
+    p = h.processor(HOLD)
+    h.attach(p)
+    h.enqueue(*(message("c", t) for t in "abcd"))
+    [first] = h.wait_for(p, count=1)
+    assert isinstance(first, BatchReady) and texts(first) == ["a", "b"]
+    [in_flight] = stored(client, keys.PROCESSING, "c")
+    assert isinstance(in_flight, QueueItem) and in_flight.item_id == first.item.item_id
+    assert [i.item_id for i in stored(client, keys.QUEUE, "c") if isinstance(i, QueueItem)] != []
+    h.release(p)
+    events = h.wait_for(p, count=2)
+    second = events[1]
+    assert isinstance(second, BatchReady) and texts(second) == ["c", "d"]
+    [now_in_flight] = stored(client, keys.PROCESSING, "c")
+    assert isinstance(now_in_flight, QueueItem) and now_in_flight.item_id == second.item.item_id
+    assert stored(client, keys.QUEUE, "c") == []
+
+
+def test_a_restart_redelivers_the_item_in_flight_with_the_same_id_and_a_higher_attempt(node: Node) -> None:
+    h = node.start(max_batch_size=2)
+    p = h.processor(HOLD)
+    h.attach(p)
+    h.enqueue(*(message("c", t) for t in "abcde"))
+    [first] = h.wait_for(p, count=1)
+    assert isinstance(first, BatchReady) and first.item.attempt == 1
+    h = node.start(max_batch_size=2)  # the old system stops with the item unanswered
+    p = h.processor()
+    h.attach(p)
+    events = [e for e in h.wait_for(p, count=2) if isinstance(e, BatchReady)]
+    assert [texts(e) for e in events] == [["a", "b"], ["c", "d"]]
+    assert (events[0].item.item_id, events[0].item.attempt) == (first.item.item_id, 2)
+    assert events[1].item.attempt == 1
+    assert h.stats("c").open_batch_size == 1  # "e" is still collecting, under its original window
+
+
+def test_an_open_batch_keeps_its_original_deadline_across_a_restart(node: Node) -> None:
+    window = 1.5
+    h = node.start(window=window)
+    opened = time.monotonic()
+    h.enqueue(message("c", "a"), message("c", "b"))
+    h = node.start(window=window)
+    restarted = time.monotonic()
+    p = h.processor()
+    h.attach(p)
+    [ready] = h.wait_for(p, count=1, timeout=10)
+    flushed = time.monotonic()
+    assert isinstance(ready, BatchReady) and texts(ready) == ["a", "b"] and ready.reason == "window"
+    # the window ran from the last message, not from the restart
+    assert flushed - opened >= window - 0.05
+    assert flushed < restarted + window, (flushed - opened, restarted - opened)
+
+
+def test_front_items_and_clears_are_persisted(node: Node) -> None:
+    h = node.start(max_batch_size=1)
+    h.enqueue(message("c", "a"), message("c", "b"), message("c", "c"))
+    assert h.ask(EnqueueFront(message("c", "urgent"), ack=True), Enqueued) == Enqueued(1)
+    h = node.start(max_batch_size=1)
+    assert h.ask(Clear("c"), Cleared) == Cleared("c", 4)
+    h.enqueue(message("c", "after"))
+    h = node.start(max_batch_size=1)
+    p = h.processor()
+    h.attach(p)
+    [ready] = h.wait_for(p, count=1)
+    assert isinstance(ready, BatchReady) and texts(ready) == ["after"]
+    assert h.stats("c").queued == 0
+
+
+def test_front_insertion_survives_a_restart_at_the_head(node: Node) -> None:
+    h = node.start(max_batch_size=1)
+    h.enqueue(message("c", "a"), message("c", "b"))
+    batch = MessageBatch([message("c", "x"), message("c", "y")])
+    assert h.ask(EnqueueFront(batch, ack=True), Enqueued) == Enqueued(1)
+    h = node.start(max_batch_size=1)
+    p = h.processor()
+    h.attach(p)
+    events = [e for e in h.wait_for(p, count=3) if isinstance(e, BatchReady)]
+    assert [texts(e) for e in events] == [["x", "y"], ["a"], ["b"]]
+
+
+def test_an_undecodable_stored_item_goes_to_dead_letters_and_the_channel_carries_on(
+    node: Node, client: redis.Redis
+) -> None:
+    h = node.start(max_batch_size=1)
+    h.enqueue(message("c", "a"))
+    client.rpush(keys.queue_key("c"), b"\x92\xa4item\xc0")
+    h.enqueue(message("c", "b"))
+    h = node.start(max_batch_size=1)
+    p = h.processor()
+    h.attach(p)
+    events = [e for e in h.wait_for(p, count=2) if isinstance(e, BatchReady)]
+    assert [texts(e) for e in events] == [["a"], ["b"]]
+    [letter] = stored(client, keys.DEAD_LETTER, "c")
+    assert isinstance(letter, DeadLetter) and letter.role == keys.QUEUE and letter.data == b"\x92\xa4item\xc0"
+
+
+def test_a_redis_without_aof_is_refused_unless_allowed() -> None:
+    with redis_server(appendonly=False) as server:
+        with pytest.raises(UnsafeRedis, match=r"appendonly is 'no'.*--allow-volatile-redis"):
+            start_system(SIMPLE_BASE, redis_url=server.url)
+        running = start_system(SIMPLE_BASE, redis_url=server.url, allow_volatile_redis=True)
+        running.shutdown()
+
+
+def test_a_redis_that_lost_part_of_its_data_is_reported_at_start(
+    redis_srv: RedisServer, client: redis.Redis
+) -> None:
+    client.sadd(keys.CHANNEL_INDEX, "c")
+    with pytest.raises(RedisDataLost, match="lost part of its data"):
+        start_system(SIMPLE_BASE, redis_url=redis_srv.url)
