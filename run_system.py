@@ -7,11 +7,23 @@ Usage::
     printf '%s\\n' '{"platform": "slack", "channel_id": "slack:#dev", "user_id": "U1", "user_name": "ann",
                     "text": "hey"}' | python run_system.py serve --window 0.5 | jq .
     python run_system.py serve --base multiprocTCPBase --admin-port 1900
+    python run_system.py serve --redis redis://127.0.0.1:6379/0     # queues survive a restart
 
 ``serve`` reads inbound messages as JSON lines on stdin and writes each finished batch as one JSON line on
 stdout, acknowledging it to its channel once written. At end of input it waits until every open batch has
-flushed and been written, then exits 0. SIGINT and SIGTERM stop it at once, also with status 0: batches still
-open are discarded (no base here keeps state across a stop).
+flushed and been written, then exits 0. SIGINT and SIGTERM stop it at once, also with status 0: without
+``--redis`` batches still open are discarded; with it they stay in Redis for the next start.
+
+With ``--redis URL`` every channel's open batch, waiting items and item in flight are kept in Redis, and a
+node started on the same Redis restores them (printing how many channels it restored on stderr) and delivers
+them like any other batch, open batches by their original deadline. Delivery is at least once: a batch that
+was being written or not yet acknowledged when a node died is written again by the next one, with the same
+``item_id`` and ``attempt`` raised (``attempt`` is 1 for a first delivery); a consumer that must not act twice
+deduplicates by ``item_id``. The Redis server must not lose acknowledged writes: without ``appendonly yes``,
+or with a ``maxmemory-policy`` other than ``noeviction``, serve refuses to start (exit 1) unless
+``--allow-volatile-redis`` is given, and then warns. It also exits 1 when Redis cannot be reached, or when it
+lost data an earlier run had stored (nothing is changed then; an operator must look at the server). Run one
+node per Redis database at a time: two nodes restoring and writing the same channels would interleave them.
 
 With ``--base multiprocTCPBase`` other processes can enqueue too: the Supervisor is registered under the
 global name ``message_queue.supervisor`` on the admin port (see ``examples/external_sender.py``); keep stdin
@@ -21,20 +33,53 @@ who can connect to the port can run code as this user. Use it only where the por
 untrusted hosts.
 
 Exit status: 0 on success (serve: also when stopped by a signal), 1 on failure (demo: a message missing or out
-of order; serve: stdout closed, the actor system failed), 2 on a usage error, 130 when the demo is interrupted.
+of order; serve: stdout closed, the actor system failed, Redis refused, unreachable or lost data), 2 on a usage
+error, 130 when the demo is interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _ensure_dependencies() -> None:
+    """On a fresh clone, run with any Python 3.11+: create ``.venv`` next to this file, install the package
+    into it (once), and run this script again there."""
+    try:
+        import msgpack  # noqa: F401
+        import thespian  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return
+    root = Path(__file__).resolve().parent
+    venv = root / ".venv"
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--quiet", f"{root}[redis]"]
+    if Path(sys.prefix).resolve() == venv.resolve():
+        raise SystemExit(f"run_system.py: {venv} lacks the dependencies; repair it with: {' '.join(install)}")
+    ready = [str(python), "-c", "import msgpack, thespian"]
+    if not python.exists() or subprocess.run(ready, capture_output=True).returncode != 0:
+        print(f"run_system.py: first run: installing the package into {venv}", file=sys.stderr, flush=True)
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(install, check=True)
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _ensure_dependencies()
+
+import argparse  # noqa: E402
 import base64
 import json
 import logging
-import os
 import queue
 import random
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -44,10 +89,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
 from typing import IO, Any, Callable, Iterator, Protocol, Sequence, TypeVar, Union
+from urllib.parse import urlsplit, urlunsplit
 
 from actors.driver import DriverStopped, InProcessDriver, Output
 from actors.system import SIMPLE_BASE, SUPPORTED_BASES, TCP_BASE, RunningSystem, start_system
-from protocol.errors import InvalidInput, InvalidSettings, MessageQueueError, Timeout
+from protocol.errors import (
+    InvalidInput,
+    InvalidSettings,
+    MessageQueueError,
+    RedisDataLost,
+    StoreUnavailable,
+    Timeout,
+    UnsafeRedis,
+)
 from protocol.limits import validate_message
 from protocol.messages import (
     SUPERVISOR_NAME,
@@ -98,6 +152,11 @@ class Node(Protocol):
     @property
     def running(self) -> bool: ...
 
+    @property
+    def restored(self) -> int:
+        """Channels restored from Redis when the node started (0 without persistence)."""
+        ...
+
 
 class InProcessNode(InProcessDriver):
     """The ``simpleSystemBase`` system of an :class:`InProcessDriver`, with this process as processor."""
@@ -110,6 +169,10 @@ class InProcessNode(InProcessDriver):
         """
         super().start(timeout)
         _expect(self.call(StartProcessing()).result(timeout), ProcessingStarted, "StartProcessing")
+
+    @property
+    def restored(self) -> int:
+        return self._system.restored if self._system is not None else 0
 
 
 def _expect(reply: object, expected: type[_Reply], command: str) -> _Reply:
@@ -148,11 +211,16 @@ class TcpNode:
         *,
         idle_timeout: float,
         admin_port: int | None,
+        redis_url: str = "",
+        allow_volatile_redis: bool = False,
     ) -> None:
         self._on_output = on_output
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._admin_port = admin_port
+        self._redis_url = redis_url
+        self._allow_volatile_redis = allow_volatile_redis
+        self._restored = 0
         self._inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -165,16 +233,27 @@ class TcpNode:
             raise RuntimeError("TcpNode.admin_port read before start()")
         return int(self._system.asys.capabilities["Admin Port"])
 
+    @property
+    def restored(self) -> int:
+        return self._restored
+
     def start(self) -> None:
         """Start the actor system, register this process as processor and start both threads. Call
         :meth:`stop` even when this raises: processes may have started.
 
         Raises:
             Timeout: if the Supervisor does not answer.
+            UnsafeRedis, RedisDataLost, StoreUnavailable: as :func:`actors.system.start_system`.
         """
         system = self._system = start_system(
-            TCP_BASE, self._settings, idle_timeout=self._idle_timeout, admin_port=self._admin_port
+            TCP_BASE,
+            self._settings,
+            idle_timeout=self._idle_timeout,
+            admin_port=self._admin_port,
+            redis_url=self._redis_url,
+            allow_volatile_redis=self._allow_volatile_redis,
         )
+        self._restored = system.restored
         reply = system.asys.ask(system.supervisor, StartProcessing(), REPLY_TIMEOUT)
         _expect(reply, ProcessingStarted, "StartProcessing")
         for target, name in ((self._send_loop, "mq-sender"), (self._listen_loop, "mq-listener")):
@@ -568,10 +647,12 @@ def read_lines(stream: IO[bytes], limit: int = MAX_LINE_BYTES) -> Iterator[tuple
 
 
 def batch_record(ready: BatchReady) -> dict[str, Any]:
-    """The JSON object written for one finished batch."""
+    """The JSON object written for one finished batch. ``attempt`` is 1 for a first delivery and more for a
+    redelivery after a crash (``--redis``), which keeps the ``item_id``: deduplicate by ``item_id``."""
     return {
         "channel_id": ready.channel_id,
         "item_id": ready.item.item_id,
+        "attempt": ready.item.attempt,
         "delivery_id": ready.delivery_id,
         "reason": ready.reason,
         "lateness_ms": round(ready.lateness * 1000, 3),
@@ -700,25 +781,69 @@ def _await(future: Future[object], node: Node, writer: BatchWriter) -> object:
 
 def _make_node(args: argparse.Namespace, writer: BatchWriter) -> Node:
     settings = BatchSettings(args.window, args.max_batch_size, args.max_wait)
+    redis_url: str = args.redis or ""
+    allow_volatile: bool = args.allow_volatile_redis
     node: Node
     if args.base == TCP_BASE:
-        node = TcpNode(writer.on_output, settings, idle_timeout=args.idle_timeout, admin_port=args.admin_port)
+        node = TcpNode(writer.on_output, settings, idle_timeout=args.idle_timeout, admin_port=args.admin_port,
+                       redis_url=redis_url, allow_volatile_redis=allow_volatile)
     else:
-        node = InProcessNode(writer.on_output, settings, idle_timeout=args.idle_timeout)
+        node = InProcessNode(writer.on_output, settings, idle_timeout=args.idle_timeout, redis_url=redis_url,
+                             allow_volatile_redis=allow_volatile)
     writer.node = node
     return node
 
 
-def _announce(node: Node) -> None:
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<an invalid URL>"
+
+
+def _announce(node: Node, args: argparse.Namespace) -> None:
+    if args.redis:
+        if args.allow_volatile_redis:
+            _warn_if_volatile(args.redis)
+        stored = f"persisting to Redis at {redacted(args.redis)}"
+        if node.restored:
+            plural = "s" if node.restored != 1 else ""
+            print(f"serve: restored {node.restored} channel{plural} from Redis; their stored batches are "
+                  "delivered in order, ahead of new messages for the same channels", file=sys.stderr)
+    else:
+        stored = "in memory only"
     if not isinstance(node, TcpNode):
-        print(f"serve: ready on {SIMPLE_BASE}; reading JSON lines on stdin", file=sys.stderr, flush=True)
+        print(f"serve: ready on {SIMPLE_BASE}, {stored}; reading JSON lines on stdin", file=sys.stderr,
+              flush=True)
         return
     port = node.admin_port
-    print(f"serve: ready on {TCP_BASE}; reading JSON lines on stdin; the Supervisor is reachable by global "
-          f"name {SUPERVISOR_NAME!r} on admin port {port}", file=sys.stderr)
+    print(f"serve: ready on {TCP_BASE}, {stored}; reading JSON lines on stdin; the Supervisor is reachable by "
+          f"global name {SUPERVISOR_NAME!r} on admin port {port}", file=sys.stderr)
     print(f"serve: WARNING: {TCP_BASE} binds every network interface and unpickles whatever reaches port "
           f"{port}: anyone who can connect to it can run code as this user. Keep the port unreachable from "
           "untrusted hosts (firewall, private network).", file=sys.stderr, flush=True)
+
+
+def _warn_if_volatile(url: str) -> None:
+    """Warn on stderr that the Redis at ``url`` may lose acknowledged data (``--allow-volatile-redis``)."""
+    from actors.store import RedisStore  # the redis extra: only with --redis
+
+    store = RedisStore.from_url(url)
+    try:
+        problems = store.durability_problems()
+    except Exception as exc:  # the node runs already: a failed check only loses the warning's detail
+        problems = [f"could not check its persistence settings ({exc})"]
+    finally:
+        store.close()
+    if problems:
+        print(f"serve: WARNING: Redis at {redacted(url)} may lose acknowledged messages (accepted with "
+              f"--allow-volatile-redis): {'; '.join(problems)}", file=sys.stderr, flush=True)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -726,24 +851,38 @@ def run_serve(args: argparse.Namespace) -> int:
     writer = BatchWriter(sys.stdout.buffer)
     node = _make_node(args, writer)
     with _signal_handlers_restored():
-        return _serve(node, writer)
+        return _serve(node, writer, args)
 
 
-def _serve(node: Node, writer: BatchWriter) -> int:
+def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
+    url = redacted(args.redis or "")
     try:
         node.start()
         # Only now: the TCP base forks its admin while starting, and it must not inherit these handlers.
         _catch_stop_signals()
-        _announce(node)
+        _announce(node, args)
         accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
+        print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
+              "last batches", file=sys.stderr, flush=True)
         _wait_drained(node, writer, accepted)
-        print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; "
-              f"{writer.messages} messages written in {writer.batches} batches", file=sys.stderr)
+        print(f"serve: done; {writer.messages} messages written in {writer.batches} batches", file=sys.stderr)
         return EXIT_OK
     except (Stopped, KeyboardInterrupt) as stop:
         name = str(stop) or signal.SIGINT.name
-        print(f"serve: stopped by {name}; batches still open were discarded", file=sys.stderr)
+        kept = "kept in Redis for the next start" if args.redis else "discarded"
+        print(f"serve: stopped by {name}; batches still open or waiting were {kept}", file=sys.stderr)
         return EXIT_OK
+    except UnsafeRedis as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except StoreUnavailable as exc:
+        print(f"serve: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RedisDataLost as exc:
+        print(f"serve: refusing to start: Redis at {url} lost data stored by an earlier run ({exc}); nothing "
+              "was changed: check the server (restarted without its append-only file? flushed? failed over to "
+              "an empty replica?)", file=sys.stderr)
+        return EXIT_FAILED
     except OutputClosed as exc:
         _silence_stdout()
         print(f"serve: {exc}; stopping", file=sys.stderr)
@@ -800,10 +939,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Read messages as JSON lines on stdin (fields platform, "
                                 "channel_id, user_id, user_name, text; optional extra (object) and queued_at "
                                 "(ISO 8601)); write each finished batch as one JSON line on stdout (channel_id, "
-                                "item_id, delivery_id, reason, lateness_ms, messages) and acknowledge it once "
-                                "written. Bad lines are reported on stderr with their number and skipped. At "
-                                "end of input, waits for every open batch to flush, then exits 0. SIGINT and "
-                                "SIGTERM stop at once with status 0, discarding batches still open.")
+                                "item_id, attempt, delivery_id, reason, lateness_ms, messages) and acknowledge "
+                                "it once written. attempt is 1, or more when the batch is written again after a "
+                                "crash (--redis; same item_id). Bad lines are reported on stderr with their "
+                                "number and skipped. At end of input, waits for every open batch to flush, then "
+                                "exits 0. SIGINT and SIGTERM stop at once with status 0; batches still open are "
+                                "discarded, or kept for the next start with --redis.")
     serve.add_argument("--base", choices=SUPPORTED_BASES, default=SIMPLE_BASE,
                        help=f"Thespian system base (default {SIMPLE_BASE}); {TCP_BASE} runs each actor in a "
                        "process of its own and lets other processes enqueue through the admin port, but binds "
@@ -817,6 +958,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
                        help="a channel with no work for this long is stopped; it comes back on its next "
                        "message (default 60)")
+    serve.add_argument("--redis", default=None, metavar="URL",
+                       help="persist every channel's open batch, waiting batches and batch in flight to this "
+                       "Redis (redis://[user:password@]host:port/db, rediss://... for TLS, unix:///path?db=N); "
+                       "a node started on the same Redis restores and delivers them, a batch in flight at a "
+                       "crash again with the same item_id and attempt > 1 (deduplicate by item_id). The "
+                       "server must have appendonly yes and maxmemory-policy noeviction, or serve refuses to "
+                       "start. One node per Redis database at a time (default: in memory only)")
+    serve.add_argument("--allow-volatile-redis", action="store_true",
+                       help="with --redis: accept a server that may lose acknowledged messages (no AOF, or an "
+                       "evicting maxmemory-policy), with a warning on stderr")
     parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}" for name, sub in (("demo", demo), ("serve", serve)))
     return parser
 
@@ -836,13 +987,44 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--channels must be >= 1, got {namespace.channels}")
     if namespace.command == "serve" and namespace.admin_port is not None and namespace.base != TCP_BASE:
         parser.error(f"--admin-port needs --base {TCP_BASE}")
+    if namespace.command == "serve" and namespace.redis is not None:
+        _check_redis_url(parser, namespace.redis)
+    if namespace.command == "serve" and namespace.allow_volatile_redis and namespace.redis is None:
+        parser.error("--allow-volatile-redis needs --redis")
     return namespace
+
+
+def _check_redis_url(parser: argparse.ArgumentParser, url: str) -> None:
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        parser.error("--redis needs the redis package: pip install '.[redis]'")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        parser.error(f"--redis {redacted(url)}: {exc}")
+
+
+class _ReportedByServe(logging.Filter):
+    """Drops the actors' log records of what serve reports on stderr in its own words (a refused Redis, an
+    accepted volatile one), so each is said once. Installed before the actor system starts: the TCP base's
+    processes inherit it."""
+
+    _SAID: tuple[tuple[str, str], ...] = (
+        ("actors.supervisor", "persistence refused"),
+        ("actors.store", "persisting to a Redis that may lose data"),
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and str(record.msg).startswith(start) for name, start in self._SAID)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process's arguments) and return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ReportedByServe())
     try:
         return run_serve(args) if args.command == "serve" else run_demo(args)
     except BrokenPipeError:  # stdout's reader went away, e.g. ``| head``

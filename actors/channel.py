@@ -35,13 +35,14 @@ from actors.internal import (
     Wake,
     WakeKind,
 )
-from actors.persistence import Durable, Persist
-from actors.store import (
+from actors.journal import (
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
+    Durable,
     FinishInFlight,
     Op,
+    Persist,
     PushHead,
     PushTail,
     TakeHead,
@@ -172,6 +173,7 @@ class ChannelActor(Dispatcher):
         self._observer = msg.observer
         self._reported = None
         self._report()
+        self._settle([], active=False)  # it may have voided a Passivate offer: re-arm the idle wake
 
     # -- inbound messages ----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from protocol.messages import (
     HoldBatch,
     StopChannel,
 )
-from actors.store import ChannelSnapshot
+from actors.journal import ChannelSnapshot
 from protocol.values import BatchSettings
 
 if TYPE_CHECKING:

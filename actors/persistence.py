@@ -12,7 +12,6 @@ with backoff; nothing is acknowledged meanwhile.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Optional
 
@@ -20,8 +19,18 @@ import redis
 from thespian.actors import WakeupMessage
 
 from actors.base import Dispatcher
-from actors.store import ChannelSnapshot, Op, RedisDataLost, RedisStore
-from protocol.errors import MessageQueueError
+from actors.journal import (
+    ChannelsLoaded,
+    Durable,
+    LoadChannels,
+    OpenStore,
+    Op,
+    Persist,
+    StoreFailed,
+    StoreOpened,
+)
+from actors.store import RedisStore
+from protocol.errors import MessageQueueError, RedisDataLost
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -30,55 +39,6 @@ log = logging.getLogger(__name__)
 
 _FLUSH = "flush"
 _MAX_BACKOFF = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class OpenStore:
-    """Supervisor -> RedisPersistence: connect and check the server. Reply ``StoreOpened`` or ``StoreFailed``."""
-
-    url: str
-    allow_volatile: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOpened:
-    """RedisPersistence -> Supervisor."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreFailed:
-    """RedisPersistence -> Supervisor: the store cannot be used; ``reason`` says why."""
-
-    error: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LoadChannels:
-    """Supervisor -> RedisPersistence: load every persisted channel. Reply ``ChannelsLoaded``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelsLoaded:
-    """RedisPersistence -> Supervisor."""
-
-    snapshots: tuple[ChannelSnapshot, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """ChannelActor -> RedisPersistence: apply ``ops``; then answer ``Durable(then)`` if ``then`` is not
-    empty."""
-
-    ops: tuple[Op, ...]
-    then: tuple[tuple["ActorAddress", object], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Durable:
-    """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
-
-    then: tuple[tuple["ActorAddress", object], ...]
 
 
 class RedisPersistence(Dispatcher):

@@ -17,92 +17,30 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
-from typing import Sequence, TypeVar, Union
+from dataclasses import replace
+from typing import Sequence, TypeVar
 
 import redis
 
+from actors.journal import (
+    AppendOpen,
+    ChannelSnapshot,
+    ClearQueue,
+    FinishInFlight,
+    Op,
+    PushHead,
+    PushTail,
+    TakeHead,
+)
 from protocol import codec, keys
-from protocol.errors import DecodeError, MessageQueueError
+from protocol.errors import DecodeError, RedisDataLost, UnsafeRedis
 from protocol.values import DeadLetter, OpenEntry, QueueItem
 
 log = logging.getLogger(__name__)
 
 _V = TypeVar("_V", QueueItem, OpenEntry)
 
-
-class UnsafeRedis(MessageQueueError):
-    """The Redis server would silently lose acknowledged data, and no opt-out was given."""
-
-
-class StoreUnavailable(MessageQueueError):
-    """The Redis server could not be reached."""
-
-
-class RedisDataLost(MessageQueueError):
-    """Redis lost data this system had written (its epoch marker vanished or changed)."""
-
-
-# -- operations ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AppendOpen:
-    """A message joined the channel's open batch."""
-
-    channel_id: str
-    entry: OpenEntry
-
-
-@dataclass(frozen=True, slots=True)
-class PushTail:
-    """An item joined the tail of the channel's queue; ``closes_open`` when it is the open batch closing."""
-
-    channel_id: str
-    item: QueueItem
-    closes_open: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PushHead:
-    """An item was put at the head of the channel's queue."""
-
-    channel_id: str
-    item: QueueItem
-
-
-@dataclass(frozen=True, slots=True)
-class TakeHead:
-    """The queue's head item went in flight."""
-
-    channel_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FinishInFlight:
-    """The processor answered (or the delivery was cancelled): forget the item in flight."""
-
-    channel_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClearQueue:
-    """The channel's waiting items were discarded."""
-
-    channel_id: str
-
-
-Op = Union[AppendOpen, PushTail, PushHead, TakeHead, FinishInFlight, ClearQueue]
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSnapshot:
-    """What a restarted channel resumes with: waiting items head first (a redelivered in-flight item at the
-    head with its attempt raised) and the open batch's entries."""
-
-    channel_id: str
-    waiting: tuple[QueueItem, ...]
-    open_entries: tuple[OpenEntry, ...]
+_MARKER_TTL = 7 * 24 * 3600  # seconds a store's transaction marker outlives its last write
 
 
 # -- the store ----------------------------------------------------------------------------------------------
@@ -114,6 +52,11 @@ class RedisStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._epoch: bytes | None = None
+        # Each transaction also sets this store's marker to a fresh token, so that after a failure whose
+        # outcome is unknown (the connection broke after EXEC was sent) the retry can tell whether it ran.
+        # Under ``index:``, which is no channel role: it cannot collide with a channel's key.
+        self._marker = f"{keys.PREFIX}:index:writer:{uuid.uuid4().hex}"
+        self._unsure: tuple[bytes, int] | None = None  # (token, operations) of a transaction that may have run
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -186,12 +129,18 @@ class RedisStore:
     def apply(self, ops: Sequence[Op]) -> None:
         """Apply ``ops`` in order, in one transaction.
 
+        After a call raised, the next call must begin with the same operations (the caller retries what it
+        holds, plus what came since): a transaction can run although its reply was lost, and the operations
+        it did apply are then skipped, never applied twice.
+
         Raises:
             RedisDataLost: if the epoch marker vanished or changed (Redis restarted without our data).
-            redis.RedisError: when Redis cannot be reached; nothing of ``ops`` was applied.
+            redis.RedisError: when Redis cannot be reached; ``ops`` may or may not have been applied.
         """
+        ops = self._skip_applied(ops)
         if not ops:
             return
+        token = uuid.uuid4().hex.encode()
         pipe = self._redis.pipeline(transaction=True)
         channels: set[str] = set()
         for op in ops:
@@ -215,13 +164,28 @@ class RedisStore:
             else:  # pragma: no cover - Op is a closed union
                 raise TypeError(f"unknown operation {type(op).__name__}")
         pipe.sadd(keys.CHANNEL_INDEX, *channels)
+        pipe.set(self._marker, token, ex=_MARKER_TTL)
         pipe.get(keys.EPOCH)
+        self._unsure = (token, len(ops))
         results = pipe.execute()
         if self._epoch is not None and results[-1] != self._epoch:
             raise RedisDataLost(
                 f"{keys.EPOCH} changed from {self._epoch!r} to {results[-1]!r}: Redis lost the data written "
                 "before (restarted without persistence, flushed, or failed over to an empty replica)"
             )
+        self._unsure = None
+
+    def _skip_applied(self, ops: Sequence[Op]) -> Sequence[Op]:
+        """``ops`` without those the last, failed transaction applied after all (its marker is set)."""
+        if self._unsure is None:
+            return ops
+        token, count = self._unsure
+        if self._get_bytes(self._marker) == token:  # a RedisError here leaves it unsure for the next call
+            log.warning("a transaction of %d operations ran although its reply was lost; not applying it twice",
+                        count)
+            ops = ops[count:]
+        self._unsure = None
+        return ops
 
     # -- reading --------------------------------------------------------------------------------------------
 

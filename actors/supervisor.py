@@ -26,15 +26,14 @@ from actors.internal import (
     Routed,
     SystemConfigured,
 )
-from actors.persistence import (
+from actors.journal import (
+    ChannelSnapshot,
     ChannelsLoaded,
     LoadChannels,
     OpenStore,
-    RedisPersistence,
     StoreFailed,
     StoreOpened,
 )
-from actors.store import ChannelSnapshot
 from actors.timer import Timer
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id, validate_message
@@ -129,6 +128,8 @@ class Supervisor(Dispatcher):
             self.send(sender, SystemConfigured())
             return
         # Persistence: answer only once every stored channel is back; hold other commands until then.
+        from actors.persistence import RedisPersistence  # needs the redis extra: imported only when used
+
         self._starting = (sender, [])
         self._persistence = self.createActor(RedisPersistence)
         self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis))

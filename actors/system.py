@@ -23,9 +23,15 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorSystem
 
 from actors.internal import ConfigureSystem, SystemConfigured
-from actors.store import RedisDataLost, StoreUnavailable, UnsafeRedis
 from actors.supervisor import Supervisor
-from protocol.errors import InvalidSettings, MessageQueueError, Timeout
+from protocol.errors import (
+    InvalidSettings,
+    MessageQueueError,
+    RedisDataLost,
+    StoreUnavailable,
+    Timeout,
+    UnsafeRedis,
+)
 from protocol.messages import SUPERVISOR_NAME, Rejected
 from protocol.values import BatchSettings
 
@@ -136,6 +142,7 @@ class RunningSystem:
     base: str
     admin_pids: list[int] = field(default_factory=list)  # TCP base: the admin process(es)
     sessions: list[int] = field(default_factory=list)  # TCP base: the sessions of every process it started
+    restored: int = 0  # channels restored from Redis at start (persistence only)
 
     def processes(self) -> list[int]:
         """Every live process the system started (TCP base: admin, logger, one per actor); empty after
@@ -241,4 +248,5 @@ def start_system(
         if isinstance(reply, Rejected):
             raise _STARTUP_ERRORS.get(reply.error, InvalidSettings)(reply.reason)
         raise Timeout(f"the Supervisor did not answer within {timeout} s (got {reply!r})")
+    running.restored = reply.restored
     return running

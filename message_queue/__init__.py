@@ -6,6 +6,7 @@ a single combined response. This is the original module's asyncio API (:class:`M
 the project's actor system.
 """
 
+from protocol.errors import RedisDataLost, StoreUnavailable, UnsafeRedis
 from message_queue.facade import Callback, MessageQueue
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
 from protocol.errors import DecodeError, InvalidInput, InvalidSettings, MessageQueueError
@@ -21,5 +22,8 @@ __all__ = [
     "MessageQueue",
     "MessageQueueError",
     "QueuedMessage",
+    "RedisDataLost",
     "RedisQueue",
+    "StoreUnavailable",
+    "UnsafeRedis",
 ]

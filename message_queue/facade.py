@@ -20,6 +20,10 @@ whenever its number of waiting items or its in-flight flag changes (not when a m
 batch). ``queue_size`` and ``stats`` read the last values received: cheap, synchronous, and never ahead of
 the actors. Outputs of a command reach the loop before the command's own reply, so after ``await clear(c)``
 ``queue_size(c)`` is already 0.
+
+Persistence (``redis=`` given): the driver's actor system also runs RedisPersistence, which journals every
+channel's state to that Redis before anything leaves the actors, and restores the stored channels when the
+driver starts. A restored channel delivers to the loop once ``start_processing`` registers its callback.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
 
 from actors.driver import InProcessDriver, Output
+from protocol.errors import UnsafeRedis
 from message_queue.config import ChannelConfigReader
+from message_queue.redis_url import url_of_client
 from protocol.errors import InvalidInput, InvalidSettings
 from protocol.limits import validate_channel_id, validate_message
 from protocol.messages import (
@@ -160,23 +166,44 @@ class MessageQueue:
         default_batch_window: seconds of quiet after which an open batch closes (the window slides with each
             message).
         max_batch_size: a batch closes at once when it holds this many messages.
-        redis: an async Redis client (``redis.asyncio.Redis``). Without ``event_bus``, each channel's
-            ``window`` and ``disabled`` are read from the hash ``message_queue:config:<channel>`` (see
-            :mod:`message_queue.config`). A channel's hash is read when a message arrives for it and the last
-            read is older than ``config_ttl`` seconds; changed settings are sent to the actors before that
-            message, and apply from the channel's next batch on. Queued items are not stored in Redis.
+        redis: an async Redis client (``redis.asyncio.Redis``), without ``event_bus``. Two uses:
+
+            * **Persistence**: every channel's open batch, waiting items and item in flight are kept in that
+              Redis (the actor system opens its own connection to the same server, with a URL derived from
+              the client's host, port, db, username, password, Unix socket path and TLS settings), so items
+              survive a restart. When the queue's actor system starts (on first use: the first awaited call
+              such as ``enqueue`` or ``start_processing``) it restores every stored channel. A restored
+              channel's items are delivered, in order, once ``start_processing`` is called for that channel;
+              until then they wait, and a channel never started keeps its items in Redis for a later queue.
+              Open batches keep their messages' arrival times, so their windows run from before the
+              restart. Delivery is at least once: an item whose callback had not finished when the queue
+              was closed or the process died is delivered again after the restart, so a callback may see
+              the same messages twice. Use one queue per Redis database at a time. The server must not
+              lose acknowledged writes (``appendonly yes``, ``maxmemory-policy noeviction``): otherwise
+              the first use raises
+              :class:`~actors.store.UnsafeRedis`, unless ``allow_volatile_redis`` is True (then a warning is
+              logged). A server that cannot be reached raises :class:`~actors.store.StoreUnavailable`; one
+              that lost data written by an earlier run raises :class:`~actors.store.RedisDataLost`.
+            * **Per-channel settings**: each channel's ``window`` and ``disabled`` are read from the hash
+              ``message_queue:config:<channel>`` (see :mod:`message_queue.config`). A channel's hash is read
+              when a message arrives for it and the last read is older than ``config_ttl`` seconds; changed
+              settings are sent to the actors before that message, and apply from the channel's next batch
+              on.
         event_bus: the original's bus for distributed mode. Alone it is only stored (``set_event_bus``).
         config_ttl: how long a channel's settings read from Redis are reused (seconds, default 1).
         idle_timeout: seconds after which a channel with no work releases its actor.
+        allow_volatile_redis: with ``redis``, accept a server that may lose acknowledged writes (no AOF, or
+            an evicting ``maxmemory-policy``).
 
     Raises:
         NotImplementedError: if both ``redis`` and ``event_bus`` are given (distributed mode).
         InvalidSettings: for a batch window < 0 or not finite, ``max_batch_size`` out of range, ``config_ttl``
-            < 0 or ``idle_timeout`` <= 0.
+            < 0 or ``idle_timeout`` <= 0; or a ``redis`` client whose server cannot be named by a URL (a
+            credential provider, Sentinel or cluster connections; see :mod:`message_queue.redis_url`).
 
     Use it on one event loop (the one of its first awaited call). Close it with ``await close()`` or
     ``async with``; if it is never closed, its actor thread is a daemon and is stopped when the object is
-    collected.
+    collected. With ``redis``, ``close`` writes what the actors hold to Redis before it returns.
     """
 
     def __init__(
@@ -188,9 +215,12 @@ class MessageQueue:
         *,
         config_ttl: float = 1.0,
         idle_timeout: float = 60.0,
+        allow_volatile_redis: bool = False,
     ) -> None:
         if redis is not None and event_bus is not None:
             raise NotImplementedError(DISTRIBUTED_MODE_UNAVAILABLE)
+        self._redis_url = url_of_client(redis) if redis is not None else ""
+        self._allow_volatile_redis = bool(allow_volatile_redis)
         self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
         _check_seconds("config_ttl", config_ttl, minimum_excluded=False)
         _check_seconds("idle_timeout", idle_timeout, minimum_excluded=True)
@@ -453,8 +483,19 @@ class MessageQueue:
 
     async def _start_driver(self, loop: asyncio.AbstractEventLoop) -> InProcessDriver:
         self._bridge = _Bridge(loop, self)
-        driver = InProcessDriver(self._bridge, self._settings, idle_timeout=self._idle_timeout)
-        await asyncio.to_thread(driver.start)
+        driver = InProcessDriver(
+            self._bridge,
+            self._settings,
+            idle_timeout=self._idle_timeout,
+            redis_url=self._redis_url,
+            allow_volatile_redis=self._allow_volatile_redis,
+        )
+        try:
+            await asyncio.to_thread(driver.start)
+        except UnsafeRedis as exc:
+            text, flag = str(exc), "Pass --allow-volatile-redis to accept it"
+            hint = "Pass allow_volatile_redis=True to MessageQueue to accept it"
+            raise UnsafeRedis(text.replace(flag, hint) if flag in text else f"{text}. {hint}") from exc
         # Registered before any other command: every channel reports its counts to us from the start.
         driver.tell(Observe())
         if self._closed:

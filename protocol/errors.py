@@ -29,3 +29,15 @@ class ProtocolViolation(MessageQueueError, RuntimeError):
 
 class Timeout(MessageQueueError, TimeoutError):
     """The actor system did not answer within the allotted time."""
+
+
+class UnsafeRedis(MessageQueueError):
+    """The Redis server would silently lose acknowledged data, and no opt-out was given."""
+
+
+class RedisDataLost(MessageQueueError):
+    """Redis lost data this system had written (its epoch marker vanished or changed)."""
+
+
+class StoreUnavailable(MessageQueueError):
+    """The Redis server could not be reached."""

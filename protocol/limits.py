@@ -13,7 +13,8 @@ Limits:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Callable
 
 from protocol.errors import InvalidInput
 
@@ -29,6 +30,8 @@ MAX_BATCH_SIZE = 100
 
 
 def _utf8_size(value: str, what: str) -> int:
+    if value.isascii():  # one byte per character, and no surrogates
+        return len(value)
     try:
         return len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -61,16 +64,23 @@ def _check_name(value: object, field: str) -> None:
         raise InvalidInput(f"{field} must be at most {MAX_NAME_BYTES} bytes of UTF-8, got {size} bytes")
 
 
+@functools.cache
+def _late_imports() -> tuple[Callable[[object], None], type[QueuedMessage]]:
+    """``check_extra`` and ``QueuedMessage``, imported on first use (the codec and the values module import
+    this one); cached because ``validate_message`` is on every message's path."""
+    from protocol.codec import check_extra
+    from protocol.values import QueuedMessage
+
+    return check_extra, QueuedMessage
+
+
 def validate_message(msg: QueuedMessage) -> QueuedMessage:
     """Check every limit of one inbound message and return it unchanged.
 
     Raises:
         InvalidInput: for the first broken limit, naming it and the value.
     """
-    # Imported here: the codec imports this module for its limits.
-    from protocol.codec import check_extra
-    from protocol.values import QueuedMessage
-
+    check_extra, QueuedMessage = _late_imports()
     if not isinstance(msg, QueuedMessage):
         raise InvalidInput(f"message must be a QueuedMessage, got {type(msg).__name__}")
     validate_channel_id(msg.channel_id)

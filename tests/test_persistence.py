@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from actor_support import HOLD
-from actors.store import RedisDataLost, UnsafeRedis
+from protocol.errors import RedisDataLost, UnsafeRedis
 from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
 from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront

@@ -37,7 +37,8 @@ MARKER = "RUN_SYSTEM_TEST_RUN"  # environment variable naming the test run that 
 
 EVERY_OPTION = (
     "demo", "serve", "--seed", "--duration", "--channels", "--window", "--max-batch-size", "--max-wait",
-    "--base", "--admin-port", "--idle-timeout", "simpleSystemBase", "multiprocTCPBase",
+    "--base", "--admin-port", "--idle-timeout", "simpleSystemBase", "multiprocTCPBase", "--redis",
+    "--allow-volatile-redis",
 )
 
 
@@ -49,9 +50,10 @@ class Running:
 
     Its environment holds a unique ``marker``, inherited by every process it forks (the TCP base's admin and
     actors, which leave its session): :meth:`close` kills them all by pid, so a failed test leaves nothing.
+    With ``read_stdout=False`` nothing reads stdout: the test reads ``proc.stdout`` itself.
     """
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], *, read_stdout: bool = True) -> None:
         self.marker = uuid.uuid4().hex
         self.proc = subprocess.Popen(
             [sys.executable, SCRIPT, *args],
@@ -65,11 +67,12 @@ class Running:
         self.stderr: queue.Queue[str | None] = queue.Queue()
         self.stderr_seen: list[str] = []
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._readers = [
-            threading.Thread(target=_copy_lines, args=(self.proc.stdout, self.stdout), daemon=True),
-            threading.Thread(target=_copy_lines, args=(self.proc.stderr, self.stderr), daemon=True),
-        ]
-        for reader in self._readers:
+        self._stderr_reader = threading.Thread(target=_copy_lines, args=(self.proc.stderr, self.stderr), daemon=True)
+        self._readers = [(self._stderr_reader, self.proc.stderr)]
+        if read_stdout:
+            stdout_reader = threading.Thread(target=_copy_lines, args=(self.proc.stdout, self.stdout), daemon=True)
+            self._readers.append((stdout_reader, self.proc.stdout))
+        for reader, _ in self._readers:
             reader.start()
 
     def write(self, line: str) -> None:
@@ -100,7 +103,7 @@ class Running:
 
     def all_stderr(self) -> str:
         """Everything written on stderr; only once the process has exited."""
-        self._readers[1].join(TIMEOUT)
+        self._stderr_reader.join(TIMEOUT)
         while not self.stderr.empty():
             line = self.stderr.get_nowait()
             if line is not None:
@@ -121,13 +124,15 @@ class Running:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        for reader in self._readers:
+        for reader, _ in self._readers:
             reader.join(TIMEOUT)  # ends once every holder of the pipes is gone
         if self.proc.stdin is not None:
             self.proc.stdin.close()
-        for reader, stream in zip(self._readers, (self.proc.stdout, self.proc.stderr)):
-            if stream is not None and not reader.is_alive():  # closing under a blocked reader would hang
+        for reader, stream in self._readers:
+            if not reader.is_alive():  # closing under a blocked reader would hang
                 stream.close()
+        if len(self._readers) == 1 and self.proc.stdout is not None:
+            self.proc.stdout.close()  # read by the test, which is done with it
 
 
 def _copy_lines(stream: IO[bytes], into: queue.Queue[str | None]) -> None:
@@ -141,8 +146,8 @@ def launch() -> Iterator[Callable[..., Running]]:
     """Start ``run_system.py`` with the given arguments; every process started is killed afterwards."""
     started: list[Running] = []
 
-    def start(*args: str) -> Running:
-        running = Running(list(args))
+    def start(*args: str, read_stdout: bool = True) -> Running:
+        running = Running(list(args), read_stdout=read_stdout)
         started.append(running)
         return running
 
@@ -258,8 +263,10 @@ def test_serve_batches_stdin_per_channel_in_order_and_reports_bad_lines() -> Non
     batches = batches_of(result.stdout)
     assert texts_by_channel(batches) == expected  # per-channel order kept, every good message exactly once
     for batch in batches:
-        assert set(batch) == {"channel_id", "item_id", "delivery_id", "reason", "lateness_ms", "messages"}
+        assert set(batch) == {"channel_id", "item_id", "attempt", "delivery_id", "reason", "lateness_ms",
+                              "messages"}
         assert batch["reason"] in ("window", "full")
+        assert batch["attempt"] == 1
     [kept] = [m for b in batches for m in b["messages"] if m["channel_id"] == "cli:extra"]
     assert kept["extra"] == {"k": [1, "v"]}
     assert kept["queued_at"] == "2024-05-01T10:00:00+00:00"

@@ -9,17 +9,9 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.store import (
-    AppendOpen,
-    ClearQueue,
-    FinishInFlight,
-    PushHead,
-    PushTail,
-    RedisDataLost,
-    RedisStore,
-    TakeHead,
-    UnsafeRedis,
-)
+from actors.journal import AppendOpen, ClearQueue, FinishInFlight, PushHead, PushTail, TakeHead
+from actors.store import RedisStore
+from protocol.errors import RedisDataLost, UnsafeRedis
 from protocol import codec, keys
 from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
 from redis_support import RedisServer, redis_server

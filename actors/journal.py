@@ -1,0 +1,129 @@
+"""The vocabulary of persistence, free of any Redis import: the operations a channel journals, the stored
+state it resumes from, and the messages between channels, the Supervisor and RedisPersistence.
+
+Only :mod:`actors.store` and :mod:`actors.persistence` need the ``redis`` package (the ``redis`` extra).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+from protocol.values import OpenEntry, QueueItem
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
+
+
+# -- operations ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOpen:
+    """A message joined the channel's open batch."""
+
+    channel_id: str
+    entry: OpenEntry
+
+
+@dataclass(frozen=True, slots=True)
+class PushTail:
+    """An item joined the tail of the channel's queue; ``closes_open`` when it is the open batch closing."""
+
+    channel_id: str
+    item: QueueItem
+    closes_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PushHead:
+    """An item was put at the head of the channel's queue."""
+
+    channel_id: str
+    item: QueueItem
+
+
+@dataclass(frozen=True, slots=True)
+class TakeHead:
+    """The queue's head item went in flight."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinishInFlight:
+    """The processor answered (or the delivery was cancelled): forget the item in flight."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearQueue:
+    """The channel's waiting items were discarded."""
+
+    channel_id: str
+
+
+Op = Union[AppendOpen, PushTail, PushHead, TakeHead, FinishInFlight, ClearQueue]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSnapshot:
+    """What a restarted channel resumes with: waiting items head first (a redelivered in-flight item at the
+    head with its attempt raised) and the open batch's entries."""
+
+    channel_id: str
+    waiting: tuple[QueueItem, ...]
+    open_entries: tuple[OpenEntry, ...]
+
+
+# -- messages -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStore:
+    """Supervisor -> RedisPersistence: connect and check the server. Reply ``StoreOpened`` or ``StoreFailed``."""
+
+    url: str
+    allow_volatile: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOpened:
+    """RedisPersistence -> Supervisor."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFailed:
+    """RedisPersistence -> Supervisor: the store cannot be used; ``reason`` says why."""
+
+    error: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChannels:
+    """Supervisor -> RedisPersistence: load every persisted channel. Reply ``ChannelsLoaded``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsLoaded:
+    """RedisPersistence -> Supervisor."""
+
+    snapshots: tuple[ChannelSnapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """ChannelActor -> RedisPersistence: apply ``ops``; then answer ``Durable(then)`` if ``then`` is not
+    empty."""
+
+    ops: tuple[Op, ...]
+    then: tuple[tuple["ActorAddress", object], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Durable:
+    """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
+
+    then: tuple[tuple["ActorAddress", object], ...]
