@@ -23,12 +23,26 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Callable, Union
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+from thespian.actors import ActorSystemMessage
 
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
-from protocol.messages import BatchReady, CancelProcessing, Enqueue, EnqueueMany, QueueChanged, Rejected
+from protocol.messages import (
+    BatchReady,
+    CancelProcessing,
+    Enqueue,
+    EnqueueMany,
+    Observe,
+    QueueChanged,
+    Rejected,
+    StartProcessing,
+)
 from protocol.values import BatchSettings, QueuedMessage
+
+if TYPE_CHECKING:
+    from thespian.actors import ActorAddress
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +101,7 @@ class InProcessDriver:
         self._system: RunningSystem | None = None
         self._stopping = False
         self._start_timeout = 10.0
+        self._callers: _Callers | None = None
 
     # -- any thread ------------------------------------------------------------------------------------------
 
@@ -117,7 +132,12 @@ class InProcessDriver:
         self._inbox.put(message)
 
     def call(self, msg: object) -> Future[object]:
-        """Send ``msg`` to the Supervisor; the future resolves with its reply (None if it has none).
+        """Send ``msg`` to the Supervisor; the future resolves with its reply (a command without a reply, such
+        as ``Enqueue`` without ack, resolves with None on the fallback path only: use :meth:`tell`).
+
+        Each call has an endpoint of its own, so its future gets its own reply even when replies are held
+        back and arrive out of order (persistence waiting for Redis). ``StartProcessing`` and ``Observe``
+        naming no processor or observer register the driver itself (its outputs go to ``on_output``).
 
         The future fails with :class:`DriverStopped` if the driver is not running or stops first.
         """
@@ -171,6 +191,7 @@ class InProcessDriver:
         system = self._system
         asys, supervisor = system.asys, system.supervisor
         timers = _SimpleBaseTimers.find(asys)
+        self._callers = _Callers.find(asys)
         pending: list[QueuedMessage] = []
         try:
             while True:
@@ -204,9 +225,13 @@ class InProcessDriver:
                 else:
                     timers.fire()
                     self._collect(None, None, asys)
+                if self._callers is not None:
+                    self._callers.resolve()
         finally:
             self._stopping = True
             self._fail_pending()
+            if self._callers is not None:
+                self._callers.fail_all()
             system.shutdown()
 
     def _fail_pending(self) -> None:
@@ -229,6 +254,18 @@ class InProcessDriver:
 
     def _command(self, asys: object, supervisor: object, msg: object, future: Future[object] | None) -> None:
         if future is not None and not future.set_running_or_notify_cancel():
+            return
+        callers = self._callers
+        if future is not None and callers is not None:
+            # Its own endpoint: a reply held back (persistence waiting for Redis) cannot be taken for the
+            # reply of a later command.
+            try:
+                callers.send(supervisor, msg, future)
+            except Exception as exc:
+                future.set_exception(exc)
+                return
+            self._collect(None, None, asys)  # outputs of the command before its reply
+            callers.resolve()
             return
         try:
             asys.tell(supervisor, msg)  # type: ignore[attr-defined]
@@ -298,3 +335,62 @@ class _SimpleBaseTimers:
         """Queue every due wakeup and run all pending sends to completion."""
         self.realize()
         self.run_sends()
+
+
+class _Callers:
+    """One private endpoint per :meth:`InProcessDriver.call` (the simple base's ``external_clone``), polled
+    for its reply; the driver's own endpoint stays the processor and observer."""
+
+    def __init__(self, base: Any, own_address: ActorAddress) -> None:
+        self._base = base
+        self._own = own_address
+        self._waiting: list[tuple[Any, Future[object]]] = []
+
+    @classmethod
+    def find(cls, asys: object) -> _Callers | None:
+        base = getattr(asys, "_systemBase", None)
+        registry = getattr(base, "actorRegistry", None)
+        own = getattr(registry.get("System:ExternalRequester"), "address", None) if registry else None
+        if not callable(getattr(base, "external_clone", None)) or own is None:
+            log.info("Thespian's simple base has no private endpoints; call() matches replies by order")
+            return None
+        return cls(base, own)
+
+    def send(self, supervisor: object, msg: object, future: Future[object]) -> None:
+        if isinstance(msg, StartProcessing) and msg.processor is None:
+            msg = replace(msg, processor=self._own)
+        elif isinstance(msg, Observe) and msg.observer is None:
+            msg = replace(msg, observer=self._own)
+        caller = self._base.external_clone()
+        self._waiting.append((caller, future))
+        caller.tell(supervisor, msg)
+        self._base._runSends()
+
+    def resolve(self) -> None:
+        """Resolve every call whose reply has arrived."""
+        still = []
+        for caller, future in self._waiting:
+            reply = _first_reply(caller)
+            if reply is None:
+                still.append((caller, future))
+                continue
+            caller.exit_context()
+            future.set_result(reply)
+        self._waiting = still
+
+    def fail_all(self) -> None:
+        for caller, future in self._waiting:
+            caller.exit_context()
+            future.set_exception(DriverStopped("the actor system driver stopped before the reply came"))
+        self._waiting = []
+
+
+def _first_reply(caller: Any) -> object:
+    inbox = caller.my_instance.rcvq
+    while True:
+        try:
+            reply = inbox.get_nowait()
+        except queue.Empty:
+            return None
+        if not isinstance(reply, ActorSystemMessage):
+            return reply

@@ -191,3 +191,24 @@ def test_a_redis_that_lost_part_of_its_data_is_reported_at_start(
     client.sadd(keys.CHANNEL_INDEX, "c")
     with pytest.raises(RedisDataLost, match="lost part of its data"):
         start_system(SIMPLE_BASE, redis_url=redis_srv.url)
+
+
+def test_a_call_gets_its_own_reply_while_an_earlier_acknowledgement_waits_for_redis(
+    redis_srv: RedisServer,
+) -> None:
+    from actors.driver import InProcessDriver
+    from protocol.messages import EnqueueMany, GetStatistics, Statistics
+
+    driver = InProcessDriver(lambda output: None, BatchSettings(window=30.0), redis_url=redis_srv.url)
+    driver.start()
+    try:
+        assert driver.call(EnqueueMany((message("c", "a"),), ack=True)).result(5) == Enqueued(1)
+        redis_srv.kill()
+        held = driver.call(EnqueueMany((message("c", "b"), message("c", "c")), ack=True))
+        stats = driver.call(GetStatistics("idle-channel")).result(5)
+        assert isinstance(stats, Statistics) and stats.channels[0].channel_id == "idle-channel"
+        assert not held.done()  # Redis is down: the acknowledgement waits for the write
+        redis_srv.start()
+        assert held.result(15) == Enqueued(2)
+    finally:
+        driver.stop()
