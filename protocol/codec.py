@@ -200,6 +200,8 @@ class _Field:
 def _utf8_size(name: str, value: object) -> int:
     if not isinstance(value, str):
         raise _Bad(f"{name} must be a str, got {_kind(value)}")
+    if value.isascii():  # one byte a character, no surrogates: no need to encode
+        return len(value)
     try:
         return len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
