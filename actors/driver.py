@@ -50,6 +50,7 @@ Output = Union[BatchReady, CancelProcessing, QueueChanged]
 _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged)
 
 _MAX_COALESCED = 256  # Enqueues merged into one EnqueueMany; keeps Thespian's pending-send list short
+_MAX_DEFERRED = 256  # fire-and-forget commands queued to the actors before they run (one run serves them all)
 _IDLE_WAIT = 1.0  # longest block on the inbox when no wakeup is pending (seconds); only bounds shutdown checks
 
 
@@ -102,6 +103,7 @@ class InProcessDriver:
         self._stopping = False
         self._start_timeout = 10.0
         self._callers: _Callers | None = None
+        self._deferred: _DeferredTells | None = None
 
     # -- any thread ------------------------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class InProcessDriver:
         asys, supervisor = system.asys, system.supervisor
         timers = _SimpleBaseTimers.find(asys)
         self._callers = _Callers.find(asys)
+        self._deferred = _DeferredTells.find(asys)
         pending: list[QueuedMessage] = []
         try:
             while True:
@@ -217,6 +220,7 @@ class InProcessDriver:
                     except queue.Empty:
                         item = None
                 self._flush(asys, supervisor, pending)
+                self._run_deferred(asys)
                 if stop:
                     return
                 # Fire due timers (Timer's wakeup) and collect what they produced.
@@ -253,6 +257,16 @@ class InProcessDriver:
         self._command(asys, supervisor, msg, None)
 
     def _command(self, asys: object, supervisor: object, msg: object, future: Future[object] | None) -> None:
+        deferred = self._deferred
+        if deferred is not None:
+            if future is None and not isinstance(msg, (Enqueue, EnqueueMany)):
+                # Queued, not run: the replies of one inbox drain (ProcessingDone...) run together, so a
+                # persisting system writes what they all caused in one Redis transaction instead of one each.
+                # Enqueues are not held: they already come coalesced, and a timer must not wait behind many.
+                if deferred.tell(supervisor, msg) >= _MAX_DEFERRED:
+                    self._run_deferred(asys)
+                return
+            self._run_deferred(asys)  # earlier commands first, and their responses are not this one's reply
         if future is not None and not future.set_running_or_notify_cancel():
             return
         callers = self._callers
@@ -275,6 +289,11 @@ class InProcessDriver:
                 return
             raise
         self._collect(None, future, asys)
+
+    def _run_deferred(self, asys: object) -> None:
+        """Run the deferred tells (and all they cause) and dispatch what they produced."""
+        if self._deferred is not None and self._deferred.run():
+            self._collect(None, None, asys)
 
     def _collect(self, first: object, future: Future[object] | None, asys: object | None = None) -> None:
         """Dispatch ``first`` and, when ``asys`` is given, every response already waiting; resolve ``future``
@@ -394,3 +413,39 @@ def _first_reply(caller: Any) -> object:
             return None
         if not isinstance(reply, ActorSystemMessage):
             return reply
+
+
+class _DeferredTells:
+    """Fire-and-forget tells queued on the simple base without running them (``tell`` runs every send to
+    completion at once); :meth:`run` runs them all. Reads ``actor_send``, ``_realizeWakeups`` and
+    ``_runSends`` of the simple base; without them each tell runs at once."""
+
+    def __init__(self, base: Any, own_address: ActorAddress) -> None:
+        self._base = base
+        self._own = own_address
+        self._count = 0
+
+    @classmethod
+    def find(cls, asys: object) -> _DeferredTells | None:
+        base = getattr(asys, "_systemBase", None)
+        registry = getattr(base, "actorRegistry", None)
+        own = getattr(registry.get("System:ExternalRequester"), "address", None) if registry else None
+        hooks = [getattr(base, name, None) for name in ("actor_send", "_realizeWakeups", "_runSends")]
+        if own is None or not all(callable(hook) for hook in hooks):
+            return None
+        return cls(base, own)
+
+    def tell(self, target: object, msg: object) -> int:
+        """Queue ``msg`` to ``target`` from the driver's endpoint; return how many are queued."""
+        self._base._realizeWakeups()  # as tell does: due wakeups go before this message
+        self._base.actor_send(self._own, target, msg)
+        self._count += 1
+        return self._count
+
+    def run(self) -> bool:
+        """Run every queued tell to completion; False when none was queued."""
+        if not self._count:
+            return False
+        self._count = 0
+        self._base._runSends()
+        return True

@@ -55,7 +55,7 @@ class RedisStore:
         # Each transaction also sets this store's marker to a fresh token, so that after a failure whose
         # outcome is unknown (the connection broke after EXEC was sent) the retry can tell whether it ran.
         # Under ``index:``, which is no channel role: it cannot collide with a channel's key.
-        self._marker = f"{keys.PREFIX}:index:writer:{uuid.uuid4().hex}"
+        self._marker = keys.writer_key(uuid.uuid4().hex)
         self._unsure: tuple[bytes, int] | None = None  # (token, operations) of a transaction that may have run
 
     @classmethod
@@ -143,17 +143,33 @@ class RedisStore:
         token = uuid.uuid4().hex.encode()
         pipe = self._redis.pipeline(transaction=True)
         channels: set[str] = set()
+        # Consecutive appends to one list become one RPUSH: a burst of a channel costs one command.
+        pushing: str | None = None
+        values: list[bytes] = []
+
+        def push(key: str | None, value: bytes | None = None) -> None:
+            nonlocal pushing
+            if key != pushing and pushing is not None and values:
+                pipe.rpush(pushing, *values)
+                values.clear()
+            pushing = key
+            if value is not None:
+                values.append(value)
+
         for op in ops:
             channel = op.channel_id
-            if channel not in channels:
-                channels.add(channel)
+            channels.add(channel)
             if isinstance(op, AppendOpen):
-                pipe.rpush(keys.channel_key(keys.OPEN_BATCH, channel), codec.encode(op.entry))
-            elif isinstance(op, PushTail):
-                pipe.rpush(keys.queue_key(channel), codec.encode(op.item))
+                push(keys.channel_key(keys.OPEN_BATCH, channel), codec.encode(op.entry))
+                continue
+            if isinstance(op, PushTail):
+                push(keys.queue_key(channel), codec.encode(op.item))
                 if op.closes_open:
+                    push(None)
                     pipe.delete(keys.channel_key(keys.OPEN_BATCH, channel))
-            elif isinstance(op, PushHead):
+                continue
+            push(None)
+            if isinstance(op, PushHead):
                 pipe.lpush(keys.queue_key(channel), codec.encode(op.item))
             elif isinstance(op, TakeHead):
                 pipe.lmove(keys.queue_key(channel), keys.channel_key(keys.PROCESSING, channel), "LEFT", "RIGHT")
@@ -163,6 +179,7 @@ class RedisStore:
                 pipe.delete(keys.queue_key(channel))
             else:  # pragma: no cover - Op is a closed union
                 raise TypeError(f"unknown operation {type(op).__name__}")
+        push(None)
         pipe.sadd(keys.CHANNEL_INDEX, *channels)
         pipe.set(self._marker, token, ex=_MARKER_TTL)
         pipe.get(keys.EPOCH)

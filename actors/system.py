@@ -20,7 +20,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from thespian.actors import ActorAddress, ActorSystem
+from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors.internal import ConfigureSystem, SystemConfigured
 from actors.supervisor import Supervisor
@@ -154,8 +154,12 @@ class RunningSystem:
 
         ``ActorSystem.shutdown()`` can leave the TCP admin running with its port open, so whatever is left
         of the system's session is killed by pid, and this returns once those processes have exited.
+        On the simple base the Supervisor is asked to exit first, so that its children run their exit hooks
+        (RedisPersistence writes what it still holds); that base's own shutdown does not.
         """
         try:
+            if self.base == SIMPLE_BASE:
+                self.asys.tell(self.supervisor, ActorExitRequest())
             self.asys.shutdown()
         finally:
             for _ in range(10):  # a member forking while it is killed leaves a new one behind

@@ -12,6 +12,9 @@ are the original module's keys and keep their names.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from protocol.limits import validate_channel_id
 
 PREFIX = "message_queue"
@@ -46,3 +49,103 @@ def queue_key(channel_id: str) -> str:
 
 def config_key(channel_id: str) -> str:
     return channel_key(CONFIG, channel_id)
+
+
+# -- distributed mode (several nodes batching in one Redis) ------------------------------------------------
+#
+# Layout: ``message_queue:dist:{<tag>}:<role>``, where ``<tag>`` is :func:`channel_tag` of the channel id:
+# the unpadded URL-safe base64 of its UTF-8 bytes. Base64 never contains ``{``, ``}`` or ``:``, so
+#   * the Redis Cluster hash tag of every key of one channel is exactly ``<tag>``: all of a channel's keys
+#     live in one hash slot, as the atomic scripts require;
+#   * (role, channel) -> key is injective: the tag is a bijective encoding of the id and ends at the first
+#     ``}``, and the role after it is a fixed word.
+# The keys shared by every channel (the deadline index, the outbox, the relay lease, the nodes' operation
+# counters) follow ``message_queue:dist:`` with a letter, never ``{``, so they cannot collide with a
+# channel's key. They live outside the channels' slots, and the scripts touch them together with a channel's
+# keys: distributed mode needs one Redis server, not a Cluster (a Cluster variant would shard the deadline
+# index and the stream by slot). ``dist`` and ``inbound`` are not roles of :func:`channel_key`, so no persistence
+# key can take these names either.
+
+DIST = "dist"
+DIST_MESSAGES = "msgs"  # list: codec frames (QueuedMessage) of the channel's open batch, oldest first
+DIST_STATE = "state"  # hash: the open batch's times and settings, and the channel's batch counter ``seq``
+
+DIST_ROLES = (DIST_MESSAGES, DIST_STATE)
+
+DIST_DEADLINES = f"{PREFIX}:{DIST}:deadlines"  # sorted set: channel tag -> deadline (Redis server time, ms)
+DIST_OUTBOX = f"{PREFIX}:{DIST}:outbox"  # stream: finished batches waiting for a custom event bus's relay
+DIST_RELAY_LEASE = f"{PREFIX}:{DIST}:relay"  # string: id of the node whose relay may publish the outbox
+DIST_DEAD = f"{PREFIX}:{DIST}:dead"  # stream: outbox entries a relay could not decode, with the reason
+INBOUND_STREAM = f"{PREFIX}:inbound"  # the default stream of RedisStreamEventBus
+
+MAX_NODE_ID = 64
+
+
+def dist_node_key(node_id: str) -> str:
+    """The key holding the number of the last operation a node applied (its appends are replay-safe).
+
+    Raises:
+        ValueError: for a node id that is not 1-64 characters of ``A-Z a-z 0-9 . _ -``.
+    """
+    if not isinstance(node_id, str) or not 1 <= len(node_id) <= MAX_NODE_ID or not _NODE_ALPHABET.issuperset(node_id):
+        raise ValueError(f"node id must be 1-{MAX_NODE_ID} characters of A-Z a-z 0-9 . _ -, got {node_id!r:.80}")
+    return f"{PREFIX}:{DIST}:node:{node_id}"
+
+
+def channel_tag(channel_id: str) -> str:
+    """The unpadded URL-safe base64 of ``channel_id``'s UTF-8 bytes: the hash tag of its distributed keys.
+
+    Raises:
+        InvalidInput: for a channel id that breaks the limits.
+    """
+    raw = validate_channel_id(channel_id).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def channel_of_tag(tag: str) -> str:
+    """The channel id a :func:`channel_tag` stands for.
+
+    Raises:
+        ValueError: if ``tag`` is not the tag of a valid channel id.
+    """
+    if not tag or not _TAG_ALPHABET.issuperset(tag) or len(tag) % 4 == 1:
+        raise ValueError(f"not a channel tag: {tag[:80]!r}")
+    try:
+        channel = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a channel tag: {tag[:80]!r}") from exc
+    if channel_tag(channel) != tag:  # non-canonical trailing bits
+        raise ValueError(f"not a channel tag: {tag[:80]!r}")
+    return channel
+
+
+def dist_key_of_tag(role: str, tag: str) -> str:
+    """The distributed key of ``role`` for the channel whose :func:`channel_tag` is ``tag``.
+
+    Raises:
+        ValueError: for an unknown role or a string that cannot be a tag.
+    """
+    if role not in DIST_ROLES:
+        raise ValueError(f"role must be one of {', '.join(DIST_ROLES)}, got {role!r}")
+    if not tag or not _TAG_ALPHABET.issuperset(tag):
+        raise ValueError(f"not a channel tag: {tag[:80]!r}")
+    return f"{PREFIX}:{DIST}:{{{tag}}}:{role}"
+
+
+def dist_key(role: str, channel_id: str) -> str:
+    """The distributed key of ``role`` for ``channel_id`` (see the layout above).
+
+    Raises:
+        ValueError: for an unknown role.
+        InvalidInput: for a channel id that breaks the limits.
+    """
+    return dist_key_of_tag(role, channel_tag(channel_id))
+
+
+_TAG_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_NODE_ALPHABET = _TAG_ALPHABET | {"."}
+
+
+def writer_key(writer_id: str) -> str:
+    """A store's transaction marker: lets a retry tell whether its last transaction ran after all."""
+    return f"{PREFIX}:index:writer:{writer_id}"

@@ -89,3 +89,106 @@ def test_the_bars_are_reported_as_booleans(report: dict[str, Any]) -> None:
         assert isinstance(bars[name]["pass"], bool), name
         assert "value" in bars[name] and "threshold" in bars[name], name
     assert isinstance(bars["all_pass"], bool)
+
+
+# -- bench/bench_facade.py --quick: the asyncio API against the plain-asyncio baseline ------------------------
+
+FACADE_SCRIPT = ROOT / "bench" / "bench_facade.py"
+PERSISTENCE_SCRIPT = ROOT / "bench" / "bench_persistence.py"
+SHAPES = ("saturated", "paced", "lateness")
+
+
+def run_quick(script: pathlib.Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    parsed = json.loads(proc.stdout)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def assert_delivered_once_in_order(name: str, result: dict[str, Any]) -> None:
+    assert result["expected"] > 0, name
+    assert result["delivered"] == result["expected"], name
+    assert result["all_delivered"] is True, name
+    assert result["in_order"] is True, name
+    assert result["duplicates"] == 0, name
+    assert result["msgs_per_s"] > 0, name
+    for kind, stats in result["lateness_ms"].items():
+        assert set(stats) == {"p50", "p99", "max"}, (name, kind)
+
+
+@pytest.fixture(scope="module")
+def facade_report() -> dict[str, Any]:
+    return run_quick(FACADE_SCRIPT)
+
+
+def test_the_facade_report_has_every_section(facade_report: dict[str, Any]) -> None:
+    for key in ("env", "params", "baseline", "facade", "ratios", "bars", "bar_values"):
+        assert key in facade_report, key
+    for key in ("python", "thespian", "cpu_count", "loadavg_at_start", "quick", "repeat"):
+        assert key in facade_report["env"], key
+    assert facade_report["env"]["quick"] is True
+    assert "facade_vs_baseline_saturated_throughput" in facade_report["ratios"]
+    assert {"delivery", "core", "handoff"} <= set(facade_report["facade"]["lateness"]["lateness_ms"])
+
+
+def test_the_facade_and_the_baseline_deliver_every_message_once_and_in_order(
+    facade_report: dict[str, Any],
+) -> None:
+    for impl in ("baseline", "facade"):
+        for shape in SHAPES:
+            assert_delivered_once_in_order(f"{impl}.{shape}", facade_report[impl][shape])
+
+
+def test_the_facade_bars_are_booleans(facade_report: dict[str, Any]) -> None:
+    bars = facade_report["bars"]
+    for name in ("throughput_ratio_ge_0_5", "lateness_p99_le_10ms", "every_message_once_in_order", "all_pass"):
+        assert isinstance(bars[name], bool), name
+    assert bars["every_message_once_in_order"] is True
+
+
+# -- bench/bench_persistence.py --quick: in memory against Redis persistence ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def persistence_report() -> dict[str, Any]:
+    from redis_support import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found on PATH")
+    return run_quick(PERSISTENCE_SCRIPT)
+
+
+def test_the_persistence_report_has_every_section(persistence_report: dict[str, Any]) -> None:
+    for key in ("env", "params", "in_memory", "persistent", "ratios", "bars", "bar_values"):
+        assert key in persistence_report, key
+    assert persistence_report["env"]["quick"] is True
+    assert persistence_report["env"]["redis_config"] == {"appendonly": "yes", "appendfsync": "everysec"}
+    assert "persistent_vs_in_memory_saturated_throughput" in persistence_report["ratios"]
+
+
+def test_both_modes_deliver_every_message_once_in_order_and_leave_nothing_in_redis(
+    persistence_report: dict[str, Any],
+) -> None:
+    for impl in ("in_memory", "persistent"):
+        for shape in SHAPES:
+            result = persistence_report[impl][shape]
+            assert_delivered_once_in_order(f"{impl}.{shape}", result)
+            assert result.get("unexpected_outputs", 0) == 0, (impl, shape)
+    for shape in SHAPES:
+        redis_stats = persistence_report["persistent"][shape]["redis"]
+        assert redis_stats["leftover_keys"] == 0, shape
+        assert redis_stats["exec_per_msg"] > 0, shape  # every run wrote through MULTI/EXEC
+
+
+def test_the_persistence_bars_are_booleans(persistence_report: dict[str, Any]) -> None:
+    bars = persistence_report["bars"]
+    for name in ("throughput_ratio_ge_0_3", "every_message_once_in_order_nothing_left_in_redis", "all_pass"):
+        assert isinstance(bars[name], bool), name
+    assert bars["every_message_once_in_order_nothing_left_in_redis"] is True
