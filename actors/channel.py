@@ -97,7 +97,7 @@ class ChannelActor(Dispatcher):
         self._idle_wake: float | None = None
         self._last_activity = 0.0
         self._observer: Optional[ActorAddress] = None
-        self._reported: tuple[int, bool] | None = None  # (queued, in_flight) last sent to the observer
+        self._reported: int | None = None  # the waiting count last sent to the observer
         self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: Optional[ActorAddress] = None
@@ -350,11 +350,11 @@ class ChannelActor(Dispatcher):
             self._schedule_idle(self._last_activity + self._idle_timeout)
 
     def _report(self) -> None:
-        """Tell the observer the waiting count and in-flight flag, if they changed since last told."""
+        """Tell the observer the waiting count (and the in-flight flag of that moment) if the count changed
+        since last told. An item that closes and goes straight to an idle processor changes nothing."""
         stats = self._channel.statistics()
-        status = (stats.queued, stats.in_flight)
-        if status != self._reported and self._observer is not None:
-            self._reported = status
+        if stats.queued != self._reported and self._observer is not None:
+            self._reported = stats.queued
             self.send(self._observer, QueueChanged(stats.channel_id, stats.queued, stats.in_flight))
 
     def _schedule_idle(self, at: float) -> None:

@@ -246,8 +246,9 @@ class ProcessingFailed:
 @dataclass(frozen=True, slots=True)
 class QueueChanged:
     """Channel (or Supervisor, for a channel that died) -> observer registered with ``Observe``: the
-    number of finished items waiting, or whether one is in flight, changed. Not sent for a message that only
-    joins the open batch."""
+    number of finished items waiting changed; ``in_flight`` is whether an item was with the processor at that
+    moment. Not sent for a message that only joins the open batch, nor for an item that goes straight to an
+    idle processor."""
 
     channel_id: str
     queued: int
