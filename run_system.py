@@ -8,6 +8,8 @@ Usage::
                     "text": "hey"}' | python run_system.py serve --window 0.5 | jq .
     python run_system.py serve --base multiprocTCPBase --admin-port 1900
     python run_system.py serve --redis redis://127.0.0.1:6379/0     # queues survive a restart
+    python run_system.py serve --redis redis://127.0.0.1:6379/0 --distributed   # one of many nodes; batches
+                                                                                # go to a Redis stream
 
 ``serve`` reads inbound messages as JSON lines on stdin and writes each finished batch as one JSON line on
 stdout, acknowledging it to its channel once written. At end of input it waits until every open batch has
@@ -24,6 +26,13 @@ or with a ``maxmemory-policy`` other than ``noeviction``, serve refuses to start
 ``--allow-volatile-redis`` is given, and then warns. It also exits 1 when Redis cannot be reached, or when it
 lost data an earlier run had stored (nothing is changed then; an operator must look at the server). Run one
 node per Redis database at a time: two nodes restoring and writing the same channels would interleave them.
+
+With ``--redis URL --distributed`` the process is a node of distributed mode (no actor system): any number of
+nodes share that Redis, each message may go to any node, batching state lives in Redis, and every finished
+batch is appended once to a Redis stream (``--stream``, default ``message_queue:inbound``) instead of stdout.
+At end of input a node waits until the deadlines it armed have flushed; stopped by a signal or killed, it
+leaves its open batches to the other nodes' sweepers. ``--acks`` writes ``{"acked": N}`` lines on stdout as
+the first N input messages are stored. See ``message_queue/distributed.py``.
 
 With ``--base multiprocTCPBase`` other processes can enqueue too: the Supervisor is registered under the
 global name ``message_queue.supervisor`` on the admin port (see ``examples/external_sender.py``); keep stdin
@@ -74,6 +83,7 @@ if __name__ == "__main__":
     _ensure_dependencies()
 
 import argparse  # noqa: E402
+import asyncio
 import base64
 import json
 import logging
@@ -88,7 +98,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
-from typing import IO, Any, Callable, Iterator, Protocol, Sequence, TypeVar, Union
+from typing import IO, Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from actors.driver import DriverStopped, InProcessDriver, Output
@@ -895,6 +905,241 @@ def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
         node.stop()
 
 
+# == serve --distributed: JSON lines in, batches to a Redis stream =====================================
+
+
+class _LineSplitter:
+    """Splits chunks of bytes into numbered lines like :func:`read_lines`: a line longer than ``limit`` bytes
+    comes out as None, and its bytes are dropped as they arrive."""
+
+    def __init__(self, limit: int = MAX_LINE_BYTES) -> None:
+        self._limit = limit
+        self._partial = bytearray()
+        self._overlong = False
+        self._number = 0
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[int, bytes | None]]:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                break
+            piece = chunk[start:end + 1]
+            start = end + 1
+            self._number += 1
+            if self._overlong or len(self._partial) + len(piece) > self._limit + 1:
+                self._overlong = False
+                self._partial.clear()
+                yield self._number, None
+            elif self._partial:
+                self._partial += piece
+                line = bytes(self._partial)
+                self._partial.clear()
+                yield self._number, line
+            else:
+                yield self._number, piece
+        rest = chunk[start:]
+        if self._overlong:
+            return
+        if len(self._partial) + len(rest) > self._limit:
+            self._overlong = True
+            self._partial.clear()
+        else:
+            self._partial += rest
+
+    def end(self) -> Iterator[tuple[int, bytes | None]]:
+        """The last line, if the input did not end with a newline."""
+        if self._overlong or self._partial:
+            self._number += 1
+            yield self._number, None if self._overlong else bytes(self._partial)
+        self._overlong = False
+        self._partial.clear()
+
+
+class _ChunkReader:
+    """Reads stdin in chunks on a thread of its own (blocked in ``read``, so it barely competes for the GIL)
+    and hands them to the event loop, at most a few chunks ahead of what the loop has handled."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes], ahead: int = 4) -> None:
+        self._loop = loop
+        self._chunks = chunks
+        self._room = threading.Semaphore(ahead)
+        self._stopping = False
+
+    def handled(self) -> None:
+        self._room.release()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._room.release()
+
+    def run(self, stream: IO[bytes]) -> None:  # on the reader thread
+        fd = stream.fileno()
+        while True:
+            self._room.acquire()
+            if self._stopping:
+                return
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:
+                data = b""
+            try:
+                self._loop.call_soon_threadsafe(self._chunks.put_nowait, data)
+            except RuntimeError:  # the loop is closed: serve is ending
+                return
+            if not data:
+                return
+
+
+def run_serve_distributed(args: argparse.Namespace) -> int:
+    """serve --distributed: append each input line's message to its channel's batch in Redis; finished
+    batches go to the stream, not to stdout."""
+    with _signal_handlers_restored():
+        return asyncio.run(_serve_distributed(args))
+
+
+async def _serve_distributed(args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from message_queue.distributed import DistributedBatcher, NodeOptions, check_durability
+
+    url = redacted(args.redis)
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait)
+    options = NodeOptions(stream=args.stream, maxlen=args.stream_maxlen, sweep_interval=args.sweep_interval,
+                          grace=args.grace, **({"node_id": args.node_id} if args.node_id else {}))
+    client = Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)
+    batcher = DistributedBatcher(client, settings, options)
+    chunks: asyncio.Queue[bytes] = asyncio.Queue()
+    reader = _ChunkReader(loop, chunks)
+    counts = Counter[str]()
+    failure: list[BaseException] = []
+    broken: list[OSError] = []
+    out = sys.stdout.buffer
+    reported = 0
+
+    def answered(future: asyncio.Future[None]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None and not failure:
+            failure.append(exc)
+            stopped.set()
+
+    def report_acks() -> None:
+        # Called right after each answered pipeline: operations are answered in the order submitted, so the
+        # count of stored messages is the count of leading input messages stored.
+        nonlocal reported
+        acked = batcher.statistics().appended
+        if args.acks and acked != reported and not broken:
+            reported = acked
+            try:
+                out.write(b'{"acked": %d}\n' % reported)
+                out.flush()
+            except OSError as exc:  # the reader of stdout went away
+                broken.append(exc)
+                stopped.set()
+
+    async def take(lines: Iterable[tuple[int, bytes | None]]) -> None:
+        for count, (number, data) in enumerate(lines, 1):
+            if count % 64 == 0:
+                await asyncio.sleep(0)  # let due timers fire and answers arrive between slices of a chunk
+            if data is not None and not data.strip():
+                continue
+            try:
+                if data is None:
+                    raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
+                message = parse_line(data)
+            except InvalidInput as exc:
+                counts["skipped"] += 1
+                print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
+                continue
+            if not batcher.has_room:
+                await batcher.wait_for_room()
+            counts["accepted"] += 1
+            batcher.submit(message).add_done_callback(answered)
+
+    async def feed() -> None:
+        splitter = _LineSplitter()
+        while (chunk := await chunks.get()):
+            await take(splitter.feed(chunk))
+            reader.handled()
+        await take(splitter.end())
+
+    try:
+        try:
+            await check_durability(client, args.allow_volatile_redis)
+            await batcher.start()
+        except UnsafeRedis as exc:
+            print(f"serve: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except _unreachable() as exc:
+            print(f"serve: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except _redis_errors() as exc:
+            print(f"serve: cannot use Redis at {url}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        batcher.on_progress = report_acks
+        print(f"serve: ready as distributed node {batcher.node_id} on Redis at {url}; reading JSON lines on stdin; "
+              f"finished batches go to the stream {options.stream!r}", file=sys.stderr, flush=True)
+        threading.Thread(target=reader.run, args=(sys.stdin.buffer,), name="serve-stdin", daemon=True).start()
+        ending = loop.create_task(feed())
+        stopping = loop.create_task(stopped.wait())
+        await asyncio.wait({ending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if ending.done():
+            ending.result()  # raises what ended the feed, if anything
+        if not stopped.is_set():
+            print(f"serve: end of input; {counts['accepted']} messages accepted, {counts['skipped']} lines skipped; "
+                  "waiting for the last batches", file=sys.stderr, flush=True)
+            draining = loop.create_task(batcher.drain())
+            await asyncio.wait({draining, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            draining.cancel()
+        ending.cancel()
+        stopping.cancel()
+        report_acks()
+        stats = batcher.statistics()
+        if broken:
+            _silence_stdout()
+            print(f"serve: output closed ({broken[0]}); stopping", file=sys.stderr)
+            return EXIT_FAILED
+        if failure:
+            print(f"serve: Redis at {url} failed ({failure[0]}); {stats.appended} of {counts['accepted']} messages "
+                  "were stored", file=sys.stderr)
+            return EXIT_FAILED
+        published = stats.published_on_append + stats.published_by_timer + stats.published_by_sweep
+        summary = (f"{stats.appended} messages stored; this node published {published} batches "
+                   f"({stats.published_on_append} on append, {stats.published_by_timer} by its timers, "
+                   f"{stats.published_by_sweep} overdue ones by its sweeper)")
+        if stopped.is_set():
+            print(f"serve: stopped by a signal; {summary}; open batches stay in Redis for the other nodes",
+                  file=sys.stderr)
+        else:
+            print(f"serve: done; {summary}", file=sys.stderr)
+        return EXIT_OK
+    finally:
+        reader.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await batcher.close()
+        await client.aclose()
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
+
+
+def _unreachable() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (StoreUnavailable, RedisConnectionError, RedisTimeoutError, OSError)
+
+
 # == command line ========================================================================================
 
 
@@ -968,6 +1213,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-volatile-redis", action="store_true",
                        help="with --redis: accept a server that may lose acknowledged messages (no AOF, or an "
                        "evicting maxmemory-policy), with a warning on stderr")
+    dist = serve.add_argument_group(
+        "distributed mode", "With --redis URL --distributed, any number of serve processes share that Redis as "
+        "nodes: batching state lives in Redis, each message may go to any node, and every finished batch is "
+        "appended once to a Redis stream (not written to stdout). At end of input a node waits until the "
+        "deadlines it armed have flushed; a node that dies leaves its open batches to the others.")
+    dist.add_argument("--distributed", action="store_true",
+                      help="run as a node of distributed mode (needs --redis)")
+    dist.add_argument("--stream", default="message_queue:inbound", metavar="KEY",
+                      help="the stream finished batches are appended to (default message_queue:inbound)")
+    dist.add_argument("--stream-maxlen", type=int, default=0, metavar="N",
+                      help="trim the stream to about N entries (XADD MAXLEN ~), oldest first, read or not; "
+                      "0 keeps every entry (default 0)")
+    dist.add_argument("--sweep-interval", type=_positive_float, default=0.2, metavar="SECONDS",
+                      help="how often the node looks for overdue batches of dead nodes (default 0.2)")
+    dist.add_argument("--grace", type=float, default=0.1, metavar="SECONDS",
+                      help="how long past its deadline a batch must be before a sweeper takes it (default 0.1)")
+    dist.add_argument("--node-id", default=None, metavar="ID",
+                      help="the node's name in published entries, 1-64 of A-Z a-z 0-9 . _ - "
+                      "(default host-pid-random)")
+    dist.add_argument("--acks", action="store_true",
+                      help='write {"acked": N} on stdout whenever the number of input messages stored in Redis '
+                      "grows (the first N accepted lines, in order)")
     parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}" for name, sub in (("demo", demo), ("serve", serve)))
     return parser
 
@@ -991,7 +1258,37 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         _check_redis_url(parser, namespace.redis)
     if namespace.command == "serve" and namespace.allow_volatile_redis and namespace.redis is None:
         parser.error("--allow-volatile-redis needs --redis")
+    if namespace.command == "serve":
+        _check_distributed(parser, namespace)
     return namespace
+
+
+def _check_distributed(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    defaults = parser.parse_args(["serve"])
+    tuned = [f"--{name.replace('_', '-')}" for name in ("stream", "stream_maxlen", "sweep_interval", "grace",
+                                                         "node_id", "acks")
+             if getattr(namespace, name) != getattr(defaults, name)]
+    if not namespace.distributed:
+        if tuned:
+            parser.error(f"{', '.join(tuned)} need(s) --distributed")
+        return
+    if namespace.redis is None:
+        parser.error("--distributed needs --redis URL")
+    if namespace.base != SIMPLE_BASE or namespace.admin_port is not None:
+        parser.error("--distributed runs no actor system: --base and --admin-port do not apply")
+    if not namespace.stream:
+        parser.error("--stream must not be empty")
+    if namespace.stream_maxlen < 0:
+        parser.error(f"--stream-maxlen must be >= 0, got {namespace.stream_maxlen}")
+    if not namespace.grace >= 0:
+        parser.error(f"--grace must be >= 0, got {namespace.grace}")
+    if namespace.node_id is not None:
+        try:
+            from protocol.keys import dist_node_key
+
+            dist_node_key(namespace.node_id)
+        except ValueError as exc:
+            parser.error(f"--node-id: {exc}")
 
 
 def _check_redis_url(parser: argparse.ArgumentParser, url: str) -> None:
@@ -1026,7 +1323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ReportedByServe())
     try:
-        return run_serve(args) if args.command == "serve" else run_demo(args)
+        if args.command == "serve":
+            return run_serve_distributed(args) if args.distributed else run_serve(args)
+        return run_demo(args)
     except BrokenPipeError:  # stdout's reader went away, e.g. ``| head``
         _silence_stdout()
         return EXIT_FAILED

@@ -4,18 +4,26 @@ Messages are processed in order per channel, and rapid-succession messages are c
 a single combined response. This is the original module's asyncio API (:class:`MessageQueue`,
 :class:`QueuedMessage`, :class:`MessageBatch`, :class:`RedisQueue`, :class:`InMemoryRedisQueue`), running on
 the project's actor system.
+
+Distributed mode (``MessageQueue(redis=..., event_bus=...)``) keeps batching state in Redis and publishes
+finished batches to the event bus: :class:`RedisStreamEventBus` (a Redis stream read back with
+:func:`decode_entry`) or any object with ``async publish_inbound(batch)``.
 """
 
 from protocol.errors import RedisDataLost, StoreUnavailable, UnsafeRedis
+from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbound
 from message_queue.facade import Callback, MessageQueue
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
 from protocol.errors import DecodeError, InvalidInput, InvalidSettings, MessageQueueError
+from protocol.stream import InboundBatch, decode_entry
 from protocol.values import MessageBatch, QueuedMessage
 
 __all__ = [
     "Callback",
     "DecodeError",
+    "EventBus",
     "InMemoryRedisQueue",
+    "InboundBatch",
     "InvalidInput",
     "InvalidSettings",
     "MessageBatch",
@@ -24,6 +32,9 @@ __all__ = [
     "QueuedMessage",
     "RedisDataLost",
     "RedisQueue",
+    "RedisStreamEventBus",
     "StoreUnavailable",
     "UnsafeRedis",
+    "current_inbound",
+    "decode_entry",
 ]

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
 from actors.driver import InProcessDriver, Output
 from protocol.errors import UnsafeRedis
 from message_queue.config import ChannelConfigReader
+from message_queue.distributed import DistributedQueue
 from message_queue.redis_url import url_of_client
 from protocol.errors import InvalidInput, InvalidSettings
 from protocol.limits import validate_channel_id, validate_message
@@ -73,11 +74,6 @@ log = logging.getLogger(__name__)
 Callback = Callable[[Payload], Awaitable[object]]
 """An async function called with each finished item of a channel: a MessageBatch, a QueuedMessage (batching
 disabled), or whatever was put with ``enqueue_front``."""
-
-DISTRIBUTED_MODE_UNAVAILABLE = (
-    "distributed mode (redis + event_bus) is not available yet; pass redis alone for per-channel settings "
-    "from Redis, or event_bus alone (stored, unused)"
-)
 
 
 @dataclass(eq=False, slots=True)
@@ -189,16 +185,28 @@ class MessageQueue:
               when a message arrives for it and the last read is older than ``config_ttl`` seconds; changed
               settings are sent to the actors before that message, and apply from the channel's next batch
               on.
-        event_bus: the original's bus for distributed mode. Alone it is only stored (``set_event_bus``).
+        event_bus: with ``redis``, switches the queue to **distributed mode** (see
+            :mod:`message_queue.distributed`): batching state lives in that Redis, shared by every process
+            running a queue on it, and each finished batch is published with ``await
+            event_bus.publish_inbound(batch)`` (always a ``MessageBatch``). ``enqueue`` returns once the
+            message is stored in Redis; the per-channel settings hash applies (``config_ttl``). A
+            :class:`~message_queue.event_bus.RedisStreamEventBus` on the same server gets each batch exactly
+            once, appended to its stream by the script that closes the batch; any other bus is called by a
+            relay, at least once (:func:`~message_queue.event_bus.current_inbound` gives the batch id to
+            deduplicate). ``start_processing`` callbacks are not used for delivery (as in the original);
+            ``enqueue_front`` publishes its item at once as a batch of its own, ahead of the channel's open
+            batch; ``clear`` and ``cancel_current`` find nothing to act on (published batches belong to the
+            bus's consumers); ``close`` waits until the batches whose deadline this queue armed have been
+            published. Without ``redis``, ``event_bus`` is only stored (``set_event_bus``).
         config_ttl: how long a channel's settings read from Redis are reused (seconds, default 1).
         idle_timeout: seconds after which a channel with no work releases its actor.
         allow_volatile_redis: with ``redis``, accept a server that may lose acknowledged writes (no AOF, or
             an evicting ``maxmemory-policy``).
 
     Raises:
-        NotImplementedError: if both ``redis`` and ``event_bus`` are given (distributed mode).
         InvalidSettings: for a batch window < 0 or not finite, ``max_batch_size`` out of range, ``config_ttl``
-            < 0 or ``idle_timeout`` <= 0; or a ``redis`` client whose server cannot be named by a URL (a
+            < 0 or ``idle_timeout`` <= 0; with ``redis``, an ``event_bus`` without a ``publish_inbound``
+            method; or, without ``event_bus``, a ``redis`` client whose server cannot be named by a URL (a
             credential provider, Sentinel or cluster connections; see :mod:`message_queue.redis_url`).
 
     Use it on one event loop (the one of its first awaited call). Close it with ``await close()`` or
@@ -217,20 +225,24 @@ class MessageQueue:
         idle_timeout: float = 60.0,
         allow_volatile_redis: bool = False,
     ) -> None:
-        if redis is not None and event_bus is not None:
-            raise NotImplementedError(DISTRIBUTED_MODE_UNAVAILABLE)
-        self._redis_url = url_of_client(redis) if redis is not None else ""
         self._allow_volatile_redis = bool(allow_volatile_redis)
         self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
         _check_seconds("config_ttl", config_ttl, minimum_excluded=False)
         _check_seconds("idle_timeout", idle_timeout, minimum_excluded=True)
+        self._distributed: DistributedQueue | None = None
+        if redis is not None and event_bus is not None:
+            self._distributed = DistributedQueue(redis, event_bus, self._settings, config_ttl=float(config_ttl),
+                                                 allow_volatile_redis=self._allow_volatile_redis)
+        self._redis_url = url_of_client(redis) if redis is not None and self._distributed is None else ""
         self.default_batch_window = default_batch_window
         self.max_batch_size = max_batch_size
         self.redis = redis
         self.event_bus = event_bus
         self._config_ttl = float(config_ttl)
         self._idle_timeout = idle_timeout
-        self._config = ChannelConfigReader(redis, self._settings) if redis is not None else None
+        self._config = (
+            ChannelConfigReader(redis, self._settings) if redis is not None and self._distributed is None else None
+        )
         self._config_states: dict[str, _ConfigState] = {}
         self._channels: dict[str, _Channel] = {}
         self._driver: InProcessDriver | None = None
@@ -243,14 +255,29 @@ class MessageQueue:
     # -- the original API ---------------------------------------------------------------------------------
 
     def set_event_bus(self, event_bus: object) -> None:
-        """Store ``event_bus``. Without a Redis client nothing uses it (the in-memory mode delivers to the
-        callbacks of ``start_processing``).
+        """Attach ``event_bus``. With a Redis client this upgrades the queue to distributed mode (see the
+        class docstring); without one, the bus is only stored (the in-memory mode delivers to the callbacks of
+        ``start_processing``).
 
         Raises:
-            NotImplementedError: if a Redis client was given (that would be distributed mode).
+            InvalidSettings: with a Redis client, for a bus without ``publish_inbound``, or a second, different
+                bus on a queue already in distributed mode.
+            RuntimeError: with a Redis client, once the queue was used in persistence mode (its actor system
+                holds channels that cannot move).
         """
-        if self.redis is not None:
-            raise NotImplementedError(DISTRIBUTED_MODE_UNAVAILABLE)
+        if self.redis is None:
+            self.event_bus = event_bus
+            return
+        if self._distributed is not None:
+            if event_bus is self._distributed.event_bus:
+                return
+            raise InvalidSettings("a distributed MessageQueue keeps the event bus it was given")
+        if self._driver is not None or self._starting is not None or self._closed:
+            raise RuntimeError("set_event_bus must be called before the MessageQueue is first used: its channels "
+                               "are already held by the persistence mode's actor system")
+        self._distributed = DistributedQueue(self.redis, event_bus, self._settings, config_ttl=self._config_ttl,
+                                             allow_volatile_redis=self._allow_volatile_redis)
+        self._config = None
         self.event_bus = event_bus
 
     async def enqueue(self, msg: QueuedMessage) -> None:
@@ -259,13 +286,21 @@ class MessageQueue:
         The message is checked here and handed to the actor thread without waiting for it. With ``redis``,
         the first message after the channel's settings expire (``config_ttl``) waits for one read of them;
         messages of that channel that arrive meanwhile wait too and keep their order. If the caller is
-        cancelled during that wait, the message is still enqueued.
+        cancelled during that wait, the message is still enqueued. In distributed mode it returns once the
+        message is stored in Redis (a caller cancelled while waiting may still see it stored).
 
         Raises:
             InvalidInput: if the message breaks a documented limit (the error names the rule and the value).
             RuntimeError: if the queue is closed.
+            UnsafeRedis, StoreUnavailable: in distributed mode, on first use, for a Redis that may lose
+                messages or cannot be reached; StoreUnavailable also when Redis stayed unreachable for 30 s.
         """
         validate_message(msg)
+        if self._distributed is not None:
+            if self._closed:
+                raise RuntimeError("the MessageQueue is closed")
+            await self._distributed.enqueue(msg)
+            return
         driver = self._driver
         if driver is None or not driver.running:
             driver = await self._ensure_driver()
@@ -282,6 +317,11 @@ class MessageQueue:
             RuntimeError: if the queue is closed.
         """
         _validate_payload(item)
+        if self._distributed is not None:
+            if self._closed:
+                raise RuntimeError("the MessageQueue is closed")
+            await self._distributed.enqueue_front(item)
+            return
         driver = await self._ensure_driver()
         driver.tell(EnqueueFront(item))
 
@@ -312,6 +352,9 @@ class MessageQueue:
         if chan.callback is not None:
             return
         chan.callback = callback
+        if self._distributed is not None:
+            log.debug("channel %r: distributed mode publishes batches to the event bus, not to callbacks", channel)
+            return
         try:
             await self._call(StartProcessing(channel))
         except BaseException:
@@ -424,6 +467,8 @@ class MessageQueue:
         if self._closed:
             return
         self._closed = True
+        if self._distributed is not None:
+            await self._distributed.close()
         refreshes = [s.refresh for s in self._config_states.values() if s.refresh is not None]
         if refreshes:
             await asyncio.wait(refreshes)

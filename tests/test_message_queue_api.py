@@ -593,21 +593,33 @@ def test_a_queue_that_is_never_closed_stops_its_thread_when_collected() -> None:
     assert driver_threads() == 0
 
 
-def test_distributed_mode_is_not_available_yet() -> None:
+def test_redis_and_an_event_bus_make_a_distributed_queue_without_connecting() -> None:
+    """Distributed mode itself is tested in test_distributed.py; here: the constructor and set_event_bus."""
+
+    class Bus:
+        async def publish_inbound(self, batch: MessageBatch) -> None: ...
+
     async def main() -> None:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis(host="127.0.0.1", port=1)  # never connected
         try:
-            with pytest.raises(NotImplementedError, match=r"^distributed mode \(redis \+ event_bus\)"):
+            bus = Bus()
+            distributed = MessageQueue(redis=client, event_bus=bus)
+            assert distributed.event_bus is bus
+            with pytest.raises(InvalidSettings, match="event_bus must have an async publish_inbound"):
                 MessageQueue(redis=client, event_bus=object())
             mq = MessageQueue(redis=client)
-            with pytest.raises(NotImplementedError, match="distributed mode"):
+            with pytest.raises(InvalidSettings, match="event_bus must have an async publish_inbound"):
                 mq.set_event_bus(object())
-            bus = object()
+            mq.set_event_bus(bus)
+            assert mq.event_bus is bus
+            await mq.close()
+            await distributed.close()
+            anything = object()
             plain = MessageQueue()
-            plain.set_event_bus(bus)
-            assert plain.event_bus is bus
+            plain.set_event_bus(anything)  # without Redis a bus is only stored
+            assert plain.event_bus is anything
         finally:
             await client.aclose()
 
