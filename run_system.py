@@ -1309,7 +1309,7 @@ class _ReportedByServe(logging.Filter):
 
     _SAID: tuple[tuple[str, str], ...] = (
         ("actors.supervisor", "persistence refused"),
-        ("actors.store", "persisting to a Redis that may lose data"),
+        ("actors.store", "accepted a Redis that may lose data"),
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

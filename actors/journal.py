@@ -6,9 +6,11 @@ Only :mod:`actors.store` and :mod:`actors.persistence` need the ``redis`` packag
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Mapping, Union
 
+from protocol.errors import UnsafeRedis
 from protocol.values import OpenEntry, QueueItem
 
 if TYPE_CHECKING:
@@ -127,3 +129,40 @@ class Durable:
     """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
 
     then: tuple[tuple["ActorAddress", object], ...]
+
+
+# -- the durability rule --------------------------------------------------------------------------------------
+
+DURABILITY_SETTINGS = ("appendonly", "maxmemory-policy")
+"""The server settings (``CONFIG GET``) that decide whether Redis keeps what it acknowledged."""
+
+
+def durability_problems(config: Mapping[str, str]) -> list[str]:
+    """Reasons a server with these ``CONFIG GET`` values could silently lose acknowledged messages."""
+    problems = []
+    if config.get("appendonly") != "yes":
+        problems.append(
+            f"appendonly is {config.get('appendonly')!r}: a restart of Redis would lose acknowledged "
+            "messages (set appendonly yes)"
+        )
+    if config.get("maxmemory-policy") != "noeviction":
+        problems.append(
+            f"maxmemory-policy is {config.get('maxmemory-policy')!r}: Redis may evict acknowledged messages "
+            "under memory pressure (set maxmemory-policy noeviction)"
+        )
+    return problems
+
+
+def refuse_unsafe(problems: list[str], allow_volatile: bool, doing: str, logger: logging.Logger) -> None:
+    """Refuse (``doing`` names what was refused: "persist to", "batch in") unless ``allow_volatile``, which
+    logs a warning instead.
+
+    Raises:
+        UnsafeRedis: naming every problem, and the opt-out.
+    """
+    if not problems:
+        return
+    text = "; ".join(problems)
+    if not allow_volatile:
+        raise UnsafeRedis(f"refusing to {doing} this Redis: {text}. Pass --allow-volatile-redis to accept it")
+    logger.warning("accepted a Redis that may lose data (allowed by option) to %s: %s", doing, text)

@@ -23,6 +23,7 @@ from typing import Sequence, TypeVar
 import redis
 
 from actors.journal import (
+    DURABILITY_SETTINGS,
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
@@ -31,9 +32,11 @@ from actors.journal import (
     PushHead,
     PushTail,
     TakeHead,
+    durability_problems,
+    refuse_unsafe,
 )
 from protocol import codec, keys
-from protocol.errors import DecodeError, RedisDataLost, UnsafeRedis
+from protocol.errors import DecodeError, RedisDataLost
 from protocol.values import DeadLetter, OpenEntry, QueueItem
 
 log = logging.getLogger(__name__)
@@ -69,23 +72,13 @@ class RedisStore:
 
     def durability_problems(self) -> list[str]:
         """Reasons this server could silently lose acknowledged writes (empty when it is safe)."""
+        config: dict[str, str] = {}
         try:
-            config = self._redis.config_get("appendonly")
-            config.update(self._redis.config_get("maxmemory-policy"))
+            for name in DURABILITY_SETTINGS:
+                config.update((str(k), str(v)) for k, v in self._redis.config_get(name).items())
         except redis.ResponseError as exc:
             return [f"cannot read the server's persistence settings with CONFIG GET ({exc})"]
-        problems = []
-        if config.get("appendonly") != "yes":
-            problems.append(
-                f"appendonly is {config.get('appendonly')!r}: a restart of Redis would lose acknowledged "
-                "messages (set appendonly yes)"
-            )
-        if config.get("maxmemory-policy") != "noeviction":
-            problems.append(
-                f"maxmemory-policy is {config.get('maxmemory-policy')!r}: Redis may evict queued messages "
-                "under memory pressure (set maxmemory-policy noeviction)"
-            )
-        return problems
+        return durability_problems(config)
 
     def check_durability(self, allow_volatile: bool) -> None:
         """Refuse a server that could lose acknowledged data, unless ``allow_volatile`` (then warn).
@@ -93,13 +86,7 @@ class RedisStore:
         Raises:
             UnsafeRedis: naming every problem found.
         """
-        problems = self.durability_problems()
-        if not problems:
-            return
-        text = "; ".join(problems)
-        if not allow_volatile:
-            raise UnsafeRedis(f"refusing to persist to this Redis: {text}. Pass --allow-volatile-redis to accept it")
-        log.warning("persisting to a Redis that may lose data (allowed by option): %s", text)
+        refuse_unsafe(self.durability_problems(), allow_volatile, "persist to", log)
 
     def open_epoch(self) -> bytes:
         """Read (or on a fresh server, write) the epoch marker.

@@ -45,6 +45,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Awaitable, Callable, Final, Sequence, Union, cast
 
+from actors.journal import DURABILITY_SETTINGS, refuse_unsafe
+from actors.journal import durability_problems as journal_durability_problems
 from message_queue import scripts
 from message_queue.config import ChannelConfigReader
 from message_queue.event_bus import (
@@ -55,7 +57,7 @@ from message_queue.event_bus import (
     set_current_inbound,
 )
 from protocol import codec
-from protocol.errors import DecodeError, InvalidSettings, StoreUnavailable, UnsafeRedis
+from protocol.errors import DecodeError, InvalidSettings, StoreUnavailable
 from protocol.keys import (
     DIST_DEAD,
     DIST_DEADLINES,
@@ -276,20 +278,13 @@ async def durability_problems(redis: Redis) -> list[str]:
     """Reasons this server could silently lose acknowledged messages (empty when it is safe)."""
     from redis.exceptions import ResponseError
 
+    config: dict[str, str] = {}
     try:
-        config = await redis.config_get("appendonly")
-        config.update(await redis.config_get("maxmemory-policy"))
+        for name in DURABILITY_SETTINGS:
+            config.update({_str(k): _str(v) for k, v in (await redis.config_get(name)).items()})
     except ResponseError as exc:
         return [f"cannot read the server's persistence settings with CONFIG GET ({exc})"]
-    values = {_str(k): _str(v) for k, v in config.items()}
-    problems = []
-    if values.get("appendonly") != "yes":
-        problems.append(f"appendonly is {values.get('appendonly')!r}: a restart of Redis would lose open batches "
-                        "(set appendonly yes)")
-    if values.get("maxmemory-policy") != "noeviction":
-        problems.append(f"maxmemory-policy is {values.get('maxmemory-policy')!r}: Redis may evict open batches "
-                        "under memory pressure (set maxmemory-policy noeviction)")
-    return problems
+    return journal_durability_problems(config)
 
 
 async def check_durability(redis: Redis, allow_volatile: bool) -> None:
@@ -298,13 +293,7 @@ async def check_durability(redis: Redis, allow_volatile: bool) -> None:
     Raises:
         UnsafeRedis: naming every problem found.
     """
-    problems = await durability_problems(redis)
-    if not problems:
-        return
-    text = "; ".join(problems)
-    if not allow_volatile:
-        raise UnsafeRedis(f"refusing to batch in this Redis: {text}. Pass --allow-volatile-redis to accept it")
-    log.warning("batching in a Redis that may lose data (allowed by option): %s", text)
+    refuse_unsafe(await durability_problems(redis), allow_volatile, "batch in", log)
 
 
 # -- the node --------------------------------------------------------------------------------------------
