@@ -776,27 +776,45 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(
+    argv: list[str] | None,
+    description: str,
+    name: str,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[argparse.Namespace, Params, Callable[[str], None]]:
+    """The options every benchmark script takes (``--repeat``, ``--quick``, ``--verbose``, plus ``extra``):
+    the parsed options, the parameters they select, and a progress logger for stderr."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
-    parser.add_argument("--quick", action="store_true", help="small numbers, a few seconds: a smoke test")
+    parser.add_argument("--quick", action="store_true", help="small workloads, a few seconds: a smoke test")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     if repeat < 1:
         parser.error(f"--repeat must be >= 1, got {repeat}")
-    p = quick_params(repeat) if args.quick else full_params(repeat)
+    started = mono()
 
     def log(msg: str) -> None:
         if args.verbose:
-            print(f"[bench {mono() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+            print(f"[{name} {mono() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    t_start = mono()
-    result: dict[str, Any] = {"env": environment(p, args.quick), "params": _params_json(p)}
-    result.update(run(p, log))
+    return args, quick_params(repeat) if args.quick else full_params(repeat), log
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print ``result`` as the script's JSON report, with the load average at its end."""
     result["env"]["loadavg_at_end"] = _loadavg()
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, p, log = cli(argv, __doc__, "bench")
+    result: dict[str, Any] = {"env": environment(p, args.quick), "params": _params_json(p)}
+    result.update(run(p, log))
+    emit(result)
     return 0
 
 

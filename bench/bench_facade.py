@@ -40,7 +40,6 @@ import cProfile
 import gc
 import importlib.metadata
 import io
-import json
 import pathlib
 import pstats
 import sys
@@ -61,10 +60,8 @@ from bench_actors import (  # noqa: E402
     environment,
     expected_order,
     frozen_heap,
-    full_params,
     make_messages,
     median,
-    quick_params,
     result_record,
     run_baseline_bursts,
     seq_of,
@@ -288,22 +285,10 @@ def profile_facade(wl: Bursts, top: int = 25) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
-    parser.add_argument("--quick", action="store_true", help="small workloads, a few seconds: a smoke test")
-    parser.add_argument("--profile", action="store_true", help="add a cProfile of one facade saturated run")
-    parser.add_argument("--verbose", action="store_true", help="progress on stderr")
-    args = parser.parse_args(argv)
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-    if repeat < 1:
-        parser.error(f"--repeat must be >= 1, got {repeat}")
-    p = quick_params(repeat) if args.quick else full_params(repeat)
-    t_start = mono()
+    def profile_option(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--profile", action="store_true", help="add a cProfile of one facade saturated run")
 
-    def log(msg: str) -> None:
-        if args.verbose:
-            print(f"[bench_facade {mono() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    args, p, log = ba.cli(argv, __doc__, "bench_facade", profile_option)
     env = environment(p, args.quick)
     env["message_queue"] = _version("message_queue")
     result: dict[str, Any] = {
@@ -311,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {shape: asdict(getattr(p, shape)) for shape in ("saturated", "paced", "lateness")},
     }
     result.update(run(p, log, args.profile))
-    result["env"]["loadavg_at_end"] = ba._loadavg()
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    ba.emit(result)
     return 0
 
 

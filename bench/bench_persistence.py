@@ -32,13 +32,11 @@ when every message was delivered and acknowledged).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import gc
 import importlib.metadata
 import importlib.util
-import json
 import pathlib
 import sys
 import time
@@ -55,9 +53,7 @@ from bench_actors import (  # noqa: E402
     Params,
     channel_name,
     environment,
-    full_params,
     median,
-    quick_params,
     run_actor_bursts,
     summarize,
 )
@@ -220,21 +216,7 @@ def run(p: Params, url: str, client: redis.Redis, log: Callable[[str], None]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=None, help="runs per measurement (default 3, quick 1)")
-    parser.add_argument("--quick", action="store_true", help="small workloads, a few seconds: a smoke test")
-    parser.add_argument("--verbose", action="store_true", help="progress on stderr")
-    args = parser.parse_args(argv)
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-    if repeat < 1:
-        parser.error(f"--repeat must be >= 1, got {repeat}")
-    p = quick_params(repeat) if args.quick else full_params(repeat)
-    t_start = mono()
-
-    def log(msg: str) -> None:
-        if args.verbose:
-            print(f"[bench_persistence {mono() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
+    args, p, log = ba.cli(argv, __doc__, "bench_persistence")
     redis_support = _load_redis_support()
     if redis_support.REDIS_SERVER is None:
         print("redis-server not found on PATH", file=sys.stderr)
@@ -256,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             result.update(run(p, server.url, client, log))
         finally:
             client.close()
-    result["env"]["loadavg_at_end"] = ba._loadavg()
-    json.dump(result, sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    ba.emit(result)
     return 0
 
 
