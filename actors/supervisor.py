@@ -36,7 +36,7 @@ from actors.journal import (
 )
 from actors.timer import Timer
 from protocol.errors import InvalidInput
-from protocol.limits import validate_channel_id, validate_message
+from protocol.limits import validate_channel_id, validate_message, validate_payload
 from protocol.messages import (
     BatchHeld,
     CancelCurrent,
@@ -63,7 +63,7 @@ from protocol.messages import (
     Statistics,
     StopChannel,
 )
-from protocol.values import BatchSettings, ChannelStatistics, MessageBatch, QueuedMessage
+from protocol.values import BatchSettings, ChannelStatistics, QueuedMessage
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -232,7 +232,7 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
         try:
-            channel_id = _validate_payload(msg.payload)
+            channel_id = validate_payload(msg.payload)
         except InvalidInput as exc:
             self._reject(msg, _channel_of(msg.payload), exc, sender, reply=msg.ack)
             return
@@ -446,20 +446,3 @@ def _channel_of(value: object) -> str:
     except ValueError:  # an empty MessageBatch has no channel
         return ""
 
-
-def _validate_payload(payload: object) -> str:
-    """Check an enqueue-front payload and return its channel id."""
-    if isinstance(payload, QueuedMessage):
-        return validate_message(payload).channel_id
-    if not isinstance(payload, MessageBatch):
-        raise InvalidInput(f"payload must be a QueuedMessage or MessageBatch, got {type(payload).__name__}")
-    if not payload.messages:
-        raise InvalidInput("payload batch must not be empty")
-    channel_id = payload.messages[0].channel_id
-    for message in payload.messages:
-        validate_message(message)
-        if message.channel_id != channel_id:
-            raise InvalidInput(
-                f"a batch holds one channel: got {message.channel_id!r} after {channel_id!r}"
-            )
-    return channel_id

@@ -71,6 +71,7 @@ from protocol.keys import (
     dist_key_of_tag,
     dist_node_key,
 )
+from protocol.limits import check_seconds
 from protocol.stream import decode_entry
 from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
 
@@ -90,15 +91,6 @@ _FLUSH_CHUNK: Final = 128  # channels per call of the flush script
 def _default_node_id() -> str:
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:32] or "node"
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _check_seconds(name: str, value: object, *, positive: bool) -> float:
-    rule = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidSettings(f"{name} must be a finite number of seconds {rule}, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise InvalidSettings(f"{name} must be {rule}, got {value!r}")
-    return float(value)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -135,12 +127,12 @@ class NodeOptions:
         if not isinstance(self.stream, str) or not self.stream:
             raise InvalidSettings(f"stream must be a non-empty str, got {self.stream!r}")
         _check_int("maxlen", self.maxlen, 0)
-        _check_seconds("sweep_interval", self.sweep_interval, positive=True)
-        _check_seconds("grace", self.grace, positive=False)
-        _check_seconds("config_ttl", self.config_ttl, positive=False)
+        check_seconds("sweep_interval", self.sweep_interval, positive=True)
+        check_seconds("grace", self.grace, positive=False)
+        check_seconds("config_ttl", self.config_ttl, positive=False)
         _check_int("max_pending", self.max_pending, 1)
         _check_int("max_pipeline", self.max_pipeline, 1)
-        _check_seconds("retry_for", self.retry_for, positive=False)
+        check_seconds("retry_for", self.retry_for, positive=False)
         try:
             dist_node_key(self.node_id)
         except ValueError as exc:
@@ -897,8 +889,8 @@ class OutboxRelay:
         self._redis = redis
         self._bus = bus
         self._node_id = node_id
-        self._lease_ms = round(_check_seconds("lease", lease, positive=True) * 1000)
-        self._block_ms = max(1, round(_check_seconds("block", block, positive=True) * 1000))
+        self._lease_ms = round(check_seconds("lease", lease, positive=True) * 1000)
+        self._block_ms = max(1, round(check_seconds("block", block, positive=True) * 1000))
         self._outbox = outbox
         self._task: asyncio.Task[None] | None = None
         self._stopping = False

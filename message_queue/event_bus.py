@@ -22,7 +22,7 @@ from protocol import codec
 from protocol.errors import InvalidInput, InvalidSettings
 from protocol.keys import INBOUND_STREAM, DIST_STATE, channel_tag, dist_key_of_tag
 from protocol.stream import InboundBatch
-from protocol.limits import validate_message
+from protocol.limits import validate_payload
 from protocol.values import MessageBatch
 
 if TYPE_CHECKING:
@@ -103,13 +103,9 @@ class RedisStreamEventBus:
         entry = current_inbound()
         if entry is not None:
             return await self._forward(entry)
-        if not isinstance(batch, MessageBatch) or not batch.messages:
-            raise InvalidInput("publish_inbound needs a non-empty MessageBatch")
-        channel = batch.messages[0].channel_id
-        for message in batch.messages:
-            validate_message(message)
-            if message.channel_id != channel:
-                raise InvalidInput(f"a batch holds one channel: got {message.channel_id!r} after {channel!r}")
+        if not isinstance(batch, MessageBatch):
+            raise InvalidInput(f"publish_inbound needs a MessageBatch, got {type(batch).__name__}")
+        channel = validate_payload(batch)
         tag = channel_tag(channel)
         result = await scripts.run(
             self.redis,

@@ -42,7 +42,7 @@ from message_queue.config import ChannelConfigReader
 from message_queue.distributed import DistributedQueue
 from message_queue.redis_url import url_of_client
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.limits import validate_channel_id, validate_message
+from protocol.limits import check_seconds, validate_channel_id, validate_message, validate_payload
 from protocol.messages import (
     BatchHeld,
     BatchReady,
@@ -64,7 +64,7 @@ from protocol.messages import (
     Statistics,
     StopChannel,
 )
-from protocol.values import BatchSettings, ChannelStatistics, MessageBatch, Payload, QueuedMessage, QueueItem
+from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -227,8 +227,8 @@ class MessageQueue:
     ) -> None:
         self._allow_volatile_redis = bool(allow_volatile_redis)
         self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
-        _check_seconds("config_ttl", config_ttl, minimum_excluded=False)
-        _check_seconds("idle_timeout", idle_timeout, minimum_excluded=True)
+        check_seconds("config_ttl", config_ttl, positive=False)
+        check_seconds("idle_timeout", idle_timeout, positive=True)
         self._distributed: DistributedQueue | None = None
         if redis is not None and event_bus is not None:
             self._distributed = DistributedQueue(redis, event_bus, self._settings, config_ttl=float(config_ttl),
@@ -316,7 +316,7 @@ class MessageQueue:
             InvalidInput: for an empty batch, a batch mixing channels, or a message breaking a limit.
             RuntimeError: if the queue is closed.
         """
-        _validate_payload(item)
+        validate_payload(item)
         if self._distributed is not None:
             if self._closed:
                 raise RuntimeError("the MessageQueue is closed")
@@ -688,25 +688,3 @@ def _stop_driver(driver: InProcessDriver) -> None:
     driver.stop(timeout=2.0)
 
 
-def _check_seconds(name: str, value: object, *, minimum_excluded: bool) -> None:
-    rule = "> 0" if minimum_excluded else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidSettings(f"{name} must be a finite number of seconds {rule}, got {value!r}")
-    if value < 0 or (minimum_excluded and value == 0):
-        raise InvalidSettings(f"{name} must be {rule}, got {value!r}")
-
-
-def _validate_payload(item: object) -> str:
-    """Check an ``enqueue_front`` item and return its channel id."""
-    if isinstance(item, QueuedMessage):
-        return validate_message(item).channel_id
-    if not isinstance(item, MessageBatch):
-        raise InvalidInput(f"item must be a QueuedMessage or a MessageBatch, got {type(item).__name__}")
-    if not item.messages:
-        raise InvalidInput("a MessageBatch put with enqueue_front must not be empty")
-    channel = item.messages[0].channel_id
-    for message in item.messages:
-        validate_message(message)
-        if message.channel_id != channel:
-            raise InvalidInput(f"a batch holds one channel: got {message.channel_id!r} after {channel!r}")
-    return channel

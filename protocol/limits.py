@@ -14,12 +14,13 @@ Limits:
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Callable
 
-from protocol.errors import InvalidInput
+from protocol.errors import InvalidInput, InvalidSettings
 
 if TYPE_CHECKING:
-    from protocol.values import QueuedMessage
+    from protocol.values import Payload, QueuedMessage
 
 MAX_CHANNEL_ID_BYTES = 256
 MAX_TEXT_BYTES = 64 * 1024
@@ -93,3 +94,40 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
         raise InvalidInput(f"text must be at most {MAX_TEXT_BYTES} bytes of UTF-8, got {size} bytes")
     check_extra(msg.extra)
     return msg
+
+
+def validate_payload(payload: Payload) -> str:
+    """Check a queue payload (a message, or a non-empty batch of one channel's messages, each within the
+    limits) and return its channel id.
+
+    Raises:
+        InvalidInput: for the first broken rule, naming it and the value.
+    """
+    from protocol.values import MessageBatch, QueuedMessage
+
+    if isinstance(payload, QueuedMessage):
+        return validate_message(payload).channel_id
+    if not isinstance(payload, MessageBatch):
+        raise InvalidInput(f"payload must be a QueuedMessage or a MessageBatch, got {type(payload).__name__}")
+    if not payload.messages:
+        raise InvalidInput("payload batch must not be empty")
+    channel_id = payload.messages[0].channel_id
+    for message in payload.messages:
+        validate_message(message)
+        if message.channel_id != channel_id:
+            raise InvalidInput(f"a batch holds one channel: got {message.channel_id!r} after {channel_id!r}")
+    return channel_id
+
+
+def check_seconds(name: str, value: object, *, positive: bool) -> float:
+    """Return ``value`` as seconds if it is a finite number ``> 0`` (``positive``) or ``>= 0``.
+
+    Raises:
+        InvalidSettings: naming the setting, the rule and the value.
+    """
+    rule = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidSettings(f"{name} must be a finite number of seconds {rule}, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise InvalidSettings(f"{name} must be {rule}, got {value!r}")
+    return float(value)

@@ -16,10 +16,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "bench_actors.py"
 
 
-@pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
+def run_quick(script: pathlib.Path) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
+        [sys.executable, str(script), "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -29,6 +28,11 @@ def report() -> dict[str, Any]:
     parsed = json.loads(proc.stdout)
     assert isinstance(parsed, dict)
     return parsed
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    return run_quick(SCRIPT)
 
 
 def delivery_workloads(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -96,20 +100,6 @@ def test_the_bars_are_reported_as_booleans(report: dict[str, Any]) -> None:
 FACADE_SCRIPT = ROOT / "bench" / "bench_facade.py"
 PERSISTENCE_SCRIPT = ROOT / "bench" / "bench_persistence.py"
 SHAPES = ("saturated", "paced", "lateness")
-
-
-def run_quick(script: pathlib.Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
-    parsed = json.loads(proc.stdout)
-    assert isinstance(parsed, dict)
-    return parsed
 
 
 def assert_delivered_once_in_order(name: str, result: dict[str, Any]) -> None:

@@ -13,11 +13,12 @@ import re
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Callable, Coroutine
+from typing import Any, Coroutine
 
 import pytest
 
 import message_queue
+from mq_support import Waitable
 from message_queue import InvalidInput, MessageBatch, MessageQueue, QueuedMessage
 from protocol.errors import InvalidSettings
 from protocol.keys import config_key
@@ -58,18 +59,18 @@ async def settle(mq: MessageQueue, channel: str) -> None:
     await mq.statistics(channel)
 
 
-class Recorder:
+class Recorder(Waitable):
     """A callback that records items per channel and lets tests wait for a condition on them.
 
     ``gate`` (when set) is awaited inside the callback, so a test can keep an item in flight.
     """
 
     def __init__(self) -> None:
+        super().__init__(TIMEOUT)
         self.items: dict[str, list[Payload]] = defaultdict(list)
         self.cancelled: list[Payload] = []
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self.active: dict[str, int] = defaultdict(int)
         self.max_active = 0
 
@@ -94,20 +95,6 @@ class Recorder:
 
     def flat(self, channel: str) -> list[str]:
         return [t for item in self.items[channel] for t in texts(item)]
-
-    def _notify(self) -> None:
-        for predicate, future in self._waiters:
-            if not future.done() and predicate():
-                future.set_result(None)
-        self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-        """Return once ``predicate()`` holds (checked now and after every callback)."""
-        if predicate():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((predicate, future))
-        await asyncio.wait_for(future, timeout)
 
     async def wait_started(self) -> None:
         await asyncio.wait_for(self.started.wait(), TIMEOUT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any, AsyncIterator, Coroutine, Iterator
+from typing import Any, Coroutine, Iterator
 
 import pytest
 import redis

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from typing import Any, Callable, Coroutine
+from typing import Any, Coroutine
 
+from mq_support import Waitable
 from message_queue import MessageBatch, MessageQueue, QueuedMessage
 from protocol.values import Payload
 
@@ -26,10 +27,11 @@ def seqs(item: Payload) -> list[int]:
     return [int(m.text) for m in messages]
 
 
-class Tally:
+class Tally(Waitable):
     """A callback recording every delivery, checking that a channel never runs two callbacks at once."""
 
     def __init__(self, yields: int = 1) -> None:
+        super().__init__(TIMEOUT)
         self.delivered: dict[str, list[int]] = defaultdict(list)  # message seqs of completed callbacks
         self.started: dict[str, list[int]] = defaultdict(list)  # message seqs of every callback started
         self.active: dict[str, int] = defaultdict(int)
@@ -38,7 +40,6 @@ class Tally:
         self.cancelled = 0
         self.messages_done = 0
         self._yields = yields
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
 
     async def __call__(self, item: Payload) -> None:
         channel = item.channel_id
@@ -57,20 +58,6 @@ class Tally:
         finally:
             self.active[channel] -= 1
             self._notify()  # synchronous: no await after the callback's work is done
-
-    def _notify(self) -> None:
-        for predicate, future in self._waiters:
-            if not future.done() and predicate():
-                future.set_result(None)
-        self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
-
-    async def wait(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-        """Return once ``predicate()`` holds (checked now and after every callback)."""
-        if predicate():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((predicate, future))
-        await asyncio.wait_for(future, timeout)
 
 
 def test_a_thousand_channels_of_twenty_rapid_messages_arrive_complete_and_in_order() -> None:
