@@ -1,7 +1,8 @@
 """Starting and stopping an actor system that runs the message queue.
 
 Supported bases:
-    * ``simpleSystemBase`` (default): every actor runs in the calling thread, no sockets, fastest.
+    * ``simpleSystemBase`` (default): every actor runs in the calling thread, no sockets, fastest (with the
+      leaner message loop of :mod:`actors.simple_base`).
     * ``multiprocTCPBase``: one OS process per actor, talking over TCP. It binds every interface and
       unpickles whatever reaches its ports, so only use it on a host whose ports are not reachable by
       untrusted parties (a firewall, a private network namespace).
@@ -22,6 +23,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
+from actors import simple_base
 from actors.internal import ConfigureSystem, SystemConfigured
 from actors.supervisor import Supervisor
 from protocol.errors import (
@@ -240,6 +242,8 @@ def start_system(
         capabilities["Admin Port"] = admin_port if admin_port is not None else free_port()
     before = set(_children(os.getpid()))
     asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
+    if base == SIMPLE_BASE:
+        simple_base.install(asys)
     sessions = sorted(set(_children(os.getpid())) - before) if base == TCP_BASE else []
     members = {pid for session in sessions for pid in session_members(session)}
     admins = sorted(pid for pid in members if _parent(pid) not in members)
