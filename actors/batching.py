@@ -211,6 +211,11 @@ class ChannelCore:
         return tuple(w.item for w in self._fifo)
 
     @property
+    def queued(self) -> int:
+        """The number of finished items waiting for the processor."""
+        return len(self._fifo)
+
+    @property
     def is_quiescent(self) -> bool:
         """True when nothing is open, waiting or in flight: the channel holds no work."""
         return self._open is None and not self._fifo and self._in_flight is None

@@ -294,22 +294,13 @@ class ChannelActor(Dispatcher):
         core = self._channel
         out: list[tuple[ActorAddress, object]] = []
         ops: list[Op] | None = [] if self._persistence is not None else None
+        deliver: tuple[int, Deliver] | None = None  # where in ``out`` its BatchReady goes, built below
         for effect in effects:
             if isinstance(effect, Deliver):
                 assert self._processor is not None
                 self._flight_processor = self._processor
-                out.append(
-                    (
-                        self._processor,
-                        BatchReady(
-                            core.channel_id,
-                            effect.item,
-                            effect.delivery_id + self._delivery_base,
-                            effect.reason.value,
-                            effect.lateness,
-                        ),
-                    )
-                )
+                deliver = (len(out), effect)
+                out.append((self._processor, effect))
             elif isinstance(effect, DeliveryCancelled):
                 if self._flight_processor is not None:
                     out.append(
@@ -328,6 +319,27 @@ class ChannelActor(Dispatcher):
                 )
             if ops is not None:
                 _journal(core.channel_id, effect, ops)
+        report = self._observer is not None and bool(effects)
+        if deliver is not None:
+            index, effect = deliver
+            processor = out[index][0]
+            queued = -1
+            # Sent at once to a processor that also observes: the delivery reports the waiting count itself
+            # (not when persisting: it leaves only once durable, and a later QueueChanged could overtake it).
+            if report and ops is None and processor == self._observer:
+                queued = self._reported = core.queued
+            out[index] = (
+                processor,
+                BatchReady(
+                    core.channel_id,
+                    effect.item,
+                    effect.delivery_id + self._delivery_base,
+                    effect.reason.value,
+                    effect.lateness,
+                    queued,
+                    self.myAddress,
+                ),
+            )
         out.extend(then)
         if ops is not None:
             if ops or out:
@@ -337,7 +349,7 @@ class ChannelActor(Dispatcher):
         else:
             for address, message in out:
                 self.send(address, message)
-        if self._observer is not None and effects:
+        if report:
             self._report()
         deadline = core.deadline
         if deadline is not None and (self._deadline_wake is None or deadline < self._deadline_wake):
@@ -352,10 +364,11 @@ class ChannelActor(Dispatcher):
     def _report(self) -> None:
         """Tell the observer the waiting count (and the in-flight flag of that moment) if the count changed
         since last told. An item that closes and goes straight to an idle processor changes nothing."""
-        stats = self._channel.statistics()
-        if stats.queued != self._reported and self._observer is not None:
-            self._reported = stats.queued
-            self.send(self._observer, QueueChanged(stats.channel_id, stats.queued, stats.in_flight))
+        core = self._channel
+        queued = core.queued
+        if queued != self._reported and self._observer is not None:
+            self._reported = queued
+            self.send(self._observer, QueueChanged(core.channel_id, queued, core.in_flight is not None))
 
     def _schedule_idle(self, at: float) -> None:
         self._idle_wake = at

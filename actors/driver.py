@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from thespian.actors import ActorSystemMessage
+from thespian.system import isInternalActorSystemMessage
 
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
 from protocol.messages import (
@@ -58,6 +60,7 @@ _IDLE_WAIT = 1.0  # longest block on the inbox when no wakeup is pending (second
 class _Command:
     msg: object
     future: Future[object] | None
+    to: ActorAddress | None = None  # None: the Supervisor
 
 
 class _Stop:
@@ -104,6 +107,7 @@ class InProcessDriver:
         self._start_timeout = 10.0
         self._callers: _Callers | None = None
         self._deferred: _DeferredTells | None = None
+        self._responses: _Responses | None = None
 
     # -- any thread ------------------------------------------------------------------------------------------
 
@@ -125,9 +129,10 @@ class InProcessDriver:
             self._thread = None
             raise self._failure
 
-    def tell(self, msg: object) -> None:
-        """Send ``msg`` to the Supervisor; its reply is dropped (a ``Rejected`` one is logged as a warning)."""
-        self._inbox.put(_Command(msg, None))
+    def tell(self, msg: object, to: ActorAddress | None = None) -> None:
+        """Send ``msg`` to the Supervisor, or to the actor ``to`` (such as a ``BatchReady``'s ``reply_to``);
+        its reply is dropped (a ``Rejected`` one is logged as a warning)."""
+        self._inbox.put(_Command(msg, None, to))
 
     def enqueue(self, message: QueuedMessage) -> None:
         """Fire-and-forget ``Enqueue``: the cheapest way in."""
@@ -195,6 +200,7 @@ class InProcessDriver:
         timers = _SimpleBaseTimers.find(asys)
         self._callers = _Callers.find(asys)
         self._deferred = _DeferredTells.find(asys)
+        self._responses = _Responses.find(asys)
         pending: list[QueuedMessage] = []
         try:
             while True:
@@ -214,7 +220,7 @@ class InProcessDriver:
                         break
                     else:
                         self._flush(asys, supervisor, pending)
-                        self._command(asys, supervisor, item.msg, item.future)
+                        self._command(asys, supervisor if item.to is None else item.to, item.msg, item.future)
                     try:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
@@ -256,14 +262,15 @@ class InProcessDriver:
         pending.clear()
         self._command(asys, supervisor, msg, None)
 
-    def _command(self, asys: object, supervisor: object, msg: object, future: Future[object] | None) -> None:
+    def _command(self, asys: object, target: object, msg: object, future: Future[object] | None) -> None:
+        """Send ``msg`` to ``target`` (the Supervisor or a channel); resolve ``future`` with its reply."""
         deferred = self._deferred
         if deferred is not None:
             if future is None and not isinstance(msg, (Enqueue, EnqueueMany)):
                 # Queued, not run: the replies of one inbox drain (ProcessingDone...) run together, so a
                 # persisting system writes what they all caused in one Redis transaction instead of one each.
                 # Enqueues are not held: they already come coalesced, and a timer must not wait behind many.
-                if deferred.tell(supervisor, msg) >= _MAX_DEFERRED:
+                if deferred.tell(target, msg) >= _MAX_DEFERRED:
                     self._run_deferred(asys)
                 return
             self._run_deferred(asys)  # earlier commands first, and their responses are not this one's reply
@@ -274,7 +281,7 @@ class InProcessDriver:
             # Its own endpoint: a reply held back (persistence waiting for Redis) cannot be taken for the
             # reply of a later command.
             try:
-                callers.send(supervisor, msg, future)
+                callers.send(target, msg, future)
             except Exception as exc:
                 future.set_exception(exc)
                 return
@@ -282,7 +289,7 @@ class InProcessDriver:
             callers.resolve()
             return
         try:
-            asys.tell(supervisor, msg)  # type: ignore[attr-defined]
+            asys.tell(target, msg)  # type: ignore[attr-defined]
         except Exception as exc:
             if future is not None:
                 future.set_exception(exc)
@@ -300,6 +307,7 @@ class InProcessDriver:
         with the first response that is not an output."""
         reply: object = None
         response = first
+        waiting = self._responses.take() if asys is not None and self._responses is not None else None
         while True:
             if response is not None:
                 if isinstance(response, _OUTPUTS):
@@ -312,6 +320,11 @@ class InProcessDriver:
                     log.warning("unsolicited reply %r", response)
             if asys is None:
                 break
+            if waiting is not None:
+                if not waiting:
+                    break
+                response = waiting.popleft()
+                continue
             response = asys.listen(0)  # type: ignore[attr-defined]
             if response is None:
                 break
@@ -354,6 +367,33 @@ class _SimpleBaseTimers:
         """Queue every due wakeup and run all pending sends to completion."""
         self.realize()
         self.run_sends()
+
+
+class _Responses:
+    """The driver's own endpoint (the simple base's ``System:ExternalRequester``), read directly: what the
+    actors sent it since the last :meth:`take`, without one ``listen`` call (and its send loop) per
+    response. Only valid once every pending send has run, which is so after ``tell`` and after firing
+    timers."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    @classmethod
+    def find(cls, asys: object) -> _Responses | None:
+        base = getattr(asys, "_systemBase", None)
+        registry = getattr(base, "actorRegistry", None)
+        endpoint = registry.get("System:ExternalRequester") if registry else None
+        if getattr(endpoint, "instance", None) is None:
+            return None
+        return cls(endpoint)
+
+    def take(self) -> deque[object]:
+        instance = self._endpoint.instance
+        responses = getattr(instance, "responses", None)
+        if not responses:
+            return deque()
+        instance.responses = []
+        return deque(r for r in responses if not isInternalActorSystemMessage(r))
 
 
 class _Callers:

@@ -68,6 +68,7 @@ from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from thespian.actors import ActorAddress
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ disabled), or whatever was put with ``enqueue_front``."""
 class _Delivery:
     delivery_id: int
     item: QueueItem
+    reply_to: ActorAddress | None = None  # the channel actor that sent it
     task: asyncio.Task[None] | None = None
     settled: bool = False  # the actors already know it ended (cancelled): no reply is due
 
@@ -581,11 +583,14 @@ class MessageQueue:
 
     def _ready(self, ready: BatchReady) -> None:
         chan = self._channel(ready.channel_id)
+        if ready.queued >= 0:  # the delivery doubles as the channel's QueueChanged
+            chan.queued = ready.queued
+            chan.in_flight = True
         if chan.callback is None or self._closed:
             # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.
             log.debug("channel %r: delivery %d arrived while stopping", ready.channel_id, ready.delivery_id)
             return
-        delivery = _Delivery(ready.delivery_id, ready.item)
+        delivery = _Delivery(ready.delivery_id, ready.item, ready.reply_to)
         if chan.active is None:
             self._start(ready.channel_id, chan, delivery)
         else:
@@ -617,9 +622,9 @@ class MessageQueue:
         if not delivery.settled and driver is not None:
             # A task cancelled by someone else counts as done: the item is abandoned, the channel moves on.
             if error is None:
-                driver.tell(ProcessingDone(channel, delivery.delivery_id))
+                driver.tell(ProcessingDone(channel, delivery.delivery_id), delivery.reply_to)
             else:
-                driver.tell(ProcessingFailed(channel, delivery.delivery_id, error))
+                driver.tell(ProcessingFailed(channel, delivery.delivery_id, error), delivery.reply_to)
         if chan.active is delivery:
             chan.active = None
             while chan.backlog and chan.callback is not None and not self._closed:

@@ -10,7 +10,7 @@ Supervisor: both route by channel).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
@@ -206,13 +206,20 @@ class Observing:
 class BatchReady:
     """Channel -> processor: process ``item``; answer ``ProcessingDone`` or ``ProcessingFailed`` with the
     same ``delivery_id``. ``reason`` says why the batch closed; ``lateness`` is how long after its due time
-    it closed, in seconds."""
+    it closed, in seconds.
+
+    ``queued`` >= 0 when the processor is also the channel's observer (``Observe``): it is then the
+    channel's waiting count right after this delivery left the queue, sent in place of a ``QueueChanged``
+    (-1 otherwise). ``reply_to`` is the channel actor that sent it: the cheapest address for the reply. It
+    is not encoded (a decoded ``BatchReady`` has None: reply to the Supervisor, which routes by channel)."""
 
     channel_id: str
     item: QueueItem
     delivery_id: int
     reason: str = ""
     lateness: float = 0.0
+    queued: int = -1
+    reply_to: Optional["ActorAddress"] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thespian.actors import ActorAddress
 
 import protocol.messages as messages_module
 import protocol.values as values_module
@@ -203,7 +204,13 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Statistics: st.builds(Statistics, channels=st.lists(channel_statistics, max_size=4).map(tuple)),
     Observing: st.builds(Observing),
     BatchReady: st.builds(
-        BatchReady, channel_id=channel_ids, item=items, delivery_id=counts, reason=reasons, lateness=finite
+        BatchReady,
+        channel_id=channel_ids,
+        item=items,
+        delivery_id=counts,
+        reason=reasons,
+        lateness=finite,
+        queued=st.integers(-1, 2**63 - 1),
     ),
     CancelProcessing: st.builds(CancelProcessing, channel_id=channel_ids, delivery_id=counts),
     ProcessingDone: st.builds(ProcessingDone, channel_id=channel_ids, delivery_id=counts),
@@ -408,6 +415,21 @@ def test_a_flush_reason_travels_as_its_string_value() -> None:
     decoded = decode(encode(ready), BatchReady)
     assert type(decoded.reason) is str
     assert decoded.reason == FlushReason.MAX_WAIT
+
+
+def test_a_batch_ready_carries_its_count_but_never_its_reply_address() -> None:
+    ready = BatchReady("chan", item(), 1, "window", 0.0, 3, reply_to=ActorAddress("/A~a~b"))
+    assert len(wire(ready)) == 1 + 6  # tag, then the six encoded fields
+    decoded = decode(encode(ready), BatchReady)
+    assert decoded.queued == 3
+    assert decoded.reply_to is None
+    assert decoded == ready  # the address takes no part in equality
+
+
+def test_a_batch_ready_of_the_first_version_decodes_with_no_count() -> None:
+    frame = wire(BatchReady("chan", item(), 1, "window", 0.0, 3))[:-1]
+    decoded = decode(pack(frame), BatchReady)
+    assert decoded.queued == -1
 
 
 def test_tuples_in_extra_decode_as_lists() -> None:

@@ -52,8 +52,13 @@ class Outputs:
 
     def changes(self, channel: str) -> list[tuple[int, bool]]:
         with self._cond:
-            return [(o.queued, o.in_flight) for o in self.items if isinstance(o, QueueChanged) and
-                    o.channel_id == channel]
+            # a BatchReady to a processor that observes carries the count in place of a QueueChanged
+            return [
+                (o.queued, o.in_flight) if isinstance(o, QueueChanged) else (o.queued, True)
+                for o in self.items
+                if o.channel_id == channel
+                and (isinstance(o, QueueChanged) or (isinstance(o, BatchReady) and o.queued >= 0))
+            ]
 
 
 @pytest.fixture
@@ -104,6 +109,27 @@ def test_an_observer_sees_deliveries_and_their_end(driver: InProcessDriver, outp
     driver.tell(ProcessingDone("c", ready.delivery_id))
     outputs.wait_for(lambda items: sum(isinstance(o, BatchReady) for o in items) == 2)
     result(driver.call(GetStatistics("c")))
+    assert outputs.changes("c")[-1] == (0, True)
+
+
+def test_a_reply_sent_straight_to_the_channel_releases_its_next_item(
+    driver: InProcessDriver, outputs: Outputs
+) -> None:
+    result(driver.call(Observe()))
+    result(driver.call(StartProcessing("c")))
+    for i in range(4):
+        driver.enqueue(msg("c", f"m{i}"))
+    outputs.wait_for(lambda items: any(isinstance(o, BatchReady) for o in items))
+    result(driver.call(GetStatistics("c")))  # both batches closed (full) by now
+    first = next(o for o in outputs.items if isinstance(o, BatchReady))
+    assert first.reply_to is not None
+    assert first.queued in (0, 1)  # the second batch may have closed after this delivery left
+    assert outputs.changes("c")[-1] == (1, True)
+    driver.tell(ProcessingDone("c", first.delivery_id), to=first.reply_to)
+    outputs.wait_for(lambda items: sum(isinstance(o, BatchReady) for o in items) == 2)
+    second = [o for o in outputs.items if isinstance(o, BatchReady)][1]
+    assert second.delivery_id == first.delivery_id + 1
+    assert second.queued == 0  # it reports the count itself: no QueueChanged follows for it
     assert outputs.changes("c")[-1] == (0, True)
 
 
