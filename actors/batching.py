@@ -21,7 +21,8 @@ Rules:
 from __future__ import annotations
 
 import enum
-import uuid
+import itertools
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
@@ -133,8 +134,27 @@ class _OpenBatch:
         return FlushReason.WINDOW
 
 
-def _new_item_id() -> str:
-    return uuid.uuid4().hex
+class _ItemIds:
+    """Item ids of 32 hex digits (the shape of ``uuid4().hex``): a random 64-bit prefix drawn once per process,
+    and again in a forked child, followed by a 64-bit counter. Unique within a process by construction and
+    across processes and restarts with the odds of two 64-bit draws colliding; about eight times cheaper than
+    ``uuid4`` (which reads the OS's random source for every id)."""
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._counter = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_new_item_id = _ItemIds()
+os.register_at_fork(after_in_child=_new_item_id.reseed)
 
 
 class ChannelCore:

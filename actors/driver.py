@@ -4,7 +4,8 @@ On ``simpleSystemBase`` actors run only inside ``tell``/``ask``/``listen`` of th
 :class:`InProcessDriver` gives the system one dedicated thread that does nothing else: other threads hand it
 commands through a queue (never blocking), and it hands every ``BatchReady``/``CancelProcessing``/
 ``QueueChanged`` addressed to it to an ``on_output`` callback, on that thread, in the order the actors sent
-them. Consecutive ``Enqueue`` commands are coalesced into one ``EnqueueMany``.
+them. Messages given to :meth:`InProcessDriver.enqueue` are checked on the caller's thread and coalesced into
+one ``EnqueueChecked`` per inbox drain (at most 256), which the Supervisor routes without checking again.
 
 Because ``simpleSystemBase`` runs every consequence of a ``tell`` before returning, the replies produced by
 one command are exactly those present when its ``tell`` returns: that is how :meth:`InProcessDriver.call`
@@ -30,7 +31,9 @@ from typing import TYPE_CHECKING, Any, Callable, Union
 from thespian.actors import ActorSystemMessage
 from thespian.system import isInternalActorSystemMessage
 
+from actors.internal import EnqueueChecked
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
+from protocol.limits import validate_message
 from protocol.messages import (
     BatchReady,
     CancelProcessing,
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 Output = Union[BatchReady, CancelProcessing, QueueChanged]
 _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged)
 
-_MAX_COALESCED = 256  # Enqueues merged into one EnqueueMany; keeps Thespian's pending-send list short
+_MAX_COALESCED = 256  # enqueued messages merged into one EnqueueChecked; keeps Thespian's pending-send list short
 _MAX_DEFERRED = 256  # fire-and-forget commands queued to the actors before they run (one run serves them all)
 _IDLE_WAIT = 1.0  # longest block on the inbox when no wakeup is pending (seconds); only bounds shutdown checks
 
@@ -101,6 +104,7 @@ class InProcessDriver:
         self._inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._alive = False  # the thread runs its loop (set by the thread itself; cheaper than is_alive())
         self._failure: BaseException | None = None
         self._system: RunningSystem | None = None
         self._stopping = False
@@ -134,8 +138,15 @@ class InProcessDriver:
         its reply is dropped (a ``Rejected`` one is logged as a warning)."""
         self._inbox.put(_Command(msg, None, to))
 
-    def enqueue(self, message: QueuedMessage) -> None:
-        """Fire-and-forget ``Enqueue``: the cheapest way in."""
+    def enqueue(self, message: QueuedMessage, *, checked: bool = False) -> None:
+        """Fire-and-forget ``Enqueue``: the cheapest way in. ``checked``: the caller already ran
+        :func:`~protocol.limits.validate_message` on it, so it is not checked again.
+
+        Raises:
+            InvalidInput: (unless ``checked``) if the message breaks a documented limit.
+        """
+        if not checked:
+            validate_message(message)
         self._inbox.put(message)
 
     def call(self, msg: object) -> Future[object]:
@@ -176,7 +187,7 @@ class InProcessDriver:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._alive
 
     # -- the system thread -----------------------------------------------------------------------------------
 
@@ -194,6 +205,7 @@ class InProcessDriver:
             self._failure = exc
             self._started.set()
             return
+        self._alive = True
         self._started.set()
         system = self._system
         asys, supervisor = system.asys, system.supervisor
@@ -238,6 +250,7 @@ class InProcessDriver:
                 if self._callers is not None:
                     self._callers.resolve()
         finally:
+            self._alive = False
             self._stopping = True
             self._fail_pending()
             if self._callers is not None:
@@ -258,7 +271,7 @@ class InProcessDriver:
     def _flush(self, asys: object, supervisor: object, pending: list[QueuedMessage]) -> None:
         if not pending:
             return
-        msg = Enqueue(pending[0]) if len(pending) == 1 else EnqueueMany(tuple(pending))
+        msg = EnqueueChecked(tuple(pending))
         pending.clear()
         self._command(asys, supervisor, msg, None)
 
@@ -266,7 +279,7 @@ class InProcessDriver:
         """Send ``msg`` to ``target`` (the Supervisor or a channel); resolve ``future`` with its reply."""
         deferred = self._deferred
         if deferred is not None:
-            if future is None and not isinstance(msg, (Enqueue, EnqueueMany)):
+            if future is None and not isinstance(msg, (EnqueueChecked, Enqueue, EnqueueMany)):
                 # Queued, not run: the replies of one inbox drain (ProcessingDone...) run together, so a
                 # persisting system writes what they all caused in one Redis transaction instead of one each.
                 # Enqueues are not held: they already come coalesced, and a timer must not wait behind many.

@@ -15,10 +15,18 @@ from protocol.messages import (
     StopChannel,
 )
 from actors.journal import ChannelSnapshot
-from protocol.values import BatchSettings
+from protocol.values import BatchSettings, QueuedMessage
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueChecked:
+    """In-process driver -> Supervisor: messages already checked with ``protocol.limits.validate_message``
+    by the driver's caller, in order. Routed like ``EnqueueMany`` without checking them again; no reply."""
+
+    messages: tuple[QueuedMessage, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from actors.internal import (
     ChannelCommand,
     ChannelInit,
     ConfigureSystem,
+    EnqueueChecked,
     Gathered,
     Passivate,
     Routed,
@@ -229,6 +230,17 @@ class Supervisor(Dispatcher):
             gather = self._new_gather(_Gather(sender, len(groups), counting=True))
             for channel_id, messages in groups.items():
                 self._ack(channel_id, self.myAddress, Gathered(gather, Enqueued(len(messages))))
+
+    def receiveMsg_EnqueueChecked(self, msg: EnqueueChecked, sender: ActorAddress) -> None:
+        groups: dict[str, list[QueuedMessage]] = {}
+        for message in msg.messages:
+            group = groups.get(message.channel_id)
+            if group is None:
+                groups[message.channel_id] = [message]
+            else:
+                group.append(message)
+        for channel_id, messages in groups.items():
+            self._send_channel(channel_id, EnqueueMany(tuple(messages)))
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
         try:

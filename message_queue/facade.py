@@ -307,7 +307,7 @@ class MessageQueue:
         if driver is None or not driver.running:
             driver = await self._ensure_driver()
         if self._config is None:
-            driver.enqueue(msg)
+            driver.enqueue(msg, checked=True)
             return
         await self._enqueue_configured(driver, msg)
 
@@ -658,7 +658,7 @@ class MessageQueue:
         loop = asyncio.get_running_loop()
         if state.refresh is None:
             if loop.time() - state.read_at < self._config_ttl:
-                driver.enqueue(msg)
+                driver.enqueue(msg, checked=True)
                 return
             state.refresh = loop.create_task(self._refresh_config(channel, state))
         state.waiting.append(msg)
@@ -678,7 +678,7 @@ class MessageQueue:
                     driver.tell(ConfigureChannel(channel, settings))
                     state.settings = settings
                 for waiting in state.waiting:
-                    driver.enqueue(waiting)
+                    driver.enqueue(waiting, checked=True)
             state.waiting.clear()
             state.read_at = loop.time()
             state.refresh = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from actors.batching import (
     ItemQueued,
     MessageAdded,
     QueueCleared,
+    _new_item_id,
 )
 from protocol.errors import InvalidInput, InvalidSettings, ProtocolViolation
 from protocol.limits import MAX_BATCH_SIZE
@@ -1028,3 +1030,23 @@ def test_raw_takes_no_part_in_queued_message_equality() -> None:
     )
     assert QueuedMessage(**kwargs, raw=object()) == QueuedMessage(**kwargs, raw="other")
     assert QueuedMessage(**kwargs) != QueuedMessage(**{**kwargs, "text": "different"})
+
+
+def test_item_ids_are_unique_and_a_forked_child_draws_its_own() -> None:
+    ids = {_new_item_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report one id and leave at once
+        os.write(write, _new_item_id().encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 64).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    mine = _new_item_id()
+    assert len(child) == 32
+    assert child[:16] != mine[:16]  # a new random prefix, so the two counters cannot produce the same id

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import pytest
 
 from actors.driver import DriverStopped, InProcessDriver, Output
+from protocol.errors import InvalidInput
 from protocol.messages import (
     BatchReady,
     Clear,
@@ -212,3 +213,12 @@ def test_calls_fail_once_the_driver_has_stopped(outputs: Outputs) -> None:
     assert not drv.running
     with pytest.raises(DriverStopped):
         result(drv.call(GetStatistics()))
+
+
+def test_enqueue_checks_a_message_on_the_callers_thread(driver: InProcessDriver, outputs: Outputs) -> None:
+    with pytest.raises(InvalidInput, match="channel_id"):
+        driver.enqueue(msg("", "no channel"))
+    driver.enqueue(msg("c", "fine"))
+    stats = result(driver.call(GetStatistics("c")))
+    assert isinstance(stats, Statistics)
+    assert stats.channels[0].open_batch_size == 1  # the good one went in, the bad one never left
