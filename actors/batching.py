@@ -172,6 +172,7 @@ class ChannelCore:
         "_processed",
         "_cancelled",
         "_failed",
+        "_added_effects",
     )
 
     def __init__(
@@ -183,7 +184,10 @@ class ChannelCore:
         processed: int = 0,
         cancelled: int = 0,
         failed: int = 0,
+        added_effects: bool = True,
     ) -> None:
+        """``added_effects``: report every message that joins the open batch (``MessageAdded``); only an
+        owner that journals the open batch needs them."""
         self.channel_id = channel_id
         self._settings = settings or BatchSettings()
         self._new_id = new_id
@@ -195,6 +199,7 @@ class ChannelCore:
         self._processed = processed
         self._cancelled = cancelled
         self._failed = failed
+        self._added_effects = added_effects
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -324,7 +329,8 @@ class ChannelCore:
             current.held = False
             current.opened_at = now
         current.last_at = now
-        effects.append(MessageAdded(msg, current.batch.size))
+        if self._added_effects:
+            effects.append(MessageAdded(msg, current.batch.size))
         if current.batch.size >= current.settings.max_batch_size:
             self._close(FlushReason.FULL, now, effects)
         self._deliver_next(effects)

@@ -119,7 +119,12 @@ class ChannelActor(Dispatcher):
         self._timer = msg.timer
         self._idle_timeout = msg.idle_timeout
         self._core = ChannelCore(
-            msg.channel_id, msg.settings, processed=msg.processed, cancelled=msg.cancelled, failed=msg.failed
+            msg.channel_id,
+            msg.settings,
+            processed=msg.processed,
+            cancelled=msg.cancelled,
+            failed=msg.failed,
+            added_effects=msg.persistence is not None,  # only the journal needs each added message
         )
         # Every delivery of an earlier actor of this channel ended done or cancelled before it passivated:
         # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
@@ -183,10 +188,11 @@ class ChannelActor(Dispatcher):
 
     def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
         self._received += 1
-        core = self._channel
+        enqueue = self._channel.enqueue
+        now = self.clock()  # they arrived together
         effects: list[Effect] = []
         for message in msg.messages:
-            effects += core.enqueue(message, self.clock())
+            effects += enqueue(message, now)
         self._settle(effects)
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:

@@ -1050,3 +1050,20 @@ def test_item_ids_are_unique_and_a_forked_child_draws_its_own() -> None:
     mine = _new_item_id()
     assert len(child) == 32
     assert child[:16] != mine[:16]  # a new random prefix, so the two counters cannot produce the same id
+
+
+def test_without_added_effects_a_core_batches_the_same_and_reports_only_the_rest() -> None:
+    settings = BatchSettings(window=1.0, max_batch_size=3)
+    full = ChannelCore(CHANNEL, settings, new_id=counting_ids())
+    quiet = ChannelCore(CHANNEL, settings, new_id=counting_ids(), added_effects=False)
+    for core in (full, quiet):
+        core.attach()
+    for i in range(4):
+        message = msg(f"m{i}")
+        reported = full.enqueue(message, float(i) * 0.1)
+        effects = quiet.enqueue(message, float(i) * 0.1)
+        assert of_type(reported, MessageAdded)
+        assert not of_type(effects, MessageAdded)
+        assert effects == [e for e in reported if not isinstance(e, MessageAdded)]
+    assert full.statistics() == quiet.statistics()
+    assert quiet.in_flight is not None and texts(quiet.in_flight[1]) == ["m0", "m1", "m2"]
