@@ -86,6 +86,29 @@ def test_messages_to_an_exited_actor_are_dropped(asys: ActorSystem) -> None:
     assert asys.ask(actor, "work", 0.1) is None
 
 
+class Recorder(Actor):  # type: ignore[misc]
+    """Fans ("fan", n, target) out as n numbered sends to ``target``; records numbers; answers "list"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def receiveMessage(self, msg: object, sender: object) -> None:
+        if isinstance(msg, tuple) and msg[0] == "fan":
+            for i in range(msg[1]):
+                self.send(msg[2], i)
+        elif isinstance(msg, int):
+            self.seen.append(msg)
+        elif msg == "list":
+            self.send(sender, list(self.seen))
+
+
+def test_a_long_run_of_sends_is_delivered_in_order(asys: ActorSystem) -> None:
+    source, sink = asys.createActor(Recorder), asys.createActor(Recorder)
+    asys.tell(source, ("fan", 5000, sink))
+    assert asys.ask(sink, "list", TIMEOUT) == list(range(5000))
+
+
 def test_install_leaves_other_bases_alone() -> None:
     class NotSimple:
         _systemBase = object()
