@@ -101,6 +101,8 @@ from types import FrameType
 from typing import IO, Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar, Union
 from urllib.parse import urlsplit, urlunsplit
 
+from thespian.actors import ActorAddress
+
 from actors.driver import DriverStopped, InProcessDriver, Output
 from actors.system import SIMPLE_BASE, SUPPORTED_BASES, TCP_BASE, RunningSystem, start_system
 from protocol.errors import (
@@ -153,7 +155,9 @@ class Node(Protocol):
 
     def enqueue(self, message: QueuedMessage) -> None: ...
 
-    def tell(self, msg: object) -> None: ...
+    def tell(self, msg: object, to: ActorAddress | None = None) -> None:
+        """Send ``msg`` to the Supervisor, or to ``to`` (a ``BatchReady``'s ``reply_to``)."""
+        ...
 
     def call(self, msg: object) -> Future[object]: ...
 
@@ -196,6 +200,7 @@ def _expect(reply: object, expected: type[_Reply], command: str) -> _Reply:
 class _Command:
     msg: object
     future: Future[object] | None
+    to: ActorAddress | None = None  # None: the Supervisor
 
 
 class _Stop:
@@ -274,8 +279,8 @@ class TcpNode:
     def enqueue(self, message: QueuedMessage) -> None:
         self._inbox.put(message)
 
-    def tell(self, msg: object) -> None:
-        self._inbox.put(_Command(msg, None))
+    def tell(self, msg: object, to: ActorAddress | None = None) -> None:
+        self._inbox.put(_Command(msg, None, to))
 
     def call(self, msg: object) -> Future[object]:
         future: Future[object] = Future()
@@ -303,7 +308,7 @@ class TcpNode:
                 items = _drain(self._inbox)
                 for command in _commands(items):
                     if command.future is None:
-                        endpoint.tell(system.supervisor, command.msg)
+                        endpoint.tell(system.supervisor if command.to is None else command.to, command.msg)
                     elif command.future.set_running_or_notify_cancel():
                         command.future.set_result(endpoint.ask(system.supervisor, command.msg, REPLY_TIMEOUT))
                 if _STOP in items:
@@ -493,7 +498,7 @@ class DemoProcessor:
             f"{output.reason:<8}  {late_ms:6.1f} ms  {' | '.join(m.text for m in messages)}"
         )
         assert self.node is not None
-        self.node.tell(ProcessingDone(output.channel_id, output.delivery_id))
+        self.node.tell(ProcessingDone(output.channel_id, output.delivery_id), output.reply_to)
         with self._changed:
             self.delivered.setdefault(output.channel_id, []).extend(int(m.extra["seq"]) for m in messages)
             self.reasons[output.reason] += 1
@@ -716,7 +721,7 @@ class BatchWriter:
                 self._changed.notify_all()
             return
         assert self.node is not None
-        self.node.tell(ProcessingDone(output.channel_id, output.delivery_id))
+        self.node.tell(ProcessingDone(output.channel_id, output.delivery_id), output.reply_to)
         with self._changed:
             self.batches += 1
             self.messages += len(payload_messages(output.item.payload))
