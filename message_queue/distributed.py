@@ -25,6 +25,14 @@ Appends are replay-safe: each carries the node's next operation number and the s
 applied, so a pipeline sent again after a lost connection (redis-py retries, or this node's own retry) stores
 each message once. Batches are therefore published exactly once to the stream the scripts write to.
 
+A channel's state outlives its batches only for a while: once the channel holds no open batch, its state hash
+expires after ``idle_ttl`` (default 24 h, renewed by each batch published on it; no expiry while a batch is
+open), so Redis holds no key for a channel that went quiet. Its batch numbers (``seq``, and the batch ids
+``<tag>:<seq>``) still never go back: before a state may expire the scripts raise a shared floor
+(``message_queue:dist:floor``) to its ``seq``, and a state made afresh numbers its batches from above that floor.
+So a channel's numbers increase and are consecutive while its state lives; a new channel, or one whose state
+expired, continues from a higher number. :func:`channel_statistics` reads channels' state in one script call.
+
 With a custom event bus (any object with ``async publish_inbound(batch)``), the scripts write to an outbox
 stream and an :class:`OutboxRelay` hands each entry to the bus, deleting it after the call returned: at
 least once (a relay that dies after the call and before the delete leaves the entry for the next one).
@@ -43,7 +51,7 @@ import socket
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable, Final, Sequence, Union, cast
+from typing import TYPE_CHECKING, AbstractSet, Awaitable, Callable, Final, Sequence, Union, cast
 
 from actors.journal import DURABILITY_SETTINGS, refuse_unsafe
 from actors.journal import durability_problems as journal_durability_problems
@@ -64,16 +72,19 @@ from protocol.keys import (
     DIST_MESSAGES,
     DIST_OUTBOX,
     DIST_RELAY_LEASE,
+    DIST_SEQ_FLOOR,
     DIST_STATE,
     INBOUND_STREAM,
+    channel_of_tag,
     channel_tag,
     config_key,
+    dist_key_affixes,
     dist_key_of_tag,
     dist_node_key,
 )
 from protocol.limits import check_seconds
 from protocol.stream import decode_entry
-from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
+from protocol.values import BatchSettings, ChannelStatistics, MessageBatch, Payload, QueuedMessage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -86,6 +97,8 @@ _DUE_LIMIT: Final = 256  # channels one sweep query returns
 _GOOD_RTT: Final = 0.005  # a clock sample whose round trip took longer is not trusted to correct the offset
 _APPEND_CHUNK: Final = 64  # messages per call of the append script
 _FLUSH_CHUNK: Final = 128  # channels per call of the flush script
+_MAX_IDLE_TTL: Final = 10 * 365 * 24 * 3600  # seconds
+_STATS_LIMIT: Final = 10_000  # channels one statistics call returns for every channel with an open batch
 
 
 def _default_node_id() -> str:
@@ -110,7 +123,9 @@ class NodeOptions:
     ``max_pending``: operations accepted but not yet answered by Redis before :meth:`~DistributedBatcher.append`
     waits. ``max_pipeline``: scripts per round trip. ``retry_for``: how long a pipeline is retried while Redis
     cannot be reached before its operations fail with :class:`StoreUnavailable`. ``node_id``: names the node
-    in published entries (``by``); default ``<host>-<pid>-<random>``.
+    in published entries (``by``); default ``<host>-<pid>-<random>``. ``idle_ttl``: how long a channel's
+    state stays in Redis once it holds no open batch (seconds, > 0, at most 10 years; default 24 h); each
+    batch published on the channel sets it again, with the ``idle_ttl`` of the node that published it.
     """
 
     stream: str = INBOUND_STREAM
@@ -122,6 +137,7 @@ class NodeOptions:
     max_pipeline: int = 256
     retry_for: float = 30.0
     node_id: str = field(default_factory=_default_node_id)
+    idle_ttl: float = scripts.IDLE_TTL
 
     def __post_init__(self) -> None:
         if not isinstance(self.stream, str) or not self.stream:
@@ -133,6 +149,8 @@ class NodeOptions:
         _check_int("max_pending", self.max_pending, 1)
         _check_int("max_pipeline", self.max_pipeline, 1)
         check_seconds("retry_for", self.retry_for, positive=False)
+        if check_seconds("idle_ttl", self.idle_ttl, positive=True) > _MAX_IDLE_TTL:
+            raise InvalidSettings(f"idle_ttl must be <= {_MAX_IDLE_TTL} seconds (10 years), got {self.idle_ttl!r}")
         try:
             dist_node_key(self.node_id)
         except ValueError as exc:
@@ -288,6 +306,49 @@ async def check_durability(redis: Redis, allow_volatile: bool) -> None:
     refuse_unsafe(await durability_problems(redis), allow_volatile, "batch in", log)
 
 
+async def channel_statistics(redis: Redis, channel: str = "",
+                             processors: AbstractSet[str] = frozenset()) -> tuple[ChannelStatistics, ...]:
+    """Snapshots of distributed channels, read in one script call (so all of them at one moment).
+
+    ``channel`` given: its snapshot, all zeros for a channel Redis holds nothing of. Empty: one snapshot per
+    channel with an open batch (the deadline index), on any node, soonest deadline first, at most 10,000.
+
+    Fields: ``open_batch_size``, the messages of the channel's open batch; ``processed``, the batches published
+    on the channel since its state was made in Redis (``enqueue_front`` and an event bus's own batches
+    included; it counts from 0 again for a channel whose state expired, see :class:`NodeOptions`
+    ``idle_ttl``); ``has_processor``, whether the channel is in ``processors``; ``queued``, ``cancelled`` and
+    ``failed`` are 0 and ``in_flight`` False: published batches belong to the event bus's consumers.
+
+    Raises:
+        InvalidInput: for an invalid channel id.
+    """
+    if channel:
+        tag = channel_tag(channel)
+        reply = await scripts.run(redis, scripts.STATS, [dist_key_of_tag(DIST_MESSAGES, tag),
+                                                         dist_key_of_tag(DIST_STATE, tag)], [tag])
+    else:
+        affixes = (*dist_key_affixes(DIST_MESSAGES), *dist_key_affixes(DIST_STATE))
+        reply = await scripts.run(redis, scripts.STATS, [DIST_DEADLINES], [*affixes, _STATS_LIMIT])
+    if not isinstance(reply, list) or len(reply) % 4:
+        raise ValueError(f"the stats script answered {reply!r:.200}")
+    snapshots = []
+    for i in range(0, len(reply), 4):
+        if channel:
+            channel_id = channel
+        else:
+            try:
+                channel_id = channel_of_tag(_str(reply[i]))
+            except ValueError as exc:
+                log.warning("deadline index %s holds a member that is no channel tag (%s)", DIST_DEADLINES, exc)
+                continue
+        size, seq, base = _int(reply[i + 1]), _int(reply[i + 2]), _int(reply[i + 3])
+        snapshots.append(ChannelStatistics(
+            channel_id=channel_id, queued=0, open_batch_size=size, in_flight=False, processed=max(0, seq - base),
+            cancelled=0, failed=0, has_processor=channel_id in processors,
+        ))
+    return tuple(snapshots)
+
+
 # -- the node --------------------------------------------------------------------------------------------
 
 
@@ -307,6 +368,7 @@ class DistributedBatcher:
         self.options = options or NodeOptions()
         self.node_id = self.options.node_id
         self._node_key = dist_node_key(self.node_id)
+        self._idle_ms = max(1, round(self.options.idle_ttl * 1000))
         self._config_reader = ChannelConfigReader(redis, settings)
         self._configs: dict[str, _Config] = {}
         self._names: dict[str, _Names] = {}
@@ -618,12 +680,13 @@ class DistributedBatcher:
     async def _send(self, calls: Sequence[_Call], refresh: Sequence[str]) -> list[object]:
         stream = self.options.stream
         maxlen = self.options.maxlen
+        idle = self._idle_ms
         pipe = self._redis.pipeline(transaction=False)
         for call in calls:
             sha = scripts.SCRIPTS[call.script].sha
             if call.script == scripts.APPEND:
-                keys: list[str | bytes] = [DIST_DEADLINES, stream, self._node_key]
-                args: list[str | bytes | int] = [maxlen, self._by_append, call.first, _NODE_KEY_TTL_MS]
+                keys: list[str | bytes] = [DIST_DEADLINES, stream, self._node_key, DIST_SEQ_FLOOR]
+                args: list[str | bytes | int] = [maxlen, self._by_append, call.first, _NODE_KEY_TTL_MS, idle]
                 configs = self._configs
                 for op in call.ops:
                     assert isinstance(op, _Append)
@@ -632,8 +695,8 @@ class DistributedBatcher:
                     args += (op.frame, names.channel, names.tag_bytes, configs[op.channel].argument)
                 pipe.evalsha(sha, len(keys), *keys, *args)
             elif call.script == scripts.FLUSH:
-                keys = [DIST_DEADLINES, stream]
-                args = [maxlen, self._by_timer if call.how == "timer" else self._by_sweep]
+                keys = [DIST_DEADLINES, stream, DIST_SEQ_FLOOR]
+                args = [maxlen, self._by_timer if call.how == "timer" else self._by_sweep, idle]
                 for op in call.ops:
                     assert isinstance(op, _Flush)
                     names = op.names
@@ -644,8 +707,8 @@ class DistributedBatcher:
                 (op,) = call.ops
                 assert isinstance(op, _Publish)
                 pipe.evalsha(
-                    sha, 3, dist_key_of_tag(DIST_STATE, op.tag), stream, self._node_key,
-                    op.channel, op.tag, op.frame, op.count, "front", maxlen, self._by_front, call.first,
+                    sha, 4, dist_key_of_tag(DIST_STATE, op.tag), stream, DIST_SEQ_FLOOR, self._node_key,
+                    op.channel, op.tag, op.frame, op.count, "front", maxlen, self._by_front, idle, call.first,
                     _NODE_KEY_TTL_MS,
                 )
         if refresh:
@@ -1053,7 +1116,7 @@ class DistributedQueue:
         self.options = NodeOptions(
             stream=stream, maxlen=maxlen, sweep_interval=base.sweep_interval, grace=base.grace,
             config_ttl=base.config_ttl, max_pending=base.max_pending, max_pipeline=base.max_pipeline,
-            retry_for=base.retry_for, node_id=base.node_id,
+            retry_for=base.retry_for, node_id=base.node_id, idle_ttl=base.idle_ttl,
         )
         self.relays = not direct
         self._client: Redis | None = None
@@ -1074,6 +1137,13 @@ class DistributedQueue:
     async def enqueue_front(self, payload: Payload) -> str:
         batcher = self._batcher or await self._start()
         return await batcher.publish_now(payload)
+
+    async def statistics(self, channel: str, processors: AbstractSet[str]) -> tuple[ChannelStatistics, ...]:
+        """:func:`channel_statistics` read from this queue's Redis (the queue need not be started); () once
+        the queue is closed."""
+        if self._closed:
+            return ()
+        return await channel_statistics(self._client or self._given, channel, processors)
 
     async def _start(self) -> DistributedBatcher:
         if self._closed:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from message_queue import scripts
 from protocol import codec
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.keys import INBOUND_STREAM, DIST_STATE, channel_tag, dist_key_of_tag
+from protocol.keys import DIST_SEQ_FLOOR, DIST_STATE, INBOUND_STREAM, channel_tag, dist_key_of_tag
 from protocol.stream import InboundBatch
 from protocol.limits import validate_payload
 from protocol.values import MessageBatch
@@ -95,7 +95,8 @@ class RedisStreamEventBus:
         """Append ``batch`` to the stream and return its batch id.
 
         Called by a relay (:func:`current_inbound` is set), the entry is copied as it is, keeping its batch
-        id. Called directly, the batch gets the channel's next batch id, with reason ``published``.
+        id. Called directly, the batch gets the channel's next batch id, with reason ``published`` (and a
+        channel with no open batch keeps its distributed state for :data:`~message_queue.scripts.IDLE_TTL`).
 
         Raises:
             InvalidInput: for an empty batch, a batch mixing channels, or a message breaking a limit.
@@ -110,8 +111,9 @@ class RedisStreamEventBus:
         result = await scripts.run(
             self.redis,
             scripts.PUBLISH,
-            [dist_key_of_tag(DIST_STATE, tag), self.stream],
-            [channel, tag, codec.encode(batch), len(batch.messages), "published", self.maxlen, "bus/bus"],
+            [dist_key_of_tag(DIST_STATE, tag), self.stream, DIST_SEQ_FLOOR],
+            [channel, tag, codec.encode(batch), len(batch.messages), "published", self.maxlen, "bus/bus",
+             round(scripts.IDLE_TTL * 1000)],
         )
         assert isinstance(result, list), result
         batch_id = result[0]

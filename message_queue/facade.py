@@ -455,9 +455,25 @@ class MessageQueue:
     # -- beyond the original API --------------------------------------------------------------------------
 
     async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
-        """Snapshots taken by the actors themselves: one channel, or every live channel when empty."""
+        """Snapshots taken by the actors themselves: one channel, or every live channel when empty.
+
+        In distributed mode they are read from Redis in one step, whatever node holds the channel's state: one
+        channel (all zeros if Redis holds nothing of it), or, when empty, every channel with an open batch (at
+        most 10,000, soonest deadline first). ``open_batch_size`` is its open batch; ``processed`` counts the
+        batches published on it since its state was made in Redis (from 0 again after the state of an idle
+        channel expired); ``queued`` is 0 and ``in_flight`` False (published batches belong to the bus's
+        consumers), as ``queue_size`` is 0 and ``stats()`` lists the channels given to ``start_processing``;
+        ``has_processor`` says whether ``start_processing`` was called here. Empty once the queue is closed.
+        See :func:`message_queue.distributed.channel_statistics`.
+
+        Raises:
+            InvalidInput: for an invalid channel id.
+        """
         if channel:
             validate_channel_id(channel)
+        if self._distributed is not None:
+            processors = {c for c, chan in self._channels.items() if chan.callback is not None}
+            return await self._distributed.statistics(channel, processors)
         if self._driver is None:
             return ()
         reply = await self._call(GetStatistics(channel))

@@ -24,9 +24,14 @@ PUBLISH: Final = "publish"
 LEASE: Final = "lease"
 RELEASE: Final = "release"
 CONFIGS: Final = "configs"
+STATS: Final = "stats"
 
-NAMES: Final = (APPEND, FLUSH, DUE, PUBLISH, LEASE, RELEASE, CONFIGS)
-_STANDALONE: Final = frozenset({LEASE, RELEASE, CONFIGS})  # need none of the shared helpers
+NAMES: Final = (APPEND, FLUSH, DUE, PUBLISH, LEASE, RELEASE, CONFIGS, STATS)
+_STANDALONE: Final = frozenset({LEASE, RELEASE, CONFIGS, STATS})  # need none of the shared helpers
+
+IDLE_TTL: Final = 24 * 3600.0
+"""Default seconds a channel's state hash stays in Redis once the channel holds no open batch (renewed by each
+batch published on it; see ``common.lua``)."""
 
 Arg = Union[str, bytes, int]
 

@@ -60,7 +60,7 @@ def config_key(channel_id: str) -> str:
 #   * (role, channel) -> key is injective: the tag is a bijective encoding of the id and ends at the first
 #     ``}``, and the role after it is a fixed word.
 # The keys shared by every channel (the deadline index, the outbox, the relay lease, the nodes' operation
-# counters) follow ``message_queue:dist:`` with a letter, never ``{``, so they cannot collide with a
+# counters, the seq floor) follow ``message_queue:dist:`` with a letter, never ``{``, so they cannot collide with a
 # channel's key. They live outside the channels' slots, and the scripts touch them together with a channel's
 # keys: distributed mode needs one Redis server, not a Cluster (a Cluster variant would shard the deadline
 # index and the stream by slot). ``dist`` and ``inbound`` are not roles of :func:`channel_key`, so no persistence
@@ -68,7 +68,8 @@ def config_key(channel_id: str) -> str:
 
 DIST = "dist"
 DIST_MESSAGES = "msgs"  # list: codec frames (QueuedMessage) of the channel's open batch, oldest first
-DIST_STATE = "state"  # hash: the open batch's times and settings, and the channel's batch counter ``seq``
+DIST_STATE = "state"  # hash: the open batch's times and settings, and the channel's batch counter ``seq``;
+#                       expires after the node's idle_ttl once nothing is open
 
 DIST_ROLES = (DIST_MESSAGES, DIST_STATE)
 
@@ -76,6 +77,7 @@ DIST_DEADLINES = f"{PREFIX}:{DIST}:deadlines"  # sorted set: channel tag -> dead
 DIST_OUTBOX = f"{PREFIX}:{DIST}:outbox"  # stream: finished batches waiting for a custom event bus's relay
 DIST_RELAY_LEASE = f"{PREFIX}:{DIST}:relay"  # string: id of the node whose relay may publish the outbox
 DIST_DEAD = f"{PREFIX}:{DIST}:dead"  # stream: outbox entries a relay could not decode, with the reason
+DIST_SEQ_FLOOR = f"{PREFIX}:{DIST}:floor"  # string: a new or expired channel numbers its batches above it
 INBOUND_STREAM = f"{PREFIX}:inbound"  # the default stream of RedisStreamEventBus
 
 MAX_NODE_ID = 64
@@ -130,6 +132,18 @@ def dist_key_of_tag(role: str, tag: str) -> str:
     if not tag or not _TAG_ALPHABET.issuperset(tag):
         raise ValueError(f"not a channel tag: {tag[:80]!r}")
     return f"{PREFIX}:{DIST}:{{{tag}}}:{role}"
+
+
+def dist_key_affixes(role: str) -> tuple[str, str]:
+    """The text before and after the tag in every distributed key of ``role``:
+    ``dist_key_of_tag(role, tag) == before + tag + after`` (for scripts that name keys from the deadline index).
+
+    Raises:
+        ValueError: for an unknown role.
+    """
+    key = dist_key_of_tag(role, "A")
+    cut = key.index("{") + 1
+    return key[:cut], key[cut + 1:]
 
 
 def dist_key(role: str, channel_id: str) -> str:

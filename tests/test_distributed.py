@@ -1,7 +1,7 @@
 """Distributed mode in one process: nodes (``DistributedBatcher``), the scripts, the event buses, the relay and
 ``MessageQueue(redis=..., event_bus=...)``, each on a private redis-server.
 
-Waits for behaviour are ``XREAD BLOCK`` polls of the stream with timeouts; no sleeps. Several "nodes" here are
+Waits for behaviour are ``XREAD BLOCK`` polls of the stream, or polls of a condition, with timeouts; no sleeps. Several "nodes" here are
 batchers on one event loop with clients of their own: to Redis they are as separate as processes (the
 multi-process tests are in ``test_distributed_nodes.py``).
 """
@@ -11,18 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack
-from typing import Any, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 import pytest
 import redis.asyncio as aioredis
 
 from message_queue import InvalidSettings, MessageBatch, MessageQueue, QueuedMessage, UnsafeRedis
 from message_queue import scripts
-from message_queue.distributed import DistributedBatcher, NodeOptions, OutboxRelay
+from message_queue.distributed import (
+    DistributedBatcher,
+    DistributedQueue,
+    NodeOptions,
+    OutboxRelay,
+    channel_statistics,
+)
 from message_queue.event_bus import RedisStreamEventBus, current_inbound
 from protocol import keys
+from protocol.errors import InvalidInput
 from protocol.stream import InboundBatch, decode_entry
-from protocol.values import BatchSettings
+from protocol.values import BatchSettings, ChannelStatistics
 from redis_support import RedisServer, redis_server
 
 pytestmark = pytest.mark.redis
@@ -263,11 +270,11 @@ def test_racing_flushes_publish_a_batch_once(redis_srv: RedisServer) -> None:
             await node.close()
             admin = cluster.client()
             tag = keys.channel_tag("c")
-            flush_keys = [keys.DIST_DEADLINES, keys.INBOUND_STREAM, keys.dist_key_of_tag(keys.DIST_MESSAGES, tag),
-                          keys.dist_key_of_tag(keys.DIST_STATE, tag)]
+            flush_keys = [keys.DIST_DEADLINES, keys.INBOUND_STREAM, keys.DIST_SEQ_FLOOR,
+                          keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag)]
             while True:  # until the deadline has passed on the server: then both flushes are due
                 answers = await asyncio.gather(*(
-                    scripts.run(cluster.client(), scripts.FLUSH, flush_keys, [0, f"racer{i}/timer", tag])
+                    scripts.run(cluster.client(), scripts.FLUSH, flush_keys, [0, f"racer{i}/timer", 60_000, tag])
                     for i in range(4)
                 ))
                 outcomes = sorted(int(a.split(b",")[1]) for a in answers)
@@ -284,11 +291,11 @@ def test_a_replayed_append_is_applied_once(redis_srv: RedisServer) -> None:
         async with Cluster(redis_srv.url) as cluster:
             admin = cluster.client()
             tag = keys.channel_tag("c")
-            call_keys = [keys.DIST_DEADLINES, keys.INBOUND_STREAM, keys.dist_node_key("n1"),
+            call_keys = [keys.DIST_DEADLINES, keys.INBOUND_STREAM, keys.dist_node_key("n1"), keys.DIST_SEQ_FLOOR,
                          keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag)]
             from protocol import codec
 
-            args = [0, "n1/append", 7, 60_000, codec.encode(msg("c", "once")), "c", tag, "30000:0:10:1"]
+            args = [0, "n1/append", 7, 60_000, 60_000, codec.encode(msg("c", "once")), "c", tag, "30000:0:10:1"]
             first = await scripts.run(admin, scripts.APPEND, call_keys, args)
             again = await scripts.run(admin, scripts.APPEND, call_keys, args)
             assert int(first.split(b",")[1]) > 0
@@ -507,6 +514,10 @@ def test_node_options_are_checked() -> None:
         NodeOptions(node_id="a:b")
     with pytest.raises(InvalidSettings, match="max_pipeline must be an int >= 1"):
         NodeOptions(max_pipeline=0)
+    with pytest.raises(InvalidSettings, match="idle_ttl must be > 0, got 0"):
+        NodeOptions(idle_ttl=0)
+    with pytest.raises(InvalidSettings, match="idle_ttl must be <= 315360000 seconds"):
+        NodeOptions(idle_ttl=1e12)
 
 
 def test_the_example_consumer_reads_the_stream_with_a_group_and_acks(redis_srv: RedisServer) -> None:
@@ -572,3 +583,231 @@ def test_an_outbox_entry_that_cannot_be_decoded_is_set_aside(redis_srv: RedisSer
     with caplog.at_level(logging.ERROR, logger="message_queue.distributed"):
         run(main())
     assert "cannot be decoded" in caplog.text
+
+
+# -- statistics and the expiry of idle channels ------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = TIMEOUT) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        if loop.time() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def snapshot(channel: str, open_batch_size: int = 0, processed: int = 0, has_processor: bool = False
+             ) -> ChannelStatistics:
+    return ChannelStatistics(channel, queued=0, open_batch_size=open_batch_size, in_flight=False,
+                             processed=processed, cancelled=0, failed=0, has_processor=has_processor)
+
+
+def state_key(channel: str) -> str:
+    return keys.dist_key(keys.DIST_STATE, channel)
+
+
+def msgs_key(channel: str) -> str:
+    return keys.dist_key(keys.DIST_MESSAGES, channel)
+
+
+def test_statistics_show_the_open_batch_then_the_published_batches(redis_srv: RedisServer) -> None:
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_srv.url)
+        try:
+            bus = RedisStreamEventBus(client)
+
+            async def callback(item: object) -> None:
+                raise AssertionError("distributed mode does not call back")
+
+            async with MessageQueue(default_batch_window=30.0, max_batch_size=3, redis=client, event_bus=bus) as mq:
+                assert await mq.statistics("c") == (snapshot("c"),)  # before first use: Redis knows nothing of it
+                await mq.start_processing("c", callback)
+                await mq.enqueue(msg("c", "a"))
+                await mq.enqueue(msg("c", "b"))
+                assert await mq.statistics("c") == (snapshot("c", open_batch_size=2, has_processor=True),)
+                await mq.enqueue(msg("c", "c"))  # fills the batch: published at once
+                assert await mq.statistics("c") == (snapshot("c", processed=1, has_processor=True),)
+                await mq.enqueue(msg("c", "d"))
+                assert await mq.statistics("c") == (snapshot("c", open_batch_size=1, processed=1, has_processor=True),)
+                # queue_size and stats keep their meaning: nothing waits here, published batches are the bus's.
+                assert mq.queue_size("c") == 0
+                assert mq.stats() == {"c": {"queue_size": 0, "is_processing": False, "has_processor": True}}
+                assert await mq.statistics("never-seen") == (snapshot("never-seen"),)
+                with pytest.raises(InvalidInput, match="channel_id must be at most 256 bytes"):
+                    await mq.statistics("x" * 257)
+                await mq.stop_processing("c")
+                assert await mq.statistics("c") == (snapshot("c", open_batch_size=1, processed=1),)
+                await mq.enqueue(msg("c", "e"))
+                await mq.enqueue(msg("c", "f"))
+                assert await mq.statistics("c") == (snapshot("c", processed=2),)
+            assert await mq.statistics("c") == ()  # closed
+        finally:
+            await client.aclose()
+
+    run(main())
+
+
+def test_statistics_of_every_channel_list_the_open_batches_of_all_nodes(redis_srv: RedisServer) -> None:
+    async def main() -> None:
+        async with Cluster(redis_srv.url) as cluster:
+            a, b, c = [await cluster.node(BatchSettings(window=window, max_batch_size=2), f"node-{window}")
+                       for window in (10.0, 20.0, 30.0)]
+            admin = cluster.client(decode_responses=True)  # a str-decoding client reads them as well
+            assert await channel_statistics(admin) == ()
+            await b.append(msg("late", "1"))
+            await a.append(msg("soon", "1"))
+            for text in ("1", "2", "3"):
+                await c.append(msg("done", text))  # one batch published, one message open
+            await a.append(msg("gone", "1"))
+            await b.append(msg("gone", "2"))  # published: nothing open
+            assert await channel_statistics(admin, "", {"soon", "gone"}) == (  # soonest deadline first
+                snapshot("soon", 1, has_processor=True), snapshot("late", 1), snapshot("done", 1, processed=1))
+            assert await channel_statistics(admin, "gone", {"soon", "gone"}) == (
+                snapshot("gone", processed=1, has_processor=True),)
+
+            bus = RedisStreamEventBus(cluster.client())
+            async with MessageQueue(redis=cluster.client(), event_bus=bus) as mq:
+                assert [s.channel_id for s in await mq.statistics()] == ["soon", "late", "done"]
+
+    run(main())
+
+
+def test_an_idle_channels_state_expires_while_an_active_ones_stays(redis_srv: RedisServer) -> None:
+    async def main() -> None:
+        async with Cluster(redis_srv.url) as cluster:
+            admin = cluster.client()
+            node = await cluster.node(BatchSettings(window=30.0, max_batch_size=2), "n1", idle_ttl=1.0)
+            for text in ("a", "b"):
+                await node.append(msg("idle", text))  # full: published, nothing left open
+            await node.append(msg("busy", "x"))  # open for 30 s
+            assert 0 < await admin.pttl(state_key("idle")) <= 1000
+            assert await admin.exists(msgs_key("idle")) == 0
+            assert await admin.pttl(state_key("busy")) == -1 and await admin.pttl(msgs_key("busy")) == -1
+            await node.publish_now(msg("busy", "urgent"))  # ahead of the open batch, which keeps it unexpiring
+            assert await admin.pttl(state_key("busy")) == -1
+
+            await until(lambda: gone(admin, "idle"), "the idle channel's keys expired")
+            assert await admin.pttl(state_key("busy")) == -1 and await admin.llen(msgs_key("busy")) == 1
+            assert await channel_statistics(admin, "idle") == (snapshot("idle"),)
+            assert await channel_statistics(admin, "busy") == (snapshot("busy", open_batch_size=1, processed=1),)
+            assert int(await admin.get(keys.DIST_SEQ_FLOOR)) == 1  # the idle channel's last batch number
+
+    run(main())
+
+
+async def gone(client: aioredis.Redis, channel: str) -> bool:
+    """True when Redis holds no key of ``channel``'s distributed state."""
+    return int(await client.exists(state_key(channel), msgs_key(channel))) == 0
+
+
+def test_a_channel_whose_state_expired_starts_cleanly_with_higher_batch_numbers(redis_srv: RedisServer) -> None:
+    async def main() -> None:
+        async with Cluster(redis_srv.url) as cluster:
+            admin = cluster.client()
+            settings = BatchSettings(window=0.05, max_batch_size=3)
+            node = await cluster.node(settings, "n1", idle_ttl=0.3)
+            for text in ("a", "b", "c", "d"):
+                await node.append(msg("c", text))  # one full batch (append), then one closed by the timer
+            first = await read_stream(admin, 2)
+            assert [(texts(e), e.reason, e.seq) for e in first] == [(["a", "b", "c"], "full", 1), (["d"], "window", 2)]
+            await until(lambda: gone(admin, "c"), "channel c expired")
+            assert await channel_statistics(admin, "c") == (snapshot("c"),)
+
+            # A second node (any node) takes the channel up again: same batching, numbers above the old ones.
+            other = await cluster.node(settings, "n2", idle_ttl=0.3)
+            for text in ("e", "f", "g", "h"):
+                await other.append(msg("c", text))
+            entries = await read_stream(admin, 4)
+            assert [(texts(e), e.reason, e.seq) for e in entries[2:]] == [
+                (["e", "f", "g"], "full", 3), (["h"], "window", 4)]
+            assert len({e.batch_id for e in entries}) == 4
+            assert [m for e in entries for m in texts(e)] == list("abcdefgh")
+            await other.drain()
+            assert await channel_statistics(admin, "c") == (snapshot("c", processed=2),)  # since it started again
+            assert 0 < await admin.pttl(state_key("c")) <= 300
+
+            # A channel never seen before also numbers from above the floor: no number is ever used twice.
+            await other.append(msg("new", "x"))
+            (*_, fresh) = await read_stream(admin, 5)
+            assert (fresh.channel_id, fresh.seq) == ("new", 5)
+
+    run(main())
+
+
+def test_no_key_is_left_without_expiry_once_every_channel_is_idle(redis_srv: RedisServer) -> None:
+    async def main() -> None:
+        async with Cluster(redis_srv.url) as cluster:
+            admin = cluster.client()
+            await admin.hset(keys.config_key("unbatched"), "disabled", "1")
+            settings = BatchSettings(window=0.05, max_batch_size=2)
+            ttl = 60.0  # long enough to look at every key before any expires
+            node = await cluster.node(settings, "n1", idle_ttl=ttl, sweep_interval=0.05, grace=0.05)
+            dead = await cluster.node(settings, "dead", idle_ttl=ttl, sweep_interval=60.0)
+            await dead.append(msg("orphan", "o"))
+            await dead.close()  # its batch is published by n1's sweeper
+            await node.append(msg("full", "1"))
+            await node.append(msg("full", "2"))  # published by the append
+            await node.append(msg("timer", "t"))  # published by n1's timer
+            await node.append(msg("unbatched", "u"))  # published alone (batching off)
+            await node.publish_now(msg("front", "f"))  # enqueue_front on a channel with nothing open
+            await RedisStreamEventBus(admin).publish_inbound(MessageBatch([msg("bus", "b")]))  # the bus's own
+            await read_stream(admin, 6)
+            await node.drain()
+            await until(lambda: no_deadlines(admin), "every batch published")
+
+            untimed, timed = [], []
+            async for raw in admin.scan_iter(count=1000):
+                key = raw.decode()
+                (timed if await admin.pttl(key) > 0 else untimed).append(key)
+            # The stream is the output and the floor one shared number; the settings hash is the user's own.
+            assert sorted(untimed) == sorted([keys.INBOUND_STREAM, keys.DIST_SEQ_FLOOR, keys.config_key("unbatched")])
+            channels = ["orphan", "full", "timer", "unbatched", "front", "bus"]
+            assert sorted(timed) == sorted([state_key(c) for c in channels]
+                                           + [keys.dist_node_key("n1"), keys.dist_node_key("dead")])
+            for channel in channels[:-1]:
+                assert ttl * 1000 - 10_000 < await admin.pttl(state_key(channel)) <= ttl * 1000
+            assert 0 < await admin.pttl(state_key("bus")) <= scripts.IDLE_TTL * 1000
+            assert await channel_statistics(admin) == ()
+
+    run(main())
+
+
+async def no_deadlines(client: aioredis.Redis) -> bool:
+    return int(await client.zcard(keys.DIST_DEADLINES)) == 0
+
+
+def test_a_channel_state_written_before_expiry_existed_keeps_its_numbers_and_gets_an_expiry(
+    redis_srv: RedisServer,
+) -> None:
+    async def main() -> None:
+        async with Cluster(redis_srv.url) as cluster:
+            admin = cluster.client()
+            await admin.hset(state_key("old"), mapping={"ch": "old", "seq": "41"})  # no expiry, no floor
+            node = await cluster.node(BatchSettings(window=30.0, max_batch_size=1), "n1", idle_ttl=0.3)
+            await node.append(msg("old", "a"))
+            await node.append(msg("young", "b"))
+            entries = await read_stream(admin, 2)
+            assert [(e.channel_id, e.seq) for e in entries] == [("old", 42), ("young", 43)]
+            assert int(await admin.get(keys.DIST_SEQ_FLOOR)) == 43
+            assert 0 < await admin.pttl(state_key("old")) <= 300
+            assert await channel_statistics(admin, "old") == (snapshot("old", processed=42),)
+
+    run(main())
+
+
+def test_a_distributed_queue_passes_its_idle_ttl_to_the_scripts(redis_srv: RedisServer) -> None:
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_srv.url)
+        queue = DistributedQueue(client, RedisStreamEventBus(client), BatchSettings(max_batch_size=1),
+                                 options=NodeOptions(idle_ttl=5.0))
+        try:
+            await queue.enqueue(msg("c", "a"))
+            assert 0 < await client.pttl(state_key("c")) <= 5000
+            assert await queue.statistics("c", {"c"}) == (snapshot("c", processed=1, has_processor=True),)
+        finally:
+            await queue.close()
+            await client.aclose()
+
+    run(main())

@@ -47,6 +47,8 @@ def test_every_key_of_a_channel_hashes_to_its_tag(channel: str) -> None:
         key = keys.dist_key(role, channel)
         assert hash_tag(key) == tag
         assert key == keys.dist_key_of_tag(role, tag)
+        before, after = keys.dist_key_affixes(role)  # how the statistics script names keys from the index
+        assert before + tag + after == key
 
 
 @FAST
@@ -62,7 +64,7 @@ def test_distributed_keys_never_meet_the_shared_keys_or_the_persistence_keys(cha
                                                                              other: str) -> None:
     key = keys.dist_key(role, channel)
     shared = {keys.DIST_DEADLINES, keys.DIST_OUTBOX, keys.DIST_RELAY_LEASE, keys.DIST_DEAD, keys.INBOUND_STREAM,
-              keys.CHANNEL_INDEX, keys.EPOCH, keys.dist_node_key("node-1")}
+              keys.DIST_SEQ_FLOOR, keys.CHANNEL_INDEX, keys.EPOCH, keys.dist_node_key("node-1")}
     assert key not in shared
     assert key != keys.channel_key(other, channel)
     assert keys.channel_key(other, channel) not in shared | {keys.DIST_DEADLINES}
@@ -76,6 +78,8 @@ def test_tags_are_checked() -> None:
         keys.dist_key_of_tag(keys.DIST_STATE, "x}y")
     with pytest.raises(ValueError, match="role must be one of msgs, state"):
         keys.dist_key("open", "c")
+    with pytest.raises(ValueError, match="role must be one of msgs, state"):
+        keys.dist_key_affixes("open")
     with pytest.raises(InvalidInput, match="channel_id must be at most 256 bytes"):
         keys.dist_key(keys.DIST_STATE, "a" * 257)
     with pytest.raises(InvalidInput, match="channel_id must not be empty"):

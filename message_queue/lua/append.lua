@@ -1,7 +1,7 @@
 -- Append messages to their channels' open batches, in order: for each, slide the channel's deadline, and
 -- publish the batch at once when it reaches its cap (or when batching is off for the channel).
--- KEYS: deadlines, stream, node, then per message: msgs, state (of its channel)
--- ARGV: maxlen, by, number of the first operation, node key ttl ms,
+-- KEYS: deadlines, stream, node, seq floor, then per message: msgs, state (of its channel)
+-- ARGV: maxlen, by, number of the first operation, node key ttl ms, idle ttl ms (of a channel's state),
 --       then per message: frame, channel id, tag, settings "<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>"
 -- Returns "<now>,<r1>,<r2>,..." (server ms), one r per message: a deadline (> 0): the batch stays open until
 -- then (the caller arms a timer for it); -1: the message was published (cap reached, batching off, or no
@@ -10,10 +10,10 @@
 -- Operations of one node are numbered 1, 2, 3, ... and sent in order; the node's key holds the last number
 -- applied. A pipeline sent again after a lost connection (the client cannot know whether it ran) is then
 -- applied once: the operations already applied are skipped.
-local deadlines, stream, node = KEYS[1], KEYS[2], KEYS[3]
-local maxlen, by, first_op, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local deadlines, stream, node, floor = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local maxlen, by, first_op, ttl, idle = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local now = now_ms()
-local count = (#KEYS - 3) / 2
+local count = (#KEYS - 4) / 2
 local out = {int(now)}
 local last_op = tonumber(redis.call('GET', node) or '0')
 
@@ -21,9 +21,11 @@ local function append(msgs, state, frame, channel, tag, settings)
   local w, mw, cap, batching = string.match(settings, '^(%d+):(%d+):(%d+):([01])$')
   if batching ~= '1' then
     -- Batching is off: what is open goes first, then the message alone.
-    flush(msgs, state, deadlines, stream, maxlen, tag, 'settings', 0, now, by, nil)
+    flush(msgs, state, floor, deadlines, stream, maxlen, tag, 'settings', 0, now, by, nil)
     redis.call('HSET', state, 'ch', channel)
-    publish(state, stream, maxlen, tag, channel, 'unbatched', 1, batch_frame({frame}, now, now), 0, now, by)
+    local _, seq = publish(state, floor, stream, maxlen, tag, channel, 'unbatched', 1, batch_frame({frame}, now, now),
+                           0, now, by)
+    rest(state, floor, seq, idle)
     return -1
   end
   local n = redis.call('RPUSH', msgs, frame)
@@ -31,6 +33,7 @@ local function append(msgs, state, frame, channel, tag, settings)
   if n > 1 then
     o = parse_open(redis.call('HGET', state, 'o'))
   end
+  local opened = false
   if o then
     if o.mw > 0 then
       redis.call('HSET', state, 'l', int(now))
@@ -38,9 +41,11 @@ local function append(msgs, state, frame, channel, tag, settings)
   else
     o = {first = now, w = tonumber(w), mw = tonumber(mw), cap = tonumber(cap)}
     redis.call('HSET', state, 'o', int(now) .. ':' .. w .. ':' .. mw .. ':' .. cap, 'ch', channel)
+    opened = true
   end
   if n >= o.cap then
-    flush(msgs, state, deadlines, stream, maxlen, tag, 'full', 0, now, by, now)
+    local _, seq = flush(msgs, state, floor, deadlines, stream, maxlen, tag, 'full', 0, now, by, now)
+    rest(state, floor, seq, idle)
     return -1
   end
   local deadline = now + o.w
@@ -50,8 +55,12 @@ local function append(msgs, state, frame, channel, tag, settings)
     reason = 'max_wait'
   end
   if deadline <= now then
-    flush(msgs, state, deadlines, stream, maxlen, tag, reason, deadline, now, by, now)
+    local _, seq = flush(msgs, state, floor, deadlines, stream, maxlen, tag, reason, deadline, now, by, now)
+    rest(state, floor, seq, idle)
     return -1
+  end
+  if opened then
+    redis.call('PERSIST', state)  -- no expiry while a batch is open
   end
   redis.call('ZADD', deadlines, int(deadline), tag)
   return deadline
@@ -62,8 +71,8 @@ for i = 1, count do
   if op <= last_op then
     out[i + 1] = '-2'
   else
-    local a = 4 + (i - 1) * 4
-    out[i + 1] = int(append(KEYS[2 + 2 * i], KEYS[3 + 2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]))
+    local a = 5 + (i - 1) * 4
+    out[i + 1] = int(append(KEYS[3 + 2 * i], KEYS[4 + 2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]))
     last_op = op
   end
 end

@@ -1,13 +1,21 @@
 -- Shared by the batching scripts (prepended to each one's source; nothing here comes from input).
 --
 -- Per channel (keys named by protocol.keys.dist_key, all in the channel's hash slot):
---   msgs  (list)  codec frames of the open batch's messages, oldest first
+--   msgs  (list)  codec frames of the open batch's messages, oldest first; deleted when the batch closes
 --   state (hash)  o: the open batch, "<first ms>:<window ms>:<max_wait ms, 0: none>:<cap>" (its settings are
 --                 fixed when it opens); l: time of its last message (ms; kept only when max_wait is set,
---                 otherwise it is the deadline minus the window); ch: the channel id; seq: number of batches
---                 published for the channel (ch and seq outlive the batch)
--- Shared: the deadline index (sorted set: channel tag -> deadline, ms) and the stream.
+--                 otherwise it is the deadline minus the window); ch: the channel id; seq: the number of the
+--                 channel's last published batch; b: the floor seq started above when this state was made
+--                 (absent: 0), so seq - b batches were published since (ch, seq and b outlive the batch)
+-- Shared: the deadline index (sorted set: channel tag -> deadline, ms; it holds exactly the channels with an
+-- open batch), the stream, and the seq floor (string: no channel whose state may expire used a higher seq).
 -- Every time is Redis server time (TIME) in ms, so the nodes' clocks do not matter.
+--
+-- Expiry: a state hash has no TTL while its channel holds an open batch (made persistent when one opens);
+-- once the batch is published and nothing is left open, rest() gives it the idle TTL, renewed by every later
+-- publication. Before that, the floor is raised to the channel's seq, and a state made afresh (a new
+-- channel, or one whose state expired) numbers its batches from above the floor: a channel's batch numbers,
+-- and so its batch ids "<tag>:<seq>", keep increasing across expiries and are never reused.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -40,9 +48,17 @@ local function batch_frame(frames, first, last)
   return '\148\165batch' .. header .. table.concat(frames) .. stamp(first) .. stamp(last)
 end
 
--- Append one finished batch to the stream under the channel's next batch id "<tag>:<seq>".
-local function publish(state, stream, maxlen, tag, channel, reason, count, payload, deadline, now, by)
+-- Append one finished batch to the stream under the channel's next batch id "<tag>:<seq>"; return the id and
+-- the seq. A state without seq starts above the floor.
+local function publish(state, floor, stream, maxlen, tag, channel, reason, count, payload, deadline, now, by)
   local seq = redis.call('HINCRBY', state, 'seq', 1)
+  if seq == 1 then
+    local base = tonumber(redis.call('GET', floor) or '0')
+    if base > 0 then
+      seq = base + 1
+      redis.call('HSET', state, 'seq', int(seq), 'b', int(base))
+    end
+  end
   local id = tag .. ':' .. int(seq)
   local fields = {'id', id, 'channel', channel, 'seq', int(seq), 'reason', reason, 'count', int(count),
                   'deadline', int(deadline), 'published', int(now), 'by', by, 'batch', payload}
@@ -51,7 +67,19 @@ local function publish(state, stream, maxlen, tag, channel, reason, count, paylo
   else
     redis.call('XADD', stream, '*', unpack(fields))
   end
-  return id
+  return id, seq
+end
+
+-- The channel holds no open batch: raise the floor to its seq (nil: read it), then let its state expire after
+-- ``ttl`` ms unless something happens on the channel before.
+local function rest(state, floor, seq, ttl)
+  if seq == nil then
+    seq = tonumber(redis.call('HGET', state, 'seq') or '0')
+  end
+  if seq > tonumber(redis.call('GET', floor) or '0') then
+    redis.call('SET', floor, int(seq))
+  end
+  redis.call('PEXPIRE', state, ttl)
 end
 
 -- The open batch "o" of a state hash as numbers: first (ms), window, max_wait (ms), cap; nil if none.
@@ -66,8 +94,9 @@ end
 -- Close the open batch (if any) and publish it, in one step: claim and publish cannot be separated.
 -- ``reason`` nil: "window", or "max_wait" when the deadline was the batch's age cap. ``last``: the time of its
 -- last message when known (nil: stored, or the deadline minus the window). ``score``: its deadline when the
--- caller read it (nil: read here). Returns the batch id, or nil when no batch was open.
-local function flush(msgs, state, deadlines, stream, maxlen, tag, reason, deadline, now, by, last, score)
+-- caller read it (nil: read here). Returns the batch id and seq, or nil when no batch was open. The caller
+-- then calls rest(): nothing is left open.
+local function flush(msgs, state, floor, deadlines, stream, maxlen, tag, reason, deadline, now, by, last, score)
   if score == nil then
     score = redis.call('ZSCORE', deadlines, tag)
     score = score and tonumber(score)
@@ -99,9 +128,9 @@ local function flush(msgs, state, deadlines, stream, maxlen, tag, reason, deadli
   if last < o.first then
     last = o.first
   end
-  local id = publish(state, stream, maxlen, tag, v[2] or '', reason, #frames, batch_frame(frames, o.first, last),
-                     deadline, now, by)
+  local id, seq = publish(state, floor, stream, maxlen, tag, v[2] or '', reason, #frames,
+                          batch_frame(frames, o.first, last), deadline, now, by)
   redis.call('DEL', msgs)
   redis.call('HDEL', state, 'o', 'l')
-  return id
+  return id, seq
 end
