@@ -7,7 +7,9 @@ values byte strings:
     ``id``         the batch id, ``<channel tag>:<seq>``: stable (a batch published again by a relay keeps
                    it) and unique per Redis; ``<channel tag>`` is :func:`protocol.keys.channel_tag`
     ``channel``    the channel id (UTF-8)
-    ``seq``        the channel's batch number: 1, 2, 3, ... in publication order (decimal)
+    ``seq``        the channel's batch number (decimal): rises in publication order and is never reused;
+                   consecutive while the channel's state lives in Redis, and a new channel, or one whose
+                   state expired after ``idle_ttl``, continues above a shared floor (it may not start at 1)
     ``reason``     why the batch closed: ``window``, ``full``, ``max_wait``, ``unbatched`` (batching off),
                    ``settings`` (batching turned off while it was open), ``front`` (``enqueue_front``),
                    ``published`` (an event bus's own ``publish_inbound``)
