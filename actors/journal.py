@@ -82,12 +82,19 @@ class ChannelSnapshot:
 # -- messages -----------------------------------------------------------------------------------------------
 
 
+LEASE_SECONDS = 15.0
+"""Length of the writer lease (seconds): a node that stops renewing it (renewed every third of it) loses the
+database to the next node after this long; a crashed node's lease is taken over at once on the same host."""
+
+
 @dataclass(frozen=True, slots=True)
 class OpenStore:
-    """Supervisor -> RedisPersistence: connect and check the server. Reply ``StoreOpened`` or ``StoreFailed``."""
+    """Supervisor -> RedisPersistence: connect, check the server and take the database's writer lease (held
+    for ``lease_seconds`` at a time). Reply ``StoreOpened`` or ``StoreFailed``."""
 
     url: str
     allow_volatile: bool = False
+    lease_seconds: float = LEASE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,13 @@ queued to it have been handled: one Redis round trip serves many channels. Only 
 succeeds does each channel get its held messages back in ``Durable``, to send them itself (so a processor's
 reply goes to the channel that sent the delivery). If Redis cannot be reached the buffer is kept and retried
 with backoff; nothing is acknowledged meanwhile.
+
+Opening the store takes the database's writer lease (:mod:`actors.store`): one node persists to a database at
+a time. The lease lasts ``OpenStore.lease_seconds`` (:data:`~actors.journal.LEASE_SECONDS`, 15 s) and is
+renewed every third of that on a wakeup of its own, off the write path; it is released when the actor stops.
+If another node takes the lease (this one stalled, or could not reach Redis, for longer than the lease), every
+later transaction fails instead of writing: like a Redis that lost our data, that is logged as critical, and
+the operations and every acknowledgement stay held, never sent.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from actors.journal import (
     StoreOpened,
 )
 from actors.store import RedisStore
-from protocol.errors import MessageQueueError, RedisDataLost
+from protocol.errors import MessageQueueError, RedisDataLost, StoreLocked
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FLUSH = "flush"
+_RENEW = "renew the writer lease"
 _MAX_BACKOFF = 2.0
 
 
@@ -53,18 +61,30 @@ class RedisPersistence(Dispatcher):
         self._backoff = 0.0
 
     def receiveMsg_OpenStore(self, msg: OpenStore, sender: ActorAddress) -> None:
+        store: RedisStore | None = None
         try:
-            store = RedisStore.from_url(msg.url)
+            store = RedisStore.from_url(msg.url, msg.lease_seconds)
             store.check_durability(msg.allow_volatile)
             store.open_epoch()
         except (MessageQueueError, redis.RedisError, ValueError) as exc:
+            if store is not None:
+                store.close()  # gives back the lease if it was taken
             self.send(sender, StoreFailed(type(exc).__name__, str(exc)))
             return
         self._store = store
+        self._arm_renewal()
         self.send(sender, StoreOpened())
 
     def receiveMsg_LoadChannels(self, msg: LoadChannels, sender: ActorAddress) -> None:
-        self.send(sender, ChannelsLoaded(tuple(self._required_store().load())))
+        store = self._required_store()
+        try:
+            snapshots = store.load()
+        except (MessageQueueError, redis.RedisError) as exc:  # the lease taken meanwhile, Redis gone...
+            store.close()
+            self._store = None
+            self.send(sender, StoreFailed(type(exc).__name__, str(exc)))
+            return
+        self.send(sender, ChannelsLoaded(tuple(snapshots)))
 
     def receiveMsg_Persist(self, msg: Persist, sender: ActorAddress) -> None:
         self._ops.extend(msg.ops)
@@ -75,13 +95,17 @@ class RedisPersistence(Dispatcher):
             self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
-        if msg.payload != _FLUSH:
-            return
+        if msg.payload == _FLUSH:
+            self._flush()
+        elif msg.payload == _RENEW:
+            self._renew()
+
+    def _flush(self) -> None:
         self._flush_armed = False
         ops, then = self._ops, self._then
         try:
             self._required_store().apply(ops)
-        except RedisDataLost as exc:
+        except (RedisDataLost, StoreLocked) as exc:
             log.critical("%s; holding %d operations and every acknowledgement until an operator acts", exc,
                          len(ops))
             self._retry()
@@ -95,6 +119,23 @@ class RedisPersistence(Dispatcher):
         self._backoff = 0.0
         for address, message in then:
             self.send(address, message)
+
+    def _renew(self) -> None:
+        store = self._store
+        if store is None:
+            return  # closed after a failed load
+        try:
+            store.renew_lease()
+        except StoreLocked as exc:
+            log.critical("%s", exc)
+            return  # nothing to renew any more
+        except redis.RedisError as exc:
+            log.warning("could not renew the writer lease (%s); trying again in %g s", exc,
+                        store.lease_seconds / 3)
+        self._arm_renewal()
+
+    def _arm_renewal(self) -> None:
+        self.wakeupAfter(timedelta(seconds=self._required_store().lease_seconds / 3), payload=_RENEW)
 
     def _next_backoff(self) -> float:
         return min(_MAX_BACKOFF, max(0.05, self._backoff * 2))

@@ -8,6 +8,20 @@ Per channel (keys from :mod:`protocol.keys`):
 The set ``message_queue:index:channels`` lists every channel that may hold state (no ``KEYS`` scans), and
 ``message_queue:index:epoch`` is written once: if it disappears while we run, Redis lost data.
 
+One node writes a database at a time. ``message_queue:index:lease`` is its writer lease, a readable string
+``host=<host> pid=<pid> taken=<UTC time> start=<process start> token=<random hex>`` set with an expiry of
+:data:`~actors.journal.LEASE_SECONDS` (15 s; the persistence actor renews it every third of that), and
+``message_queue:index:holder`` holds the same value without expiry: the last node that took the lease.
+    * Opening the store takes the lease. If another node holds it, opening fails with :class:`StoreLocked`
+      naming the holder and when its lease expires, unless that holder ran on this host (same host name) and
+      its process is gone (a crash): then the lease is taken over at once, by compare-and-set on its value.
+    * Every transaction WATCHes both keys and checks them first, so a write after another node took the
+      lease fails with :class:`StoreLocked` instead of writing (fencing). A lease that merely expired (a
+      stall, Redis unreachable for longer than the lease) is taken back by the next write or renewal if the
+      holder record still names this store: nobody else took it meanwhile.
+    * Closing the store releases the lease, if it is still this store's (compare-and-delete).
+Taking, renewing and releasing run as small Lua scripts, each atomic.
+
 Every batch of operations is applied in one MULTI/EXEC transaction, so a crash leaves either all of a batch
 or none of it. Values are encoded with :mod:`protocol.codec`.
 """
@@ -15,15 +29,20 @@ or none of it. Values are encoded with :mod:`protocol.codec`.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Sequence, TypeVar
+from urllib.parse import quote, unquote
 
 import redis
 
 from actors.journal import (
     DURABILITY_SETTINGS,
+    LEASE_SECONDS,
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
@@ -36,7 +55,7 @@ from actors.journal import (
     refuse_unsafe,
 )
 from protocol import codec, keys
-from protocol.errors import DecodeError, RedisDataLost
+from protocol.errors import DecodeError, RedisDataLost, StoreLocked
 from protocol.values import DeadLetter, OpenEntry, QueueItem
 
 log = logging.getLogger(__name__)
@@ -45,14 +64,151 @@ _V = TypeVar("_V", QueueItem, OpenEntry)
 
 _MARKER_TTL = 7 * 24 * 3600  # seconds a store's transaction marker outlives its last write
 
+# KEYS: lease, holder. ARGV: the value expected in the lease ('' for none), the new value, the lease in ms.
+# Returns {1, '', 0} when taken, else {0, the lease's value ('' for none), its PTTL}.
+_TAKE = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then
+    return {0, current or '', redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2])
+return {1, '', 0}
+"""
+
+# KEYS: lease, holder. ARGV: our value, the lease in ms. Returns {1, '', 0} when renewed, {2, '', 0} when
+# taken back after it expired (the holder record still names us), else {0, the lease's value, its PTTL}.
+_RENEW = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, '', 0}
+end
+if not current and redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return {2, '', 0}
+end
+return {0, current or '', redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS: lease, holder. ARGV: our value. Deletes each key only if it still holds our value.
+_RELEASE = """
+local released = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    released = 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
+end
+return released
+"""
+
+
+# -- the writer lease's holder --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """Who took a writer lease, as its value in Redis says: host name, process id, when (Unix time), the
+    process's start time (clock ticks after boot, from ``/proc``; None where unknown) and a random token."""
+
+    host: str
+    pid: int
+    taken: float
+    started: int | None
+    token: str
+
+    @classmethod
+    def of_this_process(cls) -> LeaseHolder:
+        pid = os.getpid()
+        return cls(socket.gethostname(), pid, time.time(), _process_start(pid), uuid.uuid4().hex)
+
+    def encode(self) -> bytes:
+        fields = [f"host={quote(self.host, safe='')}", f"pid={self.pid}", f"taken={_utc(self.taken)}"]
+        if self.started is not None:
+            fields.append(f"start={self.started}")
+        fields.append(f"token={self.token}")
+        return " ".join(fields).encode("ascii")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> LeaseHolder | None:
+        """The holder a lease value names, or None if the value is not one this module writes."""
+        try:
+            fields = dict(field.split("=", 1) for field in raw.decode("ascii").split(" "))
+            pid = int(fields["pid"])
+            started = int(fields["start"]) if "start" in fields else None
+            taken = datetime.fromisoformat(fields["taken"]).timestamp()
+            holder = cls(unquote(fields["host"]), pid, taken, started, fields["token"])
+        except (UnicodeDecodeError, ValueError, KeyError):
+            return None
+        return holder if pid > 0 and holder.token else None
+
+    def describe(self) -> str:
+        return f"host {self.host!r}, pid {self.pid}, lease taken at {_utc(self.taken)}"
+
+    def gone(self) -> bool:
+        """True when this host can tell that the holder's process no longer runs: it ran here (same host
+        name) and its pid is free, a zombie, or now another process (a different start time)."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # it runs, as another user
+        state = _process_state(self.pid)
+        if state is None:
+            return False  # no /proc to read: it runs, as far as we can tell
+        running, started = state
+        return not running or (self.started is not None and started != self.started)
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _process_state(pid: int) -> tuple[bool, int] | None:
+    """(runs: neither zombie nor dead, start time in clock ticks after boot) of ``pid``, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: the other fields follow the last ')'
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return fields[0] not in (b"Z", b"X"), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    state = _process_state(pid)
+    return state[1] if state is not None else None
+
+
+def _expiry(pttl: int) -> str:
+    if pttl < 0:
+        return "the lease has no expiry (set by hand?): delete it once you are sure that node is stopped"
+    return f"the lease expires in {pttl / 1000:.1f} s (at {_utc(time.time() + pttl / 1000)}) unless that node renews it"
+
 
 # -- the store ----------------------------------------------------------------------------------------------
 
 
 class RedisStore:
-    """Applies operations to Redis and loads channel state back. Blocking; one owner."""
+    """Applies operations to Redis and loads channel state back, while it holds the database's writer lease.
+    Blocking; one owner.
 
-    def __init__(self, client: redis.Redis) -> None:
+    Raises:
+        ValueError: if ``lease_seconds`` is not > 0.
+    """
+
+    def __init__(self, client: redis.Redis, lease_seconds: float = LEASE_SECONDS) -> None:
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self._redis = client
         self._epoch: bytes | None = None
         # Each transaction also sets this store's marker to a fresh token, so that after a failure whose
@@ -60,13 +216,26 @@ class RedisStore:
         # Under ``index:``, which is no channel role: it cannot collide with a channel's key.
         self._marker = keys.writer_key(uuid.uuid4().hex)
         self._unsure: tuple[bytes, int] | None = None  # (token, operations) of a transaction that may have run
+        self.lease_seconds = lease_seconds
+        self._lease_ms = max(1, round(lease_seconds * 1000))
+        self._lease: bytes | None = None  # our lease value while we hold (or may take back) the lease
+        self._lost: StoreLocked | None = None  # set for good once another node took the lease
+        self._take = client.register_script(_TAKE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5))
+    def from_url(cls, url: str, lease_seconds: float = LEASE_SECONDS) -> RedisStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), lease_seconds)
 
     def close(self) -> None:
-        self._redis.close()
+        """Release the writer lease (if this store still holds it) and disconnect."""
+        try:
+            self.release_lease()
+        except redis.RedisError as exc:
+            log.warning("could not release the writer lease (%s); it expires within %g s", exc, self.lease_seconds)
+        finally:
+            self._redis.close()
 
     # -- safety ---------------------------------------------------------------------------------------------
 
@@ -89,11 +258,14 @@ class RedisStore:
         refuse_unsafe(self.durability_problems(), allow_volatile, "persist to", log)
 
     def open_epoch(self) -> bytes:
-        """Read (or on a fresh server, write) the epoch marker.
+        """Take the writer lease (see the module's docstring), then read (or on a fresh server, write) the
+        epoch marker.
 
         Raises:
+            StoreLocked: when another node holds the lease.
             RedisDataLost: when channel state exists but the marker does not (Redis lost part of its data).
         """
+        self.take_lease()
         epoch = self._get_bytes(keys.EPOCH)
         if epoch is None:
             if self._redis.scard(keys.CHANNEL_INDEX):
@@ -111,24 +283,154 @@ class RedisStore:
         assert value is None or isinstance(value, bytes)  # the client is made without decode_responses
         return value
 
+    # -- the writer lease -------------------------------------------------------------------------------------
+
+    def take_lease(self) -> None:
+        """Take the database's writer lease for ``lease_seconds``; a lease whose holder ran on this host and
+        is gone is taken over at once. Does nothing if this store holds it already.
+
+        Raises:
+            StoreLocked: naming the holder, when another node holds it.
+        """
+        if self._lease is not None:
+            return
+        me = LeaseHolder.of_this_process()
+        value = me.encode()
+        expected, previous = b"", None
+        for _ in range(5):  # another attempt only when the lease changed hands between two looks
+            taken, current, pttl = self._run(self._take, expected, value, self._lease_ms)
+            if taken:
+                self._lease = value
+                if previous is not None:
+                    log.warning("took over the writer lease of %s: that process no longer runs", previous.describe())
+                return
+            holder = LeaseHolder.decode(current)
+            if current and (holder is None or not holder.gone()):
+                who = holder.describe() if holder is not None else f"an unknown holder ({current[:200]!r})"
+                raise StoreLocked(
+                    f"another node persists to this Redis database ({who}); {_expiry(pttl)}. Only one node may "
+                    "persist to a database at a time: stop that node, or give this one another database; if "
+                    "that node is gone for good, start this one again once its lease has expired"
+                )
+            expected, previous = current, holder  # gone (take it over), or free by now
+        raise StoreLocked("the writer lease of this Redis database keeps changing hands: is another node starting?")
+
+    def renew_lease(self) -> None:
+        """Extend the writer lease to ``lease_seconds`` from now (taking it back if it expired and no other
+        node took it meanwhile).
+
+        Raises:
+            StoreLocked: when another node took the lease: this store writes nothing more.
+            redis.RedisError: when Redis cannot be reached.
+        """
+        if self._lost is not None:
+            raise self._lost
+        me = self._held()
+        renewed, current, pttl = self._run(self._renew, me, self._lease_ms)
+        if renewed == 2:
+            log.warning("the writer lease had expired and no other node took it: taken back")
+        elif not renewed:
+            raise self._lose(current or None, pttl)
+
+    def release_lease(self) -> None:
+        """Give the writer lease up, if this store still holds it (compare-and-delete). Writing needs it."""
+        me, self._lease = self._lease, None
+        if me is not None and self._lost is None:
+            self._release(keys=[keys.LEASE, keys.LEASE_HOLDER], args=[me])
+
+    def _held(self) -> bytes:
+        if self._lease is None:
+            raise RuntimeError("RedisStore used without its writer lease (open_epoch first)")
+        return self._lease
+
+    def _run(self, script: redis.commands.core.Script, *args: bytes | int) -> tuple[int, bytes, int]:
+        taken, current, pttl = script(keys=[keys.LEASE, keys.LEASE_HOLDER], args=list(args))
+        return int(taken), bytes(current), int(pttl)
+
+    def _watch_lease(self, pipe: redis.client.Pipeline) -> None:
+        """WATCH the lease keys on ``pipe`` and check that this store may write, then start its MULTI: a
+        transaction queued on it runs only if no other node took the lease before its EXEC.
+
+        Raises:
+            StoreLocked: when another node took the lease.
+            RedisDataLost: if the epoch marker vanished or changed.
+        """
+        if self._lost is not None:
+            raise self._lost
+        me = self._held()
+        pipe.watch(keys.LEASE, keys.LEASE_HOLDER)  # type: ignore[no-untyped-call]
+        values: list[bytes | None] = pipe.mget(keys.LEASE, keys.LEASE_HOLDER, keys.EPOCH)  # type: ignore[assignment]
+        lease, holder, epoch = values  # bytes: the client is made without decode_responses
+        if self._epoch is not None and epoch != self._epoch:
+            raise self._epoch_changed(epoch)
+        if lease == me:
+            pipe.multi()
+            return
+        if lease is None and holder == me:
+            log.warning("the writer lease had expired and no other node took it: taken back")
+            pipe.multi()
+            pipe.set(keys.LEASE, me, px=self._lease_ms)
+            return
+        raise self._lose(lease, self._redis.pttl(keys.LEASE))
+
+    def _lose(self, current: bytes | None, pttl: int) -> StoreLocked:
+        """Record for good that another node took the lease; the error that says so."""
+        mine = LeaseHolder.decode(self._held())
+        holder = LeaseHolder.decode(current) if current is not None else None
+        if holder is not None:
+            who = f"to another node ({holder.describe()}; {_expiry(pttl)})"
+        elif current is not None:
+            who = f"to an unknown holder ({current[:200]!r})"
+        else:
+            who = "to another node, which has released it since"
+        self._lost = StoreLocked(
+            f"this node ({mine.describe() if mine else 'unknown'}) lost the writer lease of its Redis database "
+            f"{who}: it stalled or could not reach Redis for longer than the {self.lease_seconds:g} s lease. It "
+            "writes nothing more to Redis, so it acknowledges and delivers nothing more: stop it (what it did "
+            "not acknowledge was not stored) and let one node persist to the database"
+        )
+        return self._lost
+
+    def _epoch_changed(self, found: object) -> RedisDataLost:
+        return RedisDataLost(
+            f"{keys.EPOCH} changed from {self._epoch!r} to {found!r}: Redis lost the data written "
+            "before (restarted without persistence, flushed, or failed over to an empty replica)"
+        )
+
     # -- writing --------------------------------------------------------------------------------------------
 
     def apply(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` in order, in one transaction.
+        """Apply ``ops`` in order, in one transaction, if this store still holds the writer lease.
 
         After a call raised, the next call must begin with the same operations (the caller retries what it
         holds, plus what came since): a transaction can run although its reply was lost, and the operations
         it did apply are then skipped, never applied twice.
 
         Raises:
+            StoreLocked: if another node took the writer lease (nothing is written, now or later).
             RedisDataLost: if the epoch marker vanished or changed (Redis restarted without our data).
-            redis.RedisError: when Redis cannot be reached; ``ops`` may or may not have been applied.
+            redis.RedisError: when Redis cannot be reached (``ops`` may or may not have been applied), or
+                ``redis.WatchError`` when the lease keys changed during the transaction (not applied).
         """
+        if self._lost is not None:
+            raise self._lost
         ops = self._skip_applied(ops)
         if not ops:
             return
         token = uuid.uuid4().hex.encode()
-        pipe = self._redis.pipeline(transaction=True)
+        with self._redis.pipeline(transaction=True) as pipe:
+            self._watch_lease(pipe)
+            self._queue(pipe, ops)
+            pipe.set(self._marker, token, ex=_MARKER_TTL)
+            pipe.get(keys.EPOCH)
+            self._unsure = (token, len(ops))
+            results = pipe.execute()
+        if self._epoch is not None and results[-1] != self._epoch:
+            raise self._epoch_changed(results[-1])
+        self._unsure = None
+
+    @staticmethod
+    def _queue(pipe: redis.client.Pipeline, ops: Sequence[Op]) -> None:
         channels: set[str] = set()
         # Consecutive appends to one list become one RPUSH: a burst of a channel costs one command.
         pushing: str | None = None
@@ -168,16 +470,6 @@ class RedisStore:
                 raise TypeError(f"unknown operation {type(op).__name__}")
         push(None)
         pipe.sadd(keys.CHANNEL_INDEX, *channels)
-        pipe.set(self._marker, token, ex=_MARKER_TTL)
-        pipe.get(keys.EPOCH)
-        self._unsure = (token, len(ops))
-        results = pipe.execute()
-        if self._epoch is not None and results[-1] != self._epoch:
-            raise RedisDataLost(
-                f"{keys.EPOCH} changed from {self._epoch!r} to {results[-1]!r}: Redis lost the data written "
-                "before (restarted without persistence, flushed, or failed over to an empty replica)"
-            )
-        self._unsure = None
 
     def _skip_applied(self, ops: Sequence[Op]) -> Sequence[Op]:
         """``ops`` without those the last, failed transaction applied after all (its marker is set)."""
@@ -195,7 +487,11 @@ class RedisStore:
 
     def load(self) -> list[ChannelSnapshot]:
         """Load every persisted channel, putting each item in flight back at its queue's head with its
-        attempt raised. Entries that fail to decode move to the channel's dead-letter list."""
+        attempt raised. Entries that fail to decode move to the channel's dead-letter list.
+
+        Raises:
+            StoreLocked: if another node took the writer lease (the repairs are not written).
+        """
         members: set[bytes] = self._redis.smembers(keys.CHANNEL_INDEX)  # type: ignore[assignment]
         channels = sorted(m.decode("utf-8") for m in members)
         pipe = self._redis.pipeline(transaction=False)
@@ -205,26 +501,27 @@ class RedisStore:
             pipe.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)
         raw = pipe.execute()
         snapshots = []
-        fix = self._redis.pipeline(transaction=True)
-        empty = []
-        for index, channel in enumerate(channels):
-            in_flight_raw, queue_raw, open_raw = raw[3 * index : 3 * index + 3]
-            in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix)
-            waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix)
-            entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix)
-            if in_flight:
-                redelivered = [replace(item, attempt=item.attempt + 1) for item in in_flight]
-                fix.delete(keys.channel_key(keys.PROCESSING, channel))
-                for item in reversed(redelivered):
-                    fix.lpush(keys.queue_key(channel), codec.encode(item))
-                waiting = redelivered + waiting
-            if not waiting and not entries:
-                empty.append(channel)
-                continue
-            snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries)))
-        if empty:
-            fix.srem(keys.CHANNEL_INDEX, *empty)
-        fix.execute()
+        with self._redis.pipeline(transaction=True) as fix:
+            self._watch_lease(fix)
+            empty = []
+            for index, channel in enumerate(channels):
+                in_flight_raw, queue_raw, open_raw = raw[3 * index : 3 * index + 3]
+                in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix)
+                waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix)
+                entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix)
+                if in_flight:
+                    redelivered = [replace(item, attempt=item.attempt + 1) for item in in_flight]
+                    fix.delete(keys.channel_key(keys.PROCESSING, channel))
+                    for item in reversed(redelivered):
+                        fix.lpush(keys.queue_key(channel), codec.encode(item))
+                    waiting = redelivered + waiting
+                if not waiting and not entries:
+                    empty.append(channel)
+                    continue
+                snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries)))
+            if empty:
+                fix.srem(keys.CHANNEL_INDEX, *empty)
+            fix.execute()
         return snapshots
 
     def _decode_all(

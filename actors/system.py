@@ -30,6 +30,7 @@ from protocol.errors import (
     InvalidSettings,
     MessageQueueError,
     RedisDataLost,
+    StoreLocked,
     StoreUnavailable,
     Timeout,
     UnsafeRedis,
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _STARTUP_ERRORS: dict[str, type[MessageQueueError]] = {
     "UnsafeRedis": UnsafeRedis,
     "RedisDataLost": RedisDataLost,
+    "StoreLocked": StoreLocked,
     "ConnectionError": StoreUnavailable,
     "TimeoutError": StoreUnavailable,
 }

@@ -41,3 +41,8 @@ class RedisDataLost(MessageQueueError):
 
 class StoreUnavailable(MessageQueueError):
     """The Redis server could not be reached."""
+
+
+class StoreLocked(MessageQueueError):
+    """Another node holds the writer lease of the Redis database: this node may not persist to it (refused at
+    start, or every write refused after the lease passed to another node). The message names the holder."""

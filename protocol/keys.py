@@ -29,6 +29,11 @@ ROLES = (QUEUE, CONFIG, PROCESSING, OPEN_BATCH, DEAD_LETTER)
 
 CHANNEL_INDEX = f"{PREFIX}:index:channels"  # set of channel ids holding persisted state
 EPOCH = f"{PREFIX}:index:epoch"  # written once; its absence after data was seen means Redis lost data
+# The writer lease: the one node allowed to persist to this database ("host=... pid=... taken=... token=...",
+# with an expiry its holder keeps renewing), and the last node that took it (same value, no expiry), which
+# lets a holder whose lease merely expired take it back when nobody else took it meanwhile.
+LEASE = f"{PREFIX}:index:lease"
+LEASE_HOLDER = f"{PREFIX}:index:holder"
 
 
 def channel_key(role: str, channel_id: str) -> str:

@@ -3,6 +3,10 @@ restarted system resumes every channel where the last one stopped."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import socket
 import time
 from typing import Iterator, Optional
 
@@ -10,10 +14,12 @@ import pytest
 import redis
 
 from actor_support import HOLD
-from protocol.errors import RedisDataLost, UnsafeRedis
+from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
+from actors.journal import OpenStore, StoreOpened
+from actors.store import LeaseHolder
 from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
-from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront
+from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront, EnqueueMany
 from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
 from redis_support import RedisServer, redis_server
 from test_actors import Harness, message, texts
@@ -212,3 +218,115 @@ def test_a_call_gets_its_own_reply_while_an_earlier_acknowledgement_waits_for_re
         assert held.result(15) == Enqueued(2)
     finally:
         driver.stop()
+
+
+
+# -- one persisting node per database: the writer lease ---------------------------------------------------------
+
+
+def lease_of(client: redis.Redis) -> Optional[LeaseHolder]:
+    raw = client.get(keys.LEASE)
+    assert raw is None or isinstance(raw, bytes)
+    return LeaseHolder.decode(raw) if raw is not None else None
+
+
+def test_a_second_node_on_the_same_database_is_refused_naming_the_holder(
+    node: Node, client: redis.Redis, redis_srv: RedisServer
+) -> None:
+    from actors.driver import InProcessDriver
+
+    h = node.start()
+    holder = lease_of(client)
+    assert holder is not None and holder.host == socket.gethostname()
+    if node.base == SIMPLE_BASE:
+        assert holder.pid == os.getpid()  # every actor runs in this process
+    else:
+        assert holder.pid in h.running.processes()  # RedisPersistence's own process
+    named = rf"another node persists to this Redis database \(host '{holder.host}', pid {holder.pid}, .*expires in"
+    with pytest.raises(StoreLocked, match=named):
+        start_system(SIMPLE_BASE, redis_url=redis_srv.url)
+    driver = InProcessDriver(lambda output: None, redis_url=redis_srv.url)
+    with pytest.raises(StoreLocked, match=named):
+        driver.start()
+    h.enqueue(message("c", "a"))  # the node holding the lease carries on
+    assert lease_of(client) == holder
+
+
+def test_the_first_use_of_a_message_queue_on_a_database_in_use_raises_store_locked(
+    node: Node, redis_srv: RedisServer
+) -> None:
+    import redis.asyncio as aioredis
+
+    from message_queue import MessageQueue, QueuedMessage
+
+    node.start()
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_srv.url)
+        try:
+            async with MessageQueue(redis=client) as mq:
+                with pytest.raises(StoreLocked, match="another node persists to this Redis database"):
+                    await mq.enqueue(QueuedMessage("slack", "c", "u1", "Ada", "hi"))
+        finally:
+            await client.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_clean_shutdown_releases_the_lease(node: Node, client: redis.Redis) -> None:
+    node.start()
+    assert client.exists(keys.LEASE, keys.LEASE_HOLDER) == 2
+    node.stop()
+    assert client.exists(keys.LEASE, keys.LEASE_HOLDER) == 0
+    node.start()  # and the next node starts at once
+    assert lease_of(client) is not None
+
+
+def test_a_node_whose_lease_was_taken_acknowledges_nothing_more(
+    redis_srv: RedisServer, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = Node(SIMPLE_BASE, redis_srv)  # one process: its log is ours to read
+    try:
+        h = n.start()
+        h.enqueue(message("c", "a"))
+        thief = LeaseHolder("elsewhere.example", 4242, time.time(), None, "thief").encode()
+        client.set(keys.LEASE, thief, px=60_000)  # another node took the lease after ours expired
+        client.set(keys.LEASE_HOLDER, thief)
+        with caplog.at_level(logging.CRITICAL, logger="actors.persistence"):
+            assert h.asys.ask(h.supervisor, EnqueueMany((message("c", "b"),), ack=True), 1.0) is None
+            assert h.asys.ask(h.supervisor, EnqueueFront(message("c", "c"), ack=True), 0.5) is None
+        assert "lost the writer lease" in caplog.text and "'elsewhere.example', pid 4242" in caplog.text
+        opened = stored(client, keys.OPEN_BATCH, "c")
+        assert [e.message.text for e in opened if isinstance(e, OpenEntry)] == ["a"]
+        assert client.llen(keys.queue_key("c")) == 0
+    finally:
+        n.stop()
+    assert client.get(keys.LEASE) == thief  # the node's exit gave back nothing that was not its own
+
+
+def test_the_lease_is_renewed_past_its_initial_expiry_and_released_at_exit(
+    redis_srv: RedisServer, client: redis.Redis
+) -> None:
+    from thespian.actors import ActorExitRequest
+
+    from actors.persistence import RedisPersistence
+
+    lease = 0.3
+    running = start_system(SIMPLE_BASE)  # no persistence of its own: a RedisPersistence driven by this test
+    try:
+        asys = running.asys
+        persistence = asys.createActor(RedisPersistence)
+        assert isinstance(asys.ask(persistence, OpenStore(redis_srv.url, lease_seconds=lease), 10), StoreOpened)
+        held = client.get(keys.LEASE)
+        assert held is not None
+        # The simple base runs the actor (and its renewal wakeups) only inside listen: let it run for five
+        # lease lengths, checking between every two looks that the lease never lapsed.
+        until = time.monotonic() + 5 * lease
+        while time.monotonic() < until:
+            assert asys.listen(0.02) is None
+            assert client.get(keys.LEASE) == held, "the lease lapsed or changed hands"
+        assert 0 < client.pttl(keys.LEASE) <= lease * 1000
+        asys.tell(persistence, ActorExitRequest())
+        assert client.exists(keys.LEASE, keys.LEASE_HOLDER) == 0
+    finally:
+        running.shutdown()
