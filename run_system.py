@@ -258,7 +258,7 @@ class TcpNode:
 
         Raises:
             Timeout: if the Supervisor does not answer.
-            UnsafeRedis, RedisDataLost, StoreUnavailable: as :func:`actors.system.start_system`.
+            UnsafeRedis, RedisDataLost, StoreLocked, StoreUnavailable: as :func:`actors.system.start_system`.
         """
         system = self._system = start_system(
             TCP_BASE,

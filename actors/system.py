@@ -231,6 +231,7 @@ def start_system(
         InvalidSettings: for an unsupported base or settings the Supervisor refuses.
         UnsafeRedis: if the Redis server could lose acknowledged writes and ``allow_volatile_redis`` is False.
         RedisDataLost: if Redis lost part of the data stored by an earlier run.
+        StoreLocked: if another node holds the Redis database's writer lease.
         Timeout: if the Supervisor does not answer within ``timeout`` seconds.
     """
     if base not in SUPPORTED_BASES:

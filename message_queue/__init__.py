@@ -10,7 +10,7 @@ finished batches to the event bus: :class:`RedisStreamEventBus` (a Redis stream 
 :func:`decode_entry`) or any object with ``async publish_inbound(batch)``.
 """
 
-from protocol.errors import RedisDataLost, StoreUnavailable, UnsafeRedis
+from protocol.errors import RedisDataLost, StoreLocked, StoreUnavailable, UnsafeRedis
 from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbound
 from message_queue.facade import Callback, MessageQueue
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
@@ -33,6 +33,7 @@ __all__ = [
     "RedisDataLost",
     "RedisQueue",
     "RedisStreamEventBus",
+    "StoreLocked",
     "StoreUnavailable",
     "UnsafeRedis",
     "current_inbound",

@@ -177,7 +177,9 @@ class MessageQueue:
               Open batches keep their messages' arrival times, so their windows run from before the
               restart. Delivery is at least once: an item whose callback had not finished when the queue
               was closed or the process died is delivered again after the restart, so a callback may see
-              the same messages twice. Use one queue per Redis database at a time. The server must not
+              the same messages twice. Use one queue per Redis database at a time: a writer lease
+              enforces it, and a second queue (or node) on the database raises
+              :class:`~protocol.errors.StoreLocked` on first use. The server must not
               lose acknowledged writes (``appendonly yes``, ``maxmemory-policy noeviction``): otherwise
               the first use raises
               :class:`~actors.store.UnsafeRedis`, unless ``allow_volatile_redis`` is True (then a warning is
