@@ -63,6 +63,7 @@ import msgpack  # msgpack ships no type information (setup.cfg ignores its impor
 
 from protocol.errors import DecodeError, InvalidInput
 from protocol.limits import (
+    MAX_CHANNEL_ID_BYTES,
     MAX_EXTRA_BYTES,
     MAX_EXTRA_DEPTH,
     MAX_NAME_BYTES,
@@ -331,9 +332,12 @@ def _datetime(name: str) -> _Field:
         if offset is not None and (type(offset) is not int or not -_DAY_US < offset < _DAY_US):
             raise _Bad(f"{name} offset must be nil or an int of microseconds within a day, got {offset!r}")
         try:
+            # timedelta(days, seconds, microseconds): positional, about twice as fast as by keyword
             if offset is None:
-                return _EPOCH + timedelta(seconds=seconds, microseconds=micros)
-            return _epoch_at(offset) + timedelta(seconds=seconds, microseconds=micros + offset)
+                return _EPOCH + timedelta(0, seconds, micros)
+            if offset == 0:  # UTC, the common case (timezone(timedelta(0)) is timezone.utc)
+                return _EPOCH_UTC + timedelta(0, seconds, micros)
+            return _epoch_at(offset) + timedelta(0, seconds, micros + offset)
         except OverflowError as exc:
             raise _Bad(f"{name} is out of the range of datetime: {value!r}") from exc
 
@@ -400,6 +404,11 @@ def _schema(
 
 
 def _encode_fields(schema: _Schema, value: Any) -> list[object]:
+    fast = _FAST_ENCODERS.get(schema.tag)
+    if fast is not None:
+        encoded = fast(value)
+        if encoded is not None:
+            return encoded
     out: list[object] = [schema.tag]
     try:
         for encode_field, field_value in zip(schema.encoders, schema.get(value)):
@@ -447,6 +456,11 @@ def _decode_tagged(obj: object, allowed: Mapping[str, _Schema], what: str) -> ob
         if tag in _BY_TAG:
             raise _Bad(f"{what} must be a {_names(allowed)}, got tag {tag!r} ({_BY_TAG[tag].cls.__name__})")
         raise _Bad(f"unknown tag {tag[:40]!r}")
+    fast = _FAST_DECODERS.get(tag)
+    if fast is not None:
+        decoded = fast(obj)
+        if decoded is not None:
+            return decoded
     return _decode_fields(schema, obj)
 
 
@@ -534,6 +548,137 @@ _ITEM = _schema(
     _nested("payload", _MESSAGE, _BATCH),
     _int("attempt", 1),
 )
+# -- fast paths ------------------------------------------------------------------------------------------
+#
+# The common message (every text field a plain ASCII str within its limit, no ``extra``), a batch of them and
+# a queue item holding either, encoded and decoded without a check call per field. They produce exactly what the generic
+# path produces; anything else (non-ASCII text, extra, a str subclass, any doubt) returns None and takes the
+# generic path, which also reports every error. Stored state is mostly such values: this roughly halves the
+# cost of writing and restoring it.
+
+_QUEUED_AT_ENCODE = _MESSAGE.encoders[5]
+_QUEUED_AT_DECODE: Final[Callable[[Any], Any]] = _MESSAGE.decoders[5]  # the _datetime decoder
+_BATCH_AT_ENCODE = _BATCH.encoders[1]
+_BATCH_AT_DECODE: Final[Callable[[Any], Any]] = _BATCH.decoders[1]
+
+
+def _plain_message(platform: object, channel: object, user_id: object, user_name: object, text: object,
+                   extra: object) -> bool:
+    return (
+        type(platform) is str
+        and type(channel) is str
+        and type(user_id) is str
+        and type(user_name) is str
+        and type(text) is str
+        and type(extra) is dict
+        and not extra
+        and 0 < len(channel) <= MAX_CHANNEL_ID_BYTES
+        and len(platform) <= MAX_NAME_BYTES
+        and len(user_id) <= MAX_NAME_BYTES
+        and len(user_name) <= MAX_NAME_BYTES
+        and len(text) <= MAX_TEXT_BYTES
+        and channel.isascii()
+        and platform.isascii()
+        and user_id.isascii()
+        and user_name.isascii()
+        and text.isascii()
+    )
+
+
+def _fast_encode_message(value: Any) -> list[object] | None:
+    if type(value) is not QueuedMessage or type(value.queued_at) is not datetime:
+        return None
+    platform, channel, user_id, user_name, text, extra = (
+        value.platform, value.channel_id, value.user_id, value.user_name, value.text, value.extra
+    )
+    if not _plain_message(platform, channel, user_id, user_name, text, extra):
+        return None
+    return [_MESSAGE.tag, platform, channel, user_id, user_name, text, _QUEUED_AT_ENCODE(value.queued_at), extra]
+
+
+def _fast_decode_message(obj: list[Any]) -> QueuedMessage | None:
+    if len(obj) != 8:
+        return None
+    _, platform, channel, user_id, user_name, text, queued_at, extra = obj
+    if not _plain_message(platform, channel, user_id, user_name, text, extra):
+        return None
+    try:
+        at = _QUEUED_AT_DECODE(queued_at)
+    except _Bad:
+        return None  # the generic path reports it, with its field path
+    return QueuedMessage(platform, channel, user_id, user_name, text, at, extra)
+
+
+def _fast_encode_batch(value: Any) -> list[object] | None:
+    if type(value) is not MessageBatch or type(value.messages) is not list:
+        return None
+    if type(value.first_at) is not datetime or type(value.last_at) is not datetime:
+        return None
+    messages = []
+    for message in value.messages:
+        encoded = _fast_encode_message(message)
+        if encoded is None:
+            return None
+        messages.append(encoded)
+    if len(messages) > MAX_SEQUENCE_ITEMS:
+        return None
+    return [_BATCH.tag, messages, _BATCH_AT_ENCODE(value.first_at), _BATCH_AT_ENCODE(value.last_at)]
+
+
+def _fast_decode_batch(obj: list[Any]) -> MessageBatch | None:
+    if len(obj) != 4 or type(obj[1]) is not list:
+        return None
+    messages = []
+    for element in obj[1]:
+        if type(element) is not list or not element or element[0] != _MESSAGE.tag:
+            return None
+        message = _fast_decode_message(element)
+        if message is None:
+            return None
+        messages.append(message)
+    try:
+        first_at, last_at = _BATCH_AT_DECODE(obj[2]), _BATCH_AT_DECODE(obj[3])
+    except _Bad:
+        return None
+    return MessageBatch(messages, first_at, last_at)
+
+
+def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
+    if len(obj) != 5:
+        return None
+    _, item_id, channel, payload, attempt = obj
+    if not (
+        type(item_id) is str
+        and type(channel) is str
+        and type(attempt) is int
+        and type(payload) is list
+        and 0 < len(item_id) <= MAX_NAME_BYTES
+        and 0 < len(channel) <= MAX_CHANNEL_ID_BYTES
+        and 1 <= attempt <= _MAX_INT
+        and item_id.isascii()
+        and channel.isascii()
+        and payload
+    ):
+        return None
+    decoded: QueuedMessage | MessageBatch | None
+    if payload[0] == _MESSAGE.tag:
+        decoded = _fast_decode_message(payload)
+    elif payload[0] == _BATCH.tag:
+        decoded = _fast_decode_batch(payload)
+    else:
+        return None
+    if decoded is None:
+        return None
+    return QueueItem(item_id, channel, decoded, attempt)
+
+
+_FAST_ENCODERS: Mapping[str, Callable[[Any], list[object] | None]] = MappingProxyType(
+    {_MESSAGE.tag: _fast_encode_message, _BATCH.tag: _fast_encode_batch}
+)
+_FAST_DECODERS: Mapping[str, Callable[[list[Any]], object]] = MappingProxyType(
+    {_MESSAGE.tag: _fast_decode_message, _BATCH.tag: _fast_decode_batch, _ITEM.tag: _fast_decode_item}
+)
+
 _SETTINGS = _schema(
     "settings",
     BatchSettings,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
@@ -994,3 +995,75 @@ def test_validate_message_applies_check_extra() -> None:
 @given(extra=extras)
 def test_check_extra_accepts_what_the_strategy_builds(extra: dict[str, Any]) -> None:
     check_extra(extra)
+
+
+# -- the fast paths for plain messages, batches and items ---------------------------------------------------
+
+plain_chars = st.characters(min_codepoint=0, max_codepoint=127)
+plain_names = st.text(plain_chars, max_size=40)
+plain_messages = st.builds(
+    QueuedMessage,
+    platform=plain_names,
+    channel_id=st.text(plain_chars, min_size=1, max_size=40),
+    user_id=plain_names,
+    user_name=plain_names,
+    text=st.text(plain_chars, max_size=200),
+    queued_at=datetimes,
+    extra=st.one_of(st.just({}), extras),
+)
+plain_batches = st.builds(
+    MessageBatch, messages=st.lists(plain_messages, max_size=5), first_at=datetimes, last_at=datetimes
+)
+plain_items = st.builds(
+    QueueItem,
+    item_id=st.text(plain_chars, min_size=1, max_size=40),
+    channel_id=st.text(plain_chars, min_size=1, max_size=40),
+    payload=st.one_of(plain_messages, plain_batches),
+    attempt=st.integers(1, MAX_INT),
+)
+
+
+@contextlib.contextmanager
+def generic_codec() -> Iterator[None]:
+    """The codec with its fast paths switched off."""
+    import protocol.codec as codec_module
+
+    saved = codec_module._FAST_ENCODERS, codec_module._FAST_DECODERS
+    codec_module._FAST_ENCODERS, codec_module._FAST_DECODERS = {}, {}
+    try:
+        yield
+    finally:
+        codec_module._FAST_ENCODERS, codec_module._FAST_DECODERS = saved
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(plain_items, plain_batches, plain_messages, items))
+def test_the_fast_paths_encode_and_decode_exactly_as_the_generic_path(value: Any) -> None:
+    fast = encode(value)
+    with generic_codec():
+        generic = encode(value)
+    assert fast == generic
+    decoded = decode(fast, type(value))
+    with generic_codec():
+        expected = decode(generic, type(value))
+    assert decoded == expected
+    assert repr(decoded) == repr(expected)  # the same tzinfo on every datetime, the same field types
+
+
+def test_values_the_fast_paths_leave_alone_still_get_the_generic_checks() -> None:
+    too_long = message(text="x" * (MAX_TEXT_BYTES + 1))
+    with pytest.raises(InvalidInput) as fast:
+        encode(QueueItem("i", too_long.channel_id, MessageBatch([message(), too_long])))
+    with generic_codec(), pytest.raises(InvalidInput) as generic:
+        encode(QueueItem("i", too_long.channel_id, MessageBatch([message(), too_long])))
+    assert str(fast.value) == str(generic.value)
+    assert "payload.messages[1].text" in str(fast.value)
+    # a plain message whose time is broken on the wire: the generic path names the field
+    frame = wire(QueueItem("i", "chan", message()))
+    frame[3][6] = [0, 1_000_000, None]
+    with pytest.raises(DecodeError) as broken:
+        decode(pack(frame), QueueItem)
+    with generic_codec(), pytest.raises(DecodeError) as generic_broken:
+        decode(pack(frame), QueueItem)
+    assert str(broken.value) == str(generic_broken.value)
+    assert "queued_at" in str(broken.value)
