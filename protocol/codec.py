@@ -643,6 +643,37 @@ def _fast_decode_batch(obj: list[Any]) -> MessageBatch | None:
     return MessageBatch(messages, first_at, last_at)
 
 
+def _fast_encode_item(value: Any) -> list[object] | None:
+    if type(value) is not QueueItem:
+        return None
+    item_id, channel, attempt = value.item_id, value.channel_id, value.attempt
+    if not (
+        type(item_id) is str
+        and type(channel) is str
+        and type(attempt) is int
+        and 0 < len(item_id) <= MAX_NAME_BYTES
+        and 0 < len(channel) <= MAX_CHANNEL_ID_BYTES
+        and 1 <= attempt <= _MAX_INT
+        and item_id.isascii()
+        and channel.isascii()
+    ):
+        return None
+    payload = value.payload
+    encoded = _fast_encode_message(payload) if type(payload) is QueuedMessage else _fast_encode_batch(payload)
+    if encoded is None:
+        return None
+    return [_ITEM.tag, item_id, channel, encoded, attempt]
+
+
+def _fast_encode_open_entry(value: Any) -> list[object] | None:
+    if type(value) is not OpenEntry or type(value.arrived_at) is not float or not math.isfinite(value.arrived_at):
+        return None
+    message = _fast_encode_message(value.message)
+    if message is None:
+        return None
+    return [_OPEN_ENTRY_TAG, message, value.arrived_at]
+
+
 def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
     if len(obj) != 5:
         return None
@@ -672,8 +703,14 @@ def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
     return QueueItem(item_id, channel, decoded, attempt)
 
 
+_OPEN_ENTRY_TAG: Final = "open_entry"
 _FAST_ENCODERS: Mapping[str, Callable[[Any], list[object] | None]] = MappingProxyType(
-    {_MESSAGE.tag: _fast_encode_message, _BATCH.tag: _fast_encode_batch}
+    {
+        _MESSAGE.tag: _fast_encode_message,
+        _BATCH.tag: _fast_encode_batch,
+        _ITEM.tag: _fast_encode_item,
+        _OPEN_ENTRY_TAG: _fast_encode_open_entry,
+    }
 )
 _FAST_DECODERS: Mapping[str, Callable[[list[Any]], object]] = MappingProxyType(
     {_MESSAGE.tag: _fast_decode_message, _BATCH.tag: _fast_decode_batch, _ITEM.tag: _fast_decode_item}
@@ -706,7 +743,7 @@ _SCHEMAS: Final = (
     _ITEM,
     _SETTINGS,
     _CHANNEL_STATISTICS,
-    _schema("open_entry", OpenEntry, _nested("message", _MESSAGE), _number("arrived_at")),
+    _schema(_OPEN_ENTRY_TAG, OpenEntry, _nested("message", _MESSAGE), _number("arrived_at")),
     _schema(
         "dead_letter",
         DeadLetter,

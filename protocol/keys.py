@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 
 from protocol.limits import validate_channel_id
 
@@ -43,9 +44,19 @@ def channel_key(role: str, channel_id: str) -> str:
         ValueError: for an unknown role.
         InvalidInput: for a channel id that breaks the limits.
     """
+    if type(role) is str and type(channel_id) is str:
+        return _cached_channel_key(role, channel_id)
+    return _channel_key(role, channel_id)
+
+
+def _channel_key(role: str, channel_id: str) -> str:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     return f"{PREFIX}:{role}:{validate_channel_id(channel_id)}"
+
+
+# On every stored operation's path; a call that raised is not cached.
+_cached_channel_key = functools.lru_cache(maxsize=1 << 16)(_channel_key)
 
 
 def queue_key(channel_id: str) -> str:

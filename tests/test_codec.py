@@ -1037,7 +1037,16 @@ def generic_codec() -> Iterator[None]:
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(plain_items, plain_batches, plain_messages, items))
+@given(
+    st.one_of(
+        plain_items,
+        plain_batches,
+        plain_messages,
+        items,
+        st.builds(OpenEntry, message=plain_messages, arrived_at=finite),
+        st.builds(OpenEntry, message=messages, arrived_at=finite),
+    )
+)
 def test_the_fast_paths_encode_and_decode_exactly_as_the_generic_path(value: Any) -> None:
     fast = encode(value)
     with generic_codec():
