@@ -76,6 +76,17 @@ def test_operations_are_mirrored_and_load_restores_queue_open_batch_and_in_fligh
     assert [i.attempt for i in again.waiting] == [2, 1, 1]
 
 
+def test_a_transaction_larger_than_one_push_is_applied_whole_and_in_order(store: RedisStore) -> None:
+    # more values for one list, and more channels, than one RPUSH or SADD of the apply script takes
+    big = [PushTail("big", item("big", f"i{n}", f"m{n}"), closes_open=False) for n in range(2_500)]
+    many = [AppendOpen(f"c{n}", OpenEntry(message(f"c{n}", "x"), 1.0)) for n in range(1_500)]
+    store.apply(big + many + [TakeHead("big"), FinishInFlight("big")])
+    snapshots = {snap.channel_id: snap for snap in store.load()}
+    assert len(snapshots) == 1_501
+    assert [i.item_id for i in snapshots["big"].waiting] == [f"i{n}" for n in range(1, 2_500)]
+    assert all(len(snapshots[f"c{n}"].open_entries) == 1 for n in range(1_500))
+
+
 def test_finished_and_cleared_items_are_not_restored(store: RedisStore) -> None:
     store.apply([PushTail("c", item("c", "i1", "a"), False), TakeHead("c"), FinishInFlight("c")])
     store.apply([PushTail("d", item("d", "j1", "x"), False), ClearQueue("d")])
