@@ -338,7 +338,8 @@ class MessageQueue:
 
     def queue_size(self, channel: str) -> int:
         """The number of finished items of ``channel`` waiting for its callback (not the open batch, not the
-        item being processed), as last reported by the actors; 0 for an unknown channel."""
+        item being processed), as last reported by the actors; 0 for an unknown channel, and always 0 in
+        distributed mode (finished batches go to the event bus at once; see :meth:`statistics`)."""
         chan = self._channels.get(channel)
         return chan.queued if chan is not None else 0
 
@@ -417,7 +418,9 @@ class MessageQueue:
         return reply.removed
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools)."""
+        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools). In
+        distributed mode: the channels given to ``start_processing`` here, with ``queue_size`` 0 and
+        ``is_processing`` False (use :meth:`statistics` for what Redis holds)."""
         return {
             channel_id: {
                 "queue_size": chan.queued,
