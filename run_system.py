@@ -98,12 +98,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import FrameType
-from typing import IO, Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar, Union
+from typing import IO, Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from thespian.actors import ActorAddress
 
-from actors.driver import DriverStopped, InProcessDriver, Output
+from actors.driver import STOP, Command, DriverStopped, Inbox, InProcessDriver, Output
 from actors.system import SIMPLE_BASE, SUPPORTED_BASES, TCP_BASE, RunningSystem, start_system
 from protocol.errors import (
     InvalidInput,
@@ -196,19 +196,6 @@ def _expect(reply: object, expected: type[_Reply], command: str) -> _Reply:
     return reply
 
 
-@dataclass(frozen=True, slots=True)
-class _Command:
-    msg: object
-    future: Future[object] | None
-    to: ActorAddress | None = None  # None: the Supervisor
-
-
-class _Stop:
-    """Tells the sender thread to end."""
-
-
-_STOP = _Stop()
-_Inbox = Union[QueuedMessage, _Command, _Stop]
 
 
 class TcpNode:
@@ -236,7 +223,7 @@ class TcpNode:
         self._redis_url = redis_url
         self._allow_volatile_redis = allow_volatile_redis
         self._restored = 0
-        self._inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._system: RunningSystem | None = None
@@ -280,11 +267,11 @@ class TcpNode:
         self._inbox.put(message)
 
     def tell(self, msg: object, to: ActorAddress | None = None) -> None:
-        self._inbox.put(_Command(msg, None, to))
+        self._inbox.put(Command(msg, None, to))
 
     def call(self, msg: object) -> Future[object]:
         future: Future[object] = Future()
-        self._inbox.put(_Command(msg, future))
+        self._inbox.put(Command(msg, future))
         return future
 
     @property
@@ -294,7 +281,7 @@ class TcpNode:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop both threads and every process of the actor system. Idempotent."""
         self._stopping.set()
-        self._inbox.put(_STOP)
+        self._inbox.put(STOP)
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
@@ -311,7 +298,7 @@ class TcpNode:
                         endpoint.tell(system.supervisor if command.to is None else command.to, command.msg)
                     elif command.future.set_running_or_notify_cancel():
                         command.future.set_result(endpoint.ask(system.supervisor, command.msg, REPLY_TIMEOUT))
-                if _STOP in items:
+                if STOP in items:
                     return
 
     def _listen_loop(self, system: RunningSystem) -> None:
@@ -323,7 +310,7 @@ class TcpNode:
                 log.warning("unexpected %s ignored", type(response).__name__)
 
 
-def _drain(inbox: queue.SimpleQueue[_Inbox]) -> list[_Inbox]:
+def _drain(inbox: queue.SimpleQueue[Inbox]) -> list[Inbox]:
     """Block for one item, then take whatever else is already waiting (bounded)."""
     items = [inbox.get()]
     while len(items) < _MAX_COALESCED:
@@ -334,7 +321,7 @@ def _drain(inbox: queue.SimpleQueue[_Inbox]) -> list[_Inbox]:
     return items
 
 
-def _commands(items: Sequence[_Inbox]) -> Iterator[_Command]:
+def _commands(items: Sequence[Inbox]) -> Iterator[Command]:
     """The commands ``items`` stand for, in order, with consecutive messages merged into one."""
     pending: list[QueuedMessage] = []
     for item in items:
@@ -344,14 +331,14 @@ def _commands(items: Sequence[_Inbox]) -> Iterator[_Command]:
         if pending:
             yield _enqueue_command(pending)
             pending = []
-        if isinstance(item, _Command):
+        if isinstance(item, Command):
             yield item
     if pending:
         yield _enqueue_command(pending)
 
 
-def _enqueue_command(messages: list[QueuedMessage]) -> _Command:
-    return _Command(Enqueue(messages[0]) if len(messages) == 1 else EnqueueMany(tuple(messages)), None)
+def _enqueue_command(messages: list[QueuedMessage]) -> Command:
+    return Command(Enqueue(messages[0]) if len(messages) == 1 else EnqueueMany(tuple(messages)), None)
 
 
 # == signals and a closed stdout =========================================================================

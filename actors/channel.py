@@ -302,13 +302,31 @@ class ChannelActor(Dispatcher):
         core = self._channel
         out: list[tuple[ActorAddress, object]] = []
         ops: list[Op] | None = [] if self._persistence is not None else None
-        deliver: tuple[int, Deliver] | None = None  # where in ``out`` its BatchReady goes, built below
         for effect in effects:
             if isinstance(effect, Deliver):
-                assert self._processor is not None
-                self._flight_processor = self._processor
-                deliver = (len(out), effect)
-                out.append((self._processor, effect))
+                processor = self._processor
+                assert processor is not None
+                self._flight_processor = processor
+                queued = -1
+                # Sent at once to a processor that also observes, the delivery reports the waiting count
+                # itself (the core's, final for this settle). Not when persisting: it leaves only once durable,
+                # and a later QueueChanged could overtake it.
+                if ops is None and self._observer is not None and processor == self._observer:
+                    queued = self._reported = core.queued
+                out.append(
+                    (
+                        processor,
+                        BatchReady(
+                            core.channel_id,
+                            effect.item,
+                            effect.delivery_id + self._delivery_base,
+                            effect.reason.value,
+                            effect.lateness,
+                            queued,
+                            self.myAddress,
+                        ),
+                    )
+                )
             elif isinstance(effect, DeliveryCancelled):
                 if self._flight_processor is not None:
                     out.append(
@@ -327,27 +345,6 @@ class ChannelActor(Dispatcher):
                 )
             if ops is not None:
                 _journal(core.channel_id, effect, ops)
-        report = self._observer is not None and bool(effects)
-        if deliver is not None:
-            index, effect = deliver
-            processor = out[index][0]
-            queued = -1
-            # Sent at once to a processor that also observes: the delivery reports the waiting count itself
-            # (not when persisting: it leaves only once durable, and a later QueueChanged could overtake it).
-            if report and ops is None and processor == self._observer:
-                queued = self._reported = core.queued
-            out[index] = (
-                processor,
-                BatchReady(
-                    core.channel_id,
-                    effect.item,
-                    effect.delivery_id + self._delivery_base,
-                    effect.reason.value,
-                    effect.lateness,
-                    queued,
-                    self.myAddress,
-                ),
-            )
         out.extend(then)
         if ops is not None:
             if ops or out:
@@ -357,7 +354,7 @@ class ChannelActor(Dispatcher):
         else:
             for address, message in out:
                 self.send(address, message)
-        if report:
+        if self._observer is not None and effects:
             self._report()
         deadline = core.deadline
         if deadline is not None and (self._deadline_wake is None or deadline < self._deadline_wake):

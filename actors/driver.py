@@ -59,19 +59,23 @@ _MAX_DEFERRED = 256  # fire-and-forget commands queued to the actors before they
 _IDLE_WAIT = 1.0  # longest block on the inbox when no wakeup is pending (seconds); only bounds shutdown checks
 
 
+# What other threads put on the inbox of a thread that drives an actor system (this driver, and the TCP node
+# of run_system.py): a message to enqueue, a command (with a future for its reply, or None), or STOP.
+
+
 @dataclass(frozen=True, slots=True)
-class _Command:
+class Command:
     msg: object
     future: Future[object] | None
     to: ActorAddress | None = None  # None: the Supervisor
 
 
-class _Stop:
-    pass
+class Stop:
+    """Tells the driving thread to end."""
 
 
-_STOP = _Stop()
-_Inbox = Union[QueuedMessage, _Command, _Stop]
+STOP = Stop()
+Inbox = Union[QueuedMessage, Command, Stop]
 
 
 class DriverStopped(RuntimeError):
@@ -101,7 +105,7 @@ class InProcessDriver:
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
         self._poll = poll_interval
-        self._inbox: queue.SimpleQueue[_Inbox] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._alive = False  # the thread runs its loop (set by the thread itself; cheaper than is_alive())
@@ -136,7 +140,7 @@ class InProcessDriver:
     def tell(self, msg: object, to: ActorAddress | None = None) -> None:
         """Send ``msg`` to the Supervisor, or to the actor ``to`` (such as a ``BatchReady``'s ``reply_to``);
         its reply is dropped (a ``Rejected`` one is logged as a warning)."""
-        self._inbox.put(_Command(msg, None, to))
+        self._inbox.put(Command(msg, None, to))
 
     def enqueue(self, message: QueuedMessage, *, checked: bool = False) -> None:
         """Fire-and-forget ``Enqueue``: the cheapest way in. ``checked``: the caller already ran
@@ -163,13 +167,13 @@ class InProcessDriver:
         if not self.running or self._stopping:
             future.set_exception(DriverStopped("the actor system driver is not running"))
             return future
-        self._inbox.put(_Command(msg, future))
+        self._inbox.put(Command(msg, future))
         return future
 
     def request_stop(self) -> None:
         """Ask the thread to stop and shut the system down, without waiting. Safe from any thread."""
         self._stopping = True
-        self._inbox.put(_STOP)
+        self._inbox.put(STOP)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread and shut the actor system down, waiting up to ``timeout`` s. Idempotent.
@@ -216,7 +220,7 @@ class InProcessDriver:
         pending: list[QueuedMessage] = []
         try:
             while True:
-                item: _Inbox | None
+                item: Inbox | None
                 try:
                     item = self._inbox.get(timeout=self._poll if timers is None else timers.wait_time())
                 except queue.Empty:
@@ -227,7 +231,7 @@ class InProcessDriver:
                         pending.append(item)
                         if len(pending) >= _MAX_COALESCED:
                             self._flush(asys, supervisor, pending)
-                    elif isinstance(item, _Stop):
+                    elif isinstance(item, Stop):
                         stop = True
                         break
                     else:
@@ -264,7 +268,7 @@ class InProcessDriver:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, _Command) and item.future is not None:
+            if isinstance(item, Command) and item.future is not None:
                 if item.future.set_running_or_notify_cancel():
                     item.future.set_exception(DriverStopped("the actor system driver stopped"))
 
@@ -382,6 +386,14 @@ class _SimpleBaseTimers:
         self.run_sends()
 
 
+def _own_endpoint(asys: object) -> tuple[Any, Any]:
+    """The simple base and its ``System:ExternalRequester`` entry (the endpoint of ``tell``/``ask`` from
+    outside the system, the driver's own), or None for either that cannot be read."""
+    base = getattr(asys, "_systemBase", None)
+    registry = getattr(base, "actorRegistry", None)
+    return base, (registry.get("System:ExternalRequester") if registry else None)
+
+
 class _Responses:
     """The driver's own endpoint (the simple base's ``System:ExternalRequester``), read directly: what the
     actors sent it since the last :meth:`take`, without one ``listen`` call (and its send loop) per
@@ -393,9 +405,7 @@ class _Responses:
 
     @classmethod
     def find(cls, asys: object) -> _Responses | None:
-        base = getattr(asys, "_systemBase", None)
-        registry = getattr(base, "actorRegistry", None)
-        endpoint = registry.get("System:ExternalRequester") if registry else None
+        _, endpoint = _own_endpoint(asys)
         if getattr(endpoint, "instance", None) is None:
             return None
         return cls(endpoint)
@@ -420,9 +430,8 @@ class _Callers:
 
     @classmethod
     def find(cls, asys: object) -> _Callers | None:
-        base = getattr(asys, "_systemBase", None)
-        registry = getattr(base, "actorRegistry", None)
-        own = getattr(registry.get("System:ExternalRequester"), "address", None) if registry else None
+        base, endpoint = _own_endpoint(asys)
+        own = getattr(endpoint, "address", None)
         if not callable(getattr(base, "external_clone", None)) or own is None:
             log.info("Thespian's simple base has no private endpoints; call() matches replies by order")
             return None
@@ -480,9 +489,8 @@ class _DeferredTells:
 
     @classmethod
     def find(cls, asys: object) -> _DeferredTells | None:
-        base = getattr(asys, "_systemBase", None)
-        registry = getattr(base, "actorRegistry", None)
-        own = getattr(registry.get("System:ExternalRequester"), "address", None) if registry else None
+        base, endpoint = _own_endpoint(asys)
+        own = getattr(endpoint, "address", None)
         hooks = [getattr(base, name, None) for name in ("actor_send", "_realizeWakeups", "_runSends")]
         if own is None or not all(callable(hook) for hook in hooks):
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
 
@@ -211,16 +211,13 @@ class Supervisor(Dispatcher):
         if not isinstance(msg.messages, (tuple, list)):
             self._reject(msg, "", InvalidInput("messages must be a tuple of QueuedMessage"), sender, msg.ack)
             return
-        groups: dict[str, list[QueuedMessage]] = {}
+        valid = []
         for message in msg.messages:
             try:
-                validate_message(message)
+                valid.append(validate_message(message))
             except InvalidInput as exc:
                 self._reject(msg, _channel_of(message), exc, sender, reply=msg.ack)
-                continue
-            groups.setdefault(message.channel_id, []).append(message)
-        for channel_id, messages in groups.items():
-            self._send_channel(channel_id, EnqueueMany(tuple(messages)))
+        groups = self._route_by_channel(valid)
         if not msg.ack:
             return
         if self._persistence is None or not groups:
@@ -234,15 +231,20 @@ class Supervisor(Dispatcher):
                 self._ack(channel_id, self.myAddress, Gathered(gather, Enqueued(len(messages))))
 
     def receiveMsg_EnqueueChecked(self, msg: EnqueueChecked, sender: ActorAddress) -> None:
+        self._route_by_channel(msg.messages)
+
+    def _route_by_channel(self, messages: Iterable[QueuedMessage]) -> dict[str, list[QueuedMessage]]:
+        """Send each channel its messages, in order, as one ``EnqueueMany``; return them by channel."""
         groups: dict[str, list[QueuedMessage]] = {}
-        for message in msg.messages:
+        for message in messages:
             group = groups.get(message.channel_id)
             if group is None:
                 groups[message.channel_id] = [message]
             else:
                 group.append(message)
-        for channel_id, messages in groups.items():
-            self._send_channel(channel_id, EnqueueMany(tuple(messages)))
+        for channel_id, group in groups.items():
+            self._send_channel(channel_id, EnqueueMany(tuple(group)))
+        return groups
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
         try:

@@ -16,11 +16,11 @@ Flow:
       await ``asyncio.wrap_future(driver.call(...))``.
 
 Counts: the facade registers as the actors' observer (``Observe``); each ChannelActor reports its number of
-waiting items whenever it changes (not when a message merely joins the open batch): in the ``BatchReady``
-of a delivery (its ``queued``), otherwise with a ``QueueChanged``. ``queue_size`` and ``stats`` read the last
+waiting items whenever it changes (not when a message merely joins the open batch): in the ``BatchReady`` of a
+delivery (its ``queued``), otherwise with a ``QueueChanged``. ``queue_size`` and ``stats`` read the last
 values received: cheap, synchronous, and never ahead of the actors. Replies go straight to the channel actor
-named by the ``BatchReady`` (its ``reply_to``), not through the Supervisor. Outputs of a command reach the loop before the command's own reply, so after ``await clear(c)``
-``queue_size(c)`` is already 0.
+named by the ``BatchReady`` (its ``reply_to``), not through the Supervisor. Outputs of a command reach the
+loop before the command's own reply, so after ``await clear(c)`` ``queue_size(c)`` is already 0.
 
 Persistence (``redis=`` given): the driver's actor system also runs RedisPersistence, which journals every
 channel's state to that Redis before anything leaves the actors, and restores the stored channels when the

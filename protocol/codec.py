@@ -643,11 +643,8 @@ def _fast_decode_batch(obj: list[Any]) -> MessageBatch | None:
     return MessageBatch(messages, first_at, last_at)
 
 
-def _fast_encode_item(value: Any) -> list[object] | None:
-    if type(value) is not QueueItem:
-        return None
-    item_id, channel, attempt = value.item_id, value.channel_id, value.attempt
-    if not (
+def _plain_item(item_id: object, channel: object, attempt: object) -> bool:
+    return (
         type(item_id) is str
         and type(channel) is str
         and type(attempt) is int
@@ -656,7 +653,14 @@ def _fast_encode_item(value: Any) -> list[object] | None:
         and 1 <= attempt <= _MAX_INT
         and item_id.isascii()
         and channel.isascii()
-    ):
+    )
+
+
+def _fast_encode_item(value: Any) -> list[object] | None:
+    if type(value) is not QueueItem:
+        return None
+    item_id, channel, attempt = value.item_id, value.channel_id, value.attempt
+    if not _plain_item(item_id, channel, attempt):
         return None
     payload = value.payload
     encoded = _fast_encode_message(payload) if type(payload) is QueuedMessage else _fast_encode_batch(payload)
@@ -678,18 +682,7 @@ def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
     if len(obj) != 5:
         return None
     _, item_id, channel, payload, attempt = obj
-    if not (
-        type(item_id) is str
-        and type(channel) is str
-        and type(attempt) is int
-        and type(payload) is list
-        and 0 < len(item_id) <= MAX_NAME_BYTES
-        and 0 < len(channel) <= MAX_CHANNEL_ID_BYTES
-        and 1 <= attempt <= _MAX_INT
-        and item_id.isascii()
-        and channel.isascii()
-        and payload
-    ):
+    if not (_plain_item(item_id, channel, attempt) and type(payload) is list and payload):
         return None
     decoded: QueuedMessage | MessageBatch | None
     if payload[0] == _MESSAGE.tag:

@@ -115,3 +115,11 @@ def test_install_leaves_other_bases_alone() -> None:
 
     assert simple_base.install(NotSimple()) is False
     assert simple_base.install(object()) is False
+
+
+def test_the_pending_sends_pop_like_a_list() -> None:
+    pending = simple_base._PendingSends([1, 2, 3, 4])
+    assert pending.pop(0) == 1  # what the simple base's send loop calls
+    assert pending.pop() == 4
+    assert pending.pop(1) == 3
+    assert list(pending) == [2]
