@@ -1,8 +1,7 @@
 """ChannelActor: one per active channel, a thin shell over the pure batching core.
 
 It turns protocol messages into :class:`ChannelCore` calls and the core's effects into sends: items to the
-processor, deadlines to the shared :class:`~actors.timer.Timer` or, when told to (``multiprocTCPBase``, where
-each actor is a process), to Thespian wakeups of its own (at most one pending wake per purpose), and a
+processor, deadlines to the shared :class:`~actors.timer.Timer` (at most one pending wake per purpose), and a
 ``Passivate`` offer to the Supervisor once it has held no work for ``idle_timeout`` seconds.
 """
 
@@ -10,10 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from thespian.actors import ActorSystemMessage, WakeupMessage
+from thespian.actors import ActorSystemMessage
 
 from actors.base import Dispatcher
 from actors.batching import (
@@ -380,15 +378,8 @@ class ChannelActor(Dispatcher):
         self._send_timer(ScheduleWake(at, WakeKind.IDLE))
 
     def _send_timer(self, request: ScheduleWake) -> None:
-        if self._timer is None:  # own wakeups: the request comes back as the wakeup's payload
-            self.wakeupAfter(timedelta(seconds=max(0.0, request.at - self.clock())), payload=request)
-            return
+        assert self._timer is not None
         self.send(self._timer, request)
-
-    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
-        request = msg.payload
-        if isinstance(request, ScheduleWake):
-            self.receiveMsg_Wake(Wake(request.at, request.kind), sender)
 
 
 def _journal(channel_id: str, effect: Effect, ops: list[Op]) -> None:

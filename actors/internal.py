@@ -38,9 +38,6 @@ class ConfigureSystem:
     idle_timeout: float = 60.0
     redis_url: str = ""  # persist every channel to this Redis (empty: in memory only)
     allow_volatile_redis: bool = False  # accept a Redis that may lose acknowledged writes
-    # Each channel arms its own Thespian wakeups instead of asking the shared Timer: right where every actor
-    # is a process of its own (multiprocTCPBase), so a Timer round trip costs two hops between processes.
-    own_wakeups: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +53,7 @@ class ChannelInit:
 
     channel_id: str
     settings: BatchSettings
-    timer: Optional["ActorAddress"]  # None: arm its own Thespian wakeups
+    timer: "ActorAddress"
     processor: Optional["ActorAddress"]
     idle_timeout: float
     processed: int = 0

@@ -100,7 +100,6 @@ class Supervisor(Dispatcher):
         super().__init__()
         self._settings = BatchSettings()
         self._idle_timeout = 60.0
-        self._own_wakeups = False  # channels arm their own wakeups (no shared Timer)
         self._timer: Optional[ActorAddress] = None
         self._routes: dict[str, _Route] = {}
         self._overrides: dict[str, BatchSettings] = {}
@@ -126,7 +125,6 @@ class Supervisor(Dispatcher):
             return
         self._settings = msg.settings
         self._idle_timeout = msg.idle_timeout
-        self._own_wakeups = msg.own_wakeups
         if not msg.redis_url:
             self.send(sender, SystemConfigured())
             return
@@ -402,7 +400,7 @@ class Supervisor(Dispatcher):
             ChannelInit(
                 channel_id,
                 self._overrides.get(channel_id, self._settings),
-                None if self._own_wakeups else self._timer_address(),
+                self._timer_address(),
                 self._processor_for(channel_id),
                 self._idle_timeout,
                 processed,

@@ -252,9 +252,7 @@ def start_system(
     admins = sorted(pid for pid in members if _parent(pid) not in members)
     supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
     running = RunningSystem(asys, supervisor, base, admins, sessions)
-    configure = ConfigureSystem(
-        settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, own_wakeups=base == TCP_BASE
-    )
+    configure = ConfigureSystem(settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis)
     reply = asys.ask(running.supervisor, configure, timeout)
     if not isinstance(reply, SystemConfigured):
         running.shutdown()

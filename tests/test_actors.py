@@ -27,7 +27,6 @@ from actor_support import (
     Released,
     WaitFor,
 )
-from actors.internal import ConfigureSystem, SystemConfigured
 from actors.system import (
     SIMPLE_BASE,
     TCP_BASE,
@@ -751,30 +750,9 @@ def test_shutdown_ends_every_process_of_a_tcp_system_and_closes_its_admin_port()
         mq.wait_for(proc, count=3)
         (admin,) = running.admin_pids
         before = running.processes()
-        # admin, logger, Supervisor, processor and three channels (each arms its own wakeups: no Timer)
-        assert admin in before and len(before) >= 7 and port_accepts(port)
+        # admin, logger, Supervisor, Timer, processor and three channels
+        assert admin in before and len(before) >= 8 and port_accepts(port)
         assert set(descendants(admin)) <= set(before)
     finally:
         mq.shutdown_and_verify()
     assert not alive(admin) and running.processes() == [] and not port_accepts(port)
-
-
-def test_channels_that_arm_their_own_wakeups_flush_and_passivate_on_time() -> None:
-    # what multiprocTCPBase does (no shared Timer), here on the simple base
-    running = start_system(SIMPLE_BASE, BatchSettings(window=0.05), idle_timeout=0.2)
-    mq = Harness(running, None)
-    try:
-        reply = mq.asys.ask(
-            mq.supervisor, ConfigureSystem(BatchSettings(window=0.05), 0.2, own_wakeups=True), ASK
-        )
-        assert isinstance(reply, SystemConfigured)
-        proc = mq.processor()
-        mq.attach(proc)
-        started = time.monotonic()
-        mq.enqueue(message("c1", "a"), message("c1", "b"))
-        [event] = deliveries(mq.wait_for(proc, count=1))
-        assert texts(event) == ["a", "b"] and event.reason == "window"
-        assert time.monotonic() - started >= 0.05
-        mq.eventually(lambda: mq.live_channels() == [], "the idle channel passivated")
-    finally:
-        mq.shutdown_and_verify()
