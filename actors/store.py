@@ -15,15 +15,17 @@ One node writes a database at a time. ``message_queue:index:lease`` is its write
     * Opening the store takes the lease. If another node holds it, opening fails with :class:`StoreLocked`
       naming the holder and when its lease expires, unless that holder ran on this host (same host name) and
       its process is gone (a crash): then the lease is taken over at once, by compare-and-set on its value.
-    * Every transaction WATCHes both keys and checks them first, so a write after another node took the
-      lease fails with :class:`StoreLocked` instead of writing (fencing). A lease that merely expired (a
+    * Every write checks both keys first, in the same script, so a write after another node took the lease
+      fails with :class:`StoreLocked` instead of writing (fencing). A lease that merely expired (a
       stall, Redis unreachable for longer than the lease) is taken back by the next write or renewal if the
       holder record still names this store: nobody else took it meanwhile.
     * Closing the store releases the lease, if it is still this store's (compare-and-delete).
 Taking, renewing and releasing run as small Lua scripts, each atomic.
 
-Every batch of operations is applied in one MULTI/EXEC transaction, so a crash leaves either all of a batch
-or none of it. Values are encoded with :mod:`protocol.codec`.
+Every batch of operations is applied by one call of a Lua script (``_APPLY``), which Redis runs whole and
+appends to its AOF as one transaction: a crash leaves either all of a batch or none of it. One call per batch
+also keeps the client's cost low: a reply per batch, not one per command. Values are encoded with
+:mod:`protocol.codec`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from typing import Sequence, TypeVar
 from urllib.parse import quote, unquote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from actors.journal import (
     DURABILITY_SETTINGS,
@@ -89,6 +93,64 @@ if not current and redis.call('GET', KEYS[2]) == ARGV[1] then
     return {2, '', 0}
 end
 return {0, current or '', redis.call('PTTL', KEYS[1])}
+"""
+
+# Applies a batch of operations, atomically, if the epoch marker is what the caller read at start and the caller
+# still holds the writer lease. Redis runs a script whole, and appends its writes to the AOF as one transaction.
+# KEYS: lease, holder, epoch, channel index, this store's marker, then every key the operations name.
+# ARGV: our lease value, the epoch, a fresh marker token, the marker's TTL (s), the lease (ms), then the
+# operations, each a code and its arguments (k: a key's index in KEYS), last 's' and the channel ids:
+#   r k n v1..vn: RPUSH    l k v: LPUSH    m k1 k2: LMOVE k1 LEFT -> k2 RIGHT    d k: DEL
+#   s id1..idn: SADD to the index (every argument after 's' is a channel id, whatever it reads)
+# Returns {'ok'}, {'taken back'} (the lease had expired with nobody else taking it: taken back, then
+# applied), {'epoch', the marker found} or {'lost', the lease's value, its PTTL}: then nothing was written.
+_APPLY = """
+local epoch = redis.call('GET', KEYS[3])
+if ARGV[2] ~= '' and epoch ~= ARGV[2] then
+    return {'epoch', epoch or ''}
+end
+local lease = redis.call('GET', KEYS[1])
+local outcome = 'ok'
+if lease ~= ARGV[1] then
+    if lease or redis.call('GET', KEYS[2]) ~= ARGV[1] then
+        return {'lost', lease or '', redis.call('PTTL', KEYS[1])}
+    end
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
+    outcome = 'taken back'
+end
+-- unpack() puts its values on Lua's C stack (about 8,000 slots): long runs go in slices
+local function each_slice(first, last, call)
+    while first <= last do
+        local upto = math.min(last, first + 999)
+        call(first, upto)
+        first = upto + 1
+    end
+end
+local i, n = 6, #ARGV
+while i <= n do
+    local op = ARGV[i]
+    if op == 'r' then
+        local key, last = KEYS[tonumber(ARGV[i + 1])], i + 2 + tonumber(ARGV[i + 2])
+        each_slice(i + 3, last, function(a, b) redis.call('RPUSH', key, unpack(ARGV, a, b)) end)
+        i = last + 1
+    elseif op == 'l' then
+        redis.call('LPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+        i = i + 3
+    elseif op == 'm' then
+        redis.call('LMOVE', KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])], 'LEFT', 'RIGHT')
+        i = i + 3
+    elseif op == 'd' then
+        redis.call('DEL', KEYS[tonumber(ARGV[i + 1])])
+        i = i + 2
+    elseif op == 's' then
+        each_slice(i + 1, n, function(a, b) redis.call('SADD', KEYS[4], unpack(ARGV, a, b)) end)
+        i = n + 1
+    else
+        return redis.error_reply('unknown operation code ' .. op)
+    end
+end
+redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
+return {outcome}
 """
 
 # KEYS: lease, holder. ARGV: our value. Deletes each key only if it still holds our value.
@@ -223,10 +285,13 @@ class RedisStore:
         self._take = client.register_script(_TAKE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._apply_script = client.register_script(_APPLY)
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float = LEASE_SECONDS) -> RedisStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), lease_seconds)
+        # No automatic retry: a write whose reply was lost may have run, and only ``apply`` can tell.
+        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0))
+        return cls(client, lease_seconds)
 
     def close(self) -> None:
         """Release the writer lease (if this store still holds it) and disconnect."""
@@ -400,76 +465,38 @@ class RedisStore:
     # -- writing --------------------------------------------------------------------------------------------
 
     def apply(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` in order, in one transaction, if this store still holds the writer lease.
+        """Apply ``ops`` in order, atomically (one Lua script call), if this store still holds the writer lease.
 
         After a call raised, the next call must begin with the same operations (the caller retries what it
-        holds, plus what came since): a transaction can run although its reply was lost, and the operations
-        it did apply are then skipped, never applied twice.
+        holds, plus what came since): a call can run although its reply was lost, and the operations it did
+        apply are then skipped, never applied twice.
 
         Raises:
             StoreLocked: if another node took the writer lease (nothing is written, now or later).
             RedisDataLost: if the epoch marker vanished or changed (Redis restarted without our data).
-            redis.RedisError: when Redis cannot be reached (``ops`` may or may not have been applied), or
-                ``redis.WatchError`` when the lease keys changed during the transaction (not applied).
+            redis.RedisError: when Redis cannot be reached (``ops`` may or may not have been applied).
         """
         if self._lost is not None:
             raise self._lost
+        me = self._held()
         ops = self._skip_applied(ops)
         if not ops:
             return
         token = uuid.uuid4().hex.encode()
-        with self._redis.pipeline(transaction=True) as pipe:
-            self._watch_lease(pipe)
-            self._queue(pipe, ops)
-            pipe.set(self._marker, token, ex=_MARKER_TTL)
-            pipe.get(keys.EPOCH)
-            self._unsure = (token, len(ops))
-            results = pipe.execute()
-        if self._epoch is not None and results[-1] != self._epoch:
-            raise self._epoch_changed(results[-1])
+        script_keys = [keys.LEASE, keys.LEASE_HOLDER, keys.EPOCH, keys.CHANNEL_INDEX, self._marker]
+        args: list[bytes | str | int] = [me, self._epoch or b"", token, _MARKER_TTL, self._lease_ms]
+        _script_operations(ops, script_keys, args)
+        self._unsure = (token, len(ops))
+        outcome, *details = self._apply_script(keys=script_keys, args=args)
+        if outcome == b"lost":
+            self._unsure = None  # the script wrote nothing
+            raise self._lose(details[0] or None, int(details[1]))
+        if outcome == b"epoch":
+            self._unsure = None
+            raise self._epoch_changed(details[0] or None)
+        if outcome == b"taken back":
+            log.warning("the writer lease had expired and no other node took it: taken back")
         self._unsure = None
-
-    @staticmethod
-    def _queue(pipe: redis.client.Pipeline, ops: Sequence[Op]) -> None:
-        channels: set[str] = set()
-        # Consecutive appends to one list become one RPUSH: a burst of a channel costs one command.
-        pushing: str | None = None
-        values: list[bytes] = []
-
-        def push(key: str | None, value: bytes | None = None) -> None:
-            nonlocal pushing
-            if key != pushing and pushing is not None and values:
-                pipe.rpush(pushing, *values)
-                values.clear()
-            pushing = key
-            if value is not None:
-                values.append(value)
-
-        for op in ops:
-            channel = op.channel_id
-            channels.add(channel)
-            if isinstance(op, AppendOpen):
-                push(keys.channel_key(keys.OPEN_BATCH, channel), codec.encode(op.entry))
-                continue
-            if isinstance(op, PushTail):
-                push(keys.queue_key(channel), codec.encode(op.item))
-                if op.closes_open:
-                    push(None)
-                    pipe.delete(keys.channel_key(keys.OPEN_BATCH, channel))
-                continue
-            push(None)
-            if isinstance(op, PushHead):
-                pipe.lpush(keys.queue_key(channel), codec.encode(op.item))
-            elif isinstance(op, TakeHead):
-                pipe.lmove(keys.queue_key(channel), keys.channel_key(keys.PROCESSING, channel), "LEFT", "RIGHT")
-            elif isinstance(op, FinishInFlight):
-                pipe.delete(keys.channel_key(keys.PROCESSING, channel))
-            elif isinstance(op, ClearQueue):
-                pipe.delete(keys.queue_key(channel))
-            else:  # pragma: no cover - Op is a closed union
-                raise TypeError(f"unknown operation {type(op).__name__}")
-        push(None)
-        pipe.sadd(keys.CHANNEL_INDEX, *channels)
 
     def _skip_applied(self, ops: Sequence[Op]) -> Sequence[Op]:
         """``ops`` without those the last, failed transaction applied after all (its marker is set)."""
@@ -545,3 +572,63 @@ class RedisStore:
                 fix.rpush(key, *(codec.encode(value) for value in decoded))
         return decoded
 
+
+
+# Operation codes of the _APPLY script (one byte each; see its comment for their arguments).
+_RPUSH, _LPUSH, _LMOVE, _DEL, _INDEX = b"r", b"l", b"m", b"d", b"s"
+
+
+def _script_operations(ops: Sequence[Op], script_keys: list[str], args: list[bytes | str | int]) -> None:
+    """Append ``ops`` to the arguments of the ``_APPLY`` script: the keys they name to ``script_keys`` (each
+    once, referred to by its 1-based index there), the operations, then the channel ids for the index, to
+    ``args``. Consecutive appends to one list become one RPUSH: a burst of a channel costs one command."""
+    index: dict[str, int] = {}
+
+    def key(name: str) -> int:
+        number = index.get(name)
+        if number is None:
+            script_keys.append(name)
+            number = index[name] = len(script_keys)
+        return number
+
+    channels: dict[str, None] = {}
+    pushing: str | None = None  # the list the values below are appended to
+    values: list[bytes] = []
+
+    def push(name: str | None) -> None:
+        nonlocal pushing
+        if name != pushing:
+            if values and pushing is not None:
+                args.extend((_RPUSH, key(pushing), len(values)))
+                args.extend(values)
+                values.clear()
+            pushing = name
+
+    for op in ops:
+        channel = op.channel_id
+        channels[channel] = None
+        if isinstance(op, AppendOpen):
+            push(keys.channel_key(keys.OPEN_BATCH, channel))
+            values.append(codec.encode(op.entry))
+            continue
+        if isinstance(op, PushTail):
+            push(keys.queue_key(channel))
+            values.append(codec.encode(op.item))
+            if op.closes_open:
+                push(None)
+                args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
+            continue
+        push(None)
+        if isinstance(op, PushHead):
+            args.extend((_LPUSH, key(keys.queue_key(channel)), codec.encode(op.item)))
+        elif isinstance(op, TakeHead):
+            args.extend((_LMOVE, key(keys.queue_key(channel)), key(keys.channel_key(keys.PROCESSING, channel))))
+        elif isinstance(op, FinishInFlight):
+            args.extend((_DEL, key(keys.channel_key(keys.PROCESSING, channel))))
+        elif isinstance(op, ClearQueue):
+            args.extend((_DEL, key(keys.queue_key(channel))))
+        else:  # pragma: no cover - Op is a closed union
+            raise TypeError(f"unknown operation {type(op).__name__}")
+    push(None)
+    args.append(_INDEX)
+    args.extend(channels)

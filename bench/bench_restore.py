@@ -16,7 +16,7 @@ Numbers (seconds, median of ``--repeat`` runs; ``runs`` lists each):
 ``bars.restore_le_2s`` compares the median ``restore_s`` with the 2 s target.
 
 ``--driver`` adds one run through :class:`~actors.driver.InProcessDriver` whose ``on_output`` callback is the
-processor (each ``ProcessingDone`` is then a command of its own: one Redis transaction per item).
+processor (each ``ProcessingDone`` is then a command of its own: one Redis write per item).
 ``--profile`` adds a cProfile of one more restore (``RedisStore.load`` and the ChannelActors' restore), the
 top functions by cumulative time.
 """
@@ -161,7 +161,7 @@ def one_run(url: str, total: int, timeout: float, profile: cProfile.Profile | No
 
 def one_run_driver(url: str, total: int, timeout: float) -> dict[str, Any]:
     """The same through InProcessDriver, whose on_output callback is the processor: every ProcessingDone is a
-    command of its own, so every item costs one Redis transaction."""
+    command of its own, so every item costs one Redis write."""
     delivered = 0
     done = threading.Event()
     driver: InProcessDriver

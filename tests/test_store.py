@@ -120,12 +120,14 @@ def test_hostile_channel_ids_never_share_keys(ids: list[str]) -> None:
 
 
 def test_hostile_channel_ids_keep_their_state_apart_in_redis(store: RedisStore) -> None:
-    ids = ["*", ":", "{}", "a\nb", "a\x00b", "x:processing", "x", "z" * 256]
+    # the apply script's operation codes as ids too: r, l, m, d, s
+    ids = ["*", ":", "{}", "a\nb", "a\x00b", "x:processing", "x", "z" * 256, "r", "l", "m", "d", "s", "1"]
     store.apply([PushTail(c, item(c, f"id-{n}", f"t{n}"), False) for n, c in enumerate(ids)])
+    store.apply([op for n, c in enumerate(ids) for op in (PushTail(c, item(c, f"id2-{n}", "u"), False), TakeHead(c))])
     loaded = {s.channel_id: s for s in store.load()}
     assert set(loaded) == set(ids)
     for n, c in enumerate(ids):
-        assert [i.item_id for i in loaded[c].waiting] == [f"id-{n}"]
+        assert [(i.item_id, i.attempt) for i in loaded[c].waiting] == [(f"id-{n}", 2), (f"id2-{n}", 1)]
 
 
 def test_a_server_without_aof_is_refused_unless_allowed(caplog: pytest.LogCaptureFixture) -> None:
