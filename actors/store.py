@@ -60,11 +60,15 @@ from actors.journal import (
 )
 from protocol import codec, keys
 from protocol.errors import DecodeError, RedisDataLost, StoreLocked
-from protocol.values import DeadLetter, OpenEntry, QueueItem
+from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
 
 log = logging.getLogger(__name__)
 
 _V = TypeVar("_V", QueueItem, OpenEntry)
+
+# By channel, the frame of each message of its open batch (by the message's id(); the message is kept, so its
+# id cannot be reused while it is here), as encoded for AppendOpen: dropped when the batch closes.
+_OpenFrames = dict[str, dict[int, tuple[QueuedMessage, bytes]]]
 
 _MARKER_TTL = 7 * 24 * 3600  # seconds a store's transaction marker outlives its last write
 
@@ -286,6 +290,7 @@ class RedisStore:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._apply_script = client.register_script(_APPLY)
+        self._open_frames: _OpenFrames = {}
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float = LEASE_SECONDS) -> RedisStore:
@@ -485,7 +490,7 @@ class RedisStore:
         token = uuid.uuid4().hex.encode()
         script_keys = [keys.LEASE, keys.LEASE_HOLDER, keys.EPOCH, keys.CHANNEL_INDEX, self._marker]
         args: list[bytes | str | int] = [me, self._epoch or b"", token, _MARKER_TTL, self._lease_ms]
-        _script_operations(ops, script_keys, args)
+        _script_operations(ops, script_keys, args, self._open_frames)
         self._unsure = (token, len(ops))
         outcome, *details = self._apply_script(keys=script_keys, args=args)
         if outcome == b"lost":
@@ -578,10 +583,15 @@ class RedisStore:
 _RPUSH, _LPUSH, _LMOVE, _DEL, _INDEX = b"r", b"l", b"m", b"d", b"s"
 
 
-def _script_operations(ops: Sequence[Op], script_keys: list[str], args: list[bytes | str | int]) -> None:
+def _script_operations(
+    ops: Sequence[Op], script_keys: list[str], args: list[bytes | str | int], frames: _OpenFrames
+) -> None:
     """Append ``ops`` to the arguments of the ``_APPLY`` script: the keys they name to ``script_keys`` (each
     once, referred to by its 1-based index there), the operations, then the channel ids for the index, to
-    ``args``. Consecutive appends to one list become one RPUSH: a burst of a channel costs one command."""
+    ``args``. Consecutive appends to one list become one RPUSH: a burst of a channel costs one command.
+
+    ``frames`` keeps the frame of each open-batch message, by channel, so that the closed batch is joined from
+    them (:func:`codec.encode_item_of_frames`) instead of encoding every message a second time."""
     index: dict[str, int] = {}
 
     def key(name: str) -> int:
@@ -609,11 +619,15 @@ def _script_operations(ops: Sequence[Op], script_keys: list[str], args: list[byt
         channels[channel] = None
         if isinstance(op, AppendOpen):
             push(keys.channel_key(keys.OPEN_BATCH, channel))
-            values.append(codec.encode(op.entry))
+            entry, message_frame = codec.encode_open_entry(op.entry)
+            values.append(entry)
+            if message_frame is not None:  # keyed by identity: a retried AppendOpen replaces its own frame
+                message = op.entry.message
+                frames.setdefault(channel, {})[id(message)] = (message, message_frame)
             continue
         if isinstance(op, PushTail):
             push(keys.queue_key(channel))
-            values.append(codec.encode(op.item))
+            values.append(_encode_closed(op, frames.pop(channel, None)) if op.closes_open else codec.encode(op.item))
             if op.closes_open:
                 push(None)
                 args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
@@ -632,3 +646,21 @@ def _script_operations(ops: Sequence[Op], script_keys: list[str], args: list[byt
     push(None)
     args.append(_INDEX)
     args.extend(channels)
+
+
+def _encode_closed(op: PushTail, frames: dict[int, tuple[QueuedMessage, bytes]] | None) -> bytes:
+    """The frame of the item an open batch closed into, joined from its messages' frames when every one of
+    them is known (a batch restored from Redis, or a message with extra fields, is encoded whole)."""
+    payload = op.item.payload
+    if frames and isinstance(payload, MessageBatch):
+        known = []
+        for message in payload.messages:
+            found = frames.get(id(message))
+            if found is None or found[0] is not message:
+                break
+            known.append(found[1])
+        else:
+            joined = codec.encode_item_of_frames(op.item, known)
+            if joined is not None:
+                return joined
+    return codec.encode(op.item)

@@ -54,10 +54,11 @@ import dataclasses
 import functools
 import math
 import operator
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
-from typing import Any, Callable, Final, Mapping, TypeVar, Union, overload
+from typing import Any, Callable, Final, Mapping, Sequence, TypeVar, Union, overload
 
 import msgpack  # msgpack ships no type information (setup.cfg ignores its imports)
 
@@ -114,6 +115,8 @@ __all__ = [
     "check_extra",
     "decode",
     "encode",
+    "encode_item_of_frames",
+    "encode_open_entry",
 ]
 
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
@@ -697,6 +700,77 @@ def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
 
 
 _OPEN_ENTRY_TAG: Final = "open_entry"
+
+
+# -- frames joined from frames ----------------------------------------------------------------------------
+#
+# msgpack writes an array as a header followed by its elements' bytes, so a frame that holds messages can be
+# joined from frames of those messages encoded earlier: the bytes are those ``encode`` writes (the tests
+# check it). Persistence encodes each message once, as it joins the open batch, and reuses that frame when
+# the closed batch is stored.
+
+
+def _array_header(length: int) -> bytes:
+    if length < 16:
+        return bytes((0x90 | length,))
+    if length < 0x10000:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def _packed_elements(*values: object) -> bytes:
+    """The msgpack of ``values`` as consecutive array elements (an array's bytes without its header)."""
+    return msgpack.packb(values, use_bin_type=True)[1:]  # fewer than 16 values: a one-byte header
+
+
+_OPEN_ENTRY_HEAD: Final = b"\x93" + _packed_elements(_OPEN_ENTRY_TAG)
+_ITEM_HEAD: Final = b"\x95" + _packed_elements(_ITEM.tag)
+_BATCH_HEAD: Final = b"\x94" + _packed_elements(_BATCH.tag)
+_FLOAT64: Final = struct.Struct(">Bd")  # msgpack float 64: 0xcb, then the IEEE 754 double, big-endian
+
+
+def encode_open_entry(entry: OpenEntry) -> tuple[bytes, bytes | None]:
+    """``encode(entry)``, and the frame of its message alone, for :func:`encode_item_of_frames`; None when
+    the message takes the generic path (extra fields, non-ASCII text: rare), which joining does not cover.
+
+    Raises:
+        TypeError, InvalidInput: as :func:`encode`.
+    """
+    fields = _fast_encode_open_entry(entry)
+    if fields is None:
+        return encode(entry), None
+    message: bytes = msgpack.packb(fields[1], use_bin_type=True)
+    frame = b"".join((_OPEN_ENTRY_HEAD, message, _FLOAT64.pack(0xCB, entry.arrived_at)))
+    if len(frame) > MAX_FRAME_BYTES:
+        return encode(entry), None  # raises, naming the limit
+    return frame, message
+
+
+def encode_item_of_frames(item: QueueItem, message_frames: Sequence[bytes]) -> bytes | None:
+    """``encode(item)`` for an item whose payload is a batch, joined from ``message_frames``: one frame per
+    message of the batch, in order, as :func:`encode_open_entry` returned them for those very messages (the
+    caller guarantees it). None when the item takes the generic path or the frame would be too large: then
+    call :func:`encode`."""
+    if type(item) is not QueueItem or not _plain_item(item.item_id, item.channel_id, item.attempt):
+        return None
+    batch = item.payload
+    if type(batch) is not MessageBatch or type(batch.messages) is not list:
+        return None
+    count = len(message_frames)
+    if len(batch.messages) != count or count > MAX_SEQUENCE_ITEMS:
+        return None
+    if type(batch.first_at) is not datetime or type(batch.last_at) is not datetime:
+        return None
+    frame = b"".join((
+        _ITEM_HEAD,
+        _packed_elements(item.item_id, item.channel_id),
+        _BATCH_HEAD,
+        _array_header(count),
+        *message_frames,
+        _packed_elements(_BATCH_AT_ENCODE(batch.first_at), _BATCH_AT_ENCODE(batch.last_at), item.attempt),
+    ))
+    return frame if len(frame) <= MAX_FRAME_BYTES else None
+
 _FAST_ENCODERS: Mapping[str, Callable[[Any], list[object] | None]] = MappingProxyType(
     {
         _MESSAGE.tag: _fast_encode_message,

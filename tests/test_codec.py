@@ -16,6 +16,7 @@ from thespian.actors import ActorAddress
 
 import protocol.messages as messages_module
 import protocol.values as values_module
+from protocol import codec
 from protocol.codec import MAX_FRAME_BYTES, MAX_SEQUENCE_ITEMS, TAGS, check_extra, decode, encode
 from protocol.errors import DecodeError, InvalidInput, InvalidSettings
 from protocol.limits import (
@@ -1076,3 +1077,42 @@ def test_values_the_fast_paths_leave_alone_still_get_the_generic_checks() -> Non
         decode(pack(frame), QueueItem)
     assert str(broken.value) == str(generic_broken.value)
     assert "queued_at" in str(broken.value)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    item=st.builds(
+        QueueItem,
+        item_id=st.one_of(st.text(plain_chars, min_size=1, max_size=40), item_ids),
+        channel_id=st.one_of(st.text(plain_chars, min_size=1, max_size=40), channel_ids),
+        payload=st.one_of(plain_batches, batches),
+        attempt=st.integers(1, MAX_INT),
+    ),
+    arrived_at=st.floats(0, 2e9),
+)
+def test_frames_joined_from_message_frames_are_the_frames_encode_writes(item: QueueItem, arrived_at: float) -> None:
+    assert isinstance(item.payload, MessageBatch)
+    frames = []
+    for message_ in item.payload.messages:
+        entry = OpenEntry(message_, arrived_at)
+        frame, message_frame = codec.encode_open_entry(entry)
+        assert frame == encode(entry)
+        if message_frame is not None:
+            assert message_frame == encode(message_)
+        frames.append(message_frame)
+    joined = codec.encode_item_of_frames(item, [f for f in frames if f is not None])
+    if None in frames:  # fewer frames than messages: the caller must encode the item itself
+        assert joined is None
+    elif joined is not None:
+        assert joined == encode(item)
+    else:  # only an item whose own fields take the generic path is refused
+        assert not (item.item_id.isascii() and item.channel_id.isascii())
+
+
+def test_a_joined_frame_is_refused_for_frames_of_the_wrong_count_or_a_payload_that_is_no_batch() -> None:
+    batch = MessageBatch([message(text="a"), message(text="b")])
+    frames = [encode(m) for m in batch.messages]
+    item_ = QueueItem("i", batch.channel_id, batch)
+    assert codec.encode_item_of_frames(item_, frames) == encode(item_)
+    assert codec.encode_item_of_frames(item_, frames[:1]) is None
+    assert codec.encode_item_of_frames(QueueItem("i", batch.channel_id, batch.messages[0]), frames[:1]) is None
