@@ -264,6 +264,15 @@ def _expiry(pttl: int) -> str:
 # -- the store ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PendingWrite:
+    """A write :meth:`RedisStore.start_apply` sent, waiting for :meth:`RedisStore.finish_apply`: the script's
+    arguments, to run it again on a server that does not know it yet."""
+
+    keys: list[str]
+    args: list[bytes | str | int]
+
+
 class RedisStore:
     """Applies operations to Redis and loads channel state back, while it holds the database's writer lease.
     Blocking; one owner.
@@ -291,6 +300,9 @@ class RedisStore:
         self._release = client.register_script(_RELEASE)
         self._apply_script = client.register_script(_APPLY)
         self._open_frames: _OpenFrames = {}
+        # Writes go over a connection of their own, so one can be sent and its reply read later.
+        self._writer: redis.connection.ConnectionInterface = client.connection_pool.make_connection()
+        self._pending: PendingWrite | None = None
 
     @classmethod
     def from_url(cls, url: str, lease_seconds: float = LEASE_SECONDS) -> RedisStore:
@@ -305,6 +317,7 @@ class RedisStore:
         except redis.RedisError as exc:
             log.warning("could not release the writer lease (%s); it expires within %g s", exc, self.lease_seconds)
         finally:
+            self._writer.disconnect()  # type: ignore[no-untyped-call]
             self._redis.close()
 
     # -- safety ---------------------------------------------------------------------------------------------
@@ -470,7 +483,8 @@ class RedisStore:
     # -- writing --------------------------------------------------------------------------------------------
 
     def apply(self, ops: Sequence[Op]) -> None:
-        """Apply ``ops`` in order, atomically (one Lua script call), if this store still holds the writer lease.
+        """Apply ``ops`` in order, atomically (one Lua script call), if this store still holds the writer lease:
+        :meth:`start_apply` then :meth:`finish_apply`.
 
         After a call raised, the next call must begin with the same operations (the caller retries what it
         holds, plus what came since): a call can run although its reply was lost, and the operations it did
@@ -481,18 +495,60 @@ class RedisStore:
             RedisDataLost: if the epoch marker vanished or changed (Redis restarted without our data).
             redis.RedisError: when Redis cannot be reached (``ops`` may or may not have been applied).
         """
+        pending = self.start_apply(ops)
+        if pending is not None:
+            self.finish_apply(pending)
+
+    def start_apply(self, ops: Sequence[Op]) -> PendingWrite | None:
+        """Send the write of ``ops`` (see :meth:`apply`) without waiting for Redis; None if there is nothing
+        to write. :meth:`finish_apply` must follow before the next write starts: the caller can do other work
+        while Redis runs it.
+
+        Raises:
+            As :meth:`apply`; if it raises, the write did not start (but may have run, as for :meth:`apply`).
+        """
         if self._lost is not None:
             raise self._lost
+        if self._pending is not None:
+            raise RuntimeError("start_apply called while a write is pending: finish_apply it first")
         me = self._held()
         ops = self._skip_applied(ops)
         if not ops:
-            return
+            return None
         token = uuid.uuid4().hex.encode()
         script_keys = [keys.LEASE, keys.LEASE_HOLDER, keys.EPOCH, keys.CHANNEL_INDEX, self._marker]
         args: list[bytes | str | int] = [me, self._epoch or b"", token, _MARKER_TTL, self._lease_ms]
         _script_operations(ops, script_keys, args, self._open_frames)
         self._unsure = (token, len(ops))
-        outcome, *details = self._apply_script(keys=script_keys, args=args)
+        pending = PendingWrite(script_keys, args)
+        connection = self._writer
+        try:
+            connection.send_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._apply_script.sha, len(script_keys), *script_keys, *args
+            )
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        self._pending = pending
+        return pending
+
+    def finish_apply(self, pending: PendingWrite) -> None:
+        """Wait for the write :meth:`start_apply` sent and check its outcome.
+
+        Raises:
+            As :meth:`apply`.
+        """
+        if pending is not self._pending:
+            raise RuntimeError("finish_apply of a write that is not the pending one")
+        self._pending = None
+        try:
+            reply = self._writer.read_response()
+        except redis.exceptions.NoScriptError:  # a new or restarted server: it did not run; load it and run it
+            reply = self._apply_script(keys=pending.keys, args=pending.args)
+        except BaseException:
+            self._writer.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        outcome, *details = reply
         if outcome == b"lost":
             self._unsure = None  # the script wrote nothing
             raise self._lose(details[0] or None, int(details[1]))

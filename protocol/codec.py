@@ -720,7 +720,8 @@ def _array_header(length: int) -> bytes:
 
 def _packed_elements(*values: object) -> bytes:
     """The msgpack of ``values`` as consecutive array elements (an array's bytes without its header)."""
-    return msgpack.packb(values, use_bin_type=True)[1:]  # fewer than 16 values: a one-byte header
+    packed: bytes = msgpack.packb(values, use_bin_type=True)
+    return packed[1:]  # fewer than 16 values: a one-byte header
 
 
 _OPEN_ENTRY_HEAD: Final = b"\x93" + _packed_elements(_OPEN_ENTRY_TAG)

@@ -87,6 +87,26 @@ def test_a_transaction_larger_than_one_push_is_applied_whole_and_in_order(store:
     assert all(len(snapshots[f"c{n}"].open_entries) == 1 for n in range(1_500))
 
 
+def test_a_write_can_be_sent_and_its_reply_read_later_one_at_a_time(store: RedisStore) -> None:
+    pending = store.start_apply([PushTail("c", item("c", "i1", "a"), False)])
+    assert pending is not None
+    with pytest.raises(RuntimeError, match="pending"):
+        store.start_apply([PushTail("c", item("c", "i2", "b"), False)])
+    store.finish_apply(pending)
+    assert store.start_apply([]) is None
+    store.apply([PushTail("c", item("c", "i2", "b"), False)])
+    [snap] = store.load()
+    assert [i.item_id for i in snap.waiting] == ["i1", "i2"]
+
+
+def test_a_server_that_forgot_the_script_gets_it_again_and_the_write_runs_once(store: RedisStore) -> None:
+    store.apply([PushTail("c", item("c", "i1", "a"), False)])
+    store._redis.script_flush()
+    store.apply([PushTail("c", item("c", "i2", "b"), False)])
+    [snap] = store.load()
+    assert [i.item_id for i in snap.waiting] == ["i1", "i2"]
+
+
 def test_finished_and_cleared_items_are_not_restored(store: RedisStore) -> None:
     store.apply([PushTail("c", item("c", "i1", "a"), False), TakeHead("c"), FinishInFlight("c")])
     store.apply([PushTail("d", item("d", "j1", "x"), False), ClearQueue("d")])
