@@ -13,10 +13,11 @@ from typing import Iterator
 import pytest
 import redis
 
-import run_system
 from dist_cluster import ROOT, NodeProcess, StreamReader, message_line, open_deadlines
 from protocol.keys import DIST_DEADLINES, INBOUND_STREAM, channel_tag
 from redis_support import RedisServer, redis_server
+from service.cli import parse_args
+from service.lines import LineSplitter
 
 SCRIPT = str(ROOT / "run_system.py")
 TIMEOUT = 30.0
@@ -47,17 +48,17 @@ def serve(url: str, *options: str, stdin: bytes = b"") -> subprocess.CompletedPr
 )
 def test_usage_errors_name_the_rule(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        run_system.parse_args(argv)
+        parse_args(argv)
     assert exit_info.value.code == 2
     assert re.search(error, capsys.readouterr().err)
 
 
 def test_lines_are_split_across_chunks_like_read_lines() -> None:
-    splitter = run_system._LineSplitter(limit=10)
+    splitter = LineSplitter(limit=10)
     chunks = [b"ab", b"c\nde", b"f\n0123456789abc", b"def\nlast\n\n", b"tail"]
     lines = [line for chunk in chunks for line in splitter.feed(chunk)] + list(splitter.end())
     assert lines == [(1, b"abc\n"), (2, b"def\n"), (3, None), (4, b"last\n"), (5, b"\n"), (6, b"tail")]
-    exact = run_system._LineSplitter(limit=4)
+    exact = LineSplitter(limit=4)
     assert list(exact.feed(b"abcd\nabcde\n")) == [(1, b"abcd\n"), (2, None)]
 
 

@@ -24,11 +24,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import run_system
 from actors.system import free_port
 from protocol.errors import InvalidInput
 from protocol.limits import validate_message
 from protocol.messages import SUPERVISOR_NAME
+from service.lines import parse_line
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "run_system.py")
@@ -346,7 +346,7 @@ _FIELDS = ("platform", "channel_id", "user_id", "user_name", "text", "extra", "q
 )
 def test_parse_line_returns_a_valid_message_or_raises_invalid_input(data: bytes) -> None:
     try:
-        parsed = run_system.parse_line(data)
+        parsed = parse_line(data)
     except InvalidInput:
         return
     assert validate_message(parsed) is parsed

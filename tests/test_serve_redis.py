@@ -19,11 +19,12 @@ from typing import IO, Any, Callable, Iterator
 import pytest
 import redis
 
-import run_system
 from actors.system import free_port
 from protocol import codec, keys
 from protocol.values import QueueItem
 from redis_support import REDIS_SERVER, RedisServer, redis_server
+from service.cli import parse_args
+from service.serve import redacted
 from test_run_system import TIMEOUT, Running, batches_of, launch, message, run, texts_by_channel
 
 pytestmark = pytest.mark.redis
@@ -273,8 +274,8 @@ def test_redis_options_are_checked_on_the_command_line(capsys: pytest.CaptureFix
         (["serve", "--redis", "http://127.0.0.1:6379"], "Redis URL must specify one of the following schemes"),
     ):
         with pytest.raises(SystemExit) as exited:
-            run_system.parse_args(argv)
+            parse_args(argv)
         assert exited.value.code == 2
         assert error in capsys.readouterr().err
-    assert run_system.redacted("redis://ann:s3cret@host:1/0") == "redis://ann:***@host:1/0"
-    assert run_system.redacted("redis://host:1/0") == "redis://host:1/0"
+    assert redacted("redis://ann:s3cret@host:1/0") == "redis://ann:***@host:1/0"
+    assert redacted("redis://host:1/0") == "redis://host:1/0"

@@ -1,0 +1,204 @@
+"""The command line: ``demo`` (the default) and ``serve``, their checks, and :func:`main`, which runs the
+chosen command and returns its exit status."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from actors.system import SIMPLE_BASE, SUPPORTED_BASES, TCP_BASE
+from protocol.errors import InvalidSettings
+from protocol.values import BatchSettings
+from service.demo import run_demo
+from service.distributed_serve import run_serve_distributed
+from service.process import EXIT_FAILED, silence_stdout
+from service.serve import redacted, run_serve
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _batch_options(parser: argparse.ArgumentParser, window: float, max_batch_size: int) -> None:
+    parser.add_argument("--window", type=float, default=window, metavar="SECONDS",
+                        help=f"quiet time that closes a batch; it restarts with each message (default {window:g})")
+    parser.add_argument("--max-batch-size", type=int, default=max_batch_size, metavar="N",
+                        help=f"a batch closes at once when it holds N messages (default {max_batch_size})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: ``demo`` (the default) and ``serve``; the top-level help shows both in full."""
+    parser = argparse.ArgumentParser(
+        prog="run_system.py",
+        description="Per-channel, ordered, batched delivery of chat messages, as Thespian actors. "
+        "Without a command, runs the demo.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="{demo,serve}")
+    demo = commands.add_parser("demo", help="simulated chat traffic on the in-memory base (the default)",
+                               description="Simulate several chat channels on simpleSystemBase, print each "
+                               "batch as it flushes, then a summary that checks every channel's delivery "
+                               "order. Exit status 0 when all messages arrived in order, 1 if not, 130 when "
+                               "interrupted.")
+    demo.add_argument("--seed", type=int, default=1, help="seed of the simulated traffic (default 1)")
+    demo.add_argument("--duration", type=_positive_float, default=4.0, metavar="SECONDS",
+                      help="how long the simulated users type; the last batches flush after (default 4)")
+    demo.add_argument("--channels", type=int, default=6, metavar="N",
+                      help="number of simulated channels, at least 1 (default 6)")
+    _batch_options(demo, window=0.8, max_batch_size=5)
+    demo.add_argument("--max-wait", type=_positive_float, default=1.2, metavar="SECONDS",
+                      help="age cap of a batch on the first (chatty) channel; the others have none (default 1.2)")
+    defaults = BatchSettings()
+    serve = commands.add_parser("serve", help="a long-lived node: JSON lines on stdin, batches on stdout",
+                                description="Read messages as JSON lines on stdin (fields platform, "
+                                "channel_id, user_id, user_name, text; optional extra (object) and queued_at "
+                                "(ISO 8601)); write each finished batch as one JSON line on stdout (channel_id, "
+                                "item_id, attempt, delivery_id, reason, lateness_ms, messages) and acknowledge "
+                                "it once written. attempt is 1, or more when the batch is written again after a "
+                                "crash (--redis; same item_id). Bad lines are reported on stderr with their "
+                                "number and skipped. At end of input, waits for every open batch to flush, then "
+                                "exits 0. SIGINT and SIGTERM stop at once with status 0; batches still open are "
+                                "discarded, or kept for the next start with --redis.")
+    serve.add_argument("--base", choices=SUPPORTED_BASES, default=SIMPLE_BASE,
+                       help=f"Thespian system base (default {SIMPLE_BASE}); {TCP_BASE} runs each actor in a "
+                       "process of its own and lets other processes enqueue through the admin port, but binds "
+                       "every interface and unpickles whatever reaches its ports")
+    _batch_options(serve, window=defaults.window, max_batch_size=defaults.max_batch_size)
+    serve.add_argument("--max-wait", type=_positive_float, default=None, metavar="SECONDS",
+                       help="a batch closes when its first message is this old, however busy (default: no cap)")
+    serve.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                       help=f"TCP port of the Thespian admin, with --base {TCP_BASE} only (default: a free port, "
+                       "printed on stderr)")
+    serve.add_argument("--idle-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                       help="a channel with no work for this long is stopped; it comes back on its next "
+                       "message (default 60)")
+    serve.add_argument("--redis", default=None, metavar="URL",
+                       help="persist every channel's open batch, waiting batches and batch in flight to this "
+                       "Redis (redis://[user:password@]host:port/db, rediss://... for TLS, unix:///path?db=N); "
+                       "a node started on the same Redis restores and delivers them, a batch in flight at a "
+                       "crash again with the same item_id and attempt > 1 (deduplicate by item_id). The "
+                       "server must have appendonly yes and maxmemory-policy noeviction, or serve refuses to "
+                       "start. One node per Redis database at a time (default: in memory only)")
+    serve.add_argument("--allow-volatile-redis", action="store_true",
+                       help="with --redis: accept a server that may lose acknowledged messages (no AOF, or an "
+                       "evicting maxmemory-policy), with a warning on stderr")
+    dist = serve.add_argument_group(
+        "distributed mode", "With --redis URL --distributed, any number of serve processes share that Redis as "
+        "nodes: batching state lives in Redis, each message may go to any node, and every finished batch is "
+        "appended once to a Redis stream (not written to stdout). At end of input a node waits until the "
+        "deadlines it armed have flushed; a node that dies leaves its open batches to the others.")
+    dist.add_argument("--distributed", action="store_true",
+                      help="run as a node of distributed mode (needs --redis)")
+    dist.add_argument("--stream", default="message_queue:inbound", metavar="KEY",
+                      help="the stream finished batches are appended to (default message_queue:inbound)")
+    dist.add_argument("--stream-maxlen", type=int, default=0, metavar="N",
+                      help="trim the stream to about N entries (XADD MAXLEN ~), oldest first, read or not; "
+                      "0 keeps every entry (default 0)")
+    dist.add_argument("--sweep-interval", type=_positive_float, default=0.2, metavar="SECONDS",
+                      help="how often the node looks for overdue batches of dead nodes (default 0.2)")
+    dist.add_argument("--grace", type=float, default=0.1, metavar="SECONDS",
+                      help="how long past its deadline a batch must be before a sweeper takes it (default 0.1)")
+    dist.add_argument("--node-id", default=None, metavar="ID",
+                      help="the node's name in published entries, 1-64 of A-Z a-z 0-9 . _ - "
+                      "(default host-pid-random)")
+    dist.add_argument("--acks", action="store_true",
+                      help='write {"acked": N} on stdout whenever the number of input messages stored in Redis '
+                      "grows (the first N accepted lines, in order)")
+    parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}" for name, sub in (("demo", demo), ("serve", serve)))
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` (without the program name); no command means ``demo``. Exits 2 on a usage error."""
+    args = list(argv)
+    if not args or args[0] not in ("demo", "serve", "-h", "--help"):
+        args.insert(0, "demo")
+    parser = build_parser()
+    namespace = parser.parse_args(args)
+    try:
+        BatchSettings(namespace.window, namespace.max_batch_size, namespace.max_wait)
+    except InvalidSettings as exc:
+        parser.error(str(exc))
+    if namespace.command == "demo" and namespace.channels < 1:
+        parser.error(f"--channels must be >= 1, got {namespace.channels}")
+    if namespace.command == "serve" and namespace.admin_port is not None and namespace.base != TCP_BASE:
+        parser.error(f"--admin-port needs --base {TCP_BASE}")
+    if namespace.command == "serve" and namespace.redis is not None:
+        _check_redis_url(parser, namespace.redis)
+    if namespace.command == "serve" and namespace.allow_volatile_redis and namespace.redis is None:
+        parser.error("--allow-volatile-redis needs --redis")
+    if namespace.command == "serve":
+        _check_distributed(parser, namespace)
+    return namespace
+
+
+def _check_distributed(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    defaults = parser.parse_args(["serve"])
+    tuned = [f"--{name.replace('_', '-')}" for name in ("stream", "stream_maxlen", "sweep_interval", "grace",
+                                                         "node_id", "acks")
+             if getattr(namespace, name) != getattr(defaults, name)]
+    if not namespace.distributed:
+        if tuned:
+            parser.error(f"{', '.join(tuned)} need(s) --distributed")
+        return
+    if namespace.redis is None:
+        parser.error("--distributed needs --redis URL")
+    if namespace.base != SIMPLE_BASE or namespace.admin_port is not None:
+        parser.error("--distributed runs no actor system: --base and --admin-port do not apply")
+    if not namespace.stream:
+        parser.error("--stream must not be empty")
+    if namespace.stream_maxlen < 0:
+        parser.error(f"--stream-maxlen must be >= 0, got {namespace.stream_maxlen}")
+    if not namespace.grace >= 0:
+        parser.error(f"--grace must be >= 0, got {namespace.grace}")
+    if namespace.node_id is not None:
+        try:
+            from protocol.keys import dist_node_key
+
+            dist_node_key(namespace.node_id)
+        except ValueError as exc:
+            parser.error(f"--node-id: {exc}")
+
+
+def _check_redis_url(parser: argparse.ArgumentParser, url: str) -> None:
+    try:
+        from redis.connection import parse_url
+    except ImportError:
+        parser.error("--redis needs the redis package: pip install '.[redis]'")
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        parser.error(f"--redis {redacted(url)}: {exc}")
+
+
+class _ReportedByServe(logging.Filter):
+    """Drops the actors' log records of what serve reports on stderr in its own words (a refused Redis, an
+    accepted volatile one), so each is said once. Installed before the actor system starts: the TCP base's
+    processes inherit it."""
+
+    _SAID: tuple[tuple[str, str], ...] = (
+        ("actors.supervisor", "persistence refused"),
+        ("actors.store", "accepted a Redis that may lose data"),
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and str(record.msg).startswith(start) for name, start in self._SAID)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command in ``argv`` (default: the process's arguments) and return the exit status."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_ReportedByServe())
+    try:
+        if args.command == "serve":
+            return run_serve_distributed(args) if args.distributed else run_serve(args)
+        return run_demo(args)
+    except BrokenPipeError:  # stdout's reader went away, e.g. ``| head``
+        silence_stdout()
+        return EXIT_FAILED

@@ -1,0 +1,280 @@
+"""``serve`` on an actor system: JSON lines from stdin enqueued into a node, each finished batch written to
+stdout as one JSON line and acknowledged once written, until end of input or a signal."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import signal
+import sys
+import threading
+from concurrent.futures import Future
+from datetime import datetime
+from typing import IO, Any, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+from actors.driver import DriverStopped, Output
+from actors.system import SIMPLE_BASE, TCP_BASE
+from protocol.errors import InvalidInput, MessageQueueError, RedisDataLost, StoreUnavailable, UnsafeRedis
+from protocol.messages import SUPERVISOR_NAME, BatchReady, GetStatistics, ProcessingDone, Statistics
+from protocol.values import BatchSettings, payload_messages
+from service.lines import MAX_LINE_BYTES, parse_line, read_lines
+from service.nodes import InProcessNode, Node, TcpNode, expect
+from service.process import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Stopped,
+    catch_stop_signals,
+    ignore_stop_signals,
+    signal_handlers_restored,
+    silence_stdout,
+)
+
+def batch_record(ready: BatchReady) -> dict[str, Any]:
+    """The JSON object written for one finished batch. ``attempt`` is 1 for a first delivery and more for a
+    redelivery after a crash (``--redis``), which keeps the ``item_id``: deduplicate by ``item_id``."""
+    return {
+        "channel_id": ready.channel_id,
+        "item_id": ready.item.item_id,
+        "attempt": ready.item.attempt,
+        "delivery_id": ready.delivery_id,
+        "reason": ready.reason,
+        "lateness_ms": round(ready.lateness * 1000, 3),
+        "messages": [
+            {
+                "platform": m.platform,
+                "channel_id": m.channel_id,
+                "user_id": m.user_id,
+                "user_name": m.user_name,
+                "text": m.text,
+                "queued_at": m.queued_at.isoformat(),
+                "extra": m.extra,
+            }
+            for m in payload_messages(ready.item.payload)
+        ],
+    }
+
+
+def _json_default(value: object) -> str:
+    """JSON for values only a sender on the TCP base can put in ``extra``."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    return str(value)
+
+
+class BatchWriter:
+    """Writes each finished batch as one JSON line, flushes, then acknowledges it to its channel."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.node: Node | None = None
+        self._out = out
+        self._changed = threading.Condition()
+        self.batches = 0
+        self.messages = 0
+        self.broken: OSError | None = None  # the output was closed: nothing more can be written
+
+    def on_output(self, output: Output) -> None:
+        if not isinstance(output, BatchReady):
+            return  # a cancel always comes after the batch was written and acknowledged
+        if self.broken is not None:
+            return
+        line = json.dumps(batch_record(output), ensure_ascii=False, default=_json_default) + "\n"
+        try:
+            self._out.write(line.encode("utf-8"))
+            self._out.flush()
+        except OSError as exc:
+            with self._changed:
+                self.broken = exc
+                self._changed.notify_all()
+            return
+        assert self.node is not None
+        self.node.tell(ProcessingDone(output.channel_id, output.delivery_id), output.reply_to)
+        with self._changed:
+            self.batches += 1
+            self.messages += len(payload_messages(output.item.payload))
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``predicate()`` holds after a batch was written, the output broke, or ``timeout`` passed."""
+        with self._changed:
+            self._changed.wait_for(lambda: predicate() or self.broken is not None, timeout)
+
+
+class ServeError(Exception):
+    """serve cannot go on; the message says why."""
+
+
+class OutputClosed(ServeError):
+    """The reader of stdout went away: nothing more can be written."""
+
+
+def _check(node: Node, writer: BatchWriter) -> None:
+    if writer.broken is not None:
+        raise OutputClosed(f"output closed ({writer.broken})")
+    if not node.running:
+        raise ServeError("the actor system stopped unexpectedly")
+
+
+def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | None]]) -> tuple[int, int]:
+    """Enqueue every good line; report each bad one on stderr. Returns (accepted, skipped)."""
+    accepted = skipped = 0
+    for number, data in lines:
+        _check(node, writer)
+        if data is not None and not data.strip():
+            continue  # an empty line carries nothing
+        try:
+            if data is None:
+                raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
+            node.enqueue(parse_line(data))
+            accepted += 1
+        except InvalidInput as exc:
+            skipped += 1
+            print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
+    return accepted, skipped
+
+
+def _wait_drained(node: Node, writer: BatchWriter, accepted: int) -> None:
+    """Return once no channel holds an open, waiting or in-flight batch.
+
+    Waits first until at least ``accepted`` messages were written (on the TCP base a flooded Supervisor can
+    take long to answer anything), then asks the channels, which also covers messages from other senders.
+    """
+    while writer.messages < accepted:
+        writer.wait_for(lambda: writer.messages >= accepted, 1.0)
+        _check(node, writer)
+    while True:
+        seen = writer.batches
+        reply = expect(_await(node.call(GetStatistics()), node, writer), Statistics, "GetStatistics")
+        if all(not (s.open_batch_size or s.queued or s.in_flight) for s in reply.channels):
+            return
+        writer.wait_for(lambda: writer.batches > seen, 1.0)  # the next batch written may be the last
+        _check(node, writer)
+
+
+def _await(future: Future[object], node: Node, writer: BatchWriter) -> object:
+    """The result of a command sent to a busy node: it may queue behind many others, so there is no
+    deadline here (the node bounds the wait for the reply itself), only checks that the node still runs."""
+    while True:
+        try:
+            return future.result(1.0)
+        except TimeoutError:
+            _check(node, writer)
+
+
+def _make_node(args: argparse.Namespace, writer: BatchWriter) -> Node:
+    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait)
+    redis_url: str = args.redis or ""
+    allow_volatile: bool = args.allow_volatile_redis
+    node: Node
+    if args.base == TCP_BASE:
+        node = TcpNode(writer.on_output, settings, idle_timeout=args.idle_timeout, admin_port=args.admin_port,
+                       redis_url=redis_url, allow_volatile_redis=allow_volatile)
+    else:
+        node = InProcessNode(writer.on_output, settings, idle_timeout=args.idle_timeout, redis_url=redis_url,
+                             allow_volatile_redis=allow_volatile)
+    writer.node = node
+    return node
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<an invalid URL>"
+
+
+def _announce(node: Node, args: argparse.Namespace) -> None:
+    if args.redis:
+        if args.allow_volatile_redis:
+            _warn_if_volatile(args.redis)
+        stored = f"persisting to Redis at {redacted(args.redis)}"
+        if node.restored:
+            plural = "s" if node.restored != 1 else ""
+            print(f"serve: restored {node.restored} channel{plural} from Redis; their stored batches are "
+                  "delivered in order, ahead of new messages for the same channels", file=sys.stderr)
+    else:
+        stored = "in memory only"
+    if not isinstance(node, TcpNode):
+        print(f"serve: ready on {SIMPLE_BASE}, {stored}; reading JSON lines on stdin", file=sys.stderr,
+              flush=True)
+        return
+    port = node.admin_port
+    print(f"serve: ready on {TCP_BASE}, {stored}; reading JSON lines on stdin; the Supervisor is reachable by "
+          f"global name {SUPERVISOR_NAME!r} on admin port {port}", file=sys.stderr)
+    print(f"serve: WARNING: {TCP_BASE} binds every network interface and unpickles whatever reaches port "
+          f"{port}: anyone who can connect to it can run code as this user. Keep the port unreachable from "
+          "untrusted hosts (firewall, private network).", file=sys.stderr, flush=True)
+
+
+def _warn_if_volatile(url: str) -> None:
+    """Warn on stderr that the Redis at ``url`` may lose acknowledged data (``--allow-volatile-redis``)."""
+    from actors.store import RedisStore  # the redis extra: only with --redis
+
+    store = RedisStore.from_url(url)
+    try:
+        problems = store.durability_problems()
+    except Exception as exc:  # the node runs already: a failed check only loses the warning's detail
+        problems = [f"could not check its persistence settings ({exc})"]
+    finally:
+        store.close()
+    if problems:
+        print(f"serve: WARNING: Redis at {redacted(url)} may lose acknowledged messages (accepted with "
+              f"--allow-volatile-redis): {'; '.join(problems)}", file=sys.stderr, flush=True)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Batch JSON-line messages from stdin into JSON-line batches on stdout until end of input or a signal."""
+    writer = BatchWriter(sys.stdout.buffer)
+    node = _make_node(args, writer)
+    with signal_handlers_restored():
+        return _serve(node, writer, args)
+
+
+def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
+    url = redacted(args.redis or "")
+    try:
+        node.start()
+        # Only now: the TCP base forks its admin while starting, and it must not inherit these handlers.
+        catch_stop_signals()
+        _announce(node, args)
+        accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
+        print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
+              "last batches", file=sys.stderr, flush=True)
+        _wait_drained(node, writer, accepted)
+        print(f"serve: done; {writer.messages} messages written in {writer.batches} batches", file=sys.stderr)
+        return EXIT_OK
+    except (Stopped, KeyboardInterrupt) as stop:
+        name = str(stop) or signal.SIGINT.name
+        kept = "kept in Redis for the next start" if args.redis else "discarded"
+        print(f"serve: stopped by {name}; batches still open or waiting were {kept}", file=sys.stderr)
+        return EXIT_OK
+    except UnsafeRedis as exc:
+        print(f"serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except StoreUnavailable as exc:
+        print(f"serve: cannot reach Redis at {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RedisDataLost as exc:
+        print(f"serve: refusing to start: Redis at {url} lost data stored by an earlier run ({exc}); nothing "
+              "was changed: check the server (restarted without its append-only file? flushed? failed over to "
+              "an empty replica?)", file=sys.stderr)
+        return EXIT_FAILED
+    except OutputClosed as exc:
+        silence_stdout()
+        print(f"serve: {exc}; stopping", file=sys.stderr)
+        return EXIT_FAILED
+    except (ServeError, MessageQueueError, DriverStopped, TimeoutError) as exc:
+        print(f"serve: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        ignore_stop_signals()
+        node.stop()
