@@ -60,7 +60,7 @@ _IDLE_WAIT = 1.0  # longest block on the inbox when no wakeup is pending (second
 
 
 # What other threads put on the inbox of a thread that drives an actor system (this driver, and the TCP node
-# of run_system.py): a message to enqueue, a command (with a future for its reply, or None), or STOP.
+# of service/nodes.py): a message to enqueue, a command (with a future for its reply, or None), or STOP.
 
 
 @dataclass(frozen=True, slots=True)
