@@ -520,17 +520,15 @@ class RedisStore:
         args: list[bytes | str | int] = [me, self._epoch or b"", token, _MARKER_TTL, self._lease_ms]
         _script_operations(ops, script_keys, args, self._open_frames)
         self._unsure = (token, len(ops))
-        pending = PendingWrite(script_keys, args)
-        connection = self._writer
         try:
-            connection.send_command(  # type: ignore[no-untyped-call]
+            self._writer.send_command(  # type: ignore[no-untyped-call]
                 "EVALSHA", self._apply_script.sha, len(script_keys), *script_keys, *args
             )
         except BaseException:
-            connection.disconnect()  # type: ignore[no-untyped-call]
+            self._writer.disconnect()  # type: ignore[no-untyped-call]
             raise
-        self._pending = pending
-        return pending
+        self._pending = PendingWrite(script_keys, args)
+        return self._pending
 
     def finish_apply(self, pending: PendingWrite) -> None:
         """Wait for the write :meth:`start_apply` sent and check its outcome.
@@ -548,16 +546,14 @@ class RedisStore:
         except BaseException:
             self._writer.disconnect()  # type: ignore[no-untyped-call]
             raise
+        self._unsure = None  # the reply is in: the script wrote all (ok, taken back) or nothing (lost, epoch)
         outcome, *details = reply
         if outcome == b"lost":
-            self._unsure = None  # the script wrote nothing
             raise self._lose(details[0] or None, int(details[1]))
         if outcome == b"epoch":
-            self._unsure = None
             raise self._epoch_changed(details[0] or None)
         if outcome == b"taken back":
             log.warning("the writer lease had expired and no other node took it: taken back")
-        self._unsure = None
 
     def _skip_applied(self, ops: Sequence[Op]) -> Sequence[Op]:
         """``ops`` without those the last, failed transaction applied after all (its marker is set)."""
@@ -683,10 +679,12 @@ def _script_operations(
             continue
         if isinstance(op, PushTail):
             push(keys.queue_key(channel))
-            values.append(_encode_closed(op, frames.pop(channel, None)) if op.closes_open else codec.encode(op.item))
-            if op.closes_open:
-                push(None)
-                args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
+            if not op.closes_open:
+                values.append(codec.encode(op.item))
+                continue
+            values.append(_encode_closed(op, frames.pop(channel, None)))
+            push(None)
+            args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
             continue
         push(None)
         if isinstance(op, PushHead):

@@ -18,3 +18,12 @@ def redis_srv() -> Iterator[RedisServer]:
         pytest.skip("redis-server binary not found on PATH (.ci/run installs it with apt-get)")
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture
+def volatile_redis() -> Iterator[RedisServer]:
+    """A private redis-server without AOF (snapshots only): one that may lose acknowledged writes."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found on PATH (.ci/run installs it with apt-get)")
+    with redis_server(appendonly=False) as server:
+        yield server

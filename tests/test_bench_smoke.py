@@ -62,16 +62,20 @@ def test_the_report_has_every_section(report: dict[str, Any]) -> None:
         assert any(key.startswith("channels_") for key in block)
 
 
+def assert_delivered_once_in_order(name: str, result: dict[str, Any]) -> None:
+    assert result["expected"] > 0, name
+    assert result["delivered"] == result["expected"], name
+    assert result["all_delivered"] is True, name
+    assert result["in_order"] is True, name
+    assert result["duplicates"] == 0, name
+    assert result["msgs_per_s"] > 0, name
+    for kind, stats in result["lateness_ms"].items():
+        assert set(stats) == {"p50", "p99", "max"}, (name, kind)
+
+
 def test_every_workload_delivers_every_message_once_and_in_order(report: dict[str, Any]) -> None:
     for name, result in delivery_workloads(report).items():
-        assert result["expected"] > 0, name
-        assert result["delivered"] == result["expected"], name
-        assert result["all_delivered"] is True, name
-        assert result["in_order"] is True, name
-        assert result["duplicates"] == 0, name
-        assert result["msgs_per_s"] > 0, name
-        for kind, stats in result["lateness_ms"].items():
-            assert set(stats) == {"p50", "p99", "max"}, (name, kind)
+        assert_delivered_once_in_order(name, result)
 
 
 def test_the_actor_runs_produce_nothing_but_batches(report: dict[str, Any]) -> None:
@@ -100,17 +104,6 @@ def test_the_bars_are_reported_as_booleans(report: dict[str, Any]) -> None:
 FACADE_SCRIPT = ROOT / "bench" / "bench_facade.py"
 PERSISTENCE_SCRIPT = ROOT / "bench" / "bench_persistence.py"
 SHAPES = ("saturated", "paced", "lateness")
-
-
-def assert_delivered_once_in_order(name: str, result: dict[str, Any]) -> None:
-    assert result["expected"] > 0, name
-    assert result["delivered"] == result["expected"], name
-    assert result["all_delivered"] is True, name
-    assert result["in_order"] is True, name
-    assert result["duplicates"] == 0, name
-    assert result["msgs_per_s"] > 0, name
-    for kind, stats in result["lateness_ms"].items():
-        assert set(stats) == {"p50", "p99", "max"}, (name, kind)
 
 
 @pytest.fixture(scope="module")

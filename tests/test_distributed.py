@@ -492,7 +492,7 @@ def test_set_event_bus_turns_a_redis_queue_distributed_before_first_use(redis_sr
     run(main())
 
 
-def test_distributed_mode_refuses_a_redis_that_may_lose_messages() -> None:
+def test_distributed_mode_refuses_a_redis_that_may_lose_messages(volatile_redis: RedisServer) -> None:
     async def main(url: str) -> None:
         client = aioredis.Redis.from_url(url)
         try:
@@ -506,8 +506,7 @@ def test_distributed_mode_refuses_a_redis_that_may_lose_messages() -> None:
         finally:
             await client.aclose()
 
-    with redis_server(appendonly=False) as server:
-        run(main(server.url))
+    run(main(volatile_redis.url))
 
 
 def test_node_options_are_checked() -> None:

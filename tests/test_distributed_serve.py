@@ -15,7 +15,7 @@ import redis
 
 from dist_cluster import ROOT, NodeProcess, StreamReader, message_line, open_deadlines
 from protocol.keys import DIST_DEADLINES, INBOUND_STREAM, channel_tag
-from redis_support import RedisServer, redis_server
+from redis_support import RedisServer
 from service.cli import parse_args
 from service.lines import LineSplitter
 
@@ -88,15 +88,14 @@ def test_a_custom_stream_and_maxlen(redis_srv: RedisServer, client: redis.Redis)
     assert 10 <= client.xlen("bots:in") <= 110 and client.exists(INBOUND_STREAM) == 0
 
 
-def test_a_node_refuses_a_redis_that_may_lose_messages() -> None:
-    with redis_server(appendonly=False) as server:
-        refused = serve(server.url, stdin=message_line("c", "x"))
-        assert refused.returncode == 1
-        assert "refusing to batch in this Redis: appendonly is 'no'" in refused.stderr.decode()
-        accepted = serve(server.url, "--allow-volatile-redis", "--window", "0", stdin=message_line("c", "x"))
-        assert accepted.returncode == 0, accepted.stderr.decode()
-        assert "a Redis that may lose data (allowed by option) to batch in" in accepted.stderr.decode()
-        assert redis.Redis.from_url(server.url).xlen(INBOUND_STREAM) == 1
+def test_a_node_refuses_a_redis_that_may_lose_messages(volatile_redis: RedisServer) -> None:
+    refused = serve(volatile_redis.url, stdin=message_line("c", "x"))
+    assert refused.returncode == 1
+    assert "refusing to batch in this Redis: appendonly is 'no'" in refused.stderr.decode()
+    accepted = serve(volatile_redis.url, "--allow-volatile-redis", "--window", "0", stdin=message_line("c", "x"))
+    assert accepted.returncode == 0, accepted.stderr.decode()
+    assert "a Redis that may lose data (allowed by option) to batch in" in accepted.stderr.decode()
+    assert redis.Redis.from_url(volatile_redis.url).xlen(INBOUND_STREAM) == 1
 
 
 def test_a_node_that_cannot_reach_redis_exits_1() -> None:

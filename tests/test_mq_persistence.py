@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any, Coroutine, Iterator
+from typing import Any, Coroutine
 
 import pytest
 import redis
@@ -22,7 +22,7 @@ from message_queue import MessageQueue, StoreUnavailable, UnsafeRedis
 from message_queue.redis_url import url_of_client
 from protocol import keys
 from protocol.errors import InvalidSettings
-from redis_support import REDIS_SERVER, RedisServer, redis_server
+from redis_support import RedisServer
 from test_message_queue_api import Recorder, msg
 
 WINDOW = 0.05
@@ -43,14 +43,6 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.redis.aclose()
-
-
-@pytest.fixture
-def volatile_redis() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found on PATH")
-    with redis_server(appendonly=False) as server:
-        yield server
 
 
 # -- surviving a restart ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
 from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront, EnqueueMany
 from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
-from redis_support import RedisServer, redis_server
+from redis_support import RedisServer
 from test_actors import Harness, message, texts
 
 pytestmark = pytest.mark.redis
@@ -183,12 +183,11 @@ def test_an_undecodable_stored_item_goes_to_dead_letters_and_the_channel_carries
     assert isinstance(letter, DeadLetter) and letter.role == keys.QUEUE and letter.data == b"\x92\xa4item\xc0"
 
 
-def test_a_redis_without_aof_is_refused_unless_allowed() -> None:
-    with redis_server(appendonly=False) as server:
-        with pytest.raises(UnsafeRedis, match=r"appendonly is 'no'.*--allow-volatile-redis"):
-            start_system(SIMPLE_BASE, redis_url=server.url)
-        running = start_system(SIMPLE_BASE, redis_url=server.url, allow_volatile_redis=True)
-        running.shutdown()
+def test_a_redis_without_aof_is_refused_unless_allowed(volatile_redis: RedisServer) -> None:
+    with pytest.raises(UnsafeRedis, match=r"appendonly is 'no'.*--allow-volatile-redis"):
+        start_system(SIMPLE_BASE, redis_url=volatile_redis.url)
+    running = start_system(SIMPLE_BASE, redis_url=volatile_redis.url, allow_volatile_redis=True)
+    running.shutdown()
 
 
 def test_a_redis_that_lost_part_of_its_data_is_reported_at_start(

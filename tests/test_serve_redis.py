@@ -22,7 +22,7 @@ import redis
 from actors.system import free_port
 from protocol import codec, keys
 from protocol.values import QueueItem
-from redis_support import REDIS_SERVER, RedisServer, redis_server
+from redis_support import RedisServer
 from service.cli import parse_args
 from service.serve import redacted
 from test_run_system import TIMEOUT, Running, batches_of, launch, message, run, texts_by_channel
@@ -218,14 +218,6 @@ def test_sigterm_keeps_open_batches_in_redis_and_a_tcp_node_restores_them(
 
 
 # -- refusals ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def volatile_redis() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found on PATH")
-    with redis_server(appendonly=False) as server:
-        yield server
 
 
 def test_serve_refuses_a_redis_without_aof_in_one_line_unless_allowed(volatile_redis: RedisServer) -> None:
