@@ -53,10 +53,11 @@ class ChannelState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class MessageAdded:
-    """A message joined the open batch (which now holds ``batch_size`` messages)."""
+    """A message joined the open batch (which now holds ``batch_size`` messages) at time ``at``."""
 
     message: QueuedMessage
     batch_size: int
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +331,7 @@ class ChannelCore:
             current.opened_at = now
         current.last_at = now
         if self._added_effects:
-            effects.append(MessageAdded(msg, current.batch.size))
+            effects.append(MessageAdded(msg, current.batch.size, now))
         if current.batch.size >= current.settings.max_batch_size:
             self._close(FlushReason.FULL, now, effects)
         self._deliver_next(effects)
@@ -344,6 +345,15 @@ class ChannelCore:
             self._close(current.timed_reason(), now, effects)
             self._deliver_next(effects)
         return effects
+
+    def flush(self, now: float) -> tuple[bool, list[Effect]]:
+        """Close the open batch now (reason ``flushed``); False when no batch is open."""
+        effects: list[Effect] = []
+        if self._open is None:
+            return False, effects
+        self._close(FlushReason.FLUSHED, now, effects)
+        self._deliver_next(effects)
+        return True, effects
 
     def hold(self) -> bool:
         """Suspend the open batch's deadline until the next message; False when no batch is open."""
@@ -433,8 +443,8 @@ class ChannelCore:
         current = self._open
         assert current is not None
         self._open = None
-        # a full batch closes on time; a held one has no deadline to be late for
-        on_time = reason is FlushReason.FULL or current.held
+        # a full or flushed batch closes on time; a held one has no deadline to be late for
+        on_time = reason is FlushReason.FULL or reason is FlushReason.FLUSHED or current.held
         lateness = 0.0 if on_time else max(0.0, now - current.deadline)
         self._push_tail(QueueItem(self._new_id(), self.channel_id, current.batch), reason, lateness, effects)
 

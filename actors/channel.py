@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from thespian.actors import ActorSystemMessage
 
@@ -28,6 +28,8 @@ from actors.internal import (
     Ack,
     AttachProcessor,
     ChannelInit,
+    Clock,
+    EnqueueChecked,
     Gathered,
     Passivate,
     Routed,
@@ -49,6 +51,7 @@ from actors.journal import (
 )
 from protocol.errors import ProtocolViolation
 from protocol.messages import (
+    BatchFlushed,
     BatchHeld,
     BatchReady,
     CancelCurrent,
@@ -59,9 +62,8 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
-    Enqueue,
     EnqueueFront,
-    EnqueueMany,
+    FlushBatch,
     GetStatistics,
     HoldBatch,
     Observe,
@@ -82,10 +84,9 @@ log = logging.getLogger(__name__)
 class ChannelActor(Dispatcher):
     """Holds one channel's open batch, deadline and FIFO; keeps one item in flight to the processor."""
 
-    clock: Callable[[], float] = staticmethod(time.monotonic)
-
     def __init__(self) -> None:
         super().__init__()
+        self.clock: Clock = time.monotonic
         self._core: ChannelCore | None = None
         self._timer: Optional[ActorAddress] = None
         self._supervisor: Optional[ActorAddress] = None
@@ -117,6 +118,8 @@ class ChannelActor(Dispatcher):
         self._received += 1
         self._supervisor = sender
         self._timer = msg.timer
+        if msg.clock is not None:
+            self.clock = msg.clock
         self._idle_timeout = msg.idle_timeout
         self._core = ChannelCore(
             msg.channel_id,
@@ -152,7 +155,7 @@ class ChannelActor(Dispatcher):
             # them, then the stored open batch again as what is still open.
             ops: list[Op] = []
             for effect in effects:
-                _journal(core.channel_id, effect, ops)
+                _journal(core.channel_id, effect, ops, wall - now)
             still_open = entries[len(entries) - (core.statistics().open_batch_size) :]
             ops.extend(AppendOpen(core.channel_id, entry) for entry in still_open)
             self.send(self._persistence, Persist(tuple(ops)))
@@ -182,17 +185,13 @@ class ChannelActor(Dispatcher):
 
     # -- inbound messages ----------------------------------------------------------------------------------
 
-    def receiveMsg_Enqueue(self, msg: Enqueue, sender: ActorAddress) -> None:
-        self._received += 1
-        self._settle(self._channel.enqueue(msg.message, self.clock()))
-
-    def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
+    def receiveMsg_EnqueueChecked(self, msg: EnqueueChecked, sender: ActorAddress) -> None:
         self._received += 1
         enqueue = self._channel.enqueue
-        now = self.clock()  # they arrived together
         effects: list[Effect] = []
-        for message in msg.messages:
-            effects += enqueue(message, now)
+        # Each message at the time it was accepted: its window counts from then, however long it took to get here.
+        for message, arrived in zip(msg.messages, msg.arrived):
+            effects += enqueue(message, arrived)
         self._settle(effects)
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
@@ -244,6 +243,9 @@ class ChannelActor(Dispatcher):
             reply = Statistics((core.statistics(),))
         elif isinstance(command, HoldBatch):
             reply = BatchHeld(core.channel_id, core.hold())
+        elif isinstance(command, FlushBatch):
+            flushed, effects = core.flush(self.clock())
+            reply = BatchFlushed(core.channel_id, flushed)
         else:  # pragma: no cover - Routed only carries the commands above
             raise TypeError(f"cannot route {type(command).__name__}")
         # a statistics query is not activity: polling must not keep an idle channel from passivating
@@ -300,6 +302,7 @@ class ChannelActor(Dispatcher):
         core = self._channel
         out: list[tuple[ActorAddress, object]] = []
         ops: list[Op] | None = [] if self._persistence is not None else None
+        wall = time.time() - self.clock() if ops is not None else 0.0  # wall clock = our clock + wall
         for effect in effects:
             if isinstance(effect, Deliver):
                 processor = self._processor
@@ -342,7 +345,11 @@ class ChannelActor(Dispatcher):
                     effect.error,
                 )
             if ops is not None:
-                _journal(core.channel_id, effect, ops)
+                _journal(core.channel_id, effect, ops, wall)
+        # The observer hears of the counts before any reply this settle sends: a caller that got its reply
+        # already sees what its command did.
+        if self._observer is not None and effects:
+            self._report()
         out.extend(then)
         if ops is not None:
             if ops or out:
@@ -352,8 +359,6 @@ class ChannelActor(Dispatcher):
         else:
             for address, message in out:
                 self.send(address, message)
-        if self._observer is not None and effects:
-            self._report()
         deadline = core.deadline
         if deadline is not None and (self._deadline_wake is None or deadline < self._deadline_wake):
             self._deadline_wake = deadline
@@ -382,10 +387,11 @@ class ChannelActor(Dispatcher):
         self.send(self._timer, request)
 
 
-def _journal(channel_id: str, effect: Effect, ops: list[Op]) -> None:
-    """Append the store operations that make ``effect`` durable."""
+def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> None:
+    """Append the store operations that make ``effect`` durable; ``wall`` turns the channel's clock into Unix
+    time (it is added)."""
     if isinstance(effect, MessageAdded):
-        ops.append(AppendOpen(channel_id, OpenEntry(effect.message, time.time())))
+        ops.append(AppendOpen(channel_id, OpenEntry(effect.message, effect.at + wall)))
     elif isinstance(effect, ItemQueued):
         if effect.reason is FlushReason.FRONT:
             ops.append(PushHead(channel_id, effect.item))

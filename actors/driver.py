@@ -23,16 +23,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 from thespian.actors import ActorSystemMessage
 from thespian.system import isInternalActorSystemMessage
 
-from actors.internal import EnqueueChecked
-from actors.system import SIMPLE_BASE, RunningSystem, start_system
+from actors.internal import ConfigureSystem, EnqueueChecked
+from actors.io import ThreadIo
+from actors.system import SIMPLE_BASE, RunningSystem, launch_system, restored_channels
 from protocol.limits import validate_message
 from protocol.messages import (
     BatchReady,
@@ -76,6 +79,7 @@ class Stop:
 
 STOP = Stop()
 Inbox = Union[QueuedMessage, Command, Stop]
+Accepted = tuple[QueuedMessage, float]  # a message and when it was accepted (time.monotonic)
 
 
 class DriverStopped(RuntimeError):
@@ -105,7 +109,7 @@ class InProcessDriver:
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
         self._poll = poll_interval
-        self._inbox: queue.SimpleQueue[Inbox] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Command | Stop | Accepted] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._alive = False  # the thread runs its loop (set by the thread itself; cheaper than is_alive())
@@ -116,6 +120,7 @@ class InProcessDriver:
         self._callers: _Callers | None = None
         self._deferred: _DeferredTells | None = None
         self._responses: _Responses | None = None
+        self._io = ThreadIo(lambda to, msg: self._inbox.put(Command(msg, None, to)))
 
     # -- any thread ------------------------------------------------------------------------------------------
 
@@ -136,6 +141,19 @@ class InProcessDriver:
         if self._failure is not None:
             self._thread = None
             raise self._failure
+        assert self._system is not None
+        configure = ConfigureSystem(
+            self._settings, self._idle_timeout, self._redis_url, self._allow_volatile_redis, io=self._io
+        )
+        try:
+            reply = self.call(configure).result(timeout)
+        except FutureTimeout:
+            reply = None
+        try:
+            self._system.restored = restored_channels(reply, timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def tell(self, msg: object, to: ActorAddress | None = None) -> None:
         """Send ``msg`` to the Supervisor, or to the actor ``to`` (such as a ``BatchReady``'s ``reply_to``);
@@ -151,7 +169,7 @@ class InProcessDriver:
         """
         if not checked:
             validate_message(message)
-        self._inbox.put(message)
+        self._inbox.put((message, time.monotonic()))
 
     def call(self, msg: object) -> Future[object]:
         """Send ``msg`` to the Supervisor; the future resolves with its reply (a command without a reply, such
@@ -196,16 +214,11 @@ class InProcessDriver:
     # -- the system thread -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        io = self._io
         try:
-            self._system = start_system(
-                SIMPLE_BASE,
-                self._settings,
-                idle_timeout=self._idle_timeout,
-                redis_url=self._redis_url,
-                allow_volatile_redis=self._allow_volatile_redis,
-                timeout=self._start_timeout,
-            )
+            self._system = launch_system(SIMPLE_BASE)
         except BaseException as exc:  # reported to start()'s caller
+            io.shutdown(wait=False)
             self._failure = exc
             self._started.set()
             return
@@ -217,17 +230,17 @@ class InProcessDriver:
         self._callers = _Callers.find(asys)
         self._deferred = _DeferredTells.find(asys)
         self._responses = _Responses.find(asys)
-        pending: list[QueuedMessage] = []
+        pending: list[Accepted] = []
         try:
             while True:
-                item: Inbox | None
+                item: Command | Stop | Accepted | None
                 try:
                     item = self._inbox.get(timeout=self._poll if timers is None else timers.wait_time())
                 except queue.Empty:
                     item = None
                 stop = False
                 while item is not None:
-                    if isinstance(item, QueuedMessage):
+                    if isinstance(item, tuple):
                         pending.append(item)
                         if len(pending) >= _MAX_COALESCED:
                             self._flush(asys, supervisor, pending)
@@ -260,6 +273,7 @@ class InProcessDriver:
             if self._callers is not None:
                 self._callers.fail_all()
             system.shutdown()
+            io.shutdown(wait=False)
 
     def _fail_pending(self) -> None:
         """Fail the futures of commands that will never run."""
@@ -272,10 +286,10 @@ class InProcessDriver:
                 if item.future.set_running_or_notify_cancel():
                     item.future.set_exception(DriverStopped("the actor system driver stopped"))
 
-    def _flush(self, asys: object, supervisor: object, pending: list[QueuedMessage]) -> None:
+    def _flush(self, asys: object, supervisor: object, pending: list[Accepted]) -> None:
         if not pending:
             return
-        msg = EnqueueChecked(tuple(pending))
+        msg = EnqueueChecked(tuple(m for m, _ in pending), tuple(at for _, at in pending))
         pending.clear()
         self._command(asys, supervisor, msg, None)
 

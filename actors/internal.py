@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from protocol.messages import (
     CancelCurrent,
     Clear,
     ConfigureChannel,
+    FlushBatch,
     GetStatistics,
     HoldBatch,
     StopChannel,
@@ -21,12 +22,67 @@ if TYPE_CHECKING:
     from thespian.actors import ActorAddress
 
 
+Clock = Callable[[], float]
+"""Seconds on a monotonic clock. Every actor of a system reads the one clock it was configured with."""
+
+
+class Alarm(Protocol):
+    """Where the Timer arms its deadline when a driver owns time (the loop driver): instead of a Thespian
+    wakeup, the driver calls back with ``Tick`` once ``at`` has come, after it has handed the actors every
+    message accepted before that moment."""
+
+    def arm(self, at: float, timer: "ActorAddress") -> None:
+        """Send ``timer`` a ``Tick`` no earlier than ``at`` (an earlier arm replaces a later one)."""
+
+
+class Submission(Protocol):
+    def outcome(self, timeout: float | None = None) -> "Outcome":
+        """Block until the call has run; what it returned or raised."""
+
+
+class Io(Protocol):
+    """Runs blocking calls away from the actors' thread and hands each outcome back as an actor message
+    (:class:`actors.io.ThreadIo`)."""
+
+    def submit(
+        self, call: Callable[[], Any], to: "ActorAddress", reply: Callable[["Outcome"], object]
+    ) -> Submission:
+        """Run ``call`` on an I/O thread; then send ``reply(outcome)`` to ``to``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a blocking call returned, or the exception it raised."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+    @classmethod
+    def of(cls, call: Callable[[], Any]) -> Outcome:
+        try:
+            return cls(call())
+        except Exception as exc:  # handed to the actor that asked, which decides
+            return cls(error=exc)
+
+
 @dataclass(frozen=True, slots=True)
 class EnqueueChecked:
-    """In-process driver -> Supervisor: messages already checked with ``protocol.limits.validate_message``
-    by the driver's caller, in order. Routed like ``EnqueueMany`` without checking them again; no reply."""
+    """Driver -> Supervisor -> ChannelActor: messages already checked with
+    ``protocol.limits.validate_message``, in order, each with the time it was accepted (``arrived``, on the
+    system's clock: its batching window counts from then). Routed without checking them again. With ``ack``,
+    the Supervisor answers ``Enqueued`` once they are all durable (at once without persistence)."""
 
     messages: tuple[QueuedMessage, ...]
+    arrived: tuple[float, ...]
+    ack: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Loop driver -> Timer: the driver's clock read ``now`` when every message accepted before it had been
+    handed to the actors; wake every deadline up to ``now``."""
+
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +94,9 @@ class ConfigureSystem:
     idle_timeout: float = 60.0
     redis_url: str = ""  # persist every channel to this Redis (empty: in memory only)
     allow_volatile_redis: bool = False  # accept a Redis that may lose acknowledged writes
+    clock: Optional[Clock] = None  # the system's clock (None: time.monotonic)
+    alarm: Optional[Alarm] = None  # the Timer arms this instead of Thespian wakeups (a driver owns time)
+    io: Optional[Io] = None  # persistence runs its Redis calls here (None: inline, blocking its actor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +120,7 @@ class ChannelInit:
     failed: int = 0
     persistence: Optional["ActorAddress"] = None  # RedisPersistence, when the system persists
     restore: Optional[ChannelSnapshot] = None  # stored state to resume from
+    clock: Optional[Clock] = None  # None: time.monotonic
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +138,7 @@ class Ack:
     reply: object
 
 
-ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch]
+ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +173,15 @@ class Passivate:
 class WakeKind(enum.Enum):
     DEADLINE = "deadline"
     IDLE = "idle"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerConfig:
+    """Supervisor -> Timer (its first message): the clock to read, and the alarm to arm when a driver owns
+    time (None: Thespian wakeups)."""
+
+    clock: Optional[Clock] = None
+    alarm: Optional[Alarm] = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 from protocol.errors import UnsafeRedis
 from protocol.values import OpenEntry, QueueItem
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
+
+    from actors.internal import Io
 
 
 # -- operations ---------------------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class OpenStore:
     url: str
     allow_volatile: bool = False
     lease_seconds: float = LEASE_SECONDS
+    io: Optional["Io"] = None  # where its Redis calls run (None: inline, blocking the actor)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,31 +3,37 @@
 Channels send it ``Persist``: operations, plus the messages that may only leave once those operations are
 durable (deliveries to processors, acknowledgements to producers, command replies). It buffers what arrives
 and writes everything in one atomic script call on a zero-delay wakeup, which fires once the messages already
-queued to it have been handled: one Redis round trip serves many channels. The write is sent without waiting:
-the reply is read on a second zero-delay wakeup, so the actors go on working while Redis runs it, and what
-arrives meanwhile goes in the next write, sent as soon as that reply is in. Only after a write succeeds does
-each channel get its held messages back in ``Durable``, to send them itself (so a processor's reply goes to
-the channel that sent the delivery). If Redis cannot be reached the buffer is kept and retried with backoff;
-nothing is acknowledged meanwhile.
+queued to it have been handled: one Redis round trip serves many channels. While a write runs, what arrives
+goes into the next one, started as soon as the write's outcome is in (group commit). Only after a write
+succeeds does each channel get its held messages back in ``Durable``, to send them itself (so a processor's
+reply goes to the channel that sent the delivery). If Redis cannot be reached the buffer is kept and retried
+with backoff; nothing is acknowledged meanwhile.
+
+Where the Redis calls run: given an :class:`~actors.internal.Io` (``OpenStore.io``; the in-process drivers
+give one, :class:`actors.io.ThreadIo`), every call runs on its I/O thread and its outcome comes back as a
+message, so the actors (and the event loop that runs them) never wait for Redis. Without one (the TCP base,
+where this actor has a process of its own) the calls run inline and their outcomes are sent to itself.
 
 Opening the store takes the database's writer lease (:mod:`actors.store`): one node persists to a database at
 a time. The lease lasts ``OpenStore.lease_seconds`` (:data:`~actors.journal.LEASE_SECONDS`, 15 s) and is
 renewed every third of that on a wakeup of its own, off the write path; it is released when the actor stops.
 If another node takes the lease (this one stalled, or could not reach Redis, for longer than the lease), every
-later transaction fails instead of writing: like a Redis that lost our data, that is logged as critical, and
-the operations and every acknowledgement stay held, never sent.
+later write fails instead of writing: like a Redis that lost our data, that is logged as critical, and the
+operations and every acknowledgement stay held, never sent.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from thespian.actors import WakeupMessage
 
 from actors.base import Dispatcher
+from actors.internal import Io, Outcome, Submission
 from actors.journal import (
     ChannelsLoaded,
     Durable,
@@ -38,8 +44,8 @@ from actors.journal import (
     StoreFailed,
     StoreOpened,
 )
-from actors.store import PendingWrite, RedisStore
-from protocol.errors import MessageQueueError, RedisDataLost, StoreLocked
+from actors.store import RedisStore
+from protocol.errors import RedisDataLost, StoreLocked
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -47,9 +53,57 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FLUSH = "flush"
-_COLLECT = "collect the write's reply"
 _RENEW = "renew the writer lease"
 _MAX_BACKOFF = 2.0
+
+# What its Redis calls hand back to the actor (to itself).
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    outcome: Outcome  # the open RedisStore
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    outcome: Outcome  # the list of ChannelSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    outcome: Outcome
+    op_count: int  # the first op_count buffered operations were in the write
+    then_count: int  # ... and the first then_count held replies wait for it
+
+
+@dataclass(frozen=True, slots=True)
+class _Renewed:
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """An outcome that is already in (inline calls)."""
+
+    value: Outcome
+
+    def outcome(self, timeout: float | None = None) -> Outcome:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class _InlineReplies:
+    """To itself, after an inline call: handle the replies kept for it (they hold values, such as the store,
+    that cannot cross a process boundary, so they never travel in a message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Discarded:
+    """The outcome of a call nobody waits for as a message (closing the store)."""
+
+    outcome: Outcome
+
+
 
 
 class RedisPersistence(Dispatcher):
@@ -58,85 +112,101 @@ class RedisPersistence(Dispatcher):
     def __init__(self) -> None:
         super().__init__()
         self._store: RedisStore | None = None
+        self._io: Io | None = None
+        self._launcher: ActorAddress | None = None
         self._ops: list[Op] = []
         self._then: list[tuple[ActorAddress, Durable]] = []
         self._flush_armed = False
         self._backoff = 0.0
-        self._writing: tuple[PendingWrite, int, int] | None = None  # a write on its way, and what it covers
+        self._writing: tuple[Submission, int, int] | None = None  # a write on its way, and what it covers
+        self._inline: list[object] = []  # replies of inline calls, handled in order on _InlineReplies
+
+    # -- opening and loading -------------------------------------------------------------------------------
 
     def receiveMsg_OpenStore(self, msg: OpenStore, sender: ActorAddress) -> None:
-        store: RedisStore | None = None
-        try:
+        self._io = msg.io
+        self._launcher = sender
+
+        def open_store() -> RedisStore:
             store = RedisStore.from_url(msg.url, msg.lease_seconds)
-            store.check_durability(msg.allow_volatile)
-            store.open_epoch()
-        except (MessageQueueError, redis.RedisError, ValueError) as exc:
-            if store is not None:
+            try:
+                store.check_durability(msg.allow_volatile)
+                store.open_epoch()
+            except BaseException:
                 store.close()  # gives back the lease if it was taken
-            self.send(sender, StoreFailed(type(exc).__name__, str(exc)))
+                raise
+            return store
+
+        self._submit(open_store, _Opened)
+
+    def receiveMsg__Opened(self, msg: _Opened, sender: ActorAddress) -> None:
+        assert self._launcher is not None
+        exc = msg.outcome.error
+        if exc is not None:
+            self.send(self._launcher, StoreFailed(type(exc).__name__, str(exc)))
             return
-        self._store = store
+        self._store = msg.outcome.value
         self._arm_renewal()
-        self.send(sender, StoreOpened())
+        self.send(self._launcher, StoreOpened())
 
     def receiveMsg_LoadChannels(self, msg: LoadChannels, sender: ActorAddress) -> None:
-        store = self._required_store()
-        try:
-            snapshots = store.load()
-        except (MessageQueueError, redis.RedisError) as exc:  # the lease taken meanwhile, Redis gone...
-            store.close()
-            self._store = None
-            self.send(sender, StoreFailed(type(exc).__name__, str(exc)))
+        self._launcher = sender
+        self._submit(self._required_store().load, _Loaded)
+
+    def receiveMsg__Loaded(self, msg: _Loaded, sender: ActorAddress) -> None:
+        assert self._launcher is not None
+        exc = msg.outcome.error
+        if exc is not None:  # the lease taken meanwhile, Redis gone...
+            store, self._store = self._required_store(), None
+            self._submit(store.close, _Discarded)
+            self.send(self._launcher, StoreFailed(type(exc).__name__, str(exc)))
             return
-        self.send(sender, ChannelsLoaded(tuple(snapshots)))
+        self.send(self._launcher, ChannelsLoaded(tuple(msg.outcome.value)))
+
+    # -- writing -------------------------------------------------------------------------------------------
 
     def receiveMsg_Persist(self, msg: Persist, sender: ActorAddress) -> None:
         self._ops.extend(msg.ops)
         if msg.then:
             self._then.append((sender, Durable(msg.then)))
-        if not self._flush_armed:
-            self._flush_armed = True
-            self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)
+        self._arm_flush()
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
         if msg.payload == _FLUSH:
             self._flush_armed = False
             self._flush()
-        elif msg.payload == _COLLECT:
-            self._collect()
         elif msg.payload == _RENEW:
-            self._renew()
+            store = self._store
+            if store is not None:
+                self._submit(store.renew_lease, _Renewed)
+
+    def _arm_flush(self) -> None:
+        if not self._flush_armed:
+            self._flush_armed = True
+            # Fires once the messages queued meanwhile are handled: they go into the same write.
+            self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)
 
     def _flush(self) -> None:
-        """Send everything buffered to Redis, unless a write is on its way (its reply starts the next)."""
+        """Write everything buffered, unless a write is on its way (its outcome starts the next)."""
         if self._writing is not None or not (self._ops or self._then):
             return
-        ops = self._ops
-        try:
-            pending = self._required_store().start_apply(ops)
-        except (RedisDataLost, StoreLocked, redis.RedisError) as exc:
-            self._failed(exc, len(ops))
+        store = self._required_store()
+        ops, then_count = list(self._ops), len(self._then)
+        if not ops:  # nothing written since the last write was confirmed: the held replies may go
+            self._released(0, then_count)
             return
-        if pending is None:  # nothing left to write (a failed write had applied it all): release the replies
-            self._released(len(ops), len(self._then))
-            return
-        self._writing = (pending, len(ops), len(self._then))
-        # Fires once the messages queued meanwhile are handled: Redis runs the write while this actor works.
-        self.wakeupAfter(timedelta(0), payload=_COLLECT)
+        submitted = self._submit(lambda: store.apply(ops), lambda outcome: _Written(outcome, len(ops), then_count))
+        self._writing = (submitted, len(ops), then_count)
 
-    def _collect(self) -> None:
-        """Wait for the write on its way; then send the messages it made durable and start the next one."""
-        if self._writing is None:
-            return
-        pending, op_count, then_count = self._writing
+    def receiveMsg__Written(self, msg: _Written, sender: ActorAddress) -> None:
         self._writing = None
-        try:
-            self._required_store().finish_apply(pending)
-        except (RedisDataLost, StoreLocked, redis.RedisError) as exc:
+        exc = msg.outcome.error
+        if exc is not None:
             self._failed(exc, len(self._ops))
             return
-        self._released(op_count, then_count)
-        self._flush()
+        self._released(msg.op_count, msg.then_count)
+        if self._ops or self._then:
+            self._arm_flush()
 
     def _released(self, op_count: int, then_count: int) -> None:
         """The first ``op_count`` buffered operations are stored: send the first ``then_count`` held replies."""
@@ -146,27 +216,36 @@ class RedisPersistence(Dispatcher):
         for address, message in then:
             self.send(address, message)
 
-    def _failed(self, exc: Exception, op_count: int) -> None:
+    def _failed(self, exc: BaseException, op_count: int) -> None:
         """A write failed: keep every operation and reply, and try again after a backoff. The retry begins
         with the same operations, as :meth:`RedisStore.apply` requires."""
         if isinstance(exc, (RedisDataLost, StoreLocked)):
             log.critical("%s; holding %d operations and every acknowledgement until an operator acts", exc,
                          op_count)
-        else:
+        elif isinstance(exc, redis.RedisError):
             log.error("Redis write of %d operations failed (%s); retrying in %.2f s", op_count, exc,
                       self._next_backoff())
-        self._retry()
+        else:
+            log.error("write of %d operations failed; retrying in %.2f s", op_count, self._next_backoff(),
+                      exc_info=exc)
+        self._backoff = self._next_backoff()
+        self._arm_flush()
 
-    def _renew(self) -> None:
+    # -- the writer lease ---------------------------------------------------------------------------------
+
+    def receiveMsg__Discarded(self, msg: _Discarded, sender: ActorAddress) -> None:
+        if msg.outcome.error is not None:
+            log.warning("closing the Redis store failed: %s", msg.outcome.error)
+
+    def receiveMsg__Renewed(self, msg: _Renewed, sender: ActorAddress) -> None:
         store = self._store
+        exc = msg.outcome.error
         if store is None:
             return  # closed after a failed load
-        try:
-            store.renew_lease()
-        except StoreLocked as exc:
+        if isinstance(exc, StoreLocked):
             log.critical("%s", exc)
             return  # nothing to renew any more
-        except redis.RedisError as exc:
+        if exc is not None:
             log.warning("could not renew the writer lease (%s); trying again in %g s", exc,
                         store.lease_seconds / 3)
         self._arm_renewal()
@@ -174,14 +253,23 @@ class RedisPersistence(Dispatcher):
     def _arm_renewal(self) -> None:
         self.wakeupAfter(timedelta(seconds=self._required_store().lease_seconds / 3), payload=_RENEW)
 
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def _submit(self, call: Callable[[], Any], reply: Callable[[Outcome], object]) -> Submission:
+        """Run ``call`` on the I/O thread (inline without one); ``reply(outcome)`` comes back to this actor."""
+        if self._io is not None:
+            return self._io.submit(call, self.myAddress, reply)
+        outcome = Outcome.of(call)
+        self._inline.append(reply(outcome))
+        self.send(self.myAddress, _InlineReplies())
+        return _Done(outcome)
+
+    def receiveMsg__InlineReplies(self, msg: _InlineReplies, sender: ActorAddress) -> None:
+        if self._inline:
+            self.receiveMessage(self._inline.pop(0), self.myAddress)
+
     def _next_backoff(self) -> float:
         return min(_MAX_BACKOFF, max(0.05, self._backoff * 2))
-
-    def _retry(self) -> None:
-        self._backoff = self._next_backoff()
-        if not self._flush_armed:
-            self._flush_armed = True
-            self.wakeupAfter(timedelta(seconds=self._backoff), payload=_FLUSH)
 
     def _required_store(self) -> RedisStore:
         if self._store is None:
@@ -189,20 +277,28 @@ class RedisPersistence(Dispatcher):
         return self._store
 
     def on_stop(self) -> None:
-        store = self._store
-        if store is not None and (self._ops or self._then):
+        """Write what is still held (after the write on its way), send what that made durable, and close the
+        store; blocking, on the I/O thread when there is one."""
+        store, self._store = self._store, None
+        if store is None:
+            return
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            submitted, op_count, then_count = writing
+            if submitted.outcome().error is None:  # its _Written will not be handled any more: release here
+                self._released(op_count, then_count)
+        ops, then = list(self._ops), list(self._then)
+
+        def final() -> None:
             try:
-                if self._writing is not None:
-                    pending, self._writing = self._writing[0], None
-                    try:
-                        store.finish_apply(pending)
-                    except redis.RedisError:
-                        pass  # unsure: the apply below skips what it did write
-                store.apply(self._ops)
-            except (redis.RedisError, MessageQueueError) as exc:
-                log.error("could not write %d operations at exit: %s", len(self._ops), exc)
-            else:
-                for address, message in self._then:
-                    self.send(address, message)
-        if store is not None:
-            store.close()
+                if ops:
+                    store.apply(ops)
+            finally:
+                store.close()
+
+        outcome = self._submit(final, _Discarded).outcome()
+        if outcome.error is not None:
+            log.error("could not write %d operations at exit: %s", len(ops), outcome.error)
+            return
+        for address, message in then:
+            self.send(address, message)

@@ -8,8 +8,9 @@ comes back as it was), and owns the shared :class:`Timer`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
 
@@ -20,12 +21,14 @@ from actors.internal import (
     AttachProcessor,
     ChannelCommand,
     ChannelInit,
+    Clock,
     ConfigureSystem,
     EnqueueChecked,
     Gathered,
     Passivate,
     Routed,
     SystemConfigured,
+    TimerConfig,
 )
 from actors.journal import (
     ChannelSnapshot,
@@ -39,10 +42,12 @@ from actors.timer import Timer
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id, validate_message, validate_payload
 from protocol.messages import (
+    BatchFlushed,
     BatchHeld,
     CancelCurrent,
     Cancelled,
     ChannelConfigured,
+    ChannelPassivated,
     ChannelStopped,
     Clear,
     Cleared,
@@ -51,6 +56,7 @@ from protocol.messages import (
     Enqueued,
     EnqueueFront,
     EnqueueMany,
+    FlushBatch,
     GetStatistics,
     HoldBatch,
     Observe,
@@ -113,6 +119,8 @@ class Supervisor(Dispatcher):
         self._stopping = False  # asked to exit: children exit with it, which is no error
         self._persistence: Optional[ActorAddress] = None  # RedisPersistence, when the system persists
         self._starting: tuple[ActorAddress, list[tuple[object, ActorAddress]]] | None = None
+        self._clock: Clock = time.monotonic
+        self._configure: ConfigureSystem | None = None
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -125,6 +133,9 @@ class Supervisor(Dispatcher):
             return
         self._settings = msg.settings
         self._idle_timeout = msg.idle_timeout
+        self._configure = msg
+        if msg.clock is not None:
+            self._clock = msg.clock
         if not msg.redis_url:
             self.send(sender, SystemConfigured())
             return
@@ -133,7 +144,7 @@ class Supervisor(Dispatcher):
 
         self._starting = (sender, [])
         self._persistence = self.createActor(RedisPersistence)
-        self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis))
+        self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis, io=msg.io))
 
     def receiveMessage(self, message: object, sender: ActorAddress) -> None:
         if self._starting is not None and not isinstance(message, _STARTUP_MESSAGES):
@@ -201,7 +212,7 @@ class Supervisor(Dispatcher):
         except InvalidInput as exc:
             self._reject(msg, _channel_of(msg.message), exc, sender, reply=msg.ack)
             return
-        self._send_channel(message.channel_id, Enqueue(message) if msg.ack else msg)
+        self._send_channel(message.channel_id, EnqueueChecked((message,), (self._clock(),)))
         if msg.ack:
             self._ack(message.channel_id, sender, Enqueued(1))
 
@@ -215,33 +226,43 @@ class Supervisor(Dispatcher):
                 valid.append(validate_message(message))
             except InvalidInput as exc:
                 self._reject(msg, _channel_of(message), exc, sender, reply=msg.ack)
-        groups = self._route_by_channel(valid)
-        if not msg.ack:
-            return
+        now = self._clock()  # they arrived together
+        groups = self._route_by_channel(valid, [now] * len(valid))
+        if msg.ack:
+            self._ack_groups(groups, sender)
+
+    def receiveMsg_EnqueueChecked(self, msg: EnqueueChecked, sender: ActorAddress) -> None:
+        groups = self._route_by_channel(msg.messages, msg.arrived)
+        if msg.ack:
+            self._ack_groups(groups, sender)
+
+    def _ack_groups(self, groups: dict[str, tuple[list[QueuedMessage], list[float]]], sender: ActorAddress) -> None:
+        """Answer ``Enqueued`` with the number of messages in ``groups`` once each channel's are durable."""
         if self._persistence is None or not groups:
-            self.send(sender, Enqueued(sum(len(m) for m in groups.values())))
+            self.send(sender, Enqueued(sum(len(m) for m, _ in groups.values())))
         elif len(groups) == 1:
-            [(channel_id, messages)] = groups.items()
+            [(channel_id, (messages, _))] = groups.items()
             self._ack(channel_id, sender, Enqueued(len(messages)))
         else:
             gather = self._new_gather(_Gather(sender, len(groups), counting=True))
-            for channel_id, messages in groups.items():
+            for channel_id, (messages, _) in groups.items():
                 self._ack(channel_id, self.myAddress, Gathered(gather, Enqueued(len(messages))))
 
-    def receiveMsg_EnqueueChecked(self, msg: EnqueueChecked, sender: ActorAddress) -> None:
-        self._route_by_channel(msg.messages)
-
-    def _route_by_channel(self, messages: Iterable[QueuedMessage]) -> dict[str, list[QueuedMessage]]:
-        """Send each channel its messages, in order, as one ``EnqueueMany``; return them by channel."""
-        groups: dict[str, list[QueuedMessage]] = {}
-        for message in messages:
+    def _route_by_channel(
+        self, messages: Sequence[QueuedMessage], arrived: Sequence[float]
+    ) -> dict[str, tuple[list[QueuedMessage], list[float]]]:
+        """Send each channel its messages, in order, with their arrival times, as one ``EnqueueChecked``;
+        return them by channel."""
+        groups: dict[str, tuple[list[QueuedMessage], list[float]]] = {}
+        for message, at in zip(messages, arrived):
             group = groups.get(message.channel_id)
             if group is None:
-                groups[message.channel_id] = [message]
+                groups[message.channel_id] = ([message], [at])
             else:
-                group.append(message)
-        for channel_id, group in groups.items():
-            self._send_channel(channel_id, EnqueueMany(tuple(group)))
+                group[0].append(message)
+                group[1].append(at)
+        for channel_id, (batch, times) in groups.items():
+            self._send_channel(channel_id, EnqueueChecked(tuple(batch), tuple(times)))
         return groups
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
@@ -264,6 +285,9 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_HoldBatch(self, msg: HoldBatch, sender: ActorAddress) -> None:
         self._command(msg, sender, BatchHeld(msg.channel_id, False))
+
+    def receiveMsg_FlushBatch(self, msg: FlushBatch, sender: ActorAddress) -> None:
+        self._command(msg, sender, BatchFlushed(msg.channel_id, False))
 
     def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
         if not self._valid_channel(msg, msg.channel_id, sender):
@@ -339,6 +363,8 @@ class Supervisor(Dispatcher):
         del self._routes[msg.channel_id]
         self._retired[msg.channel_id] = (msg.processed, msg.cancelled, msg.failed)
         self.send(sender, ActorExitRequest())
+        if self._observer is not None:
+            self.send(self._observer, ChannelPassivated(msg.channel_id))
 
     def on_stop(self) -> None:
         self._stopping = True
@@ -408,6 +434,7 @@ class Supervisor(Dispatcher):
                 failed,
                 self._persistence,
                 restore,
+                self._configure.clock if self._configure is not None else None,
             ),
         )
         route.sent += 1
@@ -433,6 +460,9 @@ class Supervisor(Dispatcher):
     def _timer_address(self) -> ActorAddress:
         if self._timer is None:
             self._timer = self.createActor(Timer)
+            configure = self._configure
+            if configure is not None and (configure.clock is not None or configure.alarm is not None):
+                self.send(self._timer, TimerConfig(configure.clock, configure.alarm))
         return self._timer
 
     def _idle_statistics(self, channel_id: str) -> ChannelStatistics:

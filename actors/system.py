@@ -24,7 +24,7 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors import simple_base
-from actors.internal import ConfigureSystem, SystemConfigured
+from actors.internal import Clock, ConfigureSystem, SystemConfigured
 from actors.supervisor import Supervisor
 from protocol.errors import (
     InvalidSettings,
@@ -221,11 +221,13 @@ def start_system(
     redis_url: str = "",
     allow_volatile_redis: bool = False,
     timeout: float = 10.0,
+    clock: Clock | None = None,
 ) -> RunningSystem:
     """Start an actor system on ``base``, create (or find) the Supervisor and configure it.
 
     With ``redis_url`` every channel is persisted there and the channels stored by an earlier run are
-    restored before this returns (``timeout`` covers the restore).
+    restored before this returns (``timeout`` covers the restore); persistence's Redis calls run inline, in
+    its actor. ``clock`` is the clock every actor reads (default ``time.monotonic``).
 
     Raises:
         InvalidSettings: for an unsupported base or settings the Supervisor refuses.
@@ -233,6 +235,26 @@ def start_system(
         RedisDataLost: if Redis lost part of the data stored by an earlier run.
         StoreLocked: if another node holds the Redis database's writer lease.
         Timeout: if the Supervisor does not answer within ``timeout`` seconds.
+    """
+    running = launch_system(base, admin_port=admin_port)
+    configure = ConfigureSystem(
+        settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, clock=clock
+    )
+    reply = running.asys.ask(running.supervisor, configure, timeout)
+    try:
+        running.restored = restored_channels(reply, timeout)
+    except BaseException:
+        running.shutdown()
+        raise
+    return running
+
+
+def launch_system(base: str = SIMPLE_BASE, *, admin_port: int | None = None) -> RunningSystem:
+    """Start an actor system on ``base`` and create (or find) its Supervisor, not configured yet: send it a
+    ``ConfigureSystem`` and pass the reply to :func:`restored_channels`.
+
+    Raises:
+        InvalidSettings: for an unsupported base.
     """
     if base not in SUPPORTED_BASES:
         raise InvalidSettings(
@@ -251,13 +273,18 @@ def start_system(
     members = {pid for session in sessions for pid in session_members(session)}
     admins = sorted(pid for pid in members if _parent(pid) not in members)
     supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-    running = RunningSystem(asys, supervisor, base, admins, sessions)
-    configure = ConfigureSystem(settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis)
-    reply = asys.ask(running.supervisor, configure, timeout)
-    if not isinstance(reply, SystemConfigured):
-        running.shutdown()
-        if isinstance(reply, Rejected):
-            raise _STARTUP_ERRORS.get(reply.error, InvalidSettings)(reply.reason)
-        raise Timeout(f"the Supervisor did not answer within {timeout} s (got {reply!r})")
-    running.restored = reply.restored
-    return running
+    return RunningSystem(asys, supervisor, base, admins, sessions)
+
+
+def restored_channels(reply: object, timeout: float) -> int:
+    """The number of channels restored, from the Supervisor's ``reply`` to ``ConfigureSystem``.
+
+    Raises:
+        InvalidSettings, UnsafeRedis, RedisDataLost, StoreLocked, StoreUnavailable: as the Supervisor reports.
+        Timeout: if ``reply`` is not an answer (None: none came within ``timeout`` seconds).
+    """
+    if isinstance(reply, SystemConfigured):
+        return reply.restored
+    if isinstance(reply, Rejected):
+        raise _STARTUP_ERRORS.get(reply.error, InvalidSettings)(reply.reason)
+    raise Timeout(f"the Supervisor did not answer within {timeout} s (got {reply!r})")

@@ -1,160 +1,64 @@
-"""``MessageQueue``: the original module's asyncio API, running on the actor system.
+"""``MessageQueue``: the original module's asyncio API.
 
-Threads:
-    * The caller's event loop runs the facade and every callback (as a task per item).
-    * One daemon thread (:class:`actors.driver.InProcessDriver`) runs a ``simpleSystemBase`` actor system:
-      Supervisor, one ChannelActor per active channel, the shared Timer. It starts on first use.
+``MessageQueue(...)`` is the public constructor for both modes; it holds one backend behind the
+:class:`QueueBackend` protocol and forwards every call to it, with no mode branches in its methods:
 
-Flow:
-    * ``enqueue`` checks the message (``protocol.limits``, raising ``InvalidInput``) and puts it on the
-      driver's inbox (a ``SimpleQueue.put``): nothing waits for the actors.
-    * The driver hands ``BatchReady`` / ``CancelProcessing`` / ``QueueChanged`` to a bridge that queues them
-      and wakes the loop with one ``call_soon_threadsafe`` per burst. On the loop, a ``BatchReady`` becomes a
-      task running the channel's callback; when the task ends, ``ProcessingDone`` (or ``ProcessingFailed``)
-      is told back to the actors, which then deliver the channel's next item.
-    * Commands with a result (``clear``, ``stop_processing``, ``cancel_batch_timer``, ``start_processing``)
-      await ``asyncio.wrap_future(driver.call(...))``.
-
-Counts: the facade registers as the actors' observer (``Observe``); each ChannelActor reports its number of
-waiting items whenever it changes (not when a message merely joins the open batch): in the ``BatchReady`` of a
-delivery (its ``queued``), otherwise with a ``QueueChanged``. ``queue_size`` and ``stats`` read the last
-values received: cheap, synchronous, and never ahead of the actors. Replies go straight to the channel actor
-named by the ``BatchReady`` (its ``reply_to``), not through the Supervisor. Outputs of a command reach the
-loop before the command's own reply, so after ``await clear(c)`` ``queue_size(c)`` is already 0.
-
-Persistence (``redis=`` given): the driver's actor system also runs RedisPersistence, which journals every
-channel's state to that Redis before anything leaves the actors, and restores the stored channels when the
-driver starts. A restored channel delivers to the loop once ``start_processing`` registers its callback.
+* :class:`~message_queue.local.LocalQueue` (no ``event_bus``): the actor system, run on the caller's event
+  loop, in memory or persisted to Redis;
+* :class:`DistributedBackend` (``redis`` and ``event_bus``): batching state in Redis shared by many
+  processes (:mod:`message_queue.distributed`), finished batches published to the event bus.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import weakref
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal
+from typing import TYPE_CHECKING, Any, Awaitable, Iterable, Literal, Protocol
 
-from actors.driver import InProcessDriver, Output
-from protocol.errors import UnsafeRedis
-from message_queue.config import ChannelConfigReader
 from message_queue.distributed import DistributedQueue
+from message_queue.local import Callback, LocalQueue, check_callback
 from message_queue.redis_url import url_of_client
-from protocol.errors import InvalidInput, InvalidSettings
+from protocol.errors import InvalidSettings
 from protocol.limits import check_seconds, validate_channel_id, validate_message, validate_payload
-from protocol.messages import (
-    BatchHeld,
-    BatchReady,
-    CancelCurrent,
-    CancelProcessing,
-    ChannelStopped,
-    Clear,
-    Cleared,
-    ConfigureChannel,
-    EnqueueFront,
-    GetStatistics,
-    HoldBatch,
-    Observe,
-    ProcessingDone,
-    ProcessingFailed,
-    QueueChanged,
-    Rejected,
-    StartProcessing,
-    Statistics,
-    StopChannel,
-)
-from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
+from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from thespian.actors import ActorAddress
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[Payload], Awaitable[object]]
-"""An async function called with each finished item of a channel: a MessageBatch, a QueuedMessage (batching
-disabled), or whatever was put with ``enqueue_front``."""
+__all__ = ["Callback", "DistributedBackend", "MessageQueue", "QueueBackend"]
 
 
-@dataclass(eq=False, slots=True)
-class _Delivery:
-    delivery_id: int
-    item: QueueItem
-    reply_to: ActorAddress | None = None  # the channel actor that sent it
-    task: asyncio.Task[None] | None = None
-    settled: bool = False  # the actors already know it ended (cancelled): no reply is due
+class QueueBackend(Protocol):
+    """What a ``MessageQueue`` runs on: each method has the contract of the ``MessageQueue`` method of the
+    same name."""
 
+    def enqueue(self, msg: QueuedMessage) -> Awaitable[None]: ...
 
-@dataclass(eq=False, slots=True)
-class _Channel:
-    callback: Callback | None = None
-    active: _Delivery | None = None  # its callback task is running (maybe cancelled and unwinding)
-    backlog: deque[_Delivery] = field(default_factory=deque)  # delivered while ``active`` still unwinds
-    queued: int = 0  # waiting items, from the last QueueChanged
-    in_flight: bool = False  # from the last QueueChanged
+    def enqueue_many(self, messages: Iterable[QueuedMessage]) -> Awaitable[None]: ...
 
+    def enqueue_front(self, item: Payload) -> Awaitable[None]: ...
 
-@dataclass(eq=False, slots=True)
-class _ConfigState:
-    settings: BatchSettings  # what the Supervisor was last told for this channel
-    read_at: float = -math.inf  # loop time of the last read
-    refresh: asyncio.Task[None] | None = None
-    waiting: list[QueuedMessage] = field(default_factory=list)  # enqueued while a read is under way
+    def is_channel_processing(self, channel: str) -> bool: ...
 
+    def queue_size(self, channel: str) -> int: ...
 
-_DRAIN_BUDGET = 500  # outputs handled per loop callback, so a burst does not hold the loop for long
+    def start_processing(self, channel: str, callback: Callback) -> Awaitable[None]: ...
 
+    def cancel_batch_timer(self, channel: str) -> Awaitable[None]: ...
 
-class _Bridge:
-    """Carries driver outputs to the event loop: a deque filled on the driver thread, drained on the loop,
-    with at most one ``call_soon_threadsafe`` pending. Holds the facade weakly so it can be collected."""
+    def stop_processing(self, channel: str) -> Awaitable[None]: ...
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, target: MessageQueue) -> None:
-        self._loop = loop
-        self._target = weakref.ref(target)
-        self._pending: deque[Output] = deque()
-        self._scheduled = False
-        self._dead = False
+    def clear(self, channel: str) -> Awaitable[int]: ...
 
-    def __call__(self, output: Output) -> None:  # on the driver thread
-        if self._dead:
-            return
-        self._pending.append(output)
-        if self._scheduled:
-            return
-        self._scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # the loop is closed: nobody is left to deliver to
-            self._dead = True
-            self._pending.clear()
+    def stats(self) -> dict[str, dict[str, Any]]: ...
 
-    def _drain(self) -> None:  # on the loop
-        # Cleared before popping: an output appended after this line schedules a new drain.
-        self._scheduled = False
-        if not self.drain_now(_DRAIN_BUDGET):
-            self._scheduled = True
-            self._loop.call_soon(self._drain)
+    def cancel_current(self, channel: str) -> bool: ...
 
-    def drain_now(self, budget: int | None = None) -> bool:
-        """Handle pending outputs on the loop (at most ``budget``); True when none is left."""
-        target = self._target()
-        pending = self._pending
-        handled = 0
-        while pending:
-            if budget is not None and handled >= budget:
-                return False
-            output = pending.popleft()
-            handled += 1
-            if target is None:
-                continue
-            try:
-                target._handle(output)
-            except Exception:
-                log.exception("message_queue: failed to handle %r", output)
-        return True
+    def statistics(self, channel: str = "") -> Awaitable[tuple[ChannelStatistics, ...]]: ...
+
+    def close(self, drain: bool = True, timeout: float = 30.0) -> Awaitable[None]: ...
 
 
 class MessageQueue:
@@ -170,7 +74,9 @@ class MessageQueue:
             * **Persistence**: every channel's open batch, waiting items and item in flight are kept in that
               Redis (the actor system opens its own connection to the same server, with a URL derived from
               the client's host, port, db, username, password, Unix socket path and TLS settings), so items
-              survive a restart. When the queue's actor system starts (on first use: the first awaited call
+              survive a restart. ``await enqueue()`` (also ``enqueue_many``, ``enqueue_front``, ``clear``)
+              returns once what it did is stored in Redis: a message whose ``enqueue`` returned is delivered
+              even if the process is killed right after. When the queue's actor system starts (on first use: the first awaited call
               such as ``enqueue`` or ``start_processing``) it restores every stored channel. A restored
               channel's items are delivered, in order, once ``start_processing`` is called for that channel;
               until then they wait, and a channel never started keeps its items in Redis for a later queue.
@@ -214,10 +120,12 @@ class MessageQueue:
             method; or, without ``event_bus``, a ``redis`` client whose server cannot be named by a URL (a
             credential provider, Sentinel or cluster connections; see :mod:`message_queue.redis_url`).
 
-    Use it on one event loop (the one of its first awaited call). Close it with ``await close()`` or
-    ``async with``; if it is never closed, its actor thread is a daemon and is stopped when the object is
-    collected. With ``redis``, ``close`` writes what the actors hold to Redis before it returns.
+    The queue's actors run on the event loop of its first awaited call, between the loop's other callbacks;
+    there is no other thread (but one for Redis I/O with ``redis``). Using the queue from another loop
+    raises ``RuntimeError``: make one queue per loop. Close it with ``await close()`` or ``async with``; a
+    queue that is never closed is stopped when it is garbage collected.
     """
+
 
     def __init__(
         self,
@@ -230,154 +138,130 @@ class MessageQueue:
         idle_timeout: float = 60.0,
         allow_volatile_redis: bool = False,
     ) -> None:
-        self._allow_volatile_redis = bool(allow_volatile_redis)
         self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
-        check_seconds("config_ttl", config_ttl, positive=False)
-        check_seconds("idle_timeout", idle_timeout, positive=True)
-        self._distributed: DistributedQueue | None = None
-        if redis is not None and event_bus is not None:
-            self._distributed = DistributedQueue(redis, event_bus, self._settings, config_ttl=float(config_ttl),
-                                                 allow_volatile_redis=self._allow_volatile_redis)
-        self._redis_url = url_of_client(redis) if redis is not None and self._distributed is None else ""
+        self._config_ttl = check_seconds("config_ttl", config_ttl, positive=False)
+        self._idle_timeout = check_seconds("idle_timeout", idle_timeout, positive=True)
+        self._allow_volatile_redis = bool(allow_volatile_redis)
         self.default_batch_window = default_batch_window
         self.max_batch_size = max_batch_size
         self.redis = redis
         self.event_bus = event_bus
-        self._config_ttl = float(config_ttl)
-        self._idle_timeout = idle_timeout
-        self._config = (
-            ChannelConfigReader(redis, self._settings) if redis is not None and self._distributed is None else None
+        self._backend: QueueBackend
+        if redis is not None and event_bus is not None:
+            self._backend = self._distributed(redis, event_bus)
+        else:
+            self._backend = LocalQueue(
+                self._settings,
+                redis=redis,
+                redis_url=url_of_client(redis) if redis is not None else "",
+                config_ttl=self._config_ttl,
+                idle_timeout=self._idle_timeout,
+                allow_volatile_redis=self._allow_volatile_redis,
+            )
+        self._used = False
+
+    def _distributed(self, redis: Redis, event_bus: object) -> DistributedBackend:
+        return DistributedBackend(
+            DistributedQueue(redis, event_bus, self._settings, config_ttl=self._config_ttl,
+                             allow_volatile_redis=self._allow_volatile_redis)
         )
-        self._config_states: dict[str, _ConfigState] = {}
-        self._channels: dict[str, _Channel] = {}
-        self._driver: InProcessDriver | None = None
-        self._bridge: _Bridge | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._starting: asyncio.Task[InProcessDriver] | None = None
-        self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._closed = False
 
     # -- the original API ---------------------------------------------------------------------------------
 
     def set_event_bus(self, event_bus: object) -> None:
-        """Attach ``event_bus``. With a Redis client this upgrades the queue to distributed mode (see the
-        class docstring); without one, the bus is only stored (the in-memory mode delivers to the callbacks of
-        ``start_processing``).
+        """Attach ``event_bus``. With a Redis client this makes the queue distributed (see the class
+        docstring), which must happen before its first use; without one, the bus is only stored (the queue
+        delivers to the callbacks of ``start_processing``).
 
         Raises:
             InvalidSettings: with a Redis client, for a bus without ``publish_inbound``, or a second, different
                 bus on a queue already in distributed mode.
-            RuntimeError: with a Redis client, once the queue was used in persistence mode (its actor system
-                holds channels that cannot move).
+            RuntimeError: with a Redis client, once the queue was used (its channels are held by the actor
+                system of the persistence mode, and cannot move).
         """
         if self.redis is None:
             self.event_bus = event_bus
             return
-        if self._distributed is not None:
-            if event_bus is self._distributed.event_bus:
+        backend = self._backend
+        if isinstance(backend, DistributedBackend):
+            if event_bus is backend.event_bus:
                 return
             raise InvalidSettings("a distributed MessageQueue keeps the event bus it was given")
-        if self._driver is not None or self._starting is not None or self._closed:
+        if self._used:
             raise RuntimeError("set_event_bus must be called before the MessageQueue is first used: its channels "
                                "are already held by the persistence mode's actor system")
-        self._distributed = DistributedQueue(self.redis, event_bus, self._settings, config_ttl=self._config_ttl,
-                                             allow_volatile_redis=self._allow_volatile_redis)
-        self._config = None
+        self._backend = self._distributed(self.redis, event_bus)
         self.event_bus = event_bus
 
-    async def enqueue(self, msg: QueuedMessage) -> None:
-        """Add ``msg`` to its channel's open batch.
+    def enqueue(self, msg: QueuedMessage) -> Awaitable[None]:
+        """Add ``msg`` to its channel's open batch. Its batching window counts from this call.
 
-        The message is checked here and handed to the actor thread without waiting for it. With ``redis``,
-        the first message after the channel's settings expire (``config_ttl``) waits for one read of them;
-        messages of that channel that arrive meanwhile wait too and keep their order. If the caller is
-        cancelled during that wait, the message is still enqueued. In distributed mode it returns once the
-        message is stored in Redis (a caller cancelled while waiting may still see it stored).
+        In memory it returns at once (the actors take the message over between the loop's other callbacks).
+        With ``redis`` (persistence or distributed mode) it returns once the message is stored in Redis;
+        concurrent calls share one write. With the per-channel settings hash, the first message after the
+        channel's settings expire (``config_ttl``) waits for one read of them; messages of that channel that
+        arrive meanwhile wait too and keep their order.
 
         Raises:
             InvalidInput: if the message breaks a documented limit (the error names the rule and the value).
-            RuntimeError: if the queue is closed.
-            UnsafeRedis, StoreUnavailable: in distributed mode, on first use, for a Redis that may lose
-                messages or cannot be reached; StoreUnavailable also when Redis stayed unreachable for 30 s.
+            RuntimeError: if the queue is closed, or used from another event loop than its own.
+            UnsafeRedis, StoreUnavailable, StoreLocked, RedisDataLost: with ``redis``, on first use.
         """
-        validate_message(msg)
-        if self._distributed is not None:
-            if self._closed:
-                raise RuntimeError("the MessageQueue is closed")
-            await self._distributed.enqueue(msg)
-            return
-        driver = self._driver
-        if driver is None or not driver.running:
-            driver = await self._ensure_driver()
-        if self._config is None:
-            driver.enqueue(msg, checked=True)
-            return
-        await self._enqueue_configured(driver, msg)
+        self._used = True
+        return self._backend.enqueue(msg)
 
-    async def enqueue_front(self, item: Payload) -> None:
-        """Put a message or a batch at the head of its channel's queue, behind the item in flight.
+    def enqueue_many(self, messages: Iterable[QueuedMessage]) -> Awaitable[None]:
+        """Add ``messages``, in order, as ``enqueue`` would one by one, with one write to Redis. Every message
+        is checked first: if one breaks a limit, none is enqueued.
+
+        Raises:
+            As :meth:`enqueue`.
+        """
+        self._used = True
+        return self._backend.enqueue_many(messages)
+
+    def enqueue_front(self, item: Payload) -> Awaitable[None]:
+        """Put a message or a batch at the head of its channel's queue, behind the item in flight; returns once
+        the channel holds it (with ``redis``: once stored). In distributed mode it is published at once.
 
         Raises:
             InvalidInput: for an empty batch, a batch mixing channels, or a message breaking a limit.
-            RuntimeError: if the queue is closed.
+            RuntimeError: if the queue is closed, or used from another event loop.
         """
-        validate_payload(item)
-        if self._distributed is not None:
-            if self._closed:
-                raise RuntimeError("the MessageQueue is closed")
-            await self._distributed.enqueue_front(item)
-            return
-        driver = await self._ensure_driver()
-        driver.tell(EnqueueFront(item))
+        self._used = True
+        return self._backend.enqueue_front(item)
 
     def is_channel_processing(self, channel: str) -> bool:
         """True while a callback for ``channel`` is running (or an item waits to start behind a cancelled
-        callback that is still unwinding)."""
-        chan = self._channels.get(channel)
-        return chan is not None and (chan.active is not None or bool(chan.backlog))
+        callback that is still unwinding). Reflects every call that returned before it."""
+        return self._backend.is_channel_processing(channel)
 
     def queue_size(self, channel: str) -> int:
         """The number of finished items of ``channel`` waiting for its callback (not the open batch, not the
-        item being processed), as last reported by the actors; 0 for an unknown channel, and always 0 in
-        distributed mode (finished batches go to the event bus at once; see :meth:`statistics`)."""
-        chan = self._channels.get(channel)
-        return chan.queued if chan is not None else 0
+        item being processed); 0 for an unknown channel, and always 0 in distributed mode (finished batches go
+        to the event bus at once; see :meth:`statistics`). Reflects every call that returned before it."""
+        return self._backend.queue_size(channel)
 
-    async def start_processing(self, channel: str, callback: Callback) -> None:
+    def start_processing(self, channel: str, callback: Callback) -> Awaitable[None]:
         """Deliver ``channel``'s finished items to ``callback``, one at a time, in order. Idempotent: while
-        the channel has a callback, later calls change nothing.
+        the channel has a callback, later calls change nothing. In distributed mode the callback is only
+        recorded (batches go to the event bus).
 
         Raises:
-            InvalidInput: for an invalid channel id.
-            TypeError: if ``callback`` is not callable.
+            InvalidInput: for an invalid channel id, or a ``callback`` that is not an async function.
         """
         validate_channel_id(channel)
-        if not callable(callback):
-            raise TypeError(f"callback must be an async function, got {type(callback).__name__}")
-        chan = self._channel(channel)
-        if chan.callback is not None:
-            return
-        chan.callback = callback
-        if self._distributed is not None:
-            log.debug("channel %r: distributed mode publishes batches to the event bus, not to callbacks", channel)
-            return
-        try:
-            await self._call(StartProcessing(channel))
-        except BaseException:
-            if chan.callback is callback:
-                chan.callback = None
-            raise
+        check_callback(callback)
+        self._used = True
+        return self._backend.start_processing(channel, callback)
 
-    async def cancel_batch_timer(self, channel: str) -> None:
+    def cancel_batch_timer(self, channel: str) -> Awaitable[None]:
         """Suspend the flush of ``channel``'s open batch until its next message (it still closes when full);
         nothing happens when no batch is open."""
-        validate_channel_id(channel)
-        if self._driver is None:
-            return
-        reply = await self._call(HoldBatch(channel))
-        assert isinstance(reply, BatchHeld), reply
+        self._used = True
+        return self._backend.cancel_batch_timer(channel)
 
-    async def stop_processing(self, channel: str) -> None:
+    def stop_processing(self, channel: str) -> Awaitable[None]:
         """Stop delivering ``channel``'s items: cancel its running callback (and wait for it to end), hold its
         open batch's timer, and detach its callback. Waiting items and the open batch are kept for the next
         ``start_processing``.
@@ -385,50 +269,21 @@ class MessageQueue:
         Called from the channel's own callback, the callback is not cancelled (it ends when it returns) but
         its item is abandoned all the same.
         """
-        validate_channel_id(channel)
-        running: asyncio.Task[None] | None = None
-        chan = self._channels.get(channel)
-        if chan is not None:
-            chan.callback = None
-            for delivery in chan.backlog:
-                delivery.settled = True  # StopChannel cancels it on the actors' side
-            chan.backlog.clear()
-            active = chan.active
-            if active is not None and active.task is not None and not active.task.done():
-                if not active.settled:
-                    active.settled = True  # StopChannel cancels it on the actors' side
-                    if active.task is not asyncio.current_task():
-                        active.task.cancel()
-                running = active.task
-        if self._driver is not None:
-            reply = await self._call(StopChannel(channel))
-            assert isinstance(reply, ChannelStopped), reply
-            await self._call(HoldBatch(channel))
-        if running is not None and running is not asyncio.current_task():
-            await asyncio.wait({running})
+        self._used = True
+        return self._backend.stop_processing(channel)
 
-    async def clear(self, channel: str) -> int:
+    def clear(self, channel: str) -> Awaitable[int]:
         """Discard ``channel``'s waiting items (not the open batch, not the item being processed); return
         how many."""
-        validate_channel_id(channel)
-        if self._driver is None:
-            return 0
-        reply = await self._call(Clear(channel))
-        assert isinstance(reply, Cleared), reply
-        return reply.removed
+        self._used = True
+        return self._backend.clear(channel)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools). In
-        distributed mode: the channels given to ``start_processing`` here, with ``queue_size`` 0 and
-        ``is_processing`` False (use :meth:`statistics` for what Redis holds)."""
-        return {
-            channel_id: {
-                "queue_size": chan.queued,
-                "is_processing": chan.active is not None or bool(chan.backlog),
-                "has_processor": chan.callback is not None,
-            }
-            for channel_id, chan in self._channels.items()
-        }
+        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools). Known:
+        channels given to ``start_processing`` and channels whose actor is alive. In distributed mode: the
+        channels given to ``start_processing`` here, with ``queue_size`` 0 and ``is_processing`` False (use
+        :meth:`statistics` for what Redis holds)."""
+        return self._backend.stats()
 
     def cancel_current(self, channel: str) -> bool:
         """Cancel ``channel``'s running callback; it sees ``asyncio.CancelledError`` and the next item
@@ -436,30 +291,11 @@ class MessageQueue:
 
         (If the item in flight had not started yet because a previously cancelled callback is still
         unwinding, that item is dropped without being started.)"""
-        chan = self._channels.get(channel)
-        driver = self._driver
-        if chan is None or driver is None:
-            return False
-        target: _Delivery | None = None
-        for delivery in reversed(chan.backlog):
-            if not delivery.settled:
-                target = delivery
-                chan.backlog.remove(delivery)
-                break
-        if target is None:
-            active = chan.active
-            if active is None or active.settled or active.task is None or active.task.done():
-                return False
-            target = active
-            active.task.cancel()
-        target.settled = True
-        # The actors still hold exactly this delivery in flight: it is only released by our reply.
-        driver.tell(CancelCurrent(channel))
-        return True
+        return self._backend.cancel_current(channel)
 
     # -- beyond the original API --------------------------------------------------------------------------
 
-    async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
+    def statistics(self, channel: str = "") -> Awaitable[tuple[ChannelStatistics, ...]]:
         """Snapshots taken by the actors themselves: one channel, or every live channel when empty.
 
         In distributed mode they are read from Redis in one step, whatever node holds the channel's state: one
@@ -467,58 +303,26 @@ class MessageQueue:
         most 10,000, soonest deadline first). ``open_batch_size`` is its open batch; ``processed`` counts the
         batches published on it since its state was made in Redis (from 0 again after the state of an idle
         channel expired); ``queued`` is 0 and ``in_flight`` False (published batches belong to the bus's
-        consumers), as ``queue_size`` is 0 and ``stats()`` lists the channels given to ``start_processing``;
-        ``has_processor`` says whether ``start_processing`` was called here. Empty once the queue is closed.
-        See :func:`message_queue.distributed.channel_statistics`.
+        consumers); ``has_processor`` says whether ``start_processing`` was called here. Empty once the queue
+        is closed. See :func:`message_queue.distributed.channel_statistics`.
 
         Raises:
             InvalidInput: for an invalid channel id.
         """
-        if channel:
-            validate_channel_id(channel)
-        if self._distributed is not None:
-            processors = {c for c, chan in self._channels.items() if chan.callback is not None}
-            return await self._distributed.statistics(channel, processors)
-        if self._driver is None:
-            return ()
-        reply = await self._call(GetStatistics(channel))
-        assert isinstance(reply, Statistics), reply
-        return reply.channels
+        return self._backend.statistics(channel)
 
-    async def close(self) -> None:
-        """Cancel running callbacks, finish pending settings reads, and stop the actor thread. Idempotent;
-        the queue cannot be used afterwards."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._distributed is not None:
-            await self._distributed.close()
-        refreshes = [s.refresh for s in self._config_states.values() if s.refresh is not None]
-        if refreshes:
-            await asyncio.wait(refreshes)
-        tasks = []
-        for chan in self._channels.values():
-            for delivery in (chan.active, *chan.backlog):
-                if delivery is not None and delivery.task is not None and not delivery.task.done():
-                    delivery.settled = True
-                    delivery.task.cancel()
-                    tasks.append(delivery.task)
-            chan.backlog.clear()
-        current = asyncio.current_task()
-        tasks = [t for t in tasks if t is not current]
-        if tasks:
-            await asyncio.wait(tasks)
-        starting = self._starting
-        if starting is not None:
-            if not starting.done():
-                await asyncio.wait({starting})
-            if not starting.cancelled():
-                starting.exception()  # retrieved: a start that failed or was closed under it is not news
-        driver, self._driver = self._driver, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        if driver is not None:
-            await asyncio.to_thread(driver.stop)
+    def close(self, drain: bool = True, timeout: float = 30.0) -> Awaitable[None]:
+        """Stop the queue; idempotent, and the queue cannot be used afterwards.
+
+        In memory, with ``drain`` (the default), open batches of channels with a callback are closed at once
+        and every waiting item is delivered first (for up to ``timeout`` seconds); with ``drain=False`` they
+        are dropped. Anything dropped is named in one warning with its counts, never silently. Then running
+        callbacks are cancelled; a callback that does not end within 5 s of its cancellation is left behind
+        with a warning. With ``redis``, nothing is dropped: what the actors hold is written to Redis for the
+        next queue. In distributed mode, ``close`` waits until the batches whose deadline this queue armed have
+        been published.
+        """
+        return self._backend.close(drain, timeout)
 
     async def __aenter__(self) -> MessageQueue:
         return self
@@ -527,191 +331,83 @@ class MessageQueue:
         await self.close()
         return False
 
-    # -- driver --------------------------------------------------------------------------------------------
 
-    async def _ensure_driver(self) -> InProcessDriver:
-        driver = self._driver
-        if driver is not None:
-            if not driver.running:
-                raise RuntimeError("the MessageQueue's actor thread has stopped")
-            return driver
+class DistributedBackend:
+    """Distributed mode behind :class:`QueueBackend`: a :class:`~message_queue.distributed.DistributedQueue`,
+    with the original API's answers for what belongs to the bus's consumers (nothing waits or is processed
+    here)."""
+
+    def __init__(self, queue: DistributedQueue) -> None:
+        self._queue = queue
+        self.event_bus = queue.event_bus
+        self._callbacks: dict[str, Callback] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("this MessageQueue belongs to another event loop: use it only on the loop of its "
+                               "first use (create one queue per loop)")
         if self._closed:
             raise RuntimeError("the MessageQueue is closed")
-        loop = asyncio.get_running_loop()
-        if self._loop is not None and self._loop is not loop:
-            raise RuntimeError("a MessageQueue is bound to the event loop of its first use")
-        if self._starting is None:
-            self._loop = loop
-            self._starting = loop.create_task(self._start_driver(loop))
-        try:
-            return await asyncio.shield(self._starting)
-        except BaseException:
-            if self._starting.done() and (self._starting.cancelled() or self._starting.exception() is not None):
-                self._starting = None
-            raise
 
-    async def _start_driver(self, loop: asyncio.AbstractEventLoop) -> InProcessDriver:
-        self._bridge = _Bridge(loop, self)
-        driver = InProcessDriver(
-            self._bridge,
-            self._settings,
-            idle_timeout=self._idle_timeout,
-            redis_url=self._redis_url,
-            allow_volatile_redis=self._allow_volatile_redis,
-        )
-        try:
-            await asyncio.to_thread(driver.start)
-        except UnsafeRedis as exc:
-            text, flag = str(exc), "Pass --allow-volatile-redis to accept it"
-            hint = "Pass allow_volatile_redis=True to MessageQueue to accept it"
-            raise UnsafeRedis(text.replace(flag, hint) if flag in text else f"{text}. {hint}") from exc
-        # Registered before any other command: every channel reports its counts to us from the start.
-        driver.tell(Observe())
+    async def enqueue(self, msg: QueuedMessage) -> None:
+        validate_message(msg)
+        self._check()
+        await self._queue.enqueue(msg)
+
+    async def enqueue_many(self, messages: Iterable[QueuedMessage]) -> None:
+        batch = list(messages)
+        for msg in batch:
+            validate_message(msg)
+        self._check()
+        for msg in batch:
+            await self._queue.enqueue(msg)
+
+    async def enqueue_front(self, item: Payload) -> None:
+        validate_payload(item)
+        self._check()
+        await self._queue.enqueue_front(item)
+
+    def is_channel_processing(self, channel: str) -> bool:
+        return False
+
+    def queue_size(self, channel: str) -> int:
+        return 0
+
+    async def start_processing(self, channel: str, callback: Callback) -> None:
+        self._check()
+        if channel not in self._callbacks:
+            self._callbacks[channel] = callback
+            log.debug("channel %r: distributed mode publishes batches to the event bus, not to callbacks", channel)
+
+    async def cancel_batch_timer(self, channel: str) -> None:
+        validate_channel_id(channel)
+
+    async def stop_processing(self, channel: str) -> None:
+        validate_channel_id(channel)
+        self._callbacks.pop(channel, None)
+
+    async def clear(self, channel: str) -> int:
+        validate_channel_id(channel)
+        return 0
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {c: {"queue_size": 0, "is_processing": False, "has_processor": True} for c in self._callbacks}
+
+    def cancel_current(self, channel: str) -> bool:
+        return False
+
+    async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
+        if channel:
+            validate_channel_id(channel)
+        return await self._queue.statistics(channel, set(self._callbacks))
+
+    async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
         if self._closed:
-            await asyncio.to_thread(driver.stop)
-            raise RuntimeError("the MessageQueue was closed while starting")
-        self._finalizer = weakref.finalize(self, _stop_driver, driver)
-        self._driver = driver
-        return driver
-
-    async def _call(self, msg: object) -> object:
-        driver = await self._ensure_driver()
-        reply = await asyncio.wrap_future(driver.call(msg))
-        # Outputs the command produced were queued before its reply: handle any still pending (a large burst
-        # is drained in slices), so the caller sees their effect (e.g. queue_size after clear).
-        if self._bridge is not None:
-            self._bridge.drain_now()
-        if isinstance(reply, Rejected):
-            raise InvalidInput(reply.reason)
-        return reply
-
-    def _channel(self, channel: str) -> _Channel:
-        chan = self._channels.get(channel)
-        if chan is None:
-            chan = self._channels[channel] = _Channel()
-        return chan
-
-    # -- outputs of the actors, on the loop ------------------------------------------------------------------
-
-    def _handle(self, output: Output) -> None:
-        if isinstance(output, QueueChanged):
-            chan = self._channel(output.channel_id)
-            chan.queued = output.queued
-            chan.in_flight = output.in_flight
-        elif isinstance(output, BatchReady):
-            self._ready(output)
-        elif isinstance(output, CancelProcessing):
-            self._cancelled(output)
-
-    def _ready(self, ready: BatchReady) -> None:
-        chan = self._channel(ready.channel_id)
-        if ready.queued >= 0:  # the delivery doubles as the channel's QueueChanged
-            chan.queued = ready.queued
-            chan.in_flight = True
-        if chan.callback is None or self._closed:
-            # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.
-            log.debug("channel %r: delivery %d arrived while stopping", ready.channel_id, ready.delivery_id)
             return
-        delivery = _Delivery(ready.delivery_id, ready.item, ready.reply_to)
-        if chan.active is None:
-            self._start(ready.channel_id, chan, delivery)
-        else:
-            chan.backlog.append(delivery)
-
-    def _start(self, channel: str, chan: _Channel, delivery: _Delivery) -> None:
-        assert chan.callback is not None
-        chan.active = delivery
-        loop = self._loop
-        assert loop is not None
-        task = loop.create_task(_invoke(chan.callback, delivery.item.payload))
-        delivery.task = task
-        task.add_done_callback(lambda done: self._finished(channel, chan, delivery, done))
-
-    def _finished(self, channel: str, chan: _Channel, delivery: _Delivery, task: asyncio.Task[None]) -> None:
-        error: str | None = None
-        if not task.cancelled():
-            exc = task.exception()
-            if exc is not None:
-                error = f"{type(exc).__name__}: {exc}"[:1000]
-                log.error(
-                    "message_queue: callback for channel %r raised on item %s (%d messages)",
-                    channel,
-                    delivery.item.item_id,
-                    delivery.item.size,
-                    exc_info=exc,
-                )
-        driver = self._driver
-        if not delivery.settled and driver is not None:
-            # A task cancelled by someone else counts as done: the item is abandoned, the channel moves on.
-            if error is None:
-                driver.tell(ProcessingDone(channel, delivery.delivery_id), delivery.reply_to)
-            else:
-                driver.tell(ProcessingFailed(channel, delivery.delivery_id, error), delivery.reply_to)
-        if chan.active is delivery:
-            chan.active = None
-            while chan.backlog and chan.callback is not None and not self._closed:
-                following = chan.backlog.popleft()
-                if not following.settled:
-                    self._start(channel, chan, following)
-                    break
-
-    def _cancelled(self, cancel: CancelProcessing) -> None:
-        chan = self._channels.get(cancel.channel_id)
-        if chan is None:
-            return
-        active = chan.active
-        if active is not None and active.delivery_id == cancel.delivery_id and not active.settled:
-            active.settled = True
-            if active.task is not None:
-                active.task.cancel()
-            return
-        for delivery in chan.backlog:
-            if delivery.delivery_id == cancel.delivery_id and not delivery.settled:
-                chan.backlog.remove(delivery)
-                return
-
-    # -- settings from Redis -----------------------------------------------------------------------------------
-
-    async def _enqueue_configured(self, driver: InProcessDriver, msg: QueuedMessage) -> None:
-        channel = msg.channel_id
-        state = self._config_states.get(channel)
-        if state is None:
-            state = self._config_states[channel] = _ConfigState(self._settings)
-        loop = asyncio.get_running_loop()
-        if state.refresh is None:
-            if loop.time() - state.read_at < self._config_ttl:
-                driver.enqueue(msg, checked=True)
-                return
-            state.refresh = loop.create_task(self._refresh_config(channel, state))
-        state.waiting.append(msg)
-        await asyncio.shield(state.refresh)
-
-    async def _refresh_config(self, channel: str, state: _ConfigState) -> None:
-        assert self._config is not None
-        settings: BatchSettings | None = None
-        try:
-            settings = await self._config.read(channel)
-        finally:
-            # Whatever happened, the waiting messages go in, in order, behind the new settings if any.
-            loop = asyncio.get_running_loop()
-            driver = self._driver
-            if driver is not None:
-                if settings is not None and settings != state.settings:
-                    driver.tell(ConfigureChannel(channel, settings))
-                    state.settings = settings
-                for waiting in state.waiting:
-                    driver.enqueue(waiting, checked=True)
-            state.waiting.clear()
-            state.read_at = loop.time()
-            state.refresh = None
-
-
-async def _invoke(callback: Callback, payload: Payload) -> None:
-    await callback(payload)
-
-
-def _stop_driver(driver: InProcessDriver) -> None:
-    """Finalizer of a MessageQueue that was never closed (also run at interpreter exit)."""
-    driver.stop(timeout=2.0)
-
-
+        self._closed = True
+        await self._queue.close(timeout)

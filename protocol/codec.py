@@ -77,7 +77,9 @@ from protocol.messages import (
     CancelCurrent,
     CancelProcessing,
     Cancelled,
+    BatchFlushed,
     ChannelConfigured,
+    ChannelPassivated,
     ChannelStopped,
     Clear,
     Cleared,
@@ -86,6 +88,7 @@ from protocol.messages import (
     EnqueueFront,
     EnqueueMany,
     Enqueued,
+    FlushBatch,
     GetStatistics,
     HoldBatch,
     Observing,
@@ -158,6 +161,9 @@ Encodable = Union[
     Cleared,
     BatchHeld,
     ChannelConfigured,
+    FlushBatch,
+    BatchFlushed,
+    ChannelPassivated,
     Statistics,
     Observing,
     BatchReady,
@@ -865,6 +871,9 @@ _SCHEMAS: Final = (
     _schema("processing_done", ProcessingDone, _CHANNEL, _DELIVERY_ID),
     _schema("processing_failed", ProcessingFailed, _CHANNEL, _DELIVERY_ID, _text("error", MAX_TEXT_BYTES)),
     _schema("queue_changed", QueueChanged, _CHANNEL, _int("queued"), _bool("in_flight")),
+    _schema("flush_batch", FlushBatch, _CHANNEL),
+    _schema("batch_flushed", BatchFlushed, _CHANNEL, _bool("flushed")),
+    _schema("channel_passivated", ChannelPassivated, _CHANNEL),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

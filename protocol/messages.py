@@ -95,6 +95,14 @@ class HoldBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class FlushBatch:
+    """Anyone -> Supervisor: close the channel's open batch now (it joins the queue like any closed batch).
+    Reply ``BatchFlushed``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigureChannel:
     """Anyone -> Supervisor: override a channel's batch settings from its next batch on. Reply
     ``ChannelConfigured``."""
@@ -181,6 +189,14 @@ class BatchHeld:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchFlushed:
+    """Supervisor -> sender of ``FlushBatch``; ``flushed`` tells whether a batch was open."""
+
+    channel_id: str
+    flushed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelConfigured:
     """Supervisor -> sender of ``ConfigureChannel``."""
 
@@ -260,3 +276,11 @@ class QueueChanged:
     channel_id: str
     queued: int
     in_flight: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPassivated:
+    """Supervisor -> observer registered with ``Observe``: the channel's actor held no work and was stopped
+    (its counters are kept; its next message starts a new actor). Nothing of it is waiting or in flight."""
+
+    channel_id: str

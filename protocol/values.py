@@ -119,6 +119,7 @@ class FlushReason(str, enum.Enum):
     FRONT = "front"  # inserted at the head of the queue by enqueue-front
     SETTINGS = "settings"  # batching was turned off while the batch was open
     RESTORED = "restored"  # loaded from persistent storage after a restart
+    FLUSHED = "flushed"  # closed on request (FlushBatch), before its window or size would have closed it
 
 
 @dataclass(frozen=True, slots=True)

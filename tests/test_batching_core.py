@@ -91,7 +91,7 @@ def queued_texts(core: ChannelCore) -> list[list[str]]:
 def test_a_message_opens_a_batch_whose_deadline_is_one_window_later() -> None:
     core = make_core(window=2.0)
     first = msg("a")
-    assert core.enqueue(first, now=10.0) == [MessageAdded(first, 1)]
+    assert core.enqueue(first, now=10.0) == [MessageAdded(first, 1, 10.0)]
     assert core.deadline == 12.0
     assert core.open_batch is not None and [m.text for m in core.open_batch.messages] == ["a"]
 
@@ -695,7 +695,7 @@ def test_the_next_message_restarts_the_window_of_a_held_batch() -> None:
     core.enqueue(msg("a"), now=0.0)
     core.hold()
     late = msg("b")
-    assert core.enqueue(late, now=10.0) == [MessageAdded(late, 2)]  # long after the suspended deadline
+    assert core.enqueue(late, now=10.0) == [MessageAdded(late, 2, 10.0)]  # long after the suspended deadline
     assert core.deadline == 11.0
     queued = only(core.tick(11.0), ItemQueued)
     assert (queued.reason, queued.lateness, texts(queued.item)) == (FlushReason.WINDOW, 0.0, ["a", "b"])

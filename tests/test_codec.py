@@ -29,7 +29,10 @@ from protocol.limits import (
     validate_message,
 )
 from protocol.messages import (
+    BatchFlushed,
     BatchHeld,
+    ChannelPassivated,
+    FlushBatch,
     BatchReady,
     CancelCurrent,
     Cancelled,
@@ -220,6 +223,9 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         ProcessingFailed, channel_id=channel_ids, delivery_id=counts, error=free_text
     ),
     QueueChanged: st.builds(QueueChanged, channel_id=channel_ids, queued=counts, in_flight=st.booleans()),
+    FlushBatch: st.builds(FlushBatch, channel_id=channel_ids),
+    BatchFlushed: st.builds(BatchFlushed, channel_id=channel_ids, flushed=st.booleans()),
+    ChannelPassivated: st.builds(ChannelPassivated, channel_id=channel_ids),
 }
 any_value = st.one_of(*STRATEGIES.values())
 
@@ -354,6 +360,9 @@ def test_tags_are_pinned() -> None:
         "processing_done": "ProcessingDone",
         "processing_failed": "ProcessingFailed",
         "queue_changed": "QueueChanged",
+        "flush_batch": "FlushBatch",
+        "batch_flushed": "BatchFlushed",
+        "channel_passivated": "ChannelPassivated",
     }
 
 

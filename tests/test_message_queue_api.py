@@ -543,41 +543,59 @@ def test_clear_discards_waiting_items_and_returns_their_number() -> None:
 # -- life cycle and modes ---------------------------------------------------------------------------------
 
 
-def test_the_actor_thread_starts_lazily_and_close_stops_it() -> None:
+def test_the_actors_run_on_the_callers_loop_start_lazily_and_close_stops_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def main() -> None:
-        before = driver_threads()
+        threads = threading.active_count()
         mq = MessageQueue(default_batch_window=WINDOW)
         assert mq.stats() == {} and not mq.is_channel_processing("c")
-        assert driver_threads() == before
+        assert mq._backend._driver is None  # type: ignore[attr-defined]
         rec = Recorder()
         rec.gate = asyncio.Event()
-        await mq.start_processing("c", rec)
-        assert driver_threads() == before + 1
+        seen_threads: list[int] = []
+
+        async def callback(item: Payload) -> None:
+            seen_threads.append(threading.get_ident())
+            await rec(item)
+
+        await mq.start_processing("c", callback)
+        driver = mq._backend._driver  # type: ignore[attr-defined]
+        assert driver is not None and driver.running
         await mq.enqueue(msg("c", "x"))
         await mq.enqueue(msg("c", "y"))
         await rec.wait_started()
-        await mq.close()
+        assert seen_threads == [threading.get_ident()]
+        assert threading.active_count() == threads  # no thread beside the loop's
+        await mq.close(drain=False)
         assert [texts(i) for i in rec.cancelled] == [["x", "y"]]  # close cancels running callbacks
-        assert driver_threads() == before
+        assert not driver.running
         await mq.close()  # idempotent
         with pytest.raises(RuntimeError, match="closed"):
             await mq.enqueue(msg("c", "z"))
 
-    run(main())
+    with caplog.at_level(logging.WARNING):
+        run(main())
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "message_queue.facade"]
+    assert "close dropped 0 waiting item(s), 0 message(s) of open batches and 1 item(s) in flight" in warning
+    assert "drain=False" in warning and "'c'" in warning
 
 
-def test_a_queue_that_is_never_closed_stops_its_thread_when_collected() -> None:
+def test_a_queue_that_is_never_closed_stops_its_actors_when_collected() -> None:
+    drivers = []
+
     async def main() -> None:
         mq = MessageQueue(default_batch_window=WINDOW)
         await mq.enqueue(msg("c", "x"))
-        assert driver_threads() == 1
+        drivers.append(mq._backend._driver)  # type: ignore[attr-defined]
+        assert drivers[0].running
         del mq
 
     import gc
 
     run(main())
     gc.collect()
-    assert driver_threads() == 0
+    assert not drivers[0].running
 
 
 def test_redis_and_an_event_bus_make_a_distributed_queue_without_connecting() -> None:

@@ -1,0 +1,635 @@
+"""The in-memory and persisted ``MessageQueue``: the actor system, run on the caller's event loop.
+
+Everything runs on one thread, the loop's: the facade, every callback (a task per item) and the actors
+(Supervisor, one ChannelActor per active channel, the Timer; RedisPersistence with ``redis=``), which an
+:class:`~actors.loop_driver.LoopDriver` runs in short turns between the loop's other callbacks.
+
+Flow:
+    * ``enqueue`` checks the message (``protocol.limits``, raising ``InvalidInput``) and hands it to the driver,
+      which stamps it with the time: its batching window counts from that moment, however busy the loop is.
+      With ``redis=``, ``enqueue`` returns once the message is in Redis (messages accepted in the same loop
+      iteration share one write).
+    * The actors' outputs reach :meth:`LocalQueue._handle` during a turn: a ``BatchReady`` becomes a task
+      running the channel's callback; when the task ends, ``ProcessingDone`` (or ``ProcessingFailed``) goes
+      straight back to the channel's actor, which then delivers its next item.
+    * Commands with a result (``clear``, ``stop_processing``, ...) await the driver's ``call``; the actors send
+      a reply after the outputs its command caused, so those have been handled when the call returns.
+
+Counts: the queue observes the actors (``Observe``): each ChannelActor reports its number of waiting items
+whenever it changes, in a ``BatchReady`` or a ``QueueChanged``. ``queue_size``, ``is_channel_processing``
+and ``stats`` first let the actors finish what was handed to them (``LoopDriver.sync``), so they reflect every
+call that returned before them. A channel's record goes when its actor passivates (``ChannelPassivated``);
+its callback registration stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+
+from actors.loop_driver import DriverStopped, LoopDriver, Output
+from message_queue.config import ChannelConfigReader
+from protocol.errors import InvalidInput, UnsafeRedis
+from protocol.limits import validate_channel_id, validate_message, validate_payload
+from protocol.messages import (
+    BatchHeld,
+    BatchReady,
+    CancelCurrent,
+    CancelProcessing,
+    ChannelPassivated,
+    ChannelStopped,
+    Clear,
+    Cleared,
+    ConfigureChannel,
+    Enqueued,
+    EnqueueFront,
+    FlushBatch,
+    GetStatistics,
+    HoldBatch,
+    Observe,
+    ProcessingDone,
+    ProcessingFailed,
+    QueueChanged,
+    Rejected,
+    StartProcessing,
+    Statistics,
+    StopChannel,
+)
+from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from thespian.actors import ActorAddress
+
+log = logging.getLogger("message_queue.facade")  # the public API's logger
+
+Callback = Callable[[Payload], Awaitable[object]]
+"""An async function called with each finished item of a channel: a MessageBatch, a QueuedMessage (batching
+disabled), or whatever was put with ``enqueue_front``."""
+
+CANCEL_WAIT = 5.0
+"""Seconds ``close`` waits for cancelled callbacks to end before it goes on without them (with a warning)."""
+
+
+def check_callback(callback: object) -> Callback:
+    """``callback`` if it is an async function (or an object whose ``__call__`` is one).
+
+    Raises:
+        InvalidInput: naming what was given instead.
+    """
+    if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None)):
+        return callback  # type: ignore[return-value]
+    if asyncio.iscoroutinefunction(callback):  # objects marked as such (unittest.mock.AsyncMock)
+        return callback
+    what = type(callback).__name__ if not callable(callback) else getattr(callback, "__qualname__", repr(callback))
+    raise InvalidInput(f"callback must be an async function (async def), got {what}")
+
+
+@dataclass(eq=False, slots=True)
+class _Delivery:
+    delivery_id: int
+    item: QueueItem
+    reply_to: ActorAddress | None = None  # the channel actor that sent it
+    task: asyncio.Task[None] | None = None
+    settled: bool = False  # the actors already know it ended (cancelled): no reply is due
+
+
+@dataclass(eq=False, slots=True)
+class _Channel:
+    """What the queue knows of a channel whose actor is alive."""
+
+    active: _Delivery | None = None  # its callback task is running (maybe cancelled and unwinding)
+    backlog: deque[_Delivery] = field(default_factory=deque)  # delivered while ``active`` still unwinds
+    queued: int = 0  # waiting items, from the last report
+    in_flight: bool = False  # from the last report
+
+    @property
+    def busy(self) -> bool:
+        return self.active is not None or bool(self.backlog)
+
+
+@dataclass(eq=False, slots=True)
+class _ConfigState:
+    settings: BatchSettings  # what the Supervisor was last told for this channel
+    read_at: float = -math.inf  # loop time of the last read
+    refresh: asyncio.Task[None] | None = None
+    waiting: list[tuple[QueuedMessage, asyncio.Future[None] | None]] = field(default_factory=list)
+
+
+class LocalQueue:
+    """The actors on the caller's loop; see the module docstring. One per ``MessageQueue`` without
+    ``event_bus``."""
+
+    def __init__(
+        self,
+        settings: BatchSettings,
+        *,
+        redis: Redis | None,
+        redis_url: str,
+        config_ttl: float,
+        idle_timeout: float,
+        allow_volatile_redis: bool,
+    ) -> None:
+        self._settings = settings
+        self._redis_url = redis_url
+        self._durable = bool(redis_url)
+        self._allow_volatile_redis = allow_volatile_redis
+        self._config_ttl = config_ttl
+        self._idle_timeout = idle_timeout
+        self._config = ChannelConfigReader(redis, settings) if redis is not None else None
+        self._config_states: dict[str, _ConfigState] = {}
+        self._callbacks: dict[str, Callback] = {}
+        self._channels: dict[str, _Channel] = {}
+        self._driver: LoopDriver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting: asyncio.Task[LoopDriver] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._closed = False
+
+    # -- messages in --------------------------------------------------------------------------------------
+
+    async def enqueue(self, msg: QueuedMessage) -> None:
+        validate_message(msg)
+        driver = self._driver
+        if driver is None or asyncio.get_running_loop() is not self._loop or not driver.running:
+            driver = await self._ensure_driver()
+        if self._config is not None:
+            await self._enqueue_configured(driver, (msg,))
+        elif self._durable:
+            await driver.enqueue_acked(msg)
+        else:
+            driver.enqueue(msg)
+
+    async def enqueue_many(self, messages: Iterable[QueuedMessage]) -> None:
+        batch = list(messages)
+        for msg in batch:
+            validate_message(msg)
+        if not batch:
+            return
+        driver = await self._ensure_driver()
+        if self._config is not None:
+            await self._enqueue_configured(driver, batch)
+            return
+        acked: asyncio.Future[None] | None = None
+        for msg in batch:
+            if self._durable:
+                acked = driver.enqueue_acked(msg)
+            else:
+                driver.enqueue(msg)
+        if acked is not None:
+            await acked
+
+    async def enqueue_front(self, item: Payload) -> None:
+        validate_payload(item)
+        reply = await self._call(EnqueueFront(item, ack=True))
+        assert isinstance(reply, Enqueued), reply
+
+    # -- readers --------------------------------------------------------------------------------------------
+
+    def _synced(self) -> None:
+        """Let the actors finish what they were handed, when called on the queue's loop."""
+        driver = self._driver
+        if driver is None:
+            return
+        loop = asyncio._get_running_loop()
+        if loop is self._loop:
+            driver.sync()
+        elif loop is not None:
+            raise RuntimeError("this MessageQueue belongs to another event loop: use it only on the loop of its "
+                               "first use (create one queue per loop)")
+
+    def is_channel_processing(self, channel: str) -> bool:
+        self._synced()
+        chan = self._channels.get(channel)
+        return chan is not None and chan.busy
+
+    def queue_size(self, channel: str) -> int:
+        self._synced()
+        chan = self._channels.get(channel)
+        return chan.queued if chan is not None else 0
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        self._synced()
+        known = dict.fromkeys(self._channels)
+        known.update(dict.fromkeys(self._callbacks))
+        result: dict[str, dict[str, Any]] = {}
+        for channel_id in known:
+            chan = self._channels.get(channel_id)
+            result[channel_id] = {
+                "queue_size": chan.queued if chan is not None else 0,
+                "is_processing": chan is not None and chan.busy,
+                "has_processor": channel_id in self._callbacks,
+            }
+        return result
+
+    async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
+        if channel:
+            validate_channel_id(channel)
+        if self._driver is None:
+            if self._closed:
+                return ()
+            await self._ensure_driver()
+        reply = await self._call(GetStatistics(channel))
+        assert isinstance(reply, Statistics), reply
+        return reply.channels
+
+    # -- processing --------------------------------------------------------------------------------------------
+
+    async def start_processing(self, channel: str, callback: Callback) -> None:
+        validate_channel_id(channel)
+        check_callback(callback)
+        if channel in self._callbacks:
+            await self._ensure_driver()  # the loop check
+            return
+        self._callbacks[channel] = callback
+        try:
+            await self._call(StartProcessing(channel))
+        except BaseException:
+            if self._callbacks.get(channel) is callback:
+                del self._callbacks[channel]
+            raise
+
+    async def cancel_batch_timer(self, channel: str) -> None:
+        validate_channel_id(channel)
+        reply = await self._call(HoldBatch(channel))
+        assert isinstance(reply, BatchHeld), reply
+
+    async def stop_processing(self, channel: str) -> None:
+        validate_channel_id(channel)
+        await self._ensure_driver()
+        running: asyncio.Task[None] | None = None
+        self._callbacks.pop(channel, None)
+        chan = self._channels.get(channel)
+        if chan is not None:
+            for delivery in chan.backlog:
+                delivery.settled = True  # StopChannel cancels it on the actors' side
+            chan.backlog.clear()
+            active = chan.active
+            if active is not None and active.task is not None and not active.task.done():
+                if not active.settled:
+                    active.settled = True  # StopChannel cancels it on the actors' side
+                    if active.task is not asyncio.current_task():
+                        active.task.cancel()
+                running = active.task
+        reply = await self._call(StopChannel(channel))
+        assert isinstance(reply, ChannelStopped), reply
+        await self._call(HoldBatch(channel))
+        if running is not None and running is not asyncio.current_task():
+            await asyncio.wait({running})
+
+    async def clear(self, channel: str) -> int:
+        validate_channel_id(channel)
+        reply = await self._call(Clear(channel))
+        assert isinstance(reply, Cleared), reply
+        return reply.removed
+
+    def cancel_current(self, channel: str) -> bool:
+        self._synced()
+        chan = self._channels.get(channel)
+        driver = self._driver
+        if chan is None or driver is None:
+            return False
+        target: _Delivery | None = None
+        for delivery in reversed(chan.backlog):
+            if not delivery.settled:
+                target = delivery
+                chan.backlog.remove(delivery)
+                break
+        if target is None:
+            active = chan.active
+            if active is None or active.settled or active.task is None or active.task.done():
+                return False
+            target = active
+            active.task.cancel()
+        target.settled = True
+        # The actors still hold exactly this delivery in flight: it is only released by our reply.
+        driver.tell(CancelCurrent(channel))
+        return True
+
+    # -- closing ------------------------------------------------------------------------------------------------
+
+    async def close(self, drain: bool = True, timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        driver = self._driver
+        if driver is not None and driver.running and asyncio.get_running_loop() is self._loop:
+            if not self._durable:  # with Redis, what is left stays stored for the next queue
+                await self._leave(driver, drain, timeout)
+        self._closed = True
+        refreshes = [s.refresh for s in self._config_states.values() if s.refresh is not None]
+        if refreshes:
+            await asyncio.wait(refreshes)
+        tasks = []
+        for chan in self._channels.values():
+            for delivery in (chan.active, *chan.backlog):
+                if delivery is not None and delivery.task is not None and not delivery.task.done():
+                    delivery.settled = True
+                    delivery.task.cancel()
+                    tasks.append(delivery.task)
+            chan.backlog.clear()
+        current = asyncio.current_task()
+        tasks = [t for t in tasks if t is not current]
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CANCEL_WAIT)
+            if stuck:
+                log.warning(
+                    "close: %d callback(s) did not end within %g s of being cancelled (channels %s); "
+                    "closing without them", len(stuck), CANCEL_WAIT,
+                    ", ".join(sorted(repr(c) for c, chan in self._channels.items()
+                                     if chan.active is not None and chan.active.task in stuck)[:10]),
+                )
+        starting = self._starting
+        if starting is not None:
+            if not starting.done():
+                await asyncio.wait({starting})
+            if not starting.cancelled():
+                starting.exception()  # retrieved: a start that failed or was closed under it is not news
+        self._driver = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if driver is not None:
+            driver.stop()
+
+    async def _leave(self, driver: LoopDriver, drain: bool, timeout: float) -> None:
+        """In memory: deliver what is open or waiting (``drain``), or say what is dropped; never silently."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        if drain:
+            for snapshot in await self.statistics():
+                if snapshot.open_batch_size and snapshot.has_processor:
+                    await self._call(FlushBatch(snapshot.channel_id))
+            while True:
+                left = [s for s in await self.statistics() if s.has_processor and (s.queued or s.in_flight)]
+                if not left or loop.time() >= until:
+                    break
+                await self._progress(until - loop.time())
+        dropped = [s for s in await self.statistics() if s.queued or s.open_batch_size or s.in_flight]
+        if dropped:
+            items = sum(s.queued for s in dropped)
+            opened = sum(s.open_batch_size for s in dropped)
+            flying = sum(s.in_flight for s in dropped)
+            why = "drain=False" if not drain else (
+                f"not delivered within {timeout:g} s" if any(s.has_processor for s in dropped)
+                else "no callback was started for them")
+            log.warning(
+                "close dropped %d waiting item(s), %d message(s) of open batches and %d item(s) in flight on "
+                "%d channel(s) (%s): %s", items, opened, flying, len(dropped), why,
+                ", ".join(repr(s.channel_id) for s in dropped[:10]) + (" ..." if len(dropped) > 10 else ""),
+            )
+
+    async def _progress(self, timeout: float) -> None:
+        """Wait until some callback ends (or ``timeout`` seconds)."""
+        tasks = {
+            chan.active.task for chan in self._channels.values()
+            if chan.active is not None and chan.active.task is not None and not chan.active.task.done()
+        }
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(0)  # a delivery is on its way: one loop iteration
+
+    # -- the driver ------------------------------------------------------------------------------------------
+
+    async def _ensure_driver(self) -> LoopDriver:
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and self._loop is not loop:
+            raise RuntimeError("this MessageQueue belongs to another event loop: use it only on the loop of its "
+                               "first use (create one queue per loop)")
+        driver = self._driver
+        if driver is not None:
+            if not driver.running:
+                raise RuntimeError("the MessageQueue's actor system has stopped")
+            return driver
+        if self._closed:
+            raise RuntimeError("the MessageQueue is closed")
+        if self._starting is None:
+            self._loop = loop
+            self._starting = loop.create_task(self._start_driver(loop))
+        try:
+            return await asyncio.shield(self._starting)
+        except BaseException:
+            if self._starting.done() and (self._starting.cancelled() or self._starting.exception() is not None):
+                self._starting = None
+                self._loop = None if self._driver is None else self._loop
+            raise
+
+    async def _start_driver(self, loop: asyncio.AbstractEventLoop) -> LoopDriver:
+        ref = weakref.ref(self)
+
+        def on_output(output: Output) -> None:
+            queue = ref()
+            if queue is not None:
+                queue._handle(output)
+
+        driver = LoopDriver(
+            loop,
+            on_output,
+            self._settings,
+            idle_timeout=self._idle_timeout,
+            redis_url=self._redis_url,
+            allow_volatile_redis=self._allow_volatile_redis,
+        )
+        try:
+            await driver.start()
+        except UnsafeRedis as exc:
+            text, flag = str(exc), "Pass --allow-volatile-redis to accept it"
+            hint = "Pass allow_volatile_redis=True to MessageQueue to accept it"
+            raise UnsafeRedis(text.replace(flag, hint) if flag in text else f"{text}. {hint}") from exc
+        # Registered before any other command: every channel reports its counts to us from the start.
+        driver.tell(Observe())
+        if self._closed:
+            driver.stop()
+            raise RuntimeError("the MessageQueue was closed while starting")
+        self._finalizer = weakref.finalize(self, _abandon, driver, loop)
+        self._driver = driver
+        return driver
+
+    async def _call(self, msg: object) -> object:
+        driver = await self._ensure_driver()
+        reply = await driver.call(msg)
+        if isinstance(reply, Rejected):
+            raise InvalidInput(reply.reason)
+        return reply
+
+    def _channel(self, channel: str) -> _Channel:
+        chan = self._channels.get(channel)
+        if chan is None:
+            chan = self._channels[channel] = _Channel()
+        return chan
+
+    # -- outputs of the actors, during a turn ----------------------------------------------------------------
+
+    def _handle(self, output: Output) -> None:
+        if isinstance(output, QueueChanged):
+            chan = self._channel(output.channel_id)
+            chan.queued = output.queued
+            chan.in_flight = output.in_flight
+        elif isinstance(output, BatchReady):
+            self._ready(output)
+        elif isinstance(output, CancelProcessing):
+            self._cancelled(output)
+        elif isinstance(output, ChannelPassivated):
+            gone = self._channels.get(output.channel_id)
+            if gone is not None and not gone.busy:
+                del self._channels[output.channel_id]
+            state = self._config_states.get(output.channel_id)
+            if state is not None and state.refresh is None:
+                del self._config_states[output.channel_id]
+
+    def _ready(self, ready: BatchReady) -> None:
+        chan = self._channel(ready.channel_id)
+        if ready.queued >= 0:  # the delivery doubles as the channel's QueueChanged
+            chan.queued = ready.queued
+            chan.in_flight = True
+        callback = self._callbacks.get(ready.channel_id)
+        if callback is None or self._closed:
+            # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.
+            log.debug("channel %r: delivery %d arrived while stopping", ready.channel_id, ready.delivery_id)
+            return
+        delivery = _Delivery(ready.delivery_id, ready.item, ready.reply_to)
+        if chan.active is None:
+            self._start(ready.channel_id, chan, callback, delivery)
+        else:
+            chan.backlog.append(delivery)
+
+    def _start(self, channel: str, chan: _Channel, callback: Callback, delivery: _Delivery) -> None:
+        chan.active = delivery
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(_invoke(callback, delivery.item.payload))
+        delivery.task = task
+        task.add_done_callback(lambda done: self._finished(channel, chan, delivery, done))
+
+    def _finished(self, channel: str, chan: _Channel, delivery: _Delivery, task: asyncio.Task[None]) -> None:
+        error: str | None = None
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                error = f"{type(exc).__name__}: {exc}"[:1000]
+                log.error(
+                    "callback for channel %r raised on item %s (%d messages)",
+                    channel,
+                    delivery.item.item_id,
+                    delivery.item.size,
+                    exc_info=exc,
+                )
+        driver = self._driver
+        if not delivery.settled and driver is not None:
+            # A task cancelled by someone else counts as done: the item is abandoned, the channel moves on.
+            if error is None:
+                driver.tell(ProcessingDone(channel, delivery.delivery_id), delivery.reply_to)
+            else:
+                driver.tell(ProcessingFailed(channel, delivery.delivery_id, error), delivery.reply_to)
+        if chan.active is delivery:
+            chan.active = None
+            callback = self._callbacks.get(channel)
+            while chan.backlog and callback is not None and not self._closed:
+                following = chan.backlog.popleft()
+                if not following.settled:
+                    self._start(channel, chan, callback, following)
+                    break
+
+    def _cancelled(self, cancel: CancelProcessing) -> None:
+        chan = self._channels.get(cancel.channel_id)
+        if chan is None:
+            return
+        active = chan.active
+        if active is not None and active.delivery_id == cancel.delivery_id and not active.settled:
+            active.settled = True
+            if active.task is not None:
+                active.task.cancel()
+            return
+        for delivery in chan.backlog:
+            if delivery.delivery_id == cancel.delivery_id and not delivery.settled:
+                chan.backlog.remove(delivery)
+                return
+
+    # -- settings from Redis -----------------------------------------------------------------------------------
+
+    async def _enqueue_configured(self, driver: LoopDriver, messages: Iterable[QueuedMessage]) -> None:
+        """Enqueue ``messages`` behind a fresh read of their channels' settings hash when the last read of a
+        channel is older than ``config_ttl``; in order per channel; with Redis, return once durable."""
+        loop = asyncio.get_running_loop()
+        waits: list[Awaitable[object]] = []
+        for msg in messages:
+            channel = msg.channel_id
+            state = self._config_states.get(channel)
+            if state is None:
+                state = self._config_states[channel] = _ConfigState(self._settings)
+            if state.refresh is None and loop.time() - state.read_at < self._config_ttl:
+                if self._durable:
+                    waits.append(driver.enqueue_acked(msg))
+                else:
+                    driver.enqueue(msg)
+                continue
+            if state.refresh is None:
+                state.refresh = loop.create_task(self._refresh_config(channel, state))
+            acked: asyncio.Future[None] | None = loop.create_future() if self._durable else None
+            state.waiting.append((msg, acked))
+            waits.append(asyncio.shield(state.refresh))
+            if acked is not None:
+                waits.append(acked)
+        for wait in waits:
+            await wait
+
+    async def _refresh_config(self, channel: str, state: _ConfigState) -> None:
+        assert self._config is not None
+        settings: BatchSettings | None = None
+        try:
+            settings = await self._config.read(channel)
+        finally:
+            # Whatever happened, the waiting messages go in, in order, behind the new settings if any.
+            loop = asyncio.get_running_loop()
+            driver = self._driver
+            if driver is not None and driver.running:
+                if settings is not None and settings != state.settings:
+                    driver.tell(ConfigureChannel(channel, settings))
+                    state.settings = settings
+                for waiting, acked in state.waiting:
+                    if acked is None:
+                        driver.enqueue(waiting)
+                    else:
+                        _chain(driver.enqueue_acked(waiting), acked)
+            else:
+                for _, acked in state.waiting:
+                    if acked is not None and not acked.done():
+                        acked.set_exception(DriverStopped("the MessageQueue stopped before the message was stored"))
+            state.waiting.clear()
+            state.read_at = loop.time()
+            state.refresh = None
+
+
+def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    def copy(done: asyncio.Future[None]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif done.exception() is not None:
+            target.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy)
+
+
+async def _invoke(callback: Callback, payload: Payload) -> None:
+    await callback(payload)
+
+
+def _abandon(driver: LoopDriver, loop: asyncio.AbstractEventLoop) -> None:
+    """Finalizer of a queue that was never closed (also run at interpreter exit): stop its actors on their
+    loop, or just let them go if the loop is gone."""
+    if loop.is_closed():
+        driver.abandon()
+        return
+    try:
+        loop.call_soon_threadsafe(driver.stop)
+    except RuntimeError:  # closed meanwhile
+        driver.abandon()
