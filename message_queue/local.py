@@ -364,8 +364,14 @@ class LocalQueue:
             for snapshot in await self.statistics():
                 if snapshot.open_batch_size and snapshot.has_processor:
                     await self._call(FlushBatch(snapshot.channel_id))
+            # A callback that closes the queue cannot wait for its own channel: it is that channel's item.
+            current = asyncio.current_task()
+            own = {c for c, chan in self._channels.items() if chan.active is not None and chan.active.task is current}
             while True:
-                left = [s for s in await self.statistics() if s.has_processor and (s.queued or s.in_flight)]
+                left = [
+                    s for s in await self.statistics()
+                    if s.has_processor and (s.queued or s.in_flight) and s.channel_id not in own
+                ]
                 if not left or loop.time() >= until:
                     break
                 await self._progress(until - loop.time())
