@@ -15,7 +15,7 @@ import pytest
 from actors.journal import AppendOpen, FinishInFlight, PushHead, PushTail, TakeHead
 from actors.store import RedisStore
 from protocol import codec, keys
-from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
+from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem, payload_messages
 from redis_support import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -156,3 +156,43 @@ def test_a_value_whose_repr_and_error_fail_is_still_set_aside(store: RedisStore)
     first, second = dead_letters(store, "c")
     assert b"whose repr failed: RuntimeError" in first.data
     assert "valid UTF-8" in second.reason and b"\\udc80" in second.data
+
+
+# -- the asyncio API with persistence -------------------------------------------------------------------------
+
+
+def test_a_bad_queued_at_is_refused_by_enqueue_and_every_other_channel_is_stored_and_delivered(
+    redis_srv: RedisServer,
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from message_queue import InvalidInput, MessageQueue
+    from test_message_queue_api import Recorder, msg
+
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_srv.url)
+        try:
+            async with MessageQueue(default_batch_window=0.05, max_batch_size=10, redis=client) as queue:
+                rec = Recorder()
+                for channel in ("a", "b", "c"):
+                    await queue.start_processing(channel, rec)
+                await queue.enqueue(msg("a", "before"))
+                with pytest.raises(InvalidInput, match="queued_at must be a timezone-aware datetime, got str"):
+                    await queue.enqueue(QueuedMessage("p", "c", "u", "n", "x", queued_at="yesterday"))  # type: ignore[arg-type]
+                with pytest.raises(InvalidInput, match="without a UTC offset"):
+                    await queue.enqueue(QueuedMessage("p", "c", "u", "n", "x", queued_at=datetime(2024, 5, 1)))
+                for channel in ("a", "b", "c"):
+                    await queue.enqueue(msg(channel, f"after {channel}"))
+                def flat(channel: str) -> list[str]:
+                    return [m.text for item in rec.items[channel] for m in payload_messages(item)]
+
+                await rec.wait(lambda: len(flat("a")) + len(flat("b")) + len(flat("c")) == 4)
+                stats = await asyncio.wait_for(queue.statistics(), 10)  # it answers: nothing is stuck
+                assert {s.channel_id for s in stats} >= {"a", "b", "c"}
+                assert (flat("a"), flat("b"), flat("c")) == (["before", "after a"], ["after b"], ["after c"])
+        finally:
+            await client.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
