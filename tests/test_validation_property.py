@@ -346,3 +346,42 @@ def test_enqueue_front_checks_the_times_and_size_of_a_batch(make_system: Any) ->
     assert reply.reason == f"payload batch must hold at most {MAX_BATCH_SIZE} messages, got {MAX_BATCH_SIZE + 1}"
     fine = MessageBatch([good_message(POOL[0], "a"), good_message(POOL[0], "b")], aware, aware)
     assert system.ask(EnqueueFront(fine, ack=True)) == Enqueued(1)
+
+
+# -- validate_message itself ------------------------------------------------------------------------------
+
+
+class LyingStr(str):
+    """A str subclass that claims to be short ASCII."""
+
+    def isascii(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 1
+
+
+class SubMessage(QueuedMessage):
+    pass
+
+
+def test_a_str_subclass_cannot_hide_its_size_or_its_surrogates() -> None:
+    validate_message(QueuedMessage("p", "c", "u", "n", LyingStr("fine")))  # a str subclass is a str
+    with pytest.raises(InvalidInput, match=f"text must be at most {MAX_TEXT_BYTES} bytes of UTF-8"):
+        validate_message(QueuedMessage("p", "c", "u", "n", LyingStr("t" * (MAX_TEXT_BYTES + 1))))
+    with pytest.raises(InvalidInput, match="user_id must be valid UTF-8 text"):
+        validate_message(QueuedMessage("p", "c", LyingStr("\ud800"), "n", "t"))
+
+
+def test_a_subclass_or_a_message_missing_a_field_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="message must be a QueuedMessage, not a subclass, got SubMessage"):
+        validate_message(SubMessage("p", "c", "u", "n", "t"))
+    hollow = QueuedMessage.__new__(QueuedMessage)  # as unpickling a hand-made state can leave it
+    with pytest.raises(InvalidInput, match="message must have every field of a QueuedMessage"):
+        validate_message(hollow)
+
+
+def test_an_aware_time_in_any_zone_is_accepted() -> None:
+    for zone in (timezone.utc, timezone(timedelta(hours=5, minutes=45)), timezone(timedelta(hours=-12))):
+        stamp = datetime(2024, 5, 1, 12, tzinfo=zone)
+        assert validate_message(QueuedMessage("p", "c", "u", "n", "t", queued_at=stamp)).queued_at is stamp
