@@ -142,6 +142,7 @@ SENDER = textwrap.dedent(
     import json, sys
     from datetime import datetime
     from thespian.actors import ActorSystem
+    from actors.internal import EnqueueChecked
     from actors.supervisor import Supervisor
     from protocol.messages import SUPERVISOR_NAME, Enqueue, EnqueueFront
     from protocol.values import MessageBatch, QueuedMessage
@@ -153,6 +154,11 @@ SENDER = textwrap.dedent(
     good = QueuedMessage("cli", "cli:good", "u", "n", "still delivered")
     replies = [asys.ask(supervisor, command, 10.0)
                for command in (Enqueue(bad, ack=True), EnqueueFront(naive, ack=True), Enqueue(good, ack=True))]
+    # the in-process producers' message, which the Supervisor routes unchecked: the writer must survive it
+    unchecked = QueuedMessage("p", "cli:unchecked", "u", "n", "odd", queued_at="yesterday",
+                              extra={"n": float("nan")})
+    asys.tell(supervisor, EnqueueChecked((unchecked,)))
+    replies.append(asys.ask(supervisor, Enqueue(QueuedMessage("cli", "cli:good", "u", "n", "after"), ack=True), 10.0))
     print(json.dumps([[type(r).__name__, getattr(r, "error", None), getattr(r, "reason", None)] for r in replies]))
     # no asys.shutdown(): it would stop the node's actor system
     """
@@ -171,17 +177,19 @@ def test_tcp_node_rejects_a_bad_queued_at_from_another_process_and_keeps_deliver
                             timeout=TIMEOUT)
 
     assert sender.returncode == 0, sender.stdout + sender.stderr
-    bad, naive_batch, good = json.loads(sender.stdout)
+    bad, naive_batch, good, after = json.loads(sender.stdout)
     assert bad[:2] == ["Rejected", "InvalidInput"]
     assert bad[2].startswith("queued_at must be a timezone-aware datetime, got str")
     assert naive_batch[:2] == ["Rejected", "InvalidInput"] and "first_at" in naive_batch[2]
-    assert good[0] == "Enqueued"
+    assert good[0] == after[0] == "Enqueued"
     node.write(json.dumps(message("slack:#stdin", "from stdin")))
-    texts: dict[str, list[str]] = {}
-    while sum(map(len, texts.values())) < 2:
-        for channel, got in texts_by_channel([strict_json(node.stdout_line())]).items():
-            texts.setdefault(channel, []).extend(got)
-    assert texts == {"cli:good": ["still delivered"], "slack:#stdin": ["from stdin"]}
+    records = []
+    while sum(len(r["messages"]) for r in records) < 4:
+        records.append(strict_json(node.stdout_line()))  # strict JSON, whatever reached the writer
+    assert texts_by_channel(records) == {"cli:good": ["still delivered", "after"], "slack:#stdin": ["from stdin"],
+                                         "cli:unchecked": ["odd"]}
+    [odd] = [m for r in records for m in r["messages"] if m["channel_id"] == "cli:unchecked"]
+    assert (odd["queued_at"], odd["extra"]) == ("yesterday", {"n": None})
 
     node.close_stdin()
     assert node.wait() == 0, node.all_stderr()
