@@ -37,7 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 from urllib.parse import quote, unquote
 
 import redis
@@ -618,6 +618,10 @@ class RedisStore:
                 decoded.append(codec.decode(data, kind))
             except DecodeError as exc:
                 bad = True
+                if _is_set_aside(data):
+                    log.warning("channel %r: skipped a %s entry that was set aside in its dead letters when it "
+                                "could not be encoded", channel, role)
+                    continue
                 log.error("channel %r: a stored %s entry could not be decoded (%s); moved to dead letters",
                           channel, role, exc)
                 letter = DeadLetter(role, str(exc)[:4096], data[: codec.MAX_FRAME_BYTES // 2], time.time())
@@ -643,7 +647,12 @@ def _script_operations(
     ``args``. Consecutive appends to one list become one RPUSH: a burst of a channel costs one command.
 
     ``frames`` keeps the frame of each open-batch message, by channel, so that the closed batch is joined from
-    them (:func:`codec.encode_item_of_frames`) instead of encoding every message a second time."""
+    them (:func:`codec.encode_item_of_frames`) instead of encoding every message a second time.
+
+    A value that cannot be encoded (a message the edge checks would have refused, or whose fields changed
+    since) fails alone: it is logged, set aside as a :class:`DeadLetter` in its channel's dead-letter list,
+    and the other operations, of its channel and of every other, are written as usual. Never raises for a
+    value."""
     index: dict[str, int] = {}
 
     def key(name: str) -> int:
@@ -656,6 +665,18 @@ def _script_operations(
     channels: dict[str, None] = {}
     pushing: str | None = None  # the list the values below are appended to
     values: list[bytes] = []
+    dead: list[tuple[str, bytes]] = []  # (channel, DeadLetter frame) of each value that could not be encoded
+
+    def item_frame(item: QueueItem, encode: Callable[[QueueItem], bytes]) -> bytes:
+        """The item's frame; for an item that cannot be encoded, its dead letter's frame, which takes the
+        item's place in its list (so that moves of the list's head still address the right entries) and
+        goes to the dead letters too. Loading skips such a placeholder."""
+        try:
+            return encode(item)
+        except Exception as exc:  # caller data: whatever its encoding raises, it fails alone
+            letter = _set_aside(item.channel_id, keys.QUEUE, item, exc)
+            dead.append((item.channel_id, letter))
+            return letter
 
     def push(name: str | None) -> None:
         nonlocal pushing
@@ -670,8 +691,12 @@ def _script_operations(
         channel = op.channel_id
         channels[channel] = None
         if isinstance(op, AppendOpen):
+            try:
+                entry, message_frame = codec.encode_open_entry(op.entry)
+            except Exception as exc:  # caller data: whatever its encoding raises, it fails alone
+                dead.append((channel, _set_aside(channel, keys.OPEN_BATCH, op.entry.message, exc)))
+                continue  # the open list is never addressed by position: leaving it out is enough
             push(keys.channel_key(keys.OPEN_BATCH, channel))
-            entry, message_frame = codec.encode_open_entry(op.entry)
             values.append(entry)
             if message_frame is not None:  # keyed by identity: a retried AppendOpen replaces its own frame
                 message = op.entry.message
@@ -680,15 +705,16 @@ def _script_operations(
         if isinstance(op, PushTail):
             push(keys.queue_key(channel))
             if not op.closes_open:
-                values.append(codec.encode(op.item))
+                values.append(item_frame(op.item, codec.encode))
                 continue
-            values.append(_encode_closed(op, frames.pop(channel, None)))
+            closed_frames = frames.pop(channel, None)
+            values.append(item_frame(op.item, lambda item: _encode_closed(op, closed_frames)))
             push(None)
             args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
             continue
         push(None)
         if isinstance(op, PushHead):
-            args.extend((_LPUSH, key(keys.queue_key(channel)), codec.encode(op.item)))
+            args.extend((_LPUSH, key(keys.queue_key(channel)), item_frame(op.item, codec.encode)))
         elif isinstance(op, TakeHead):
             args.extend((_LMOVE, key(keys.queue_key(channel)), key(keys.channel_key(keys.PROCESSING, channel))))
         elif isinstance(op, FinishInFlight):
@@ -697,9 +723,21 @@ def _script_operations(
             args.extend((_DEL, key(keys.queue_key(channel))))
         else:  # pragma: no cover - Op is a closed union
             raise TypeError(f"unknown operation {type(op).__name__}")
+    for channel, letter in dead:
+        push(keys.channel_key(keys.DEAD_LETTER, channel))
+        values.append(letter)
     push(None)
     args.append(_INDEX)
     args.extend(channels)
+
+
+def _is_set_aside(data: bytes) -> bool:
+    """Whether a stored entry is the placeholder of an item that could not be encoded (its dead letter)."""
+    try:
+        codec.decode(data, DeadLetter)
+    except DecodeError:
+        return False
+    return True
 
 
 def _encode_closed(op: PushTail, frames: dict[int, tuple[QueuedMessage, bytes]] | None) -> bytes:
@@ -718,3 +756,32 @@ def _encode_closed(op: PushTail, frames: dict[int, tuple[QueuedMessage, bytes]] 
             if joined is not None:
                 return joined
     return codec.encode(op.item)
+
+
+_DEAD_DATA_CHARS = 64 * 1024  # of the repr kept as a dead letter's data, for a value that could not be encoded
+
+
+def _set_aside(channel: str, role: str, value: object, exc: Exception) -> bytes:
+    """Log that ``value`` (bound for ``role`` of ``channel``) could not be encoded; the frame of its
+    :class:`DeadLetter`, whose data is the value's repr (UTF-8, at most 64 K characters): it has no bytes."""
+    reason = f"could not be encoded for storage: {type(exc).__name__}: {_shown(exc, str)}"
+    log.error("channel %r: a %s value %s; set aside in its dead letters", channel, role, reason)
+    letter = DeadLetter(
+        role,
+        _plain_text(reason, 4096),
+        _plain_text(_shown(value, repr), _DEAD_DATA_CHARS).encode("utf-8"),
+        time.time(),
+    )
+    return codec.encode(letter)
+
+
+def _shown(value: object, show: Callable[[object], str]) -> str:
+    try:
+        return show(value)
+    except Exception as exc:  # the str or repr of caller data is caller code too
+        return f"<{type(value).__name__} whose {show.__name__} failed: {type(exc).__name__}>"
+
+
+def _plain_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with anything UTF-8 cannot hold (lone surrogates) escaped."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")

@@ -307,7 +307,8 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_GetStatistics(self, msg: GetStatistics, sender: ActorAddress) -> None:
         if msg.channel_id:
-            self._command(msg, sender, Statistics((self._idle_statistics(msg.channel_id),)))
+            if self._valid_channel(msg, msg.channel_id, sender):  # before the idle reply looks the id up
+                self._command(msg, sender, Statistics((self._idle_statistics(msg.channel_id),)))
             return
         if not self._routes:
             self.send(sender, Statistics(()))
@@ -349,7 +350,7 @@ class Supervisor(Dispatcher):
         self._forward_reply(msg, sender)
 
     def _forward_reply(self, msg: ProcessingDone | ProcessingFailed, sender: ActorAddress) -> None:
-        if msg.channel_id in self._routes:
+        if isinstance(msg.channel_id, str) and msg.channel_id in self._routes:
             self._send_channel(msg.channel_id, msg)
         else:
             log.warning("reply for delivery %s of idle channel %r ignored", msg.delivery_id, msg.channel_id)
@@ -487,6 +488,6 @@ def _printable(channel_id: object) -> str:
 def _channel_of(value: object) -> str:
     try:
         return _printable(getattr(value, "channel_id", ""))
-    except ValueError:  # an empty MessageBatch has no channel
+    except Exception:  # a malformed payload (an empty batch, messages that are no list) names no channel
         return ""
 

@@ -987,8 +987,10 @@ _EXTRA_SCALARS: Final = frozenset({type(None), bool, float, str, bytes})
 _EXTRA_CONTAINERS: Final = frozenset({dict, list, tuple})
 
 
-def check_extra(extra: object) -> None:
-    """Check that ``extra`` can be stored: a dict of plain msgpack values within the limits.
+def check_extra(extra: object, *, finite: bool = False) -> None:
+    """Check that ``extra`` can be stored: a dict of plain msgpack values within the limits; with ``finite``,
+    also that every float in it is finite (the rule for input: strict JSON has no NaN or Infinity). The
+    codec itself carries non-finite floats, so that entries stored before that rule still decode.
 
     Rules:
         * ``extra`` is a ``dict`` whose keys, and the keys of every dict inside it, are ``str``;
@@ -996,7 +998,8 @@ def check_extra(extra: object) -> None:
           ``list``, ``tuple`` or ``dict`` (no subclasses, sets, datetimes or other objects);
         * nesting depth at most ``MAX_EXTRA_DEPTH`` (4): ``extra`` itself is depth 1, a list or dict
           directly inside it is depth 2, and so on; scalars add no depth, an empty container counts;
-        * at most ``MAX_EXTRA_BYTES`` (16 KiB) once encoded as msgpack; strings must be valid UTF-8.
+        * at most ``MAX_EXTRA_BYTES`` (16 KiB) once encoded as msgpack; strings must be valid UTF-8;
+        * with ``finite``: no float is NaN, Infinity or -Infinity.
 
     Tuples are accepted but decode as lists.
 
@@ -1020,6 +1023,8 @@ def check_extra(extra: object) -> None:
         for key, value in items:
             kind = type(value)
             if kind in _EXTRA_SCALARS:
+                if finite and kind is float and not math.isfinite(value):
+                    raise InvalidInput(f"extra floats must be finite, got {value!r} at {where}[{key!r}]")
                 continue
             if kind is int:
                 if not _MIN_EXTRA_INT <= value <= _MAX_EXTRA_INT:

@@ -1,12 +1,21 @@
 """Documented input limits and the checks that enforce them at the edge.
 
-Limits:
+Limits (every field of a message is checked; the first broken rule raises :class:`InvalidInput` naming it and
+the value):
+    * a message is a :class:`~protocol.values.QueuedMessage` itself, not a subclass (it is stored and sent as
+      a plain ``QueuedMessage``, so a subclass would not come back as itself);
     * channel id: 1..256 bytes of UTF-8, no surrogates;
     * message text: at most 64 KiB of UTF-8;
-    * ``extra``: at most 16 KiB once encoded, nesting depth at most 4, keys are strings;
     * platform, user id, user name: at most 256 bytes of UTF-8 each;
-    * a batch: at most 100 messages (``max_batch_size``), so that a full batch of maximal messages still
-      fits one encoded frame (16 MiB).
+    * ``queued_at``: a timezone-aware ``datetime`` (``utcoffset()`` is not None). A naive one is refused: it
+      names no instant, and each reader would guess its zone differently;
+    * ``extra``: a dict with str keys and plain values (see :func:`protocol.codec.check_extra`), nesting depth
+      at most 4, at most 16 KiB once encoded, and finite floats only (NaN and ±Infinity are refused: strict
+      JSON, which ``serve`` writes, has no token for them);
+    * a batch (an enqueue-front payload): a :class:`~protocol.values.MessageBatch` of 1..100 messages
+      (``max_batch_size`` at most), all of one channel, each within the limits above, with aware
+      ``first_at`` and ``last_at``, so that a full batch of maximal messages still fits one encoded frame
+      (16 MiB).
 
 ``raw`` (the platform's original object) is never checked, stored or sent across a process boundary.
 """
@@ -15,12 +24,13 @@ from __future__ import annotations
 
 import functools
 import math
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
 from protocol.errors import InvalidInput, InvalidSettings
 
 if TYPE_CHECKING:
-    from protocol.values import Payload, QueuedMessage
+    from protocol.values import MessageBatch, Payload, QueuedMessage
 
 MAX_CHANNEL_ID_BYTES = 256
 MAX_TEXT_BYTES = 64 * 1024
@@ -31,12 +41,13 @@ MAX_BATCH_SIZE = 100
 
 
 def _utf8_size(value: str, what: str) -> int:
-    if value.isascii():  # one byte per character, and no surrogates
-        return len(value)
+    # Unbound str methods: a str subclass cannot make its size or its text look other than they are.
+    if str.isascii(value):  # one byte per character, and no surrogates
+        return str.__len__(value)
     try:
-        return len(value.encode("utf-8"))
+        return len(str.encode(value, "utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{what} must be valid UTF-8 text, got {value[:40]!r}") from exc
+        raise InvalidInput(f"{what} must be valid UTF-8 text, got {str.__str__(value)[:40]!r}") from exc
 
 
 def validate_channel_id(channel_id: object) -> str:
@@ -57,65 +68,119 @@ def validate_channel_id(channel_id: object) -> str:
     return channel_id
 
 
-def _check_name(value: object, field: str) -> None:
+def _check_text(value: object, field: str, limit: int) -> None:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a str, got {type(value).__name__}")
     size = _utf8_size(value, field)
-    if size > MAX_NAME_BYTES:
-        raise InvalidInput(f"{field} must be at most {MAX_NAME_BYTES} bytes of UTF-8, got {size} bytes")
+    if size > limit:
+        raise InvalidInput(f"{field} must be at most {limit} bytes of UTF-8, got {size} bytes")
+
+
+def validate_time(value: object, field: str) -> datetime:
+    """Return ``value`` if it is a timezone-aware ``datetime``.
+
+    Raises:
+        InvalidInput: for anything else (a naive datetime, a string, a timestamp, a tzinfo that fails),
+            naming ``field`` and the value.
+    """
+    if not isinstance(value, datetime):
+        raise InvalidInput(f"{field} must be a timezone-aware datetime, got {type(value).__name__}")
+    try:
+        offset = value.utcoffset()
+    except Exception as exc:  # a tzinfo is caller code: whatever it raises makes the time unusable
+        raise InvalidInput(
+            f"{field} must be a timezone-aware datetime, got one whose tzinfo fails "
+            f"({type(exc).__name__}: {str(exc)[:80]})"
+        ) from exc
+    if offset is None:
+        raise InvalidInput(
+            f"{field} must be a timezone-aware datetime (naive times name no instant), got "
+            f"{datetime.isoformat(value)} without a UTC offset"
+        )
+    return value
 
 
 @functools.cache
-def _late_imports() -> tuple[Callable[[object], None], type[QueuedMessage]]:
-    """``check_extra`` and ``QueuedMessage``, imported on first use (the codec and the values module import
-    this one); cached because ``validate_message`` is on every message's path."""
+def _late_imports() -> tuple[Callable[..., None], type[QueuedMessage], type[MessageBatch]]:
+    """``check_extra``, ``QueuedMessage`` and ``MessageBatch``, imported on first use (the codec and the
+    values module import this one); cached because ``validate_message`` is on every message's path."""
     from protocol.codec import check_extra
-    from protocol.values import QueuedMessage
+    from protocol.values import MessageBatch, QueuedMessage
 
-    return check_extra, QueuedMessage
+    return check_extra, QueuedMessage, MessageBatch
 
 
 def validate_message(msg: QueuedMessage) -> QueuedMessage:
-    """Check every limit of one inbound message and return it unchanged.
+    """Check every field of one inbound message against the limits (see the module docstring) and return it
+    unchanged; ``raw`` is not looked at.
 
     Raises:
         InvalidInput: for the first broken limit, naming it and the value.
     """
-    check_extra, QueuedMessage = _late_imports()
-    if not isinstance(msg, QueuedMessage):
-        raise InvalidInput(f"message must be a QueuedMessage, got {type(msg).__name__}")
-    validate_channel_id(msg.channel_id)
-    for field in ("platform", "user_id", "user_name"):
-        _check_name(getattr(msg, field), field)
-    if not isinstance(msg.text, str):
-        raise InvalidInput(f"text must be a str, got {type(msg.text).__name__}")
-    size = _utf8_size(msg.text, "text")
-    if size > MAX_TEXT_BYTES:
-        raise InvalidInput(f"text must be at most {MAX_TEXT_BYTES} bytes of UTF-8, got {size} bytes")
-    check_extra(msg.extra)
+    check_extra, QueuedMessage, _ = _late_imports()
+    if type(msg) is not QueuedMessage:
+        what = "not a subclass, got" if isinstance(msg, QueuedMessage) else "got"
+        raise InvalidInput(f"message must be a QueuedMessage, {what} {type(msg).__name__}")
+    try:
+        platform, channel_id, user_id, user_name, text = (
+            msg.platform, msg.channel_id, msg.user_id, msg.user_name, msg.text
+        )
+        queued_at, extra = msg.queued_at, msg.extra
+    except AttributeError as exc:  # an instance made without __init__ (unpickled from a hand-made state)
+        raise InvalidInput(f"message must have every field of a QueuedMessage ({exc})") from exc
+    # The common message (plain ASCII str fields within their limits, a UTC time) passes on the first line of
+    # each check; anything else takes the full check, which names what is wrong.
+    if not (type(channel_id) is str and channel_id.isascii() and 0 < len(channel_id) <= MAX_CHANNEL_ID_BYTES):
+        validate_channel_id(channel_id)
+    if not (
+        type(platform) is str and type(user_id) is str and type(user_name) is str
+        and len(platform) <= MAX_NAME_BYTES and len(user_id) <= MAX_NAME_BYTES
+        and len(user_name) <= MAX_NAME_BYTES and platform.isascii() and user_id.isascii() and user_name.isascii()
+    ):
+        _check_text(platform, "platform", MAX_NAME_BYTES)
+        _check_text(user_id, "user_id", MAX_NAME_BYTES)
+        _check_text(user_name, "user_name", MAX_NAME_BYTES)
+    if not (type(text) is str and len(text) <= MAX_TEXT_BYTES and text.isascii()):
+        _check_text(text, "text", MAX_TEXT_BYTES)
+    if not (type(queued_at) is datetime and queued_at.tzinfo is timezone.utc):
+        validate_time(queued_at, "queued_at")
+    if not (type(extra) is dict and not extra):
+        check_extra(extra, finite=True)
     return msg
 
 
 def validate_payload(payload: Payload) -> str:
-    """Check a queue payload (a message, or a non-empty batch of one channel's messages, each within the
-    limits) and return its channel id.
+    """Check a queue payload (a message, or a batch of 1..``MAX_BATCH_SIZE`` messages of one channel, each
+    within the limits, with aware ``first_at`` and ``last_at``) and return its channel id.
 
     Raises:
         InvalidInput: for the first broken rule, naming it and the value.
     """
-    from protocol.values import MessageBatch, QueuedMessage
-
-    if isinstance(payload, QueuedMessage):
+    _, QueuedMessage, MessageBatch = _late_imports()
+    if type(payload) is QueuedMessage:
         return validate_message(payload).channel_id
-    if not isinstance(payload, MessageBatch):
+    if type(payload) is not MessageBatch:
         raise InvalidInput(f"payload must be a QueuedMessage or a MessageBatch, got {type(payload).__name__}")
-    if not payload.messages:
+    try:
+        messages, first_at, last_at = payload.messages, payload.first_at, payload.last_at
+    except AttributeError as exc:
+        raise InvalidInput(f"payload batch must have every field of a MessageBatch ({exc})") from exc
+    if type(messages) is not list:
+        raise InvalidInput(f"payload batch messages must be a list, got {type(messages).__name__}")
+    if not messages:
         raise InvalidInput("payload batch must not be empty")
-    channel_id = payload.messages[0].channel_id
-    for message in payload.messages:
+    if len(messages) > MAX_BATCH_SIZE:
+        raise InvalidInput(f"payload batch must hold at most {MAX_BATCH_SIZE} messages, got {len(messages)}")
+    channel_id = None
+    for message in messages:
         validate_message(message)
-        if message.channel_id != channel_id:
+        if channel_id is None:
+            channel_id = message.channel_id
+        elif message.channel_id != channel_id:
             raise InvalidInput(f"a batch holds one channel: got {message.channel_id!r} after {channel_id!r}")
+    validate_time(first_at, "payload batch first_at")
+    validate_time(last_at, "payload batch last_at")
+    assert channel_id is not None
     return channel_id
 
 

@@ -21,8 +21,11 @@ def utc_now() -> datetime:
 class QueuedMessage:
     """One inbound chat message waiting in a channel's batching queue.
 
-    ``raw`` holds the platform's original object for in-process consumers; it is never encoded, stored or
-    sent across a process boundary, and it takes no part in equality.
+    ``queued_at`` must be timezone-aware (the default is the current UTC time): every way in refuses a naive
+    datetime with ``InvalidInput``, since it names no instant. ``extra`` holds plain values only (see
+    :mod:`protocol.limits`; floats finite). ``raw`` holds the platform's original object for in-process
+    consumers; it is never checked, encoded, stored or sent across a process boundary, and it takes no part
+    in equality.
     """
 
     platform: str
@@ -175,8 +178,9 @@ class OpenEntry:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A stored entry that could not be decoded: where it was (the key's role), why, the bytes, and when it was
-    set aside (Unix seconds)."""
+    """A stored entry that could not be decoded, or a value that could not be encoded for storage: where it
+    was or was bound (the key's role), why, the bytes (for a value that could not be encoded, which has none:
+    its ``repr`` in UTF-8), and when it was set aside (Unix seconds)."""
 
     role: str
     reason: str

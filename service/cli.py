@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(ISO 8601)); write each finished batch as one JSON line on stdout (channel_id, "
                                 "item_id, attempt, delivery_id, reason, lateness_ms, messages) and acknowledge "
                                 "it once written. attempt is 1, or more when the batch is written again after a "
-                                "crash (--redis; same item_id). Bad lines are reported on stderr with their "
-                                "number and skipped. At end of input, waits for every open batch to flush, then "
+                                "crash (--redis; same item_id). Input and output are strict JSON. Bad lines "
+                                "(blank ones, NaN or Infinity, over 1 MiB included) are reported on stderr with "
+                                "their number and skipped. At end of input, waits for every open batch to flush, then "
                                 "exits 0. SIGINT and SIGTERM stop at once with status 0; batches still open are "
                                 "discarded, or kept for the next start with --redis.")
     serve.add_argument("--base", choices=SUPPORTED_BASES, default=SIMPLE_BASE,

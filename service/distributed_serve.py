@@ -109,8 +109,6 @@ async def _serve_distributed(args: argparse.Namespace) -> int:
         for count, (number, data) in enumerate(lines, 1):
             if count % 64 == 0:
                 await asyncio.sleep(0)  # let due timers fire and answers arrive between slices of a chunk
-            if data is not None and not data.strip():
-                continue
             try:
                 if data is None:
                     raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")

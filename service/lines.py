@@ -22,13 +22,19 @@ def parse_line(data: bytes) -> QueuedMessage:
 
     Rules: a UTF-8 JSON object with the string fields platform, channel_id, user_id, user_name and text,
     optionally extra (an object) and queued_at (ISO 8601; without a UTC offset it is taken as UTC), and no
-    other field; every limit of :func:`protocol.limits.validate_message` holds.
+    other field; strict JSON (the tokens ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is a
+    number too large for a float, such as ``1e999``); every limit of
+    :func:`protocol.limits.validate_message` holds. A blank line (empty or whitespace only) is refused too.
 
     Raises:
         InvalidInput: naming the first broken rule.
     """
+    if not data.strip():
+        raise InvalidInput("blank line: expected a JSON object")
     try:
-        record = json.loads(data.decode("utf-8"))
+        record = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except InvalidInput:
+        raise
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
@@ -55,6 +61,10 @@ def parse_line(data: bytes) -> QueuedMessage:
     if "queued_at" in record:
         fields["queued_at"] = _parse_time(record["queued_at"])
     return validate_message(QueuedMessage(**fields, extra=extra))
+
+
+def _refuse_constant(token: str) -> object:
+    raise InvalidInput(f"not strict JSON: {token} is no JSON number (non-finite numbers are refused)")
 
 
 def _parse_time(value: object) -> datetime:

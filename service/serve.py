@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import signal
 import sys
 import threading
@@ -33,36 +34,75 @@ from service.process import (
 
 def batch_record(ready: BatchReady) -> dict[str, Any]:
     """The JSON object written for one finished batch. ``attempt`` is 1 for a first delivery and more for a
-    redelivery after a crash (``--redis``), which keeps the ``item_id``: deduplicate by ``item_id``."""
+    redelivery after a crash (``--redis``), which keeps the ``item_id``: deduplicate by ``item_id``.
+
+    Every value in it is plain JSON: any value that could not be written as strict JSON (possible only for
+    messages that never passed the checks, such as ones stored by an older version) is converted by
+    :func:`_plain`, so a record is always written."""
     return {
-        "channel_id": ready.channel_id,
-        "item_id": ready.item.item_id,
+        "channel_id": _plain(ready.channel_id),
+        "item_id": _plain(ready.item.item_id),
         "attempt": ready.item.attempt,
         "delivery_id": ready.delivery_id,
-        "reason": ready.reason,
-        "lateness_ms": round(ready.lateness * 1000, 3),
+        "reason": _plain(ready.reason),
+        "lateness_ms": _plain(round(ready.lateness * 1000, 3)),
         "messages": [
             {
-                "platform": m.platform,
-                "channel_id": m.channel_id,
-                "user_id": m.user_id,
-                "user_name": m.user_name,
-                "text": m.text,
-                "queued_at": m.queued_at.isoformat(),
-                "extra": m.extra,
+                "platform": _plain(m.platform),
+                "channel_id": _plain(m.channel_id),
+                "user_id": _plain(m.user_id),
+                "user_name": _plain(m.user_name),
+                "text": _plain(m.text),
+                "queued_at": _plain(m.queued_at),
+                "extra": _plain(m.extra),
             }
             for m in payload_messages(ready.item.payload)
         ],
     }
 
 
-def _json_default(value: object) -> str:
-    """JSON for values only a sender on the TCP base can put in ``extra``."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    return str(value)
+_MAX_PLAIN_DEPTH = 16  # deeper than any checked extra (4): only a cycle or unchecked data goes further
+
+
+def _plain(value: object, depth: int = 0) -> Any:
+    """``value`` as strict JSON can hold it, whatever it is: str, bool, None and ints as they are; finite
+    floats as they are, NaN and ±Infinity as null; dicts (keys as strings), lists and tuples converted item by
+    item; bytes in base64; datetimes in ISO 8601; anything else as its ``str()``. Never raises."""
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or value is None:
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None  # type: ignore[arg-type]
+    if depth >= _MAX_PLAIN_DEPTH:
+        return None
+    try:
+        if kind is dict:
+            return {_key(k): _plain(v, depth + 1) for k, v in value.items()}  # type: ignore[attr-defined]
+        if kind is list or kind is tuple:
+            return [_plain(v, depth + 1) for v in value]  # type: ignore[attr-defined]
+        if isinstance(value, (bytes, bytearray)):
+            return base64.b64encode(value).decode("ascii")
+        if isinstance(value, datetime):
+            return datetime.isoformat(value)
+        if isinstance(value, str):  # a str subclass (a str enum): its plain string
+            return str.__str__(value)
+        return str(value)
+    except Exception:  # a value's own code (str, a tzinfo, a container's iteration) failed: say what it was
+        return f"<{kind.__name__}>"
+
+
+def _key(key: object) -> str:
+    plain = _plain(key, _MAX_PLAIN_DEPTH - 1)
+    return plain if isinstance(plain, str) else json.dumps(plain)
+
+
+def record_line(ready: BatchReady) -> bytes:
+    """One line of strict JSON (no NaN or Infinity; valid UTF-8) for ``ready``, newline included."""
+    line = json.dumps(batch_record(ready), ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return line.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, possible only in unchecked text: each becomes U+FFFD
+        return line.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 class BatchWriter:
@@ -81,9 +121,9 @@ class BatchWriter:
             return  # a cancel always comes after the batch was written and acknowledged
         if self.broken is not None:
             return
-        line = json.dumps(batch_record(output), ensure_ascii=False, default=_json_default) + "\n"
+        line = record_line(output)
         try:
-            self._out.write(line.encode("utf-8"))
+            self._out.write(line)
             self._out.flush()
         except OSError as exc:
             with self._changed:
@@ -123,8 +163,6 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
     accepted = skipped = 0
     for number, data in lines:
         _check(node, writer)
-        if data is not None and not data.strip():
-            continue  # an empty line carries nothing
         try:
             if data is None:
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")

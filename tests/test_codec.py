@@ -877,12 +877,15 @@ def test_encode_checks_every_field(value: object, error: str) -> None:
         extra=st.one_of(extras, st.just({"k": "x" * MAX_EXTRA_BYTES}), st.just({1: 2})),
     )
 )
-def test_encode_accepts_exactly_the_messages_validate_message_accepts(msg: QueuedMessage) -> None:
+def test_validate_message_accepts_only_messages_that_encode(msg: QueuedMessage) -> None:
+    """Validation is the codec's rules and more (aware times, finite floats in extra): whatever it accepts
+    round-trips, and whatever the codec refuses it refuses too."""
     try:
         validate_message(msg)
     except InvalidInput:
-        with pytest.raises(InvalidInput):
-            encode(msg)
+        if msg.queued_at.utcoffset() is not None:  # a naive time encodes, but is refused as input
+            with pytest.raises(InvalidInput):
+                encode(msg)
     else:
         assert decode(encode(msg)) == msg
 
