@@ -29,7 +29,7 @@ from actors.internal import (
     AttachProcessor,
     ChannelInit,
     Clock,
-    EnqueueChecked,
+    EnqueueStamped,
     Gathered,
     Passivate,
     Routed,
@@ -185,7 +185,7 @@ class ChannelActor(Dispatcher):
 
     # -- inbound messages ----------------------------------------------------------------------------------
 
-    def receiveMsg_EnqueueChecked(self, msg: EnqueueChecked, sender: ActorAddress) -> None:
+    def receiveMsg_EnqueueStamped(self, msg: EnqueueStamped, sender: ActorAddress) -> None:
         self._received += 1
         enqueue = self._channel.enqueue
         effects: list[Effect] = []

@@ -67,14 +67,28 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class EnqueueChecked:
-    """Driver -> Supervisor -> ChannelActor: messages already checked with
-    ``protocol.limits.validate_message``, in order, each with the time it was accepted (``arrived``, on the
-    system's clock: its batching window counts from then). Routed without checking them again. With ``ack``,
-    the Supervisor answers ``Enqueued`` once they are all durable (at once without persistence)."""
+    """In-process driver -> Supervisor: messages already checked with ``protocol.limits.validate_message``, in
+    order, each with the time it was accepted (``arrived``, on the system's clock: its batching window counts
+    from then). Routed without checking them again, so it cannot be pickled: it never comes from another
+    process. With ``ack``, the Supervisor answers ``Enqueued`` once they are all durable (at once without
+    persistence)."""
 
     messages: tuple[QueuedMessage, ...]
     arrived: tuple[float, ...]
     ack: bool = False
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Its messages were checked in this process: it must not reach a Supervisor unchecked from another one.
+        raise TypeError("EnqueueChecked never crosses a process boundary: send Enqueue or EnqueueMany")
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueStamped:
+    """Supervisor -> ChannelActor: checked messages of the channel, in order, each with the time it was
+    accepted (on the system's clock)."""
+
+    messages: tuple[QueuedMessage, ...]
+    arrived: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from actors.internal import (
     Clock,
     ConfigureSystem,
     EnqueueChecked,
+    EnqueueStamped,
     Gathered,
     Passivate,
     Routed,
@@ -212,7 +213,7 @@ class Supervisor(Dispatcher):
         except InvalidInput as exc:
             self._reject(msg, _channel_of(msg.message), exc, sender, reply=msg.ack)
             return
-        self._send_channel(message.channel_id, EnqueueChecked((message,), (self._clock(),)))
+        self._send_channel(message.channel_id, EnqueueStamped((message,), (self._clock(),)))
         if msg.ack:
             self._ack(message.channel_id, sender, Enqueued(1))
 
@@ -251,7 +252,7 @@ class Supervisor(Dispatcher):
     def _route_by_channel(
         self, messages: Sequence[QueuedMessage], arrived: Sequence[float]
     ) -> dict[str, tuple[list[QueuedMessage], list[float]]]:
-        """Send each channel its messages, in order, with their arrival times, as one ``EnqueueChecked``;
+        """Send each channel its messages, in order, with their arrival times, as one ``EnqueueStamped``;
         return them by channel."""
         groups: dict[str, tuple[list[QueuedMessage], list[float]]] = {}
         for message, at in zip(messages, arrived):
@@ -262,7 +263,7 @@ class Supervisor(Dispatcher):
                 group[0].append(message)
                 group[1].append(at)
         for channel_id, (batch, times) in groups.items():
-            self._send_channel(channel_id, EnqueueChecked(tuple(batch), tuple(times)))
+            self._send_channel(channel_id, EnqueueStamped(tuple(batch), tuple(times)))
         return groups
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:

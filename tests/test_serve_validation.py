@@ -157,9 +157,14 @@ SENDER = textwrap.dedent(
     # the in-process producers' message, which the Supervisor routes unchecked: the writer must survive it
     unchecked = QueuedMessage("p", "cli:unchecked", "u", "n", "odd", queued_at="yesterday",
                               extra={"n": float("nan")})
-    asys.tell(supervisor, EnqueueChecked((unchecked,)))
+    refused = ""
+    try:
+        asys.tell(supervisor, EnqueueChecked((unchecked,), (0.0,)))
+    except TypeError as exc:  # it cannot be pickled: it never leaves its process
+        refused = str(exc)
     replies.append(asys.ask(supervisor, Enqueue(QueuedMessage("cli", "cli:good", "u", "n", "after"), ack=True), 10.0))
-    print(json.dumps([[type(r).__name__, getattr(r, "error", None), getattr(r, "reason", None)] for r in replies]))
+    print(json.dumps([[type(r).__name__, getattr(r, "error", None), getattr(r, "reason", None)] for r in replies]
+                     + [refused]))
     # no asys.shutdown(): it would stop the node's actor system
     """
 )
@@ -177,19 +182,17 @@ def test_tcp_node_rejects_a_bad_queued_at_from_another_process_and_keeps_deliver
                             timeout=TIMEOUT)
 
     assert sender.returncode == 0, sender.stdout + sender.stderr
-    bad, naive_batch, good, after = json.loads(sender.stdout)
+    bad, naive_batch, good, after, refused = json.loads(sender.stdout)
+    assert "never crosses a process boundary" in refused  # the unchecked path stays in-process
     assert bad[:2] == ["Rejected", "InvalidInput"]
     assert bad[2].startswith("queued_at must be a timezone-aware datetime, got str")
     assert naive_batch[:2] == ["Rejected", "InvalidInput"] and "first_at" in naive_batch[2]
     assert good[0] == after[0] == "Enqueued"
     node.write(json.dumps(message("slack:#stdin", "from stdin")))
     records = []
-    while sum(len(r["messages"]) for r in records) < 4:
-        records.append(strict_json(node.stdout_line()))  # strict JSON, whatever reached the writer
-    assert texts_by_channel(records) == {"cli:good": ["still delivered", "after"], "slack:#stdin": ["from stdin"],
-                                         "cli:unchecked": ["odd"]}
-    [odd] = [m for r in records for m in r["messages"] if m["channel_id"] == "cli:unchecked"]
-    assert (odd["queued_at"], odd["extra"]) == ("yesterday", {"n": None})
+    while sum(len(r["messages"]) for r in records) < 3:
+        records.append(strict_json(node.stdout_line()))  # strict JSON
+    assert texts_by_channel(records) == {"cli:good": ["still delivered", "after"], "slack:#stdin": ["from stdin"]}
 
     node.close_stdin()
     assert node.wait() == 0, node.all_stderr()
