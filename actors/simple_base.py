@@ -19,6 +19,13 @@ whose ``pop(0)`` takes the head at once (everything else only appends to that li
   status), retries and unknown targets all take the original path.
 
 The same send then costs about 3.3 µs, and a long run of pending sends no longer takes quadratic time.
+
+It also keeps the base's bookkeeping of actors that exit in O(1) each, so that channels can come and go by
+the hundred thousand (see ``_Children``, ``_killActor`` and ``_forget_exited``): the original finds an exited
+child in its parent's list of children with ``list.index`` (a scan of every live sibling, per exit), keeps a
+registry entry for every actor that ever exited, and leaves each exited actor in a reference cycle with its
+bound ``_receive`` and its ``ActorRef``, so that only a full collection of the garbage collector frees it
+(pauses of 150-240 ms with 20,000 channels passivating).
 :func:`install` switches a running simple-base system to it by changing the class of its base object, and
 does nothing for any other base, or for a Thespian whose simple base lacks the methods replaced here.
 """
@@ -30,7 +37,7 @@ import traceback
 from collections import deque
 from typing import Any
 
-from thespian.actors import ActorSystemMessage
+from thespian.actors import ActorSystemMessage, ChildActorExited
 from thespian.system import simpleSystemBase
 from thespian.system.timing import currentTime
 
@@ -52,6 +59,69 @@ class _PendingSends(deque[Any]):
 
 
 _REPLACED = ("_realizeWakeups", "_runSends", "_runSingleSend", "_callActorWithMessage")
+
+
+class _Children:
+    """An actor's children, in creation order, for the simple base's ``ActorRef._yung`` list.
+
+    The base appends each child, iterates the children, and removes an exited one with
+    ``del children[children.index(address)]``: here each of those is O(1) per child, by the address's string
+    (unique, never reused). ``index`` returns that string, which ``children[...]`` and ``del`` accept; as on a
+    list, ``index`` of an address that is not there raises ``ValueError``.
+    """
+
+    __slots__ = ("_by_key",)
+
+    def __init__(self, addresses: Any = ()) -> None:
+        self._by_key: dict[str, Any] = {}
+        for address in addresses:
+            self.append(address)
+
+    def append(self, address: Any) -> None:
+        self._by_key[address.actorAddressString] = address
+
+    def index(self, address: Any) -> str:
+        key: str = address.actorAddressString
+        if key not in self._by_key:
+            raise ValueError(f"{address} is not a child")
+        return key
+
+    def remove(self, address: Any) -> None:
+        """Remove ``address``; nothing happens if it is not a child."""
+        self._by_key.pop(address.actorAddressString, None)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._by_key[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._by_key[key]
+
+    def __contains__(self, address: object) -> bool:
+        return getattr(address, "actorAddressString", None) in self._by_key
+
+    def __iter__(self) -> Any:
+        return iter(list(self._by_key.values()))  # a copy: a send made while iterating may add a child
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __repr__(self) -> str:
+        return f"_Children({list(self._by_key.values())!r})"
+
+
+class _ActorRef(simpleSystemBase.ActorRef):  # type: ignore[misc]
+    """The base's ``ActorRef`` whose ``removeChild`` takes one child out of its ``_Children`` in O(1) (the
+    original builds a new list without it)."""
+
+    def removeChild(self, childAddr: Any) -> None:
+        self._yung.remove(childAddr)
+
+
+def _track_children(ref: Any) -> None:
+    """Give the base's actor reference ``ref`` a :class:`_Children` in place of its list of children."""
+    if ref is not None and type(ref) is simpleSystemBase.ActorRef:
+        ref._yung = _Children(ref._yung)
+        ref.__class__ = _ActorRef
 
 
 class LeanSimpleBase(_Original):  # type: ignore[misc]
@@ -90,7 +160,37 @@ class LeanSimpleBase(_Original):  # type: ignore[misc]
                     with self._private_lock:
                         self._pendingSends.append(ps)
                 return
+        self._run_system_send(ps)
+
+    def _run_system_send(self, ps: Any) -> None:
+        """The original path, then :meth:`_forget_exited` for a ``ChildActorExited``."""
         _Original._runSingleSend(self, ps)
+        if isinstance(ps.msg, ChildActorExited):
+            self._forget_exited(ps.msg.childAddress)
+
+    def _forget_exited(self, address: Any) -> None:
+        """Drop the registry entry of the exited actor at ``address`` once its parent was told (the original
+        sets it to None and keeps it forever: one entry per actor that ever exited). A missing entry and a
+        None one mean the same to the base: a dead letter."""
+        key = address.actorAddressString
+        if key in self.actorRegistry and self.actorRegistry[key] is None:
+            del self.actorRegistry[key]
+
+    def _killActor(self, tgt: Any, ps: Any) -> None:
+        """The original, then cut the exited actor's links to the base (``_receive``, ``_myRef``), so that
+        reference counting frees it at once. Nothing calls the instance after this: its reference no longer
+        holds it, and later messages to its address are dead letters."""
+        instance = tgt.instance
+        _Original._killActor(self, tgt, ps)
+        if instance is not None and tgt.instance is None:
+            attributes = vars(instance)
+            attributes.pop("_receive", None)
+            attributes.pop("_myRef", None)
+
+    def _newRefAndActor(self, *args: Any, **kwargs: Any) -> Any:
+        ref = _Original._newRefAndActor(self, *args, **kwargs)
+        _track_children(ref)
+        return ref
 
 
 def install(asys: object) -> bool:
@@ -104,10 +204,26 @@ def install(asys: object) -> bool:
     if type(base) is not _Original or not all(callable(getattr(base, name, None)) for name in _REPLACED):
         return False
     state = ("_wakeUps", "actorRegistry", "_private_lock", "_pendingSends", "procLimit")
-    if not all(hasattr(base, name) for name in state):
+    if not all(hasattr(base, name) for name in state) or not _bookkeeping_replaceable(base):
         log.info("Thespian's simple base has changed shape; keeping its own message loop")
         return False
     with base._private_lock:
         base._pendingSends = _PendingSends(base._pendingSends)
+        _install_children(base)
         base.__class__ = LeanSimpleBase
     return True
+
+
+def _bookkeeping_replaceable(base: Any) -> bool:
+    """True if the base has the methods that ``LeanSimpleBase`` extends to keep its bookkeeping of exited
+    actors O(1), and keeps children as :class:`_Children` can replace them: ``ActorRef._yung`` lists."""
+    refs = [ref for ref in base.actorRegistry.values() if ref is not None]
+    hooks = ("_newRefAndActor", "_killActor")
+    return all(callable(getattr(base, name, None)) for name in hooks) and all(
+        type(ref) is simpleSystemBase.ActorRef and isinstance(getattr(ref, "_yung", None), list) for ref in refs
+    )
+
+
+def _install_children(base: Any) -> None:
+    for ref in base.actorRegistry.values():
+        _track_children(ref)

@@ -100,6 +100,36 @@ class _Route:
     sent: int = 0  # messages sent to the channel actor, for the passivation handshake
 
 
+# The counters of a passivated channel: ``processed`` alone when nothing was cancelled or failed (the common
+# case: an int, shared when small), else ``(processed, cancelled, failed)``. All zero is no entry at all.
+_Counters = int | tuple[int, int, int]
+
+
+def _pack_counters(processed: int, cancelled: int, failed: int) -> _Counters | None:
+    if cancelled or failed:
+        return (processed, cancelled, failed)
+    return processed or None
+
+
+def _unpack_counters(counters: _Counters | None) -> tuple[int, int, int]:
+    if counters is None:
+        return (0, 0, 0)
+    if isinstance(counters, int):
+        return (counters, 0, 0)
+    return counters
+
+
+def _actor_key(address: ActorAddress) -> str | None:
+    """A string that names the actor at ``address`` for as long as it lives, or None.
+
+    On the simple base an address is its string, and the ``ChildActorExited`` of an actor carries that same
+    string. On the TCP base the address a parent gets from ``createActor`` is a local stand-in whose string
+    changes once the child is up, and the exit names the child's real address: no stable key.
+    """
+    details = address.addressDetails
+    return details if isinstance(details, str) else None
+
+
 class Supervisor(Dispatcher):
     """Routes commands by channel and keeps what must outlive a passivated ChannelActor."""
 
@@ -108,13 +138,14 @@ class Supervisor(Dispatcher):
         self._settings = BatchSettings()
         self._idle_timeout = 60.0
         self._timer: Optional[ActorAddress] = None
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, _Route] = {}  # live channels; changed only by _add_route and _drop_route
+        self._channel_of_actor: dict[str, str] = {}  # _actor_key of a live route's address -> channel id
         self._overrides: dict[str, BatchSettings] = {}
         self._processors: dict[str, ActorAddress] = {}
         self._default_processor: Optional[ActorAddress] = None
         self._stopped: set[str] = set()
         self._observer: Optional[ActorAddress] = None  # gets every channel's QueueChanged facts
-        self._retired: dict[str, tuple[int, int, int]] = {}  # processed, cancelled, failed
+        self._retired: dict[str, _Counters] = {}  # counters of passivated channels, see _pack_counters
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
         self._stopping = False  # asked to exit: children exit with it, which is no error
@@ -362,8 +393,10 @@ class Supervisor(Dispatcher):
         route = self._routes.get(msg.channel_id)
         if route is None or route.address != sender or route.sent != msg.received:
             return  # it has been sent more since; it will offer again when idle
-        del self._routes[msg.channel_id]
-        self._retired[msg.channel_id] = (msg.processed, msg.cancelled, msg.failed)
+        self._drop_route(msg.channel_id)
+        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed)
+        if counters is not None:  # a channel re-spawned without an entry starts from zero, as it should
+            self._retired[msg.channel_id] = counters
         self.send(sender, ActorExitRequest())
         if self._observer is not None:
             self.send(self._observer, ChannelPassivated(msg.channel_id))
@@ -381,12 +414,13 @@ class Supervisor(Dispatcher):
             log.error("the Timer exited; starting a new one for channels created from now on")
             self._timer = None
             return
-        for channel_id, route in list(self._routes.items()):
-            if route.address == msg.childAddress:
-                log.error("ChannelActor of %r exited unexpectedly; its in-memory work is lost", channel_id)
-                del self._routes[channel_id]
-                if self._observer is not None:
-                    self.send(self._observer, QueueChanged(channel_id, 0, False))
+        channel_id = self._live_channel_of(msg.childAddress)
+        if channel_id is None:
+            return  # the actor of a passivated channel, which was asked to exit
+        log.error("ChannelActor of %r exited unexpectedly; its in-memory work is lost", channel_id)
+        self._drop_route(channel_id)
+        if self._observer is not None:
+            self.send(self._observer, QueueChanged(channel_id, 0, False))
 
     def receiveUnrecognizedMessage(self, msg: object, sender: ActorAddress) -> None:
         if isinstance(msg, ActorSystemMessage):
@@ -420,9 +454,35 @@ class Supervisor(Dispatcher):
         else:
             self._send_channel(channel_id, Ack(reply_to, reply))
 
+    def _add_route(self, channel_id: str, address: ActorAddress) -> _Route:
+        route = self._routes[channel_id] = _Route(address)
+        key = _actor_key(address)
+        if key is not None:
+            self._channel_of_actor[key] = channel_id
+        return route
+
+    def _drop_route(self, channel_id: str) -> None:
+        route = self._routes.pop(channel_id)
+        key = _actor_key(route.address)
+        if key is not None:
+            del self._channel_of_actor[key]
+
+    def _live_channel_of(self, address: ActorAddress) -> Optional[str]:
+        """The live channel whose actor is at ``address``, or None: found by key in O(1); compared with every
+        live route only when some of them have no key (the TCP base, where each channel is a process)."""
+        key = _actor_key(address)
+        if key is not None:
+            channel_id = self._channel_of_actor.get(key)
+            if channel_id is not None or len(self._channel_of_actor) == len(self._routes):
+                return channel_id
+        for channel_id, route in self._routes.items():
+            if route.address == address:
+                return channel_id
+        return None
+
     def _spawn(self, channel_id: str, restore: ChannelSnapshot | None = None) -> _Route:
-        route = self._routes[channel_id] = _Route(self.createActor(ChannelActor))
-        processed, cancelled, failed = self._retired.pop(channel_id, (0, 0, 0))
+        route = self._add_route(channel_id, self.createActor(ChannelActor))
+        processed, cancelled, failed = _unpack_counters(self._retired.pop(channel_id, None))
         self.send(
             route.address,
             ChannelInit(
@@ -468,7 +528,7 @@ class Supervisor(Dispatcher):
         return self._timer
 
     def _idle_statistics(self, channel_id: str) -> ChannelStatistics:
-        processed, cancelled, failed = self._retired.get(channel_id, (0, 0, 0))
+        processed, cancelled, failed = _unpack_counters(self._retired.get(channel_id))
         return ChannelStatistics(
             channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None
         )

@@ -175,3 +175,42 @@ def test_the_persistence_bars_are_booleans(persistence_report: dict[str, Any]) -
     for name in ("throughput_ratio_ge_0_3", "every_message_once_in_order_nothing_left_in_redis", "all_pass"):
         assert isinstance(bars[name], bool), name
     assert bars["every_message_once_in_order_nothing_left_in_redis"] is True
+
+
+# -- bench/bench_passivation.py --quick: channels come and go while commands are answered -------------------
+
+PASSIVATION_SCRIPT = ROOT / "bench" / "bench_passivation.py"
+
+
+@pytest.fixture(scope="module")
+def passivation_report() -> dict[str, Any]:
+    return run_quick(PASSIVATION_SCRIPT)
+
+
+def test_the_passivation_report_has_every_section(passivation_report: dict[str, Any]) -> None:
+    for key in ("env", "params", "result", "bars"):
+        assert key in passivation_report, key
+    assert passivation_report["env"]["quick"] is True
+    result = passivation_report["result"]
+    for key in ("create_s", "create_without_passivation_s", "passivate_s", "rss_growth_bytes_per_channel"):
+        assert result[key] > 0, key
+    for key in ("command_ms", "command_ms_without_full_collection", "command_ms_before_first_due"):
+        assert set(result[key]) == {"p50", "p99", "max"}, key
+
+
+def test_every_channel_passivates_with_its_counters_and_leaves_nothing_behind(
+    passivation_report: dict[str, Any],
+) -> None:
+    result = passivation_report["result"]
+    assert result["live_listed_at_end"] == 0
+    assert result["counters_intact"] is True and result["counters_checked"] > 0
+    assert result["retired_entries"] == passivation_report["params"]["channels"]  # each processed one item
+    assert result["leftover"] == {"registry_entries": 0, "supervisor_children": 0}
+    assert result["commands"] > 0  # commands were answered while channels passivated
+
+
+def test_the_passivation_bars_are_booleans(passivation_report: dict[str, Any]) -> None:
+    bars = passivation_report["bars"]
+    for name in ("passivation_le_2x_creation", "commands_le_100ms"):
+        assert isinstance(bars[name]["pass"], bool), name
+    assert isinstance(bars["all_pass"], bool)
