@@ -329,6 +329,8 @@ def test_kill_9_loop_of_asyncio_producers_loses_no_acknowledged_message(crash_lo
     counts["kills"] = len(loop.killed)
     print(f"\nmq-crash-counts kills={KILLS} seed={SEED}: {counts}")
     assert final.proc.returncode == 0, f"the final run exited with {final.proc.returncode}: {loop.diagnostics()}"
+    final_log = final.log_path.read_text(errors="replace")
+    assert not any(word in final_log for word in ("Traceback", " ERROR ", " CRITICAL ")), loop.diagnostics()
     assert counts["acked"] > 0, f"nothing was acknowledged: {counts}"
     assert counts["lost"] == 0, f"acknowledged messages never delivered: {counts}"
     assert counts["order_inversions"] == 0, f"first deliveries out of sequence order: {counts}"
