@@ -13,6 +13,7 @@ finished batches to the event bus: :class:`RedisStreamEventBus` (a Redis stream 
 from protocol.errors import RedisDataLost, StoreLocked, StoreUnavailable, UnsafeRedis
 from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbound
 from message_queue.facade import Callback, MessageQueue
+from message_queue.local import current_item
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
 from protocol.errors import DecodeError, InvalidInput, InvalidSettings, MessageQueueError
 from protocol.stream import InboundBatch, decode_entry
@@ -37,5 +38,6 @@ __all__ = [
     "StoreUnavailable",
     "UnsafeRedis",
     "current_inbound",
+    "current_item",
     "decode_entry",
 ]

@@ -25,6 +25,7 @@ its callback registration stays.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import math
@@ -72,6 +73,16 @@ log = logging.getLogger("message_queue.facade")  # the public API's logger
 Callback = Callable[[Payload], Awaitable[object]]
 """An async function called with each finished item of a channel: a MessageBatch, a QueuedMessage (batching
 disabled), or whatever was put with ``enqueue_front``."""
+
+_CURRENT_ITEM: contextvars.ContextVar[QueueItem | None] = contextvars.ContextVar("current_item", default=None)
+
+
+def current_item() -> QueueItem | None:
+    """Inside a callback (and the tasks it starts): the item being processed, with its ``item_id`` (stable
+    across redeliveries) and ``attempt`` (above 1 when it is delivered again after a restart, with ``redis=``),
+    so a callback can tell a redelivery; None elsewhere."""
+    return _CURRENT_ITEM.get()
+
 
 CANCEL_WAIT = 5.0
 """Seconds ``close`` waits for cancelled callbacks to end before it goes on without them (with a warning)."""
@@ -508,7 +519,7 @@ class LocalQueue:
         chan.active = delivery
         loop = self._loop
         assert loop is not None
-        task = loop.create_task(_invoke(callback, delivery.item.payload))
+        task = loop.create_task(_invoke(callback, delivery.item))
         delivery.task = task
         task.add_done_callback(lambda done: self._finished(channel, chan, delivery, done))
 
@@ -625,8 +636,9 @@ def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
     source.add_done_callback(copy)
 
 
-async def _invoke(callback: Callback, payload: Payload) -> None:
-    await callback(payload)
+async def _invoke(callback: Callback, item: QueueItem) -> None:
+    _CURRENT_ITEM.set(item)  # in this task's own context
+    await callback(item.payload)
 
 
 def _abandon(driver: LoopDriver, loop: asyncio.AbstractEventLoop) -> None:

@@ -17,16 +17,13 @@ Standard output, one JSON object per line, each line flushed at once:
     callback got this item; written before the callback returns, so every delivery the queue could count as
     done is on stdout.
 
-The callback of the public API gets only the payload. The item id and attempt come from the delivery the
-queue starts the callback's task for: ``LocalQueue._start`` is wrapped to put that item in a context variable,
-which the task (created inside it) inherits.
+The callback reads the item id and attempt of what it processes with ``message_queue.current_item()``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import json
 import logging
 import os
@@ -39,30 +36,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import redis.asyncio  # noqa: E402
 
-from message_queue import MessageQueue  # noqa: E402
-from message_queue.local import LocalQueue  # noqa: E402
+from message_queue import MessageQueue, current_item  # noqa: E402
 from protocol.values import Payload, QueuedMessage, QueueItem, payload_messages  # noqa: E402
 
 log = logging.getLogger("mq_crash_producer")
 
 RUN_STRIDE = 10**6  # sequence numbers of run N start at N * RUN_STRIDE
-
-_current_item: contextvars.ContextVar[QueueItem | None] = contextvars.ContextVar("current_item", default=None)
-
-
-def _install_item_context() -> None:
-    """Make the item of each callback task readable from the task (see the module docstring)."""
-    original = LocalQueue._start
-
-    def start(self: LocalQueue, channel: str, chan: Any, callback: Any, delivery: Any) -> None:
-        token = _current_item.set(delivery.item)
-        try:
-            original(self, channel, chan, callback, delivery)
-        finally:
-            _current_item.reset(token)
-
-    LocalQueue._start = start  # type: ignore[method-assign]
-
 
 def emit(record: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
@@ -74,7 +53,7 @@ def message(channel: str, seq: int) -> QueuedMessage:
 
 
 async def deliver(payload: Payload) -> None:
-    item = _current_item.get()
+    item = current_item()
     messages = [[m.channel_id, int(m.text)] for m in payload_messages(payload)]
     if item is None:  # the wrapper did not run: the test reports the line as garbage
         emit({"k": "D?", "m": messages})
@@ -108,7 +87,6 @@ def _take(channel: str, run: int) -> int:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    _install_item_context()
     client = redis.asyncio.Redis.from_url(args.redis)
     q = MessageQueue(default_batch_window=args.window, max_batch_size=args.max_batch_size, redis=client,
                      idle_timeout=3600.0)
