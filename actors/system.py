@@ -5,7 +5,8 @@ Supported bases:
       leaner message loop of :mod:`actors.simple_base`).
     * ``multiprocTCPBase``: one OS process per actor, talking over TCP. It binds every interface and
       unpickles whatever reaches its ports, so only use it on a host whose ports are not reachable by
-      untrusted parties (a firewall, a private network namespace).
+      untrusted parties (a firewall, a private network namespace). Its processes end when the process that
+      started the system ends, even by SIGKILL (:mod:`actors.watchdog`).
 
 ``multiprocQueueBase`` and ``multiprocUDPBase`` are refused: with several senders they stalled, hung and lost
 messages in our measurements.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -23,8 +23,11 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from actors import simple_base
+from actors import simple_base, watchdog
 from actors.internal import ConfigureSystem, SystemConfigured
+from actors.procfs import alive as alive
+from actors.procfs import children, parent, session_members, wait_exit
+from actors.procfs import descendants as descendants
 from actors.supervisor import Supervisor
 from protocol.errors import (
     InvalidSettings,
@@ -64,81 +67,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, session...), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: the other fields follow the last ')'
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
-def _all_stats() -> list[tuple[int, list[bytes]]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None and len(fields) > 3:
-                found.append((int(entry), fields))
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    return [child for child, fields in _all_stats() if int(fields[1]) == pid]
-
-
-def _parent(pid: int) -> int:
-    fields = _stat(pid)
-    return int(fields[1]) if fields is not None else 0
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a process that exited but was not yet reaped (a zombie) counts as gone."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, found through /proc."""
-    result: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = _children(todo.pop())
-        result += kids
-        todo += kids
-    return result
-
-
-def session_members(session: int) -> list[int]:
-    """Every live (not zombie) process of the session ``session``."""
-    return [
-        pid for pid, fields in _all_stats() if int(fields[3]) == session and fields[0] not in (b"Z", b"X")
-    ]
-
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Block until ``pid`` has exited (reaped or not) or ``timeout`` seconds have passed."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:  # gone already (ProcessLookupError), or no pidfd on this kernel: nothing to wait on
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(timeout * 1000)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class RunningSystem:
     """A started actor system and the address of its Supervisor.
 
     On the TCP base, Thespian daemonizes its admin: the child it forks starts a new session, forks the admin
     and exits, so the admin and every actor process are orphans, not our descendants. They are found by that
-    session instead (``sessions`` holds its id, the pid of that short-lived child).
+    session instead (``sessions`` holds its id, the pid of that short-lived child). Should this process die
+    without calling :meth:`shutdown`, they end on their own (:mod:`actors.watchdog`).
     """
 
     asys: ActorSystem
@@ -176,7 +112,7 @@ class RunningSystem:
                     except ProcessLookupError:
                         pass
                 for pid in pids:
-                    _wait_exit(pid, timeout)
+                    wait_exit(pid, timeout)
             for leader in self.sessions:
                 try:
                     os.waitpid(leader, 0)  # our direct child, long exited: reap it
@@ -243,13 +179,16 @@ def start_system(
     if base == TCP_BASE:
         _close_tcp_sockets_on_close()
         capabilities["Admin Port"] = admin_port if admin_port is not None else free_port()
-    before = set(_children(os.getpid()))
-    asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
-    if base == SIMPLE_BASE:
+    before = set(children(os.getpid()))
+    if base == TCP_BASE:
+        with watchdog.watched_forks():  # the admin, its logger and every actor end when this process does
+            asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
+    else:
+        asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
         simple_base.install(asys)
-    sessions = sorted(set(_children(os.getpid())) - before) if base == TCP_BASE else []
+    sessions = sorted(set(children(os.getpid())) - before) if base == TCP_BASE else []
     members = {pid for session in sessions for pid in session_members(session)}
-    admins = sorted(pid for pid in members if _parent(pid) not in members)
+    admins = sorted(pid for pid in members if parent(pid) not in members)
     supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
     running = RunningSystem(asys, supervisor, base, admins, sessions)
     configure = ConfigureSystem(settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis)
