@@ -8,9 +8,10 @@ handle (SIGKILL) would leave them running with the admin port open.
 Every process forked inside :func:`watched_forks`, and every process those fork in turn (the admin forks the
 logger and the first actors, actors fork their children), starts a watchdog thread as soon as it exists. The
 thread blocks on a pidfd of the owner, using no CPU while waiting; where pidfds are unavailable it checks the
-owner every 0.5 s. Once the owner is gone, it kills every other process of its own session with SIGKILL, then
-its own process. It never acts in a process still in the owner's session (the daemonizing child, before its
-``setsid``), so it cannot reach the owner's terminal session or anything outside the system.
+owner every 0.5 s. Once the owner is gone, it kills every process of its own session with SIGKILL (the first
+watchdog to wake ends the session leader's whole process group at once). It never acts in a process still in
+the owner's session (the daemonizing child, before its ``setsid``), so it cannot reach the owner's terminal
+session or anything outside the system.
 
 The owner is handed down by ``fork`` (Thespian's TCP base always forks, never spawns): nothing reaches a
 program that a process runs with ``exec``, and no message or actor code is involved.
@@ -92,11 +93,18 @@ def _exists(pid: int) -> bool:
 
 
 def _end_session(owner_session: int) -> None:
-    """SIGKILL every other process of this process's session, then this process; nothing if this process is
-    still in the owner's session."""
+    """SIGKILL every process of this process's session, this one included; nothing if this process is still
+    in the owner's session.
+
+    In the session leader's process group (where Thespian keeps every process) one ``killpg`` ends the whole
+    group at once, which no fork in progress can escape, and spares the other members a scan of ``/proc``
+    each. A process outside that group kills the session's members by pid, then itself.
+    """
     session = os.getsid(0)
     if session == owner_session:
         return
+    if os.getpgid(0) == session:  # a group is part of one session: this cannot reach outside the system
+        os.killpg(session, signal.SIGKILL)
     me = os.getpid()
     for _ in range(_KILL_ROUNDS):
         others = [pid for pid in procfs.session_members(session) if pid != me]

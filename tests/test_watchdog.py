@@ -1,5 +1,6 @@
 """The watchdog of :mod:`actors.watchdog` on a plain process tree (``tests/watchdog_owner.py``): once the owner
-is killed with SIGKILL, the processes of the watched session end, and a process left in the owner's session
+is killed with SIGKILL, every process of the watched session ends (in the session leader's process group, in
+another group, and an exec'd program without a watchdog of its own), and a process left in the owner's session
 does not. Waits poll the processes' state under a deadline; every process started is killed by pid at the
 end."""
 
@@ -47,8 +48,9 @@ def test_a_watched_session_ends_with_its_killed_owner_and_the_owners_session_is_
         tree = json.loads(owner.stdout.readline())
         system, outside = tree["system"], tree["outside"]
         started = [*system, outside]
-        leader = system[0]
+        leader, _, loner, program = system
         assert sorted(session_members(leader)) == sorted(system)
+        assert os.getpgid(loner) == os.getpgid(program) == loner != os.getpgid(leader)
         assert os.getsid(outside) == os.getsid(owner.pid) != leader
         assert all(map(alive, started))  # nothing fires while the owner lives
 

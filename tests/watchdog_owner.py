@@ -2,13 +2,14 @@
 
 Run as ``python tests/watchdog_owner.py [--no-pidfd]``. Inside ``watched_forks()`` it forks
 
-* a child that starts a new session (as Thespian's daemonizing child does) and forks a grandchild into it:
-  the watched system;
+* a child that starts a new session (as Thespian's daemonizing child does), the watched system, and forks
+  into it a member of its process group, and a member that moves to a group of its own and runs ``sleep``
+  there (an exec'd program runs no watchdog: only a kill by pid from another process ends it);
 * a child that stays in the owner's session: a watchdog must never act there.
 
-It prints one JSON line, ``{"system": [leader, member], "outside": pid}``, then waits on standard input until
-it is killed. Every child waits for signals forever. ``--no-pidfd`` makes ``os.pidfd_open`` fail as on a kernel
-without pidfds, so the watchdogs poll the owner instead.
+It prints one JSON line, ``{"system": [leader, member, loner, program], "outside": pid}``, then waits on
+standard input until it is killed. Every child waits for signals forever. ``--no-pidfd`` makes
+``os.pidfd_open`` fail as on a kernel without pidfds, so the watchdogs poll the owner instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import pathlib
 import signal
+import subprocess
 import sys
 from typing import NoReturn
 
@@ -44,15 +46,21 @@ def main() -> None:
         if leader == 0:
             os.setsid()
             member = os.fork()
-            if member != 0:
-                os.write(write_end, f"{member}\n".encode())
+            if member == 0:
+                _wait_forever()
+            loner = os.fork()
+            if loner == 0:
+                os.setpgid(0, 0)
+                program = subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL)
+                os.write(write_end, f"{member} {os.getpid()} {program.pid}\n".encode())
+                _wait_forever()
             _wait_forever()
         outside = os.fork()
         if outside == 0:
             _wait_forever()
     with os.fdopen(read_end) as pipe:
-        member = int(pipe.readline())
-    print(json.dumps({"system": [leader, member], "outside": outside}), flush=True)
+        members = [int(pid) for pid in pipe.readline().split()]
+    print(json.dumps({"system": [leader, *members], "outside": outside}), flush=True)
     sys.stdin.read()
 
 
