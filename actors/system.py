@@ -120,6 +120,12 @@ class RunningSystem:
                     pass
 
 
+def _accepts_connections(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _close_tcp_sockets_on_close() -> None:
     """Make Thespian's ``TCPTransport.close`` close the sockets it holds. Idempotent.
 
@@ -164,7 +170,8 @@ def start_system(
     restored before this returns (``timeout`` covers the restore).
 
     Raises:
-        InvalidSettings: for an unsupported base or settings the Supervisor refuses.
+        InvalidSettings: for an unsupported base, settings the Supervisor refuses, or (TCP base) an
+            ``admin_port`` that already accepts connections.
         UnsafeRedis: if the Redis server could lose acknowledged writes and ``allow_volatile_redis`` is False.
         RedisDataLost: if Redis lost part of the data stored by an earlier run.
         StoreLocked: if another node holds the Redis database's writer lease.
@@ -177,8 +184,15 @@ def start_system(
         )
     capabilities: dict[str, Any] = {}
     if base == TCP_BASE:
+        port = admin_port if admin_port is not None else free_port()
+        if _accepts_connections(port):
+            # Thespian would join the admin found there, and stopping this system would stop that one
+            raise InvalidSettings(
+                f"admin port must be free for a new actor system, got {port}, where something accepts "
+                "connections (another node's actor system, or one still exiting)"
+            )
         _close_tcp_sockets_on_close()
-        capabilities["Admin Port"] = admin_port if admin_port is not None else free_port()
+        capabilities["Admin Port"] = port
     before = set(children(os.getpid()))
     if base == TCP_BASE:
         with watchdog.watched_forks():  # the admin, its logger and every actor end when this process does

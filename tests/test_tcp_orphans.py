@@ -16,6 +16,7 @@ import pytest
 
 from actors.procfs import alive, children, session_members
 from actors.system import free_port
+from service.process import EXIT_FAILED
 from test_run_system import Running, accepts_connections, batches_of, launch, message, texts_by_channel
 
 __all__ = ["launch"]  # the fixture, used by name
@@ -80,3 +81,25 @@ def test_a_killed_tcp_node_leaves_no_process_and_a_new_node_serves_on_its_port(
     assert texts_by_channel(batches_of("".join(lines))) == sent
     assert not accepts_connections(port)
     assert second.processes() == set()
+
+
+@pytest.mark.tcp
+def test_a_node_on_an_admin_port_in_use_is_refused_and_the_running_node_keeps_serving(
+    launch: Callable[..., Running],
+) -> None:
+    port = free_port()
+    first = _serve(launch, port)
+
+    second = launch("serve", "--base", "multiprocTCPBase", "--admin-port", str(port))
+    assert second.wait() == EXIT_FAILED
+    refused = second.all_stderr()
+    assert f"admin port must be free for a new actor system, got {port}" in refused
+    assert "Traceback" not in refused
+    assert second.processes() == set()
+
+    first.write(json.dumps(message("slack:#dev", "still served")))
+    first.close_stdin()
+    assert first.wait() == 0, first.all_stderr()
+    assert texts_by_channel([json.loads(first.stdout_line())]) == {"slack:#dev": ["still served"]}
+    assert not accepts_connections(port)
+    assert first.processes() == set()
