@@ -39,10 +39,24 @@ def parent(pid: int) -> int:
     return int(fields[1]) if fields is not None else 0
 
 
+def _running(pid: int, fields: list[bytes]) -> bool:
+    """True unless ``pid`` has exited: a zombie counts as gone, but only once every thread of it has exited.
+
+    When a process with several threads ends, its main thread can show as a zombie while another thread is
+    still exiting, and the files it holds (its listening sockets) stay open until that thread is gone.
+    """
+    if fields[0] not in (b"Z", b"X"):
+        return True
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs; a process that exited but was not yet reaped (a zombie) counts as gone."""
     fields = _stat(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
+    return fields is not None and _running(pid, fields)
 
 
 def descendants(pid: int) -> list[int]:
@@ -58,9 +72,7 @@ def descendants(pid: int) -> list[int]:
 
 def session_members(session: int) -> list[int]:
     """Every live (not zombie) process of the session ``session``."""
-    return [
-        pid for pid, fields in _all_stats() if int(fields[3]) == session and fields[0] not in (b"Z", b"X")
-    ]
+    return [pid for pid, fields in _all_stats() if int(fields[3]) == session and _running(pid, fields)]
 
 
 def wait_exit(pid: int, timeout: float) -> None:

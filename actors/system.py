@@ -201,7 +201,8 @@ def start_system(
         asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
         simple_base.install(asys)
     sessions = sorted(set(children(os.getpid())) - before) if base == TCP_BASE else []
-    members = {pid for session in sessions for pid in session_members(session)}
+    # the session leader (the daemonizing child) may not have finished exiting: it is never the admin
+    members = {pid for session in sessions for pid in session_members(session)} - set(sessions)
     admins = sorted(pid for pid in members if parent(pid) not in members)
     supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
     running = RunningSystem(asys, supervisor, base, admins, sessions)
