@@ -39,8 +39,9 @@ _installed = False
 
 @contextmanager
 def watched_forks() -> Iterator[None]:
-    """Make every process forked inside this block, and all of their forked descendants, end with their
-    session once this process has exited. Not thread-safe: enter it from one thread at a time."""
+    """Every process forked inside this block, and every process forked below it, watches this process: once
+    this process has exited, it ends every process of its own session, provided that session is not this
+    process's. Not thread-safe: enter it from one thread at a time."""
     global _owner, _installed
     if not _installed:
         os.register_at_fork(after_in_child=_start_in_child)
