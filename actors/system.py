@@ -5,7 +5,8 @@ Supported bases:
       leaner message loop of :mod:`actors.simple_base`).
     * ``multiprocTCPBase``: one OS process per actor, talking over TCP. It binds every interface and
       unpickles whatever reaches its ports, so only use it on a host whose ports are not reachable by
-      untrusted parties (a firewall, a private network namespace).
+      untrusted parties (a firewall, a private network namespace). Its processes end when the process that
+      started the system ends, even by SIGKILL (:mod:`actors.watchdog`).
 
 ``multiprocQueueBase`` and ``multiprocUDPBase`` are refused: with several senders they stalled, hung and lost
 messages in our measurements.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -23,8 +23,11 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from actors import simple_base
+from actors import simple_base, watchdog
 from actors.internal import Clock, ConfigureSystem, SystemConfigured
+from actors.procfs import alive as alive
+from actors.procfs import children, parent, session_members, wait_exit
+from actors.procfs import descendants as descendants
 from actors.supervisor import Supervisor
 from protocol.errors import (
     InvalidSettings,
@@ -64,81 +67,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, session...), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: the other fields follow the last ')'
-    return stat[stat.rfind(b")") + 2 :].split()
-
-
-def _all_stats() -> list[tuple[int, list[bytes]]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat(int(entry))
-            if fields is not None and len(fields) > 3:
-                found.append((int(entry), fields))
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    return [child for child, fields in _all_stats() if int(fields[1]) == pid]
-
-
-def _parent(pid: int) -> int:
-    fields = _stat(pid)
-    return int(fields[1]) if fields is not None else 0
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs; a process that exited but was not yet reaped (a zombie) counts as gone."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, found through /proc."""
-    result: list[int] = []
-    todo = [pid]
-    while todo:
-        kids = _children(todo.pop())
-        result += kids
-        todo += kids
-    return result
-
-
-def session_members(session: int) -> list[int]:
-    """Every live (not zombie) process of the session ``session``."""
-    return [
-        pid for pid, fields in _all_stats() if int(fields[3]) == session and fields[0] not in (b"Z", b"X")
-    ]
-
-
-def _wait_exit(pid: int, timeout: float) -> None:
-    """Block until ``pid`` has exited (reaped or not) or ``timeout`` seconds have passed."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:  # gone already (ProcessLookupError), or no pidfd on this kernel: nothing to wait on
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.poll(timeout * 1000)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class RunningSystem:
     """A started actor system and the address of its Supervisor.
 
     On the TCP base, Thespian daemonizes its admin: the child it forks starts a new session, forks the admin
     and exits, so the admin and every actor process are orphans, not our descendants. They are found by that
-    session instead (``sessions`` holds its id, the pid of that short-lived child).
+    session instead (``sessions`` holds its id, the pid of that short-lived child). Should this process die
+    without calling :meth:`shutdown`, they end on their own (:mod:`actors.watchdog`).
     """
 
     asys: ActorSystem
@@ -176,12 +112,18 @@ class RunningSystem:
                     except ProcessLookupError:
                         pass
                 for pid in pids:
-                    _wait_exit(pid, timeout)
+                    wait_exit(pid, timeout)
             for leader in self.sessions:
                 try:
                     os.waitpid(leader, 0)  # our direct child, long exited: reap it
                 except ChildProcessError:
                     pass
+
+
+def _accepts_connections(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _close_tcp_sockets_on_close() -> None:
@@ -230,7 +172,8 @@ def start_system(
     its actor. ``clock`` is the clock every actor reads (default ``time.monotonic``).
 
     Raises:
-        InvalidSettings: for an unsupported base or settings the Supervisor refuses.
+        InvalidSettings: for an unsupported base, settings the Supervisor refuses, or (TCP base) an
+            ``admin_port`` that already accepts connections.
         UnsafeRedis: if the Redis server could lose acknowledged writes and ``allow_volatile_redis`` is False.
         RedisDataLost: if Redis lost part of the data stored by an earlier run.
         StoreLocked: if another node holds the Redis database's writer lease.
@@ -254,7 +197,8 @@ def launch_system(base: str = SIMPLE_BASE, *, admin_port: int | None = None) -> 
     ``ConfigureSystem`` and pass the reply to :func:`restored_channels`.
 
     Raises:
-        InvalidSettings: for an unsupported base.
+        InvalidSettings: for an unsupported base, or (TCP base) an ``admin_port`` that already accepts
+            connections.
     """
     if base not in SUPPORTED_BASES:
         raise InvalidSettings(
@@ -263,15 +207,26 @@ def launch_system(base: str = SIMPLE_BASE, *, admin_port: int | None = None) -> 
         )
     capabilities: dict[str, Any] = {}
     if base == TCP_BASE:
+        port = admin_port if admin_port is not None else free_port()
+        if _accepts_connections(port):
+            # Thespian would join the admin found there, and stopping this system would stop that one
+            raise InvalidSettings(
+                f"admin port must be free for a new actor system, got {port}, where something accepts "
+                "connections (another node's actor system, or one still exiting)"
+            )
         _close_tcp_sockets_on_close()
-        capabilities["Admin Port"] = admin_port if admin_port is not None else free_port()
-    before = set(_children(os.getpid()))
-    asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
-    if base == SIMPLE_BASE:
+        capabilities["Admin Port"] = port
+    before = set(children(os.getpid()))
+    if base == TCP_BASE:
+        with watchdog.watched_forks():  # the admin, its logger and every actor end when this process does
+            asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
+    else:
+        asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
         simple_base.install(asys)
-    sessions = sorted(set(_children(os.getpid())) - before) if base == TCP_BASE else []
-    members = {pid for session in sessions for pid in session_members(session)}
-    admins = sorted(pid for pid in members if _parent(pid) not in members)
+    sessions = sorted(set(children(os.getpid())) - before) if base == TCP_BASE else []
+    # the session leader (the daemonizing child) may not have finished exiting: it is never the admin
+    members = {pid for session in sessions for pid in session_members(session)} - set(sessions)
+    admins = sorted(pid for pid in members if parent(pid) not in members)
     supervisor = asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
     return RunningSystem(asys, supervisor, base, admins, sessions)
 
