@@ -32,8 +32,11 @@ does nothing for any other base, or for a Thespian whose simple base lacks the m
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import traceback
+import types
 from collections import deque
 from typing import Any
 
@@ -44,6 +47,7 @@ from thespian.system.timing import currentTime
 log = logging.getLogger(__name__)
 
 _Original: Any = simpleSystemBase.ActorSystemBase
+_PendingSend: Any = simpleSystemBase.PendingSend
 
 
 class _PendingSends(deque[Any]):
@@ -58,7 +62,7 @@ class _PendingSends(deque[Any]):
         return value
 
 
-_REPLACED = ("_realizeWakeups", "_runSends", "_runSingleSend", "_callActorWithMessage")
+_REPLACED = ("_realizeWakeups", "_runSends", "_runSingleSend", "_callActorWithMessage", "actor_send")
 
 
 class _Children:
@@ -140,10 +144,15 @@ class LeanSimpleBase(_Original):  # type: ignore[misc]
             return
         _Original._realizeWakeups(self)
 
+    def actor_send(self, fromActor: Any, toActor: Any, msg: Any) -> None:
+        # deque.append is atomic: no lock needed to queue a send (the original takes the base's RLock)
+        self._pendingSends.append(_PendingSend(fromActor, msg, toActor))
+
     def _runSingleSend(self, ps: Any) -> None:
         msg = ps.msg
         if ps.attempts == 0 and not isinstance(msg, ActorSystemMessage):
-            target = self.actorRegistry.get(ps.toActor.actorAddressString)
+            key = ps.toActor._aaddr  # the simple base's addresses are strings: actorAddressString without the call
+            target = self.actorRegistry.get(key if type(key) is str else ps.toActor.actorAddressString)
             if target is not None and target.instance is not None:
                 try:
                     target.instance.receiveMessage(msg, ps.sender)
@@ -187,10 +196,46 @@ class LeanSimpleBase(_Original):  # type: ignore[misc]
             attributes.pop("_receive", None)
             attributes.pop("_myRef", None)
 
-    def _newRefAndActor(self, *args: Any, **kwargs: Any) -> Any:
-        ref = _Original._newRefAndActor(self, *args, **kwargs)
+    def _newRefAndActor(
+        self,
+        actorSystem: Any,
+        parentAddr: Any,
+        actorAddr: Any,
+        actorClass: Any,
+        sourceHash: Any = None,
+        targetActorRequirements: Any = None,
+        isTopLevel: bool = False,
+    ) -> Any:
+        if sourceHash is None and _plain_actor_class(actorClass):
+            # What the original does for such a class, without inspecting its signature on every spawn.
+            try:
+                actor = actorClass()
+            except Exception:
+                actor = None  # the original path below reports it as the base does
+            if actor is not None:
+                ref = simpleSystemBase.ActorRef(actorSystem, parentAddr, actorAddr, actor)
+                actor._myRef = ref
+                actor._receive = types.MethodType(simpleSystemBase.actor_base_receive, actor)
+                _track_children(ref)
+                return ref
+        ref = _Original._newRefAndActor(
+            self, actorSystem, parentAddr, actorAddr, actorClass, sourceHash, targetActorRequirements, isTopLevel
+        )
         _track_children(ref)
         return ref
+
+
+@functools.cache
+def _plain_actor_class(actor_class: Any) -> bool:
+    """True for an actor class (not a name) without capability requirements whose ``__init__`` takes no
+    argument: the simple base would create it with ``actor_class()`` after inspecting its signature."""
+    if not isinstance(actor_class, type) or hasattr(actor_class, "actorSystemCapabilityCheck"):
+        return False
+    try:
+        parameters = list(inspect.signature(actor_class.__init__).parameters)  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return False
+    return parameters == ["self"]
 
 
 def install(asys: object) -> bool:
