@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 # A wakeup already armed this close to a new deadline serves it too.
 _ARM_TOLERANCE = 0.0005
+# Wakes sent per firing: when thousands of channels fall due at once (idle channels passivating together),
+# the rest follow on the next firing, queued behind whatever arrived meanwhile, so a command is not stuck
+# behind the whole burst.
+MAX_WAKES_PER_FIRING = 256
 
 
 class Timer(Dispatcher):
@@ -65,7 +69,9 @@ class Timer(Dispatcher):
 
     def _fire(self, now: float) -> None:
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        for _ in range(MAX_WAKES_PER_FIRING):
+            if not heap or heap[0][0] > now:
+                break
             _, _, target, request = heapq.heappop(heap)
             self.send(target, Wake(request.at, request.kind))
         self._arm()
