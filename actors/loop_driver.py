@@ -31,7 +31,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemMessage
 from thespian.system.simpleSystemBase import ActorRef
@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 Output = Union[BatchReady, CancelProcessing, QueueChanged, ChannelPassivated]
 _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged, ChannelPassivated)
 
-_CHUNK = 512  # accepted messages per EnqueueChecked: bounds the Supervisor's work for one message
+_CHUNK_CHANNELS = 256  # channels per EnqueueChecked: the Supervisor sends each one EnqueueStamped
+_CHUNK_MESSAGES = 2048  # messages per EnqueueChecked: bounds the work of one handler
 _TURN_SECONDS = 0.002  # a turn runs sends for about this long, then lets the loop serve others
 _CHECK_EVERY = 16  # sends between two readings of the turn's clock
 
@@ -371,21 +372,23 @@ class LoopDriver:
         self._handle = self._loop.call_at(at, self._fired)
 
     def _inject(self) -> None:
-        """Hand every accepted message to the Supervisor, in order, in chunks."""
+        """Hand every accepted message to the Supervisor: grouped by channel (each channel's in order), in
+        chunks of at most ``_CHUNK_CHANNELS`` channels and ``_CHUNK_MESSAGES`` messages, so the Supervisor
+        sends a channel one ``EnqueueStamped`` for all its messages of a chunk, and no handler holds the loop
+        for long."""
         accepted = self._accepted
         if not accepted:
             return
         stamps = self._stamps
         self._accepted, self._stamps = [], []
         acked, self._acked = self._acked, None
+        chunks = list(_chunks(accepted, stamps))
         supervisor = self._supervisor
         assert supervisor is not None
         if acked is None:
-            for start in range(0, len(accepted), _CHUNK):
-                end = start + _CHUNK
-                self._send(supervisor, EnqueueChecked(tuple(accepted[start:end]), tuple(stamps[start:end])))
+            for messages, arrived in chunks:
+                self._send(supervisor, EnqueueChecked(messages, arrived))
             return
-        chunks = range(0, len(accepted), _CHUNK)
         waiting = [len(chunks)]
 
         def one_acked(reply: asyncio.Future[object]) -> None:
@@ -398,12 +401,10 @@ class LoopDriver:
             if waiting[0] == 0:
                 acked.set_result(None)
 
-        for start in chunks:
-            end = start + _CHUNK
+        for messages, arrived in chunks:
             reply: asyncio.Future[object] = self._loop.create_future()
             reply.add_done_callback(one_acked)
-            chunk = EnqueueChecked(tuple(accepted[start:end]), tuple(stamps[start:end]), ack=True)
-            self._send(supervisor, chunk, sender=self._endpoint_for(reply))
+            self._send(supervisor, EnqueueChecked(messages, arrived, ack=True), sender=self._endpoint_for(reply))
 
     # -- the system's side ---------------------------------------------------------------------------------
 
@@ -460,3 +461,34 @@ class LoopDriver:
             log.warning("the Supervisor rejected a %s: %s", msg.command, msg.reason)
         elif not isinstance(msg, ActorSystemMessage):  # the reply to a told command: dropped
             log.debug("the loop driver dropped a %s from %s", type(msg).__name__, sender)
+
+
+def _chunks(
+    accepted: list[QueuedMessage], stamps: list[float]
+) -> Iterator[tuple[tuple[QueuedMessage, ...], tuple[float, ...]]]:
+    """``accepted`` (with their ``stamps``) grouped by channel, each channel's messages in order, cut into
+    chunks of at most ``_CHUNK_CHANNELS`` channels and ``_CHUNK_MESSAGES`` messages (a channel's messages may
+    be split between consecutive chunks: they still reach it in order)."""
+    groups: dict[str, list[int]] = {}
+    for index, message in enumerate(accepted):
+        group = groups.get(message.channel_id)
+        if group is None:
+            groups[message.channel_id] = [index]
+        else:
+            group.append(index)
+    messages: list[QueuedMessage] = []
+    arrived: list[float] = []
+    channels = 0
+    for indexes in groups.values():
+        if channels == _CHUNK_CHANNELS:
+            yield tuple(messages), tuple(arrived)
+            messages, arrived, channels = [], [], 0
+        channels += 1
+        for index in indexes:
+            if len(messages) == _CHUNK_MESSAGES:
+                yield tuple(messages), tuple(arrived)
+                messages, arrived, channels = [], [], 1
+            messages.append(accepted[index])
+            arrived.append(stamps[index])
+    if messages:
+        yield tuple(messages), tuple(arrived)

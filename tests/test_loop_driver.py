@@ -225,3 +225,21 @@ def test_a_tick_wakes_only_deadlines_up_to_its_own_time_even_when_the_timer_read
             driver.stop()
 
     run(clock, main())
+
+
+@settings(max_examples=200, deadline=None)
+@given(channels=st.lists(st.integers(0, 300), max_size=3000))
+def test_accepted_messages_are_handed_over_grouped_by_channel_in_order_within_bounds(channels: list[int]) -> None:
+    from actors import loop_driver
+
+    accepted = [message(f"c{c}", str(number)) for number, c in enumerate(channels)]
+    stamps = [float(number) for number in range(len(accepted))]
+    chunks = list(loop_driver._chunks(accepted, stamps))
+    flat = [(m, at) for messages, arrived in chunks for m, at in zip(messages, arrived)]
+    assert sorted(flat, key=lambda pair: pair[1]) == list(zip(accepted, stamps))  # each once, with its stamp
+    for channel in set(m.channel_id for m in accepted):  # each channel's in order
+        times = [at for m, at in flat if m.channel_id == channel]
+        assert times == sorted(times)
+    for messages, _ in chunks:
+        assert 0 < len(messages) <= loop_driver._CHUNK_MESSAGES
+        assert len({m.channel_id for m in messages}) <= loop_driver._CHUNK_CHANNELS
