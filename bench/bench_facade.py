@@ -46,6 +46,7 @@ import cProfile
 import gc
 import importlib.metadata
 import pathlib
+import pstats
 import sys
 import time
 from collections import Counter
@@ -335,6 +336,33 @@ SENDS = {
 }
 
 
+STAGES = {
+    # label: (file name ending, function): entry points whose cumulative time splits a message's cost
+    "enqueue (MessageQueue.enqueue -> LocalQueue.enqueue)": ("message_queue/local.py", "enqueue"),
+    "  of which validate_message": ("protocol/limits.py", "validate_message"),
+    "loop driver turns (LoopDriver._turn)": ("actors/loop_driver.py", "_turn"),
+    "  of which sends run (LoopDriver._run)": ("actors/loop_driver.py", "_run"),
+    "  of which the Timer's Tick (Timer._fire)": ("actors/timer.py", "_fire"),
+    "  of which outputs handled by the queue (LocalQueue._handle)": ("message_queue/local.py", "_handle"),
+    "callback tasks (their steps)": ("message_queue/local.py", "_invoke"),
+    "callback ends (LocalQueue._finished)": ("message_queue/local.py", "_finished"),
+}
+
+
+def cumulative_by_stage(prof: cProfile.Profile, messages: int, total: float) -> dict[str, dict[str, float]]:
+    """Cumulative time of each of :data:`STAGES`, per delivered message and as a share of the profile."""
+    stats = pstats.Stats(prof)
+    out: dict[str, dict[str, float]] = {}
+    for label, (suffix, func) in STAGES.items():
+        cum = sum(
+            ct for (filename, _, name), (_, _, _, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
+            if name == func and filename.endswith(suffix)
+        )
+        out[label] = {"us_per_msg": round(cum / max(1, messages) * 1e6, 2),
+                      "share_pct": round(100 * cum / total, 1) if total else 0.0}
+    return out
+
+
 def profile_facade(wl: Bursts, top: int = 15) -> dict[str, Any]:
     """One facade saturated run under cProfile: the top functions by own time, and sends per batch."""
     prof = cProfile.Profile()
@@ -351,6 +379,7 @@ def profile_facade(wl: Bursts, top: int = 15) -> dict[str, Any]:
         "profiled_us_per_msg": round(total / max(1, messages) * 1e6, 2),
         "thespian_sends_per_batch": {k: round(v / max(1, batches), 2) for k, v in counts.items()},
         "sends_per_batch_by_message_type": by_type,
+        "cumulative_by_stage": cumulative_by_stage(prof, messages, total),
         "top_tottime": top_functions(prof, top, messages, batches, total),
     }
 
