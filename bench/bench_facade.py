@@ -7,29 +7,35 @@ The workloads, the baseline and every metric are those of :mod:`bench_actors` (i
 open at once, window 1 s, all flushing by window) run through
 
     * ``baseline``: :mod:`asyncio_baseline` (one event loop, one ``call_at`` per channel, a task per channel);
-    * ``facade``: ``MessageQueue(default_batch_window=W, max_batch_size=M)`` on its own event loop, one
-      ``start_processing(channel, callback)`` per channel (before the clock starts), then ``await
-      mq.enqueue(msg)`` per message on the same schedule as the baseline. The callback records the batch and
-      returns at once; the facade then tells ``ProcessingDone`` to the actors.
+    * ``facade``: ``MessageQueue(default_batch_window=W, max_batch_size=M)``, one ``start_processing(channel,
+      callback)`` per channel (before the clock starts), then ``await mq.enqueue(msg)`` per message on the
+      same schedule as the baseline. The callback records the batch and returns at once. The queue's actors
+      run on the same event loop, in the loop driver's turns (``actors.loop_driver``).
 
-Baseline and facade alternate within each repeat (same process, same machine state); ratios are taken per
-repeat, then the median. ``--repeat`` defaults to 3 (``--quick``: 1, small workloads, a few seconds).
+Baseline and facade alternate within each repeat (same process, same machine state; which goes first
+alternates too); ratios are taken per repeat, then the median. ``--repeat`` defaults to 3 (``--quick``: 1,
+small workloads, a few seconds).
 
 Numbers per implementation and workload (medians; ``runs`` lists each repeat):
     * ``msgs_per_s``: messages delivered to callbacks per second, first enqueue to last callback;
-    * ``msgs_per_cpu_s``: the same per CPU second of the threads that did the work (baseline: the loop's
-      thread; facade: the loop's thread plus the actor thread, Linux schedstat);
+    * ``msgs_per_cpu_s`` and ``cpu_us_per_msg``: per CPU second of the whole process (``time.process_time``:
+      the loop's thread does all the work for both; the process has no other busy thread);
     * ``lateness_ms`` (p50/p99/max): ``delivery`` = callback start time minus (send time of the batch's last
       message + window; + 0 for a batch closed because it was full); facade only: ``core`` =
-      ``BatchReady.lateness`` (the actor's timer lateness) and ``handoff`` = callback start minus the moment
-      the actor thread handed the ``BatchReady`` to the facade (driver thread -> event loop -> task).
+      ``BatchReady.lateness`` (the Timer's lateness) and ``handoff`` = callback start minus the moment the
+      ``BatchReady`` left the actors (a task is created for the callback; it starts on a later iteration);
+    * ``stalls_ms`` (saturated only): while the run lasts, a probe (``loop_support.StallProbe``) sleeps 1 ms
+      in a loop (``sleep``) and re-arms a 1 ms ``loop.call_later`` (``call_later``); how late each fired,
+      p50/p99/max. It measures how long the loop is held by one callback: an actor turn, a producer step.
 
-The facade's stage timestamps come from a tap on the driver's output callback (a private attribute; one
-``time.monotonic()`` and one ``list.append`` per output on the actor thread). ``facade_outputs_per_batch``
-counts every output the facade receives (``BatchReady`` plus the ``QueueChanged`` facts of ``Observe``).
+The facade's stage timestamps come from a tap on the loop driver's output callback (``mq._backend._driver``
+and its ``_on_output``: private attributes, read and wrapped by the benchmark only; one ``time.monotonic()``
+and one ``list.append`` per output). ``facade_outputs_per_batch`` counts every output the queue receives
+(``BatchReady`` plus the ``QueueChanged`` facts of ``Observe``).
 
-``--profile`` adds one more facade run of the saturated workload under cProfile (loop thread and actor thread
-separately) and reports the top functions by own time.
+``--profile`` adds one more facade run of the saturated workload under cProfile (there is one thread) and
+reports the top functions by own time, per delivered message, and the Thespian sends per delivered batch
+(calls of the simple base's ``_runSingleSend``, and of ``actor_send``).
 """
 
 from __future__ import annotations
@@ -39,7 +45,6 @@ import asyncio
 import cProfile
 import gc
 import importlib.metadata
-import io
 import pathlib
 import pstats
 import sys
@@ -53,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_actors as ba  # noqa: E402
-from asyncio_baseline import FULL  # noqa: E402
+from asyncio_baseline import FULL, AsyncioBatcher, Batch  # noqa: E402
 from bench_actors import (  # noqa: E402
     Bursts,
     Params,
@@ -63,51 +68,95 @@ from bench_actors import (  # noqa: E402
     make_messages,
     median,
     result_record,
-    run_baseline_bursts,
     seq_of,
     summarize,
-    thread_cpu_seconds,
     wait_timeout,
 )
+from loop_support import OutputTap, StallProbe, call_counts, loop_driver, stall_summary, top_functions  # noqa: E402
+from loop_support import total_tottime  # noqa: E402
 
-from actors.driver import InProcessDriver  # noqa: E402
 from message_queue import MessageQueue  # noqa: E402
-from protocol.messages import BatchReady  # noqa: E402
 from protocol.values import Payload, payload_messages  # noqa: E402
 
 mono = time.monotonic
 
-THROUGHPUT_BAR = 0.5  # facade / baseline, saturated workload
+THROUGHPUT_BAR = 0.5  # facade / baseline, saturated workload (the goal is 1.0)
 LATENESS_BAR_MS = 10.0  # p99 of delivery lateness, lateness workload (2,000 channels in the full run)
+STALL_BAR_MS = 10.0  # p99 of the loop's stalls during the saturated run, in memory
+
+
+# -- the baseline, with the probe and the process's CPU -------------------------------------------------
+
+
+def run_baseline_bursts(wl: Bursts, probe: bool = False) -> dict[str, Any]:
+    return asyncio.run(_baseline_bursts(wl, probe))
+
+
+async def _baseline_bursts(wl: Bursts, probe: bool) -> dict[str, Any]:
+    """As ``bench_actors.run_baseline_bursts``, plus the stall probe and the process's CPU."""
+    plan = wl.schedule()
+    msgs = make_messages(plan)
+    sent = [0.0] * len(msgs)
+    deliveries: list[tuple[float, str, list[object], str, float]] = []
+    done = asyncio.Event()
+    state = {"count": 0}
+    total = wl.total
+
+    async def processor(batch: Batch) -> None:
+        deliveries.append((mono(), batch.channel_id, batch.messages, batch.reason, batch.lateness))
+        state["count"] += len(batch.messages)
+        if state["count"] >= total:
+            done.set()
+
+    stalls = StallProbe()
+    with frozen_heap():
+        batcher = AsyncioBatcher(processor, window=wl.window, max_batch_size=wl.max_batch_size)
+        enqueue = batcher.enqueue
+        if probe:
+            stalls.start()
+        cpu0 = time.process_time()
+        t0 = mono() + 0.001
+        for offset, channel, seqs in plan:
+            delay = t0 + offset - mono()
+            await asyncio.sleep(delay if delay > 0 else 0)  # yield between bursts, like separate socket reads
+            for seq in seqs:
+                sent[seq] = mono()
+                enqueue(channel, msgs[seq])
+        try:
+            await asyncio.wait_for(done.wait(), wait_timeout(wl))
+        except asyncio.TimeoutError:
+            pass
+        cpu = time.process_time() - cpu0
+        await stalls.stop()
+        await batcher.aclose()
+    converted = [(t, ch, [seq_of(m) for m in ms], reason, late) for t, ch, ms, reason, late in deliveries]
+    record = result_record(wl, plan, sent, converted, "close", cpu)
+    record["cpu_us_per_msg"] = cpu / max(1, record["delivered"]) * 1e6
+    if probe:
+        record["stalls"] = stalls.report()
+    return record
 
 
 # -- the facade run ---------------------------------------------------------------------------------------
 
 
-class _Tap:
-    """Wraps the driver's output callback (on the actor thread): when each ``BatchReady`` left the actors,
-    and how many outputs of each type the facade received."""
-
-    def __init__(self, driver: InProcessDriver) -> None:
-        self.emitted: list[tuple[float, BatchReady]] = []
-        self.kinds: Counter[str] = Counter()
-        inner: Callable[[object], None] = driver._on_output  # type: ignore[assignment]
-        emitted, kinds = self.emitted, self.kinds
-
-        def tap(output: Any) -> None:
-            if type(output) is BatchReady:
-                emitted.append((mono(), output))
-            kinds[type(output).__name__] += 1
-            inner(output)
-
-        driver._on_output = tap  # private: the benchmark's only hook into the facade's pipeline
+def run_facade_bursts(
+    wl: Bursts,
+    probe: bool = False,
+    profile: cProfile.Profile | None = None,
+    on_start: Callable[[Any], Callable[[], None]] | None = None,
+) -> dict[str, Any]:
+    """One facade run; ``on_start`` is called with the loop driver once the channels are set up, and what it
+    returns is called at the end of the timed part."""
+    return asyncio.run(_facade_bursts(wl, probe, profile, on_start))
 
 
-def run_facade_bursts(wl: Bursts, profile: dict[str, cProfile.Profile] | None = None) -> dict[str, Any]:
-    return asyncio.run(_facade_bursts(wl, profile))
-
-
-async def _facade_bursts(wl: Bursts, profile: dict[str, cProfile.Profile] | None) -> dict[str, Any]:
+async def _facade_bursts(
+    wl: Bursts,
+    probe: bool,
+    profile: cProfile.Profile | None,
+    on_start: Callable[[Any], Callable[[], None]] | None,
+) -> dict[str, Any]:
     plan = wl.schedule()
     msgs = make_messages(plan)
     sent = [0.0] * len(msgs)
@@ -122,18 +171,20 @@ async def _facade_bursts(wl: Bursts, profile: dict[str, cProfile.Profile] | None
         if state["count"] >= total:
             done.set()
 
+    stalls = StallProbe()
     with frozen_heap():
         mq = MessageQueue(default_batch_window=wl.window, max_batch_size=wl.max_batch_size)
         try:
-            await asyncio.gather(*(mq.start_processing(ch, callback) for ch in expected_order(plan)))
-            driver = mq._driver
-            assert driver is not None
-            tap = _Tap(driver)
-            thread = ba._driver_thread(driver)
-            await mq.statistics("ch0")  # a barrier: every setup output has reached the loop
+            for ch in expected_order(plan):
+                await mq.start_processing(ch, callback)
+            tap = OutputTap(loop_driver(mq))
+            await mq.statistics("ch0")  # a barrier: every setup output has been handled
+            on_end = on_start(loop_driver(mq)) if on_start is not None else None
+            if probe:
+                stalls.start()
             if profile is not None:
-                profile["loop"].enable()
-            cpu_loop0, cpu_sys0 = time.thread_time(), thread_cpu_seconds(thread)
+                profile.enable()
+            cpu0 = time.process_time()
             enqueue = mq.enqueue
             t0 = mono() + 0.001
             for offset, channel, seqs in plan:
@@ -146,12 +197,14 @@ async def _facade_bursts(wl: Bursts, profile: dict[str, cProfile.Profile] | None
                 await asyncio.wait_for(done.wait(), wait_timeout(wl))
             except asyncio.TimeoutError:
                 pass
-            cpu_loop, cpu_sys1 = time.thread_time() - cpu_loop0, thread_cpu_seconds(thread)
+            cpu = time.process_time() - cpu0
             if profile is not None:
-                profile["loop"].disable()
+                profile.disable()
+            if on_end is not None:
+                on_end()
+            await stalls.stop()
         finally:
             await mq.close()
-    cpu = cpu_loop + (cpu_sys1 - cpu_sys0) if cpu_sys0 is not None and cpu_sys1 is not None else None
     by_payload = {id(ready.item.payload): (t, ready) for t, ready in tap.emitted}
     deliveries = []
     handoff = []
@@ -168,12 +221,18 @@ async def _facade_bursts(wl: Bursts, profile: dict[str, cProfile.Profile] | None
     record = result_record(wl, plan, sent, deliveries, "core", cpu)
     record["lateness_ms"]["handoff"] = ba.percentiles_ms(handoff)
     record["facade_outputs_per_batch"] = sum(tap.kinds.values()) / max(1, len(got))
-    record["cpu_loop_thread_s"] = cpu_loop
-    record["cpu_actor_thread_s"] = cpu - cpu_loop if cpu is not None else None
+    record["cpu_us_per_msg"] = cpu / max(1, record["delivered"]) * 1e6
+    if probe:
+        record["stalls"] = stalls.report()
     return record
 
 
 # -- the run ----------------------------------------------------------------------------------------------
+
+IMPLS: dict[str, Callable[[Bursts, bool], dict[str, Any]]] = {
+    "baseline": run_baseline_bursts,
+    "facade": run_facade_bursts,
+}
 
 
 def run(p: Params, log: Callable[[str], None], profile: bool) -> dict[str, Any]:
@@ -183,23 +242,26 @@ def run(p: Params, log: Callable[[str], None], profile: bool) -> dict[str, Any]:
     for r in range(p.repeat):
         for shape, wl in shapes:
             # alternate which goes first, so a drift of machine speed weighs on both alike
-            order = (("baseline", run_baseline_bursts), ("facade", run_facade_bursts))
+            order = tuple(IMPLS.items())
             for impl, fn in order if r % 2 == 0 else order[::-1]:
                 log(f"repeat {r + 1}/{p.repeat} {shape} {impl}")
                 gc.collect()
-                runs.setdefault((impl, shape), []).append(fn(wl))
+                runs.setdefault((impl, shape), []).append(fn(wl, shape == "saturated"))
     out: dict[str, Any] = {}
-    for impl in ("baseline", "facade"):
-        out[impl] = {shape: summarize(runs[(impl, shape)]) for shape, _ in shapes}
-        if impl == "facade":
-            for shape, _ in shapes:
-                block = out[impl][shape]
+    for impl in IMPLS:
+        out[impl] = {}
+        for shape, _ in shapes:
+            per_run = runs[(impl, shape)]
+            block = summarize(per_run)
+            block["cpu_us_per_msg"] = _med([r["cpu_us_per_msg"] for r in per_run])
+            if impl == "facade":
                 block["lateness_ms"]["handoff"] = {
-                    k: _med([r["lateness_ms"]["handoff"][k] for r in runs[(impl, shape)]])
-                    for k in ("p50", "p99", "max")
+                    k: _med([r["lateness_ms"]["handoff"][k] for r in per_run]) for k in ("p50", "p99", "max")
                 }
-                for key in ("facade_outputs_per_batch", "cpu_loop_thread_s", "cpu_actor_thread_s"):
-                    block[key] = _med([r[key] for r in runs[(impl, shape)]])
+                block["facade_outputs_per_batch"] = _med([r["facade_outputs_per_batch"] for r in per_run])
+            if shape == "saturated":
+                block["stalls_ms"] = stall_summary([r["stalls"] for r in per_run], median)
+            out[impl][shape] = block
 
     def ratios(shape: str, key: str) -> list[float | None]:
         return [ba._ratio(f[key], b[key]) for f, b in zip(runs[("facade", shape)], runs[("baseline", shape)])]
@@ -215,19 +277,23 @@ def run(p: Params, log: Callable[[str], None], profile: bool) -> dict[str, Any]:
     }
     late = out["facade"]["lateness"]["lateness_ms"]["delivery"]
     ratio = out["ratios"]["facade_vs_baseline_saturated_throughput"]
+    stall_p99 = out["facade"]["saturated"]["stalls_ms"]["p99"]
     correct = all(
         out[impl][shape]["all_delivered"] and out[impl][shape]["in_order"] and not out[impl][shape]["duplicates"]
-        for impl in ("baseline", "facade")
+        for impl in IMPLS
         for shape, _ in shapes
     )
     out["bars"] = {
         "throughput_ratio_ge_0_5": ratio is not None and ratio >= THROUGHPUT_BAR,
         "lateness_p99_le_10ms": late["p99"] is not None and late["p99"] <= LATENESS_BAR_MS,
+        "loop_stall_p99_le_10ms": stall_p99 is not None and stall_p99 <= STALL_BAR_MS,
         "every_message_once_in_order": correct,
     }
     out["bars"]["all_pass"] = all(out["bars"].values())
     out["bar_values"] = {
-        "throughput_ratio": {"value": ratio, "threshold": f">= {THROUGHPUT_BAR}", "workload": "saturated"},
+        "throughput_ratio": {
+            "value": ratio, "threshold": f">= {THROUGHPUT_BAR}", "goal": ">= 1.0", "workload": "saturated",
+        },
         "lateness_p99_ms": {
             "value": late["p99"],
             "threshold": f"<= {LATENESS_BAR_MS}",
@@ -235,14 +301,20 @@ def run(p: Params, log: Callable[[str], None], profile: bool) -> dict[str, Any]:
             " s, flushing by window",
             "baseline_p99": out["baseline"]["lateness"]["lateness_ms"]["delivery"]["p99"],
         },
+        "loop_stall_p99_ms": {
+            "value": stall_p99,
+            "threshold": f"<= {STALL_BAR_MS}",
+            "what": "the worse p99 of the two probes (1 ms sleep, 1 ms call_later) during the saturated run",
+            "baseline_p99": out["baseline"]["saturated"]["stalls_ms"]["p99"],
+        },
     }
     if profile:
         log("profile")
         out["profile"] = profile_facade(p.saturated)
     out["notes"] = [
         "saturated: the producer outruns the system, so delivery lateness there is queueing backlog",
-        "facade msgs_per_cpu_s counts the loop thread and the actor thread; the two compete for the GIL on "
-        "the producer's process, the baseline runs on one thread",
+        "CPU is the whole process's (time.process_time): the producer, the actors and the callbacks share "
+        "the loop's thread in both implementations",
     ]
     out["duration_s"] = round(mono() - started, 1)
     return out
@@ -254,31 +326,90 @@ def _med(values: list[float | None]) -> float | None:
 
 # -- profile ----------------------------------------------------------------------------------------------
 
+SENDS = {
+    # The simple base's send loop: every message handed to an actor or an endpoint passes it once.
+    "run_single_send": ("actors/simple_base.py", "_runSingleSend", None),
+    # Every send made, by an actor (self.send) or by the loop driver: the simple base's actor_send.
+    "actor_send": ("simpleSystemBase.py", "actor_send", 566),
+    # Of those, the ones an actor made (its ActorRef's actor_send forwards to the base's).
+    "actor_send_by_actors": ("simpleSystemBase.py", "actor_send", 99),
+}
 
-def profile_facade(wl: Bursts, top: int = 25) -> dict[str, Any]:
-    """One facade run under cProfile: the loop thread and the actor thread, top functions by own time."""
-    profiles = {"loop": cProfile.Profile(), "actors": cProfile.Profile()}
-    original = InProcessDriver._run
 
-    def profiled_run(self: InProcessDriver) -> None:
-        profiles["actors"].enable()
-        try:
-            original(self)
-        finally:
-            profiles["actors"].disable()
+STAGES = {
+    # label: (file name ending, function): entry points whose cumulative time splits a message's cost
+    "enqueue (MessageQueue.enqueue -> LocalQueue.enqueue)": ("message_queue/local.py", "enqueue"),
+    "  of which validate_message": ("protocol/limits.py", "validate_message"),
+    "loop driver turns (LoopDriver._turn)": ("actors/loop_driver.py", "_turn"),
+    "  of which sends run (LoopDriver._run)": ("actors/loop_driver.py", "_run"),
+    "  of which the Timer's Tick (Timer._fire)": ("actors/timer.py", "_fire"),
+    "  of which outputs handled by the queue (LocalQueue._handle)": ("message_queue/local.py", "_handle"),
+    "callback tasks (their steps)": ("message_queue/local.py", "_invoke"),
+    "callback ends (LocalQueue._finished)": ("message_queue/local.py", "_finished"),
+}
 
-    InProcessDriver._run = profiled_run  # type: ignore[method-assign]
-    try:
-        record = run_facade_bursts(wl, profiles)
-    finally:
-        InProcessDriver._run = original  # type: ignore[method-assign]
-    out: dict[str, Any] = {"msgs_per_s_under_profile": ba._round(record["msgs_per_s"])}
-    for name, prof in profiles.items():
-        stream = io.StringIO()
-        stats = pstats.Stats(prof, stream=stream)
-        stats.sort_stats("tottime").print_stats(top)
-        out[f"{name}_thread_top_tottime"] = [line for line in stream.getvalue().splitlines() if line.strip()]
+
+def cumulative_by_stage(prof: cProfile.Profile, messages: int, total: float) -> dict[str, dict[str, float]]:
+    """Cumulative time of each of :data:`STAGES`, per delivered message and as a share of the profile."""
+    stats = pstats.Stats(prof)
+    out: dict[str, dict[str, float]] = {}
+    for label, (suffix, func) in STAGES.items():
+        cum = sum(
+            ct for (filename, _, name), (_, _, _, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
+            if name == func and filename.endswith(suffix)
+        )
+        out[label] = {"us_per_msg": round(cum / max(1, messages) * 1e6, 2),
+                      "share_pct": round(100 * cum / total, 1) if total else 0.0}
     return out
+
+
+def profile_facade(wl: Bursts, top: int = 15) -> dict[str, Any]:
+    """One facade saturated run under cProfile: the top functions by own time, and sends per batch."""
+    prof = cProfile.Profile()
+    record = run_facade_bursts(wl, False, prof)
+    messages, batches = record["delivered"], record["batches"]
+    counts = call_counts(prof, SENDS)
+    total = total_tottime(prof)
+    by_type = count_sends_by_type(wl)
+    return {
+        "msgs_per_s_under_profile": ba._round(record["msgs_per_s"]),
+        "messages": messages,
+        "batches": batches,
+        "profiled_s": round(total, 3),
+        "profiled_us_per_msg": round(total / max(1, messages) * 1e6, 2),
+        "thespian_sends_per_batch": {k: round(v / max(1, batches), 2) for k, v in counts.items()},
+        "sends_per_batch_by_message_type": by_type,
+        "cumulative_by_stage": cumulative_by_stage(prof, messages, total),
+        "top_tottime": top_functions(prof, top, messages, batches, total),
+    }
+
+
+def count_sends_by_type(wl: Bursts) -> dict[str, float]:
+    """Another facade run (not profiled) counting the simple base's sends by message type, per delivered
+    batch, over the timed part (the queue's close is left out).
+
+    Wraps ``actor_send`` on the system's base object (``LoopDriver._base``, private, wrapped for this run
+    only): the driver and every actor send through it."""
+    counts: Counter[str] = Counter()
+
+    def count(driver: Any) -> Callable[[], None]:
+        base = driver._base
+        inner = base.actor_send
+
+        def actor_send(sender: Any, to: Any, msg: object) -> None:
+            counts[type(msg).__name__] += 1
+            inner(sender, to, msg)
+
+        base.actor_send = actor_send
+
+        def stop() -> None:
+            base.actor_send = inner
+
+        return stop
+
+    record = run_facade_bursts(wl, False, None, count)
+    batches = max(1, record["batches"])
+    return {name: round(n / batches, 3) for name, n in counts.most_common()}
 
 
 # -- main -------------------------------------------------------------------------------------------------

@@ -102,23 +102,54 @@ def test_the_bars_are_reported_as_booleans(report: dict[str, Any]) -> None:
 # -- bench/bench_facade.py --quick: the asyncio API against the plain-asyncio baseline ------------------------
 
 FACADE_SCRIPT = ROOT / "bench" / "bench_facade.py"
+BURST_SCRIPT = ROOT / "bench" / "bench_burst.py"
+DURABLE_SCRIPT = ROOT / "bench" / "bench_durable.py"
 PERSISTENCE_SCRIPT = ROOT / "bench" / "bench_persistence.py"
 SHAPES = ("saturated", "paced", "lateness")
 
 
+def run_quick_with(script: pathlib.Path, *options: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-4000:]}"
+    parsed = json.loads(proc.stdout)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def assert_percentiles(name: str, stats: dict[str, Any]) -> None:
+    assert set(stats) == {"p50", "p99", "max"}, name
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in stats.values()), (name, stats)
+
+
+def assert_stalls(name: str, stalls: dict[str, Any]) -> None:
+    for probe in ("sleep", "call_later"):
+        assert_percentiles(f"{name}.{probe}", stalls[probe])
+    assert isinstance(stalls["p99"], (int, float)), name
+
+
 @pytest.fixture(scope="module")
 def facade_report() -> dict[str, Any]:
-    return run_quick(FACADE_SCRIPT)
+    return run_quick_with(FACADE_SCRIPT, "--profile")
 
 
 def test_the_facade_report_has_every_section(facade_report: dict[str, Any]) -> None:
-    for key in ("env", "params", "baseline", "facade", "ratios", "bars", "bar_values"):
+    for key in ("env", "params", "baseline", "facade", "ratios", "bars", "bar_values", "profile"):
         assert key in facade_report, key
     for key in ("python", "thespian", "cpu_count", "loadavg_at_start", "quick", "repeat"):
         assert key in facade_report["env"], key
     assert facade_report["env"]["quick"] is True
     assert "facade_vs_baseline_saturated_throughput" in facade_report["ratios"]
     assert {"delivery", "core", "handoff"} <= set(facade_report["facade"]["lateness"]["lateness_ms"])
+    for impl in ("baseline", "facade"):
+        for shape in SHAPES:
+            assert facade_report[impl][shape]["cpu_us_per_msg"] > 0, (impl, shape)
+        assert_stalls(impl, facade_report[impl]["saturated"]["stalls_ms"])
 
 
 def test_the_facade_and_the_baseline_deliver_every_message_once_and_in_order(
@@ -131,9 +162,83 @@ def test_the_facade_and_the_baseline_deliver_every_message_once_and_in_order(
 
 def test_the_facade_bars_are_booleans(facade_report: dict[str, Any]) -> None:
     bars = facade_report["bars"]
-    for name in ("throughput_ratio_ge_0_5", "lateness_p99_le_10ms", "every_message_once_in_order", "all_pass"):
+    for name in ("throughput_ratio_ge_0_5", "lateness_p99_le_10ms", "loop_stall_p99_le_10ms",
+                 "every_message_once_in_order", "all_pass"):
         assert isinstance(bars[name], bool), name
     assert bars["every_message_once_in_order"] is True
+
+
+def test_the_profile_counts_the_sends_of_every_batch(facade_report: dict[str, Any]) -> None:
+    profile = facade_report["profile"]
+    saturated = facade_report["params"]["saturated"]
+    assert profile["messages"] == saturated["channels"] * saturated["rounds"] * saturated["burst"]
+    assert len(profile["top_tottime"]) == 15
+    sends = profile["thespian_sends_per_batch"]
+    # every batch costs at least its BatchReady and its ProcessingDone
+    assert sends["run_single_send"] >= 2 and sends["actor_send"] >= 2, sends
+    by_type = profile["sends_per_batch_by_message_type"]
+    assert by_type["BatchReady"] >= 1 and by_type["ProcessingDone"] >= 1, by_type
+
+
+# -- bench/bench_burst.py --quick: 200 channels x 15 messages at once ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def burst_report() -> dict[str, Any]:
+    return run_quick_with(BURST_SCRIPT)
+
+
+def test_the_burst_delivers_ten_then_five_per_channel_once_and_in_order(burst_report: dict[str, Any]) -> None:
+    channels = burst_report["params"]["channels"]
+    for load in ("idle", "busy_core"):
+        for order in ("round_robin", "channel_major"):
+            for impl in ("baseline", "facade"):
+                name = f"{load}.{order}.{impl}"
+                result = burst_report[load][order][impl]
+                assert_delivered_once_in_order(name, result)
+                assert result["expected"] == channels * 15, name
+                assert result["items"] == result["items_expected"] == channels * 2, name
+                assert result["batch_sizes_ok"] is True, name
+                assert result["enqueue_s"] > 0 and result["elapsed_s"] > result["enqueue_s"], name
+            ratios = burst_report[load][order]["ratios"]
+            assert ratios["baseline_vs_facade_elapsed"] > 0, (load, order)
+            assert ratios["facade_vs_baseline_lateness_p99"] is not None, (load, order)
+    bars = burst_report["bars"]
+    assert bars["every_message_once_in_order_10_then_5"] is True
+    assert all(isinstance(value, bool) for value in bars.values())
+
+
+# -- bench/bench_durable.py --quick: durable enqueue against in memory -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def durable_report() -> dict[str, Any]:
+    from redis_support import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found on PATH")
+    return run_quick_with(DURABLE_SCRIPT)
+
+
+def test_durable_enqueue_delivers_every_message_once_in_order_and_leaves_nothing(
+    durable_report: dict[str, Any],
+) -> None:
+    assert durable_report["env"]["redis_config"] == {"appendonly": "yes", "appendfsync": "everysec"}
+    for shape in ("sequential", "concurrent", "enqueue_many"):
+        for mode in ("in_memory", "persisted"):
+            name = f"{shape}.{mode}"
+            result = durable_report[shape][mode]
+            assert result["expected"] > 0, name
+            assert result["delivered"] == result["expected"], name
+            assert result["all_delivered"] is True and result["in_order"] is True, name
+            assert result["duplicates"] == 0, name
+            assert result["acked_msgs_per_s"] > 0, name
+            assert_percentiles(f"{name}.ack", result["ack_latency_ms"])
+            assert_stalls(name, result["stalls_ms"])
+        persisted = durable_report[shape]["persisted"]["redis"]
+        assert persisted["leftover_keys"] == 0, shape
+        assert persisted["evalsha_per_msg"] > 0, shape  # the messages were written through the store's script
+    assert durable_report["bars"]["every_message_once_in_order_nothing_left_in_redis"] is True
 
 
 # -- bench/bench_persistence.py --quick: in memory against Redis persistence ---------------------------------
