@@ -47,7 +47,22 @@ from thespian.system.timing import currentTime
 log = logging.getLogger(__name__)
 
 _Original: Any = simpleSystemBase.ActorSystemBase
-_PendingSend: Any = simpleSystemBase.PendingSend
+
+
+class _Send:
+    """A pending send, as the base's ``PendingSend`` (same attributes), without a ``__dict__``: one object
+    per send instead of two."""
+
+    __slots__ = ("sender", "toActor", "msg", "attempts", "fail_details")
+
+    def __init__(self, sender: Any, msg: Any, toActor: Any) -> None:
+        self.sender = sender
+        self.toActor = toActor
+        self.msg = msg
+        self.attempts = 0
+
+    def __str__(self) -> str:
+        return f"PendingSend(#{self.attempts} {self.sender} -> {self.toActor}: {self.msg})"
 
 
 class _PendingSends(deque[Any]):
@@ -146,7 +161,7 @@ class LeanSimpleBase(_Original):  # type: ignore[misc]
 
     def actor_send(self, fromActor: Any, toActor: Any, msg: Any) -> None:
         # deque.append is atomic: no lock needed to queue a send (the original takes the base's RLock)
-        self._pendingSends.append(_PendingSend(fromActor, msg, toActor))
+        self._pendingSends.append(_Send(fromActor, msg, toActor))
 
     def _runSingleSend(self, ps: Any) -> None:
         msg = ps.msg
