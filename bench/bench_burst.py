@@ -18,7 +18,9 @@ Each order runs on an idle machine and again with ``busy_core``: a child process
     * ``baseline``: :mod:`asyncio_baseline`, its synchronous ``enqueue`` wrapped in an ``async def`` the
       producer awaits, as it awaits the queue's;
     * ``facade``: ``MessageQueue(default_batch_window=0.05, max_batch_size=10)`` with one
-      ``start_processing`` per channel before the clock starts; ``await mq.enqueue(msg)``.
+      ``start_processing`` per channel before the clock starts; ``await mq.enqueue(msg)``;
+    * ``original``: :mod:`original_design`, the original module's in-memory design (a lock, a timer task and
+      a queue per channel), a second yardstick: the one the asyncio API replaces.
 
 They alternate within each repeat (same process; which goes first alternates); ratios are taken per repeat,
 then the median. ``--repeat`` defaults to 3 (``--quick``: 1).
@@ -29,7 +31,8 @@ delivery), ``enqueue_s`` (first to last enqueue: the producer's own time), ``lat
 (``delivery``: callback start minus the due time: the send time of the batch's last message, + the window
 for a batch closed by it), ``in_order`` / ``duplicates`` (every message delivered once, in order per
 channel). Ratios: ``baseline_vs_facade_elapsed`` (baseline time / facade time: above 1 means the queue was
-faster) and ``facade_vs_baseline_lateness_p99``.
+faster) and ``facade_vs_baseline_lateness_p99``; ``original_vs_facade_elapsed`` and
+``facade_vs_original_lateness_p99`` the same against the original design.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from bench_actors import (  # noqa: E402
     summarize,
 )
 from loop_support import busy_core  # noqa: E402
+from original_design import OriginalDesignQueue  # noqa: E402
 
 from message_queue import MessageQueue  # noqa: E402
 from protocol.values import Payload, QueuedMessage, payload_messages  # noqa: E402
@@ -216,7 +220,47 @@ async def _facade(b: Burst, order: str) -> dict[str, Any]:
     return _record(b, plan, sent, deliveries, cpu)
 
 
-IMPLS: dict[str, Callable[[Burst, str], dict[str, Any]]] = {"baseline": run_baseline, "facade": run_facade}
+def run_original(b: Burst, order: str) -> dict[str, Any]:
+    return asyncio.run(_original(b, order))
+
+
+async def _original(b: Burst, order: str) -> dict[str, Any]:
+    plan = b.plan(order)
+    msgs = make_messages(plan)
+    sent = [0.0] * len(msgs)
+    deliveries: list[tuple[float, str, list[int], str, float]] = []
+    done = asyncio.Event()
+    total = len(msgs)
+    state = {"count": 0}
+
+    async def callback(payload: Payload) -> None:
+        batch = payload_messages(payload)
+        reason = "full" if len(batch) >= b.max_batch_size else "window"
+        deliveries.append((mono(), batch[0].channel_id, [seq_of(m) for m in batch], reason, 0.0))
+        state["count"] += len(batch)
+        if state["count"] >= total:
+            done.set()
+
+    with frozen_heap():
+        queue = OriginalDesignQueue(b.window, b.max_batch_size)
+        for c in range(b.channels):
+            await queue.start_processing(channel_name(c), callback)
+        cpu0 = time.process_time()
+        await _produce(plan, msgs, sent, queue.enqueue)
+        try:
+            await asyncio.wait_for(done.wait(), _timeout(b))
+        except asyncio.TimeoutError:
+            pass
+        cpu = time.process_time() - cpu0
+        await queue.close()
+    return _record(b, plan, sent, deliveries, cpu)
+
+
+IMPLS: dict[str, Callable[[Burst, str], dict[str, Any]]] = {
+    "baseline": run_baseline,
+    "facade": run_facade,
+    "original": run_original,
+}
 
 
 def _cases(b: Burst, log: Callable[[str], None], load: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -248,11 +292,19 @@ def _summary(b: Burst, runs: dict[tuple[str, str], list[dict[str, Any]]]) -> dic
             ba._ratio(y["lateness_ms"]["delivery"]["p99"], x["lateness_ms"]["delivery"]["p99"])
             for x, y in zip(base, fac)
         ]
+        orig = runs[("original", order)]
+        orig_elapsed = [ba._ratio(x["elapsed_s"], y["elapsed_s"]) for x, y in zip(orig, fac)]
+        orig_late = [
+            ba._ratio(y["lateness_ms"]["delivery"]["p99"], x["lateness_ms"]["delivery"]["p99"])
+            for x, y in zip(orig, fac)
+        ]
         block["ratios"] = {
             "baseline_vs_facade_elapsed": ba._round(median(elapsed)),
             "runs_baseline_vs_facade_elapsed": elapsed,
             "facade_vs_baseline_lateness_p99": ba._round(median(late)),
             "runs_facade_vs_baseline_lateness_p99": late,
+            "original_vs_facade_elapsed": ba._round(median(orig_elapsed)),
+            "facade_vs_original_lateness_p99": ba._round(median(orig_late)),
         }
         out[order] = block
     return out
