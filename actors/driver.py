@@ -14,8 +14,7 @@ matches a reply to its command without correlation ids. Outputs produced by a co
 
 Between commands the thread blocks on its inbox until the earliest pending Thespian wakeup is due, then
 fires the due wakeups and runs what they send: an idle system costs no CPU and a due timer fires on time.
-This reads three internals of the simple base (``_next_wakeup``, ``_realizeWakeups``, ``_runSends``, present
-in Thespian 4.0); if they are missing it falls back to polling every ``poll_interval`` seconds.
+It runs the simple base through the API of :class:`actors.thespian_compat.LeanSimpleBase`.
 """
 
 from __future__ import annotations
@@ -28,14 +27,12 @@ from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Union
-
-from thespian.actors import ActorSystemMessage
-from thespian.system import isInternalActorSystemMessage
+from typing import TYPE_CHECKING, Callable, Union
 
 from actors.internal import ConfigureSystem, EnqueueChecked
 from actors.io import ThreadIo
 from actors.system import SIMPLE_BASE, RunningSystem, launch_system, restored_channels
+from actors.thespian_compat import LeanSimpleBase, PrivateEndpoint, lean_base
 from protocol.limits import validate_message
 from protocol.messages import (
     BatchReady,
@@ -87,11 +84,7 @@ class DriverStopped(RuntimeError):
 
 
 class InProcessDriver:
-    """Owns a ``simpleSystemBase`` actor system and the one thread that runs it.
-
-    ``poll_interval`` bounds how late a due timer can fire while no command arrives (seconds), when the
-    system's wakeup list cannot be read; otherwise timers fire when due.
-    """
+    """Owns a ``simpleSystemBase`` actor system and the one thread that runs it."""
 
     def __init__(
         self,
@@ -99,7 +92,6 @@ class InProcessDriver:
         settings: BatchSettings | None = None,
         *,
         idle_timeout: float = 60.0,
-        poll_interval: float = 0.001,
         redis_url: str = "",
         allow_volatile_redis: bool = False,
     ) -> None:
@@ -108,7 +100,6 @@ class InProcessDriver:
         self._allow_volatile_redis = allow_volatile_redis
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
-        self._poll = poll_interval
         self._inbox: queue.SimpleQueue[Command | Stop | Accepted] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -117,9 +108,9 @@ class InProcessDriver:
         self._system: RunningSystem | None = None
         self._stopping = False
         self._start_timeout = 10.0
+        self._base: LeanSimpleBase | None = None
         self._callers: _Callers | None = None
         self._deferred: _DeferredTells | None = None
-        self._responses: _Responses | None = None
         self._io = ThreadIo(lambda to, msg: self._inbox.put(Command(msg, None, to)))
 
     # -- any thread ------------------------------------------------------------------------------------------
@@ -226,16 +217,15 @@ class InProcessDriver:
         self._started.set()
         system = self._system
         asys, supervisor = system.asys, system.supervisor
-        timers = _SimpleBaseTimers.find(asys)
-        self._callers = _Callers.find(asys)
-        self._deferred = _DeferredTells.find(asys)
-        self._responses = _Responses.find(asys)
+        base = self._base = lean_base(asys)
+        self._callers = _Callers(base)
+        self._deferred = _DeferredTells(base)
         pending: list[Accepted] = []
         try:
             while True:
                 item: Command | Stop | Accepted | None
                 try:
-                    item = self._inbox.get(timeout=self._poll if timers is None else timers.wait_time())
+                    item = self._inbox.get(timeout=self._wait_time(base))
                 except queue.Empty:
                     item = None
                 stop = False
@@ -259,13 +249,10 @@ class InProcessDriver:
                 if stop:
                     return
                 # Fire due timers (Timer's wakeup) and collect what they produced.
-                if timers is None:
-                    self._collect(asys.listen(self._poll / 10), None, asys)
-                else:
-                    timers.fire()
-                    self._collect(None, None, asys)
-                if self._callers is not None:
-                    self._callers.resolve()
+                base.realize_wakeups()
+                base.run_sends()
+                self._collect(None, None, asys)
+                self._callers.resolve()
         finally:
             self._alive = False
             self._stopping = True
@@ -274,6 +261,12 @@ class InProcessDriver:
                 self._callers.fail_all()
             system.shutdown()
             io.shutdown(wait=False)
+
+    @staticmethod
+    def _wait_time(base: LeanSimpleBase) -> float:
+        """Seconds until the earliest pending wakeup is due (at most ``_IDLE_WAIT``)."""
+        due = base.next_wakeup_in()
+        return _IDLE_WAIT if due is None else min(_IDLE_WAIT, max(0.0, due))
 
     def _fail_pending(self) -> None:
         """Fail the futures of commands that will never run."""
@@ -338,7 +331,7 @@ class InProcessDriver:
         with the first response that is not an output."""
         reply: object = None
         response = first
-        waiting = self._responses.take() if asys is not None and self._responses is not None else None
+        waiting = deque(self._base.take_responses()) if asys is not None and self._base is not None else None
         while True:
             if response is not None:
                 if isinstance(response, _OUTPUTS):
@@ -369,151 +362,57 @@ class InProcessDriver:
             log.exception("on_output failed on %s for channel %r", type(output).__name__, output.channel_id)
 
 
-@dataclass(frozen=True, slots=True)
-class _SimpleBaseTimers:
-    """The simple base's wakeup internals: when the next wakeup is due, and firing the due ones."""
-
-    next_wakeup: Callable[[], object]
-    realize: Callable[[], None]
-    run_sends: Callable[[], None]
-
-    @classmethod
-    def find(cls, asys: object) -> _SimpleBaseTimers | None:
-        base = getattr(asys, "_systemBase", None)
-        hooks = [getattr(base, name, None) for name in ("_next_wakeup", "_realizeWakeups", "_runSends")]
-        if not all(callable(hook) for hook in hooks):
-            log.info("Thespian's simple base has no readable wakeup list; the driver polls for timers")
-            return None
-        return cls(*hooks)  # type: ignore[arg-type]
-
-    def wait_time(self) -> float:
-        """Seconds until the earliest pending wakeup is due (``_IDLE_WAIT`` when none is pending)."""
-        timer = self.next_wakeup()
-        if timer is None:
-            return _IDLE_WAIT
-        remaining = float(timer.view().remainingSeconds())  # type: ignore[attr-defined]
-        return min(_IDLE_WAIT, max(0.0, remaining))
-
-    def fire(self) -> None:
-        """Queue every due wakeup and run all pending sends to completion."""
-        self.realize()
-        self.run_sends()
-
-
-def _own_endpoint(asys: object) -> tuple[Any, Any]:
-    """The simple base and its ``System:ExternalRequester`` entry (the endpoint of ``tell``/``ask`` from
-    outside the system, the driver's own), or None for either that cannot be read."""
-    base = getattr(asys, "_systemBase", None)
-    registry = getattr(base, "actorRegistry", None)
-    return base, (registry.get("System:ExternalRequester") if registry else None)
-
-
-class _Responses:
-    """The driver's own endpoint (the simple base's ``System:ExternalRequester``), read directly: what the
-    actors sent it since the last :meth:`take`, without one ``listen`` call (and its send loop) per
-    response. Only valid once every pending send has run, which is so after ``tell`` and after firing
-    timers."""
-
-    def __init__(self, endpoint: Any) -> None:
-        self._endpoint = endpoint
-
-    @classmethod
-    def find(cls, asys: object) -> _Responses | None:
-        _, endpoint = _own_endpoint(asys)
-        if getattr(endpoint, "instance", None) is None:
-            return None
-        return cls(endpoint)
-
-    def take(self) -> deque[object]:
-        instance = self._endpoint.instance
-        responses = getattr(instance, "responses", None)
-        if not responses:
-            return deque()
-        instance.responses = []
-        return deque(r for r in responses if not isInternalActorSystemMessage(r))
-
-
 class _Callers:
-    """One private endpoint per :meth:`InProcessDriver.call` (the simple base's ``external_clone``), polled
-    for its reply; the driver's own endpoint stays the processor and observer."""
+    """One private endpoint per :meth:`InProcessDriver.call`, polled for its reply; the driver's own endpoint
+    stays the processor and observer."""
 
-    def __init__(self, base: Any, own_address: ActorAddress) -> None:
+    def __init__(self, base: LeanSimpleBase) -> None:
         self._base = base
-        self._own = own_address
-        self._waiting: list[tuple[Any, Future[object]]] = []
+        self._own = base.external_address()
+        self._waiting: list[tuple[PrivateEndpoint, Future[object]]] = []
 
-    @classmethod
-    def find(cls, asys: object) -> _Callers | None:
-        base, endpoint = _own_endpoint(asys)
-        own = getattr(endpoint, "address", None)
-        if not callable(getattr(base, "external_clone", None)) or own is None:
-            log.info("Thespian's simple base has no private endpoints; call() matches replies by order")
-            return None
-        return cls(base, own)
-
-    def send(self, supervisor: object, msg: object, future: Future[object]) -> None:
+    def send(self, target: ActorAddress, msg: object, future: Future[object]) -> None:
         if isinstance(msg, StartProcessing) and msg.processor is None:
             msg = replace(msg, processor=self._own)
         elif isinstance(msg, Observe) and msg.observer is None:
             msg = replace(msg, observer=self._own)
-        caller = self._base.external_clone()
+        caller = self._base.private_endpoint()
         self._waiting.append((caller, future))
-        caller.tell(supervisor, msg)
-        self._base._runSends()
+        caller.tell(target, msg)
+        self._base.run_sends()
 
     def resolve(self) -> None:
         """Resolve every call whose reply has arrived."""
         still = []
         for caller, future in self._waiting:
-            reply = _first_reply(caller)
+            reply = caller.reply()
             if reply is None:
                 still.append((caller, future))
                 continue
-            caller.exit_context()
+            caller.close()
             future.set_result(reply)
         self._waiting = still
 
     def fail_all(self) -> None:
         for caller, future in self._waiting:
-            caller.exit_context()
+            caller.close()
             future.set_exception(DriverStopped("the actor system driver stopped before the reply came"))
         self._waiting = []
 
 
-def _first_reply(caller: Any) -> object:
-    inbox = caller.my_instance.rcvq
-    while True:
-        try:
-            reply = inbox.get_nowait()
-        except queue.Empty:
-            return None
-        if not isinstance(reply, ActorSystemMessage):
-            return reply
-
-
 class _DeferredTells:
-    """Fire-and-forget tells queued on the simple base without running them (``tell`` runs every send to
-    completion at once); :meth:`run` runs them all. Reads ``actor_send``, ``_realizeWakeups`` and
-    ``_runSends`` of the simple base; without them each tell runs at once."""
+    """Fire-and-forget tells queued from the driver's endpoint without running them (``tell`` runs every send
+    to completion at once); :meth:`run` runs them all."""
 
-    def __init__(self, base: Any, own_address: ActorAddress) -> None:
+    def __init__(self, base: LeanSimpleBase) -> None:
         self._base = base
-        self._own = own_address
+        self._own = base.external_address()
         self._count = 0
 
-    @classmethod
-    def find(cls, asys: object) -> _DeferredTells | None:
-        base, endpoint = _own_endpoint(asys)
-        own = getattr(endpoint, "address", None)
-        hooks = [getattr(base, name, None) for name in ("actor_send", "_realizeWakeups", "_runSends")]
-        if own is None or not all(callable(hook) for hook in hooks):
-            return None
-        return cls(base, own)
-
-    def tell(self, target: object, msg: object) -> int:
-        """Queue ``msg`` to ``target`` from the driver's endpoint; return how many are queued."""
-        self._base._realizeWakeups()  # as tell does: due wakeups go before this message
-        self._base.actor_send(self._own, target, msg)
+    def tell(self, target: ActorAddress, msg: object) -> int:
+        """Queue ``msg`` to ``target``; return how many are queued."""
+        self._base.realize_wakeups()  # as tell does: due wakeups go before this message
+        self._base.send(self._own, target, msg)
         self._count += 1
         return self._count
 
@@ -522,5 +421,5 @@ class _DeferredTells:
         if not self._count:
             return False
         self._count = 0
-        self._base._runSends()
+        self._base.run_sends()
         return True

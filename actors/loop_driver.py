@@ -21,8 +21,8 @@ On ``simpleSystemBase`` an actor runs only when its driver runs the system's pen
 * **Blocking I/O** (persistence's Redis calls) runs on an :class:`~actors.io.ThreadIo` thread; outcomes are
   posted back with ``loop.call_soon_threadsafe``.
 
-Reads Thespian internals of the simple base: its pending-send deque (``actors.simple_base`` installs it), its
-registry of actors (to add endpoints), ``_runSingleSend``, ``_realizeWakeups`` and ``_wakeUps``.
+It runs the simple base through the API of :class:`actors.thespian_compat.LeanSimpleBase`, the one place that
+reads Thespian's internals.
 """
 
 from __future__ import annotations
@@ -34,13 +34,11 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemMessage
-from thespian.system.simpleSystemBase import ActorRef
-from thespian.system.timing import currentTime
 
 from actors.internal import Clock, ConfigureSystem, EnqueueChecked, Tick
 from actors.io import ThreadIo
-from actors.simple_base import LeanSimpleBase
 from actors.system import SIMPLE_BASE, RunningSystem, launch_system, restored_channels
+from actors.thespian_compat import LeanSimpleBase, lean_base
 from protocol.messages import (
     BatchReady,
     CancelProcessing,
@@ -52,9 +50,6 @@ from protocol.messages import (
 )
 from protocol.values import BatchSettings, QueuedMessage
 
-if TYPE_CHECKING:
-    from thespian.system.simpleSystemBase import PendingSend
-
 log = logging.getLogger(__name__)
 
 Output = Union[BatchReady, CancelProcessing, QueueChanged, ChannelPassivated]
@@ -63,7 +58,6 @@ _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged, ChannelPassivated)
 _CHUNK_CHANNELS = 256  # channels per EnqueueChecked: the Supervisor sends each one EnqueueStamped
 _CHUNK_MESSAGES = 2048  # messages per EnqueueChecked: bounds the work of one handler
 _TURN_SECONDS = 0.002  # a turn runs sends for about this long, then lets the loop serve others
-_CHECK_EVERY = 16  # sends between two readings of the turn's clock
 
 
 class DriverStopped(RuntimeError):
@@ -75,14 +69,6 @@ class _State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-class _Endpoint:
-    """Stands in the simple base's registry as an actor whose messages go to ``receive``."""
-
-    def __init__(self, receive: Callable[[object, ActorAddress], None]) -> None:
-        self.receiveMessage = receive
-        self._receive = receive  # the simple base's path for system messages
 
 
 class LoopDriver:
@@ -113,7 +99,7 @@ class LoopDriver:
         self._turn_seconds = turn_seconds
         self._state = _State.NEW
         self._system: RunningSystem | None = None
-        self._base: Any = None
+        self._base: LeanSimpleBase | None = None
         self._address = ActorAddress("System:LoopDriver")
         self._supervisor: ActorAddress | None = None
         self._io: ThreadIo | None = ThreadIo(self.post) if redis_url else None
@@ -139,19 +125,14 @@ class LoopDriver:
             InvalidSettings, UnsafeRedis, RedisDataLost, StoreLocked, StoreUnavailable: as the Supervisor
                 reports (the system is stopped again).
             Timeout: if the Supervisor does not answer within ``timeout`` seconds.
-            RuntimeError: if Thespian's simple base cannot be driven from a loop (its internals changed).
+            ThespianChanged: if Thespian's simple base is not what actors.thespian_compat was written for.
         """
         if self._state is not _State.NEW:
             raise RuntimeError(f"LoopDriver.start in state {self._state.value}")
         system = self._system = launch_system(SIMPLE_BASE)
-        base = system.asys._systemBase
-        if type(base) is not LeanSimpleBase:
-            system.shutdown()
-            self._state = _State.STOPPED
-            raise RuntimeError("Thespian's simple base changed shape: the loop driver cannot run it")
-        self._base = base
+        base = self._base = lean_base(system.asys)
         self._supervisor = system.supervisor
-        self._register(self._address, self._received)
+        base.add_endpoint(self._address, self._received)
         self._state = _State.RUNNING
         configure = ConfigureSystem(
             self._settings,
@@ -194,11 +175,12 @@ class LoopDriver:
             return
         self._state = _State.STOPPING
         try:
+            base = self._required_base()
             self._inject()
-            self._run(None)
+            base.run_pending()
             # Asked to exit, the Supervisor's children (channels, RedisPersistence) run their exit hooks.
             self._send(system.supervisor, ActorExitRequest())
-            self._run(None)
+            base.run_pending()
             system.asys.shutdown()
         finally:
             self._state = _State.STOPPED
@@ -285,7 +267,7 @@ class LoopDriver:
         self._in_turn = True
         try:
             self._inject()
-            self._run(None)
+            self._required_base().run_pending()
         finally:
             self._in_turn = False
         self._arm()
@@ -309,6 +291,7 @@ class LoopDriver:
         self._scheduled = False
         if self._state is not _State.RUNNING:
             return
+        base = self._required_base()
         self._in_turn = True
         try:
             self._inject()
@@ -318,8 +301,8 @@ class LoopDriver:
                     self._alarm_at = None
                     assert self._timer is not None
                     self._send(self._timer, Tick(now))
-            self._base._realizeWakeups()
-            done = self._run(self._turn_seconds)
+            base.realize_wakeups()
+            done = base.run_pending(self._turn_seconds)
         finally:
             self._in_turn = False
         if not done and not self._scheduled:
@@ -331,24 +314,6 @@ class LoopDriver:
         if not self._scheduled:
             self._turn()
 
-    def _run(self, seconds: float | None) -> bool:
-        """Run pending sends, for about ``seconds`` (None: until none is left); True when none is left."""
-        pending = self._base._pendingSends
-        run_one: Callable[[PendingSend], None] = self._base._runSingleSend
-        if seconds is None:
-            while pending:
-                run_one(pending.popleft())
-            return True
-        clock = time.perf_counter
-        until = clock() + seconds
-        count = 0
-        while pending:
-            run_one(pending.popleft())
-            count += 1
-            if count % _CHECK_EVERY == 0 and clock() >= until:
-                return not pending
-        return True
-
     def _arm(self) -> None:
         """One loop.call_at for the earliest of the Timer's alarm and Thespian's pending wakeups."""
         if self._state is not _State.RUNNING:
@@ -356,10 +321,8 @@ class LoopDriver:
         delay: float | None = None
         if self._alarm_at is not None:
             delay = self._alarm_at - self._clock()
-        wakeups = self._base._wakeUps
-        if wakeups:
-            due = min(timer._time_to_quit for _, timer, _ in wakeups if timer._time_to_quit is not None)
-            thespian = due - currentTime()
+        thespian = self._required_base().next_wakeup_in()
+        if thespian is not None:
             delay = thespian if delay is None else min(delay, thespian)
         if delay is None:
             return
@@ -414,8 +377,13 @@ class LoopDriver:
         assert self._supervisor is not None
         return self._supervisor
 
+    def _required_base(self) -> LeanSimpleBase:
+        if self._base is None:
+            raise DriverStopped("the actor system driver is not running")
+        return self._base
+
     def _send(self, to: ActorAddress, msg: object, sender: ActorAddress | None = None) -> None:
-        self._base.actor_send(sender or self._address, to, msg)
+        self._required_base().send(sender or self._address, to, msg)
 
     def _posted(self, to: ActorAddress, msg: object) -> None:
         if self._state is not _State.RUNNING:
@@ -425,29 +393,23 @@ class LoopDriver:
         if not self._scheduled:
             self._schedule()
 
-    def _register(self, address: ActorAddress, receive: Callable[[object, ActorAddress], None]) -> None:
-        system = self._system
-        assert system is not None
-        ref = ActorRef(system.asys, system.asys._systemBase.system.systemAddress, address, _Endpoint(receive))
-        self._base.actorRegistry[address.actorAddressString] = ref
-
     def _endpoint_for(self, future: asyncio.Future[object]) -> ActorAddress:
         """An address whose first reply resolves ``future``; it is gone from the registry after that."""
         self._call_seq += 1
         name = f"System:LoopCall:{self._call_seq}"
         address = ActorAddress(name)
-        registry = self._base.actorRegistry
+        base = self._required_base()
         self._calls[name] = future
 
         def receive(msg: object, sender: ActorAddress) -> None:
             if isinstance(msg, ActorSystemMessage):
                 return
-            registry.pop(name, None)
+            base.remove_endpoint(address)
             waiting = self._calls.pop(name, None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(msg)
 
-        self._register(address, receive)
+        base.add_endpoint(address, receive)
         return address
 
     def _received(self, msg: object, sender: ActorAddress) -> None:

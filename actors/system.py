@@ -2,7 +2,7 @@
 
 Supported bases:
     * ``simpleSystemBase`` (default): every actor runs in the calling thread, no sockets, fastest (with the
-      leaner message loop of :mod:`actors.simple_base`).
+      leaner message loop of :mod:`actors.thespian_compat`).
     * ``multiprocTCPBase``: one OS process per actor, talking over TCP. It binds every interface and
       unpickles whatever reaches its ports, so only use it on a host whose ports are not reachable by
       untrusted parties (a firewall, a private network namespace). Its processes end when the process that
@@ -23,7 +23,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
-from actors import simple_base, watchdog
+from actors import thespian_compat, watchdog
 from actors.internal import Clock, ConfigureSystem, SystemConfigured
 from actors.procfs import alive as alive
 from actors.procfs import children, parent, session_members, wait_exit
@@ -126,34 +126,6 @@ def _accepts_connections(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _close_tcp_sockets_on_close() -> None:
-    """Make Thespian's ``TCPTransport.close`` close the sockets it holds. Idempotent.
-
-    In Thespian 4.0.1, ``close`` forgets the connections it keeps open for reuse, and the static
-    ``_safeSocketShutdown`` it calls for its listening socket never closes it (its guard
-    ``isinstance(socket.error, Exception)`` is always False). So every external ``createActor`` and every
-    ``ActorSystem.shutdown()`` left sockets for the garbage collector to close, each with a
-    ``ResourceWarning``. The module's function of the same name does the job right.
-    """
-    from thespian.system.transport import TCPTransport as tcp
-
-    transport = tcp.TCPTransport
-    if getattr(transport.close, "closes_sockets", False):
-        return
-    original = transport.close
-
-    def close(self: Any) -> None:
-        kept = getattr(self, "_openSockets", {})
-        for idle in list(kept.values()):
-            tcp._safeSocketShutdown(idle)
-        kept.clear()
-        original(self)
-
-    close.closes_sockets = True  # type: ignore[attr-defined]
-    transport.close = close
-    transport._safeSocketShutdown = staticmethod(tcp._safeSocketShutdown)
-
-
 def start_system(
     base: str = SIMPLE_BASE,
     settings: BatchSettings | None = None,
@@ -214,7 +186,7 @@ def launch_system(base: str = SIMPLE_BASE, *, admin_port: int | None = None) -> 
                 f"admin port must be free for a new actor system, got {port}, where something accepts "
                 "connections (another node's actor system, or one still exiting)"
             )
-        _close_tcp_sockets_on_close()
+        thespian_compat.close_tcp_sockets_on_close()
         capabilities["Admin Port"] = port
     before = set(children(os.getpid()))
     if base == TCP_BASE:
@@ -222,7 +194,7 @@ def launch_system(base: str = SIMPLE_BASE, *, admin_port: int | None = None) -> 
             asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
     else:
         asys = ActorSystem(base, capabilities, logDefs=_LOG_DEFS, transientUnique=True)
-        simple_base.install(asys)
+        thespian_compat.lean_base(asys)
     sessions = sorted(set(children(os.getpid())) - before) if base == TCP_BASE else []
     # the session leader (the daemonizing child) may not have finished exiting: it is never the admin
     members = {pid for session in sessions for pid in session_members(session)} - set(sessions)

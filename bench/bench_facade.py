@@ -328,11 +328,11 @@ def _med(values: list[float | None]) -> float | None:
 
 SENDS = {
     # The simple base's send loop: every message handed to an actor or an endpoint passes it once.
-    "run_single_send": ("actors/simple_base.py", "_runSingleSend", None),
-    # Every send made, by an actor (self.send) or by the loop driver: the simple base's actor_send.
-    "actor_send": ("simpleSystemBase.py", "actor_send", 566),
-    # Of those, the ones an actor made (its ActorRef's actor_send forwards to the base's).
-    "actor_send_by_actors": ("simpleSystemBase.py", "actor_send", 99),
+    "run_single_send": ("actors/thespian_compat.py", "_runSingleSend", None),
+    # Every send an actor made (self.send -> its ActorRef's actor_send -> the lean base's actor_send).
+    "actor_send": ("actors/thespian_compat.py", "actor_send", None),
+    # Every send the loop driver made (enqueues, ticks, replies): the lean base's send.
+    "driver_send": ("actors/thespian_compat.py", "send", None),
 }
 
 
@@ -388,22 +388,26 @@ def count_sends_by_type(wl: Bursts) -> dict[str, float]:
     """Another facade run (not profiled) counting the simple base's sends by message type, per delivered
     batch, over the timed part (the queue's close is left out).
 
-    Wraps ``actor_send`` on the system's base object (``LoopDriver._base``, private, wrapped for this run
-    only): the driver and every actor send through it."""
+    Wraps ``actor_send`` (every actor's sends) and ``send`` (the driver's) on the system's base object
+    (``LoopDriver._base``, private, wrapped for this run only)."""
     counts: Counter[str] = Counter()
 
     def count(driver: Any) -> Callable[[], None]:
         base = driver._base
-        inner = base.actor_send
+        inner_actor_send, inner_send = base.actor_send, base.send
 
         def actor_send(sender: Any, to: Any, msg: object) -> None:
             counts[type(msg).__name__] += 1
-            inner(sender, to, msg)
+            inner_actor_send(sender, to, msg)
 
-        base.actor_send = actor_send
+        def send(sender: Any, to: Any, msg: object) -> None:
+            counts[type(msg).__name__] += 1
+            inner_send(sender, to, msg)
+
+        base.actor_send, base.send = actor_send, send
 
         def stop() -> None:
-            base.actor_send = inner
+            del base.actor_send, base.send  # back to the class's methods
 
         return stop
 

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 import pytest
 from thespian.actors import Actor, ActorAddress, ActorExitRequest, ActorSystem, ChildActorExited
 
-from actors import simple_base
-from actors.simple_base import _Children
+from actors import thespian_compat as simple_base
+from actors.thespian_compat import _Children
 
 TIMEOUT = 5.0
 

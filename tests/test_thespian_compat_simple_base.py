@@ -1,4 +1,4 @@
-"""The leaner message loop of actors.simple_base keeps the simple base's semantics: failures are retried and
+"""The leaner message loop of actors.thespian_compat keeps the simple base's semantics: failures are retried and
 end as PoisonMessage, system messages and wakeups behave as before, dead targets swallow messages."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from thespian.actors import Actor, ActorExitRequest, ActorSystem, PoisonMessage, WakeupMessage
 from thespian.system import simpleSystemBase
 
-from actors import simple_base
-from actors.simple_base import LeanSimpleBase
+from actors import thespian_compat as simple_base
+from actors.thespian_compat import LeanSimpleBase
 
 TIMEOUT = 5.0
 

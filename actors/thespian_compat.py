@@ -1,14 +1,21 @@
-"""A leaner message loop for Thespian's ``simpleSystemBase``, for the messages this project sends.
+"""Every use of Thespian's internals, in one module, written against the Thespian version pinned in setup.cfg
+(``thespian==4.0.1``). ``tests/test_thespian_compat.py`` checks the shape of each internal used here and fails
+loudly, naming it, when an upgrade changes one: upgrading Thespian means reading this module and that test.
 
-Thespian's simple base spends about 8 µs on every send between two actors that do nothing (measured on
-these machines, Thespian 4.0): for each message it partitions the whole wakeup list, runs
-``logging.getLogger`` to log at debug level, and checks the message against half a dozen system types; and
-it takes each pending send with ``list.pop(0)``, which moves the whole list (thousands of entries when the
-Timer wakes every channel at once). At about eight sends per delivered batch that was more than half of the
-actor thread's time.
+What it holds:
 
-:class:`LeanSimpleBase` overrides two of its methods, and :func:`install` gives it a deque of pending sends
-whose ``pop(0)`` takes the head at once (everything else only appends to that list or iterates it):
+* :class:`LeanSimpleBase`, a leaner message loop for the simple base, and :func:`install`, which switches a
+  started simple-base system to it (raising :class:`ThespianChanged` if the base is not what it expects);
+* the small API the drivers run the system through (:meth:`LeanSimpleBase.send`, :meth:`~LeanSimpleBase.run_one`,
+  :meth:`~LeanSimpleBase.realize_wakeups`, :meth:`~LeanSimpleBase.next_wakeup_in`,
+  :meth:`~LeanSimpleBase.add_endpoint`, :meth:`~LeanSimpleBase.take_responses`, ...);
+* :func:`close_tcp_sockets_on_close`, a fix to the TCP transport's ``close``.
+
+The lean loop. Thespian's simple base spends about 8 µs on every send between two actors that do nothing
+(measured on these machines, Thespian 4.0): for each message it partitions the whole wakeup list, runs
+``logging.getLogger`` to log at debug level, and checks the message against half a dozen system types; it
+takes each pending send with ``list.pop(0)``, which moves the whole list (thousands of entries when the
+Timer wakes every channel at once); and it inspects the signature of an actor's class on every spawn.
 
 * ``_realizeWakeups`` returns at once unless some pending wakeup has expired (a scan of expiry times,
   without building new lists); otherwise it runs the original.
@@ -17,8 +24,10 @@ whose ``pop(0)`` takes the head at once (everything else only appends to that li
   the attempt counted and the message queued again, so a second failure still becomes a ``PoisonMessage``
   through the original path. System messages (exit requests, child exits, wakeups, poison, dead letters,
   status), retries and unknown targets all take the original path.
+* ``actor_send`` queues a slotted object without taking the base's lock; pending sends are a deque.
+* A spawn of a plain actor class (no requirements, a no-argument ``__init__``) skips the signature inspection.
 
-The same send then costs about 3.3 µs, and a long run of pending sends no longer takes quadratic time.
+The same send then costs about 3 µs, and a long run of pending sends no longer takes quadratic time.
 
 It also keeps the base's bookkeeping of actors that exit in O(1) each, so that channels can come and go by
 the hundred thousand (see ``_Children``, ``_killActor`` and ``_forget_exited``): the original finds an exited
@@ -26,8 +35,6 @@ child in its parent's list of children with ``list.index`` (a scan of every live
 registry entry for every actor that ever exited, and leaves each exited actor in a reference cycle with its
 bound ``_receive`` and its ``ActorRef``, so that only a full collection of the garbage collector frees it
 (pauses of 150-240 ms with 20,000 channels passivating).
-:func:`install` switches a running simple-base system to it by changing the class of its base object, and
-does nothing for any other base, or for a Thespian whose simple base lacks the methods replaced here.
 """
 
 from __future__ import annotations
@@ -40,8 +47,12 @@ import types
 from collections import deque
 from typing import Any
 
-from thespian.actors import ActorSystemMessage, ChildActorExited
-from thespian.system import simpleSystemBase
+import queue
+import time
+from typing import Callable
+
+from thespian.actors import ActorAddress, ActorSystemMessage, ChildActorExited
+from thespian.system import isInternalActorSystemMessage, simpleSystemBase
 from thespian.system.timing import currentTime
 
 log = logging.getLogger(__name__)
@@ -77,7 +88,10 @@ class _PendingSends(deque[Any]):
         return value
 
 
-_REPLACED = ("_realizeWakeups", "_runSends", "_runSingleSend", "_callActorWithMessage", "actor_send")
+_REPLACED = (
+    "_realizeWakeups", "_runSends", "_runSingleSend", "_callActorWithMessage", "actor_send", "external_clone",
+)
+_STATE = ("_wakeUps", "actorRegistry", "_private_lock", "_pendingSends", "procLimit", "system")
 
 
 class _Children:
@@ -143,8 +157,83 @@ def _track_children(ref: Any) -> None:
         ref.__class__ = _ActorRef
 
 
+class ThespianChanged(RuntimeError):
+    """An internal of Thespian this project relies on is not what the pinned version has."""
+
+
+_EXTERNAL = "System:ExternalRequester"  # the simple base's endpoint of tell/ask/listen from outside
+
+
 class LeanSimpleBase(_Original):  # type: ignore[misc]
-    """``simpleSystemBase`` with a fast path for ordinary messages and for the no-wakeup-due case."""
+    """``simpleSystemBase`` with a fast path for ordinary messages and for the no-wakeup-due case, and the
+    API the drivers run it through."""
+
+    # -- the drivers' API ---------------------------------------------------------------------------------
+
+    def send(self, sender: ActorAddress, to: ActorAddress, msg: object) -> None:
+        """Queue ``msg`` from ``sender`` to ``to``; nothing runs until the pending sends are run."""
+        self._pendingSends.append(_Send(sender, msg, to))
+
+    def run_pending(self, seconds: float | None = None) -> bool:
+        """Run pending sends (and all they cause) for about ``seconds`` (None: until none is left); True when
+        none is left. Wakeups are not realized here (see :meth:`realize_wakeups`)."""
+        pending = self._pendingSends
+        run_one = self._runSingleSend
+        if seconds is None:
+            while pending:
+                run_one(pending.popleft())
+            return True
+        clock = time.perf_counter
+        until = clock() + seconds
+        count = 0
+        while pending:
+            run_one(pending.popleft())
+            count += 1
+            if count % 16 == 0 and clock() >= until:
+                return not pending
+        return True
+
+    def realize_wakeups(self) -> None:
+        """Queue a ``WakeupMessage`` for every Thespian wakeup that is due."""
+        self._realizeWakeups()
+
+    def next_wakeup_in(self) -> float | None:
+        """Seconds until the earliest pending Thespian wakeup is due (None: none is pending)."""
+        dues = [timer._time_to_quit for _, timer, _ in self._wakeUps if timer._time_to_quit is not None]
+        return min(dues) - currentTime() if dues else None
+
+    def add_endpoint(self, address: ActorAddress, receive: Callable[[object, ActorAddress], None]) -> None:
+        """Register ``address`` as an actor whose every message (system ones included) goes to ``receive``."""
+        system = self.system
+        ref = simpleSystemBase.ActorRef(system, system.systemAddress, address, _Endpoint(receive))
+        self.actorRegistry[address.actorAddressString] = ref
+
+    def remove_endpoint(self, address: ActorAddress) -> None:
+        self.actorRegistry.pop(address.actorAddressString, None)
+
+    def external_address(self) -> ActorAddress:
+        """The address of ``tell``/``ask`` from outside the system."""
+        return self.actorRegistry[_EXTERNAL].address
+
+    def take_responses(self) -> list[object]:
+        """What actors sent the outside endpoint since the last call (system messages left out), in order,
+        without a ``listen`` (and its send loop) per response. Valid once every pending send has run."""
+        instance = self.actorRegistry[_EXTERNAL].instance
+        responses = getattr(instance, "responses", None)
+        if not responses:
+            return []
+        instance.responses = []
+        return [r for r in responses if not isInternalActorSystemMessage(r)]
+
+    def private_endpoint(self) -> PrivateEndpoint:
+        """A new endpoint of its own (for one call's reply)."""
+        return PrivateEndpoint(self.external_clone())
+
+    def run_sends(self) -> None:
+        """Run every pending send to completion (wakeups due meanwhile included), as ``tell`` does."""
+        self._runSends()
+
+    # -- the lean loop ------------------------------------------------------------------------------------
 
     def _realizeWakeups(self) -> None:
         wakeups = self._wakeUps
@@ -253,20 +342,72 @@ def _plain_actor_class(actor_class: Any) -> bool:
     return parameters == ["self"]
 
 
+class _Endpoint:
+    """Stands in the simple base's registry as an actor whose messages go to ``receive``."""
+
+    def __init__(self, receive: Callable[[object, ActorAddress], None]) -> None:
+        self.receiveMessage = receive
+        self._receive = receive  # the base's path for system messages
+
+
+class PrivateEndpoint:
+    """An endpoint of its own in a simple-base system (Thespian's ``ActorSystemPrivate``)."""
+
+    def __init__(self, clone: Any) -> None:
+        self._clone = clone
+
+    def tell(self, to: ActorAddress, msg: object) -> None:
+        """Queue ``msg`` to ``to`` and run the pending sends."""
+        self._clone.tell(to, msg)
+
+    def reply(self) -> object:
+        """The first message this endpoint got that is not a system message, or None (without waiting)."""
+        inbox = self._clone.my_instance.rcvq
+        while True:
+            try:
+                message = inbox.get_nowait()
+            except queue.Empty:
+                return None
+            if not isinstance(message, ActorSystemMessage):
+                return message
+
+    def close(self) -> None:
+        self._clone.exit_context()
+
+
+def lean_base(asys: object) -> LeanSimpleBase:
+    """The :class:`LeanSimpleBase` of ``asys``, a started simple-base ``ActorSystem`` (installed if needed).
+
+    Raises:
+        ThespianChanged: if its base is not the simple base this module was written against.
+    """
+    if not install(asys):
+        raise ThespianChanged("the actor system does not run Thespian's simpleSystemBase")
+    base: LeanSimpleBase = asys._systemBase  # type: ignore[attr-defined]
+    return base
+
+
 def install(asys: object) -> bool:
     """Switch ``asys`` (a started ``ActorSystem``) to :class:`LeanSimpleBase` if it runs Thespian's simple
-    base; True when it now does."""
+    base; True when it now does, False for any other base.
+
+    Raises:
+        ThespianChanged: if its simple base does not have the shape of the pinned Thespian version.
+    """
     base = getattr(asys, "_systemBase", None)
     if base is None:
         return False
     if type(base) is LeanSimpleBase:
         return True
-    if type(base) is not _Original or not all(callable(getattr(base, name, None)) for name in _REPLACED):
+    if type(base) is not _Original:
         return False
-    state = ("_wakeUps", "actorRegistry", "_private_lock", "_pendingSends", "procLimit")
-    if not all(hasattr(base, name) for name in state) or not _bookkeeping_replaceable(base):
-        log.info("Thespian's simple base has changed shape; keeping its own message loop")
-        return False
+    missing = [name for name in _REPLACED if not callable(getattr(base, name, None))]
+    missing += [name for name in _STATE if not hasattr(base, name)]
+    if missing or not _bookkeeping_replaceable(base):
+        raise ThespianChanged(
+            f"Thespian's simple base changed shape (missing or different: {', '.join(missing) or 'ActorRef'}): "
+            "actors/thespian_compat.py is written for the version pinned in setup.cfg"
+        )
     with base._private_lock:
         base._pendingSends = _PendingSends(base._pendingSends)
         _install_children(base)
@@ -287,3 +428,31 @@ def _bookkeeping_replaceable(base: Any) -> bool:
 def _install_children(base: Any) -> None:
     for ref in base.actorRegistry.values():
         _track_children(ref)
+
+
+def close_tcp_sockets_on_close() -> None:
+    """Make Thespian's ``TCPTransport.close`` close the sockets it holds. Idempotent.
+
+    In Thespian 4.0.1, ``close`` forgets the connections it keeps open for reuse, and the static
+    ``_safeSocketShutdown`` it calls for its listening socket never closes it (its guard
+    ``isinstance(socket.error, Exception)`` is always False). So every external ``createActor`` and every
+    ``ActorSystem.shutdown()`` left sockets for the garbage collector to close, each with a
+    ``ResourceWarning``. The module's function of the same name does the job right.
+    """
+    from thespian.system.transport import TCPTransport as tcp
+
+    transport = tcp.TCPTransport
+    if getattr(transport.close, "closes_sockets", False):
+        return
+    original = transport.close
+
+    def close(self: Any) -> None:
+        kept = getattr(self, "_openSockets", {})
+        for idle in list(kept.values()):
+            tcp._safeSocketShutdown(idle)
+        kept.clear()
+        original(self)
+
+    close.closes_sockets = True  # type: ignore[attr-defined]
+    transport.close = close
+    transport._safeSocketShutdown = staticmethod(tcp._safeSocketShutdown)
