@@ -31,7 +31,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
+from typing import Callable, Iterator, Union
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemMessage
 

@@ -22,7 +22,7 @@ One node writes a database at a time. ``message_queue:index:lease`` is its write
     * Closing the store releases the lease, if it is still this store's (compare-and-delete).
 Taking, renewing and releasing run as small Lua scripts, each atomic.
 
-Every batch of operations is applied by one call of a Lua script (``_APPLY``), which Redis runs whole and
+Every batch of operations is applied by one call of a Lua script (:data:`actors.write_script.APPLY`), which Redis runs whole and
 appends to its AOF as one transaction: a crash leaves either all of a batch or none of it. One call per batch
 also keeps the client's cost low: a reply per batch, not one per command. Values are encoded with
 :mod:`protocol.codec`.
@@ -31,14 +31,10 @@ also keeps the client's cost low: a reply per batch, not one per command. Values
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Callable, Sequence, TypeVar
-from urllib.parse import quote, unquote
+from typing import Sequence, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -47,219 +43,22 @@ from redis.retry import Retry
 from actors.journal import (
     DURABILITY_SETTINGS,
     LEASE_SECONDS,
-    AppendOpen,
     ChannelSnapshot,
-    ClearQueue,
-    FinishInFlight,
     Op,
-    PushHead,
-    PushTail,
-    TakeHead,
     durability_problems,
     refuse_unsafe,
 )
+from actors.lease import RELEASE, RENEW, TAKE, LeaseHolder, expiry
+from actors.write_script import APPLY, OpenFrames, is_set_aside, script_operations
 from protocol import codec, keys
 from protocol.errors import DecodeError, RedisDataLost, StoreLocked
-from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
+from protocol.values import DeadLetter, OpenEntry, QueueItem
 
 log = logging.getLogger(__name__)
 
 _V = TypeVar("_V", QueueItem, OpenEntry)
 
-# By channel, the frame of each message of its open batch (by the message's id(); the message is kept, so its
-# id cannot be reused while it is here), as encoded for AppendOpen: dropped when the batch closes.
-_OpenFrames = dict[str, dict[int, tuple[QueuedMessage, bytes]]]
-
 _MARKER_TTL = 7 * 24 * 3600  # seconds a store's transaction marker outlives its last write
-
-# KEYS: lease, holder. ARGV: the value expected in the lease ('' for none), the new value, the lease in ms.
-# Returns {1, '', 0} when taken, else {0, the lease's value ('' for none), its PTTL}.
-_TAKE = """
-local current = redis.call('GET', KEYS[1])
-if (current or '') ~= ARGV[1] then
-    return {0, current or '', redis.call('PTTL', KEYS[1])}
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2])
-return {1, '', 0}
-"""
-
-# KEYS: lease, holder. ARGV: our value, the lease in ms. Returns {1, '', 0} when renewed, {2, '', 0} when
-# taken back after it expired (the holder record still names us), else {0, the lease's value, its PTTL}.
-_RENEW = """
-local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, '', 0}
-end
-if not current and redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return {2, '', 0}
-end
-return {0, current or '', redis.call('PTTL', KEYS[1])}
-"""
-
-# Applies a batch of operations, atomically, if the epoch marker is what the caller read at start and the caller
-# still holds the writer lease. Redis runs a script whole, and appends its writes to the AOF as one transaction.
-# KEYS: lease, holder, epoch, channel index, this store's marker, then every key the operations name.
-# ARGV: our lease value, the epoch, a fresh marker token, the marker's TTL (s), the lease (ms), then the
-# operations, each a code and its arguments (k: a key's index in KEYS), last 's' and the channel ids:
-#   r k n v1..vn: RPUSH    l k v: LPUSH    m k1 k2: LMOVE k1 LEFT -> k2 RIGHT    d k: DEL
-#   s id1..idn: SADD to the index (every argument after 's' is a channel id, whatever it reads)
-# Returns {'ok'}, {'taken back'} (the lease had expired with nobody else taking it: taken back, then
-# applied), {'epoch', the marker found} or {'lost', the lease's value, its PTTL}: then nothing was written.
-_APPLY = """
-local epoch = redis.call('GET', KEYS[3])
-if ARGV[2] ~= '' and epoch ~= ARGV[2] then
-    return {'epoch', epoch or ''}
-end
-local lease = redis.call('GET', KEYS[1])
-local outcome = 'ok'
-if lease ~= ARGV[1] then
-    if lease or redis.call('GET', KEYS[2]) ~= ARGV[1] then
-        return {'lost', lease or '', redis.call('PTTL', KEYS[1])}
-    end
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
-    outcome = 'taken back'
-end
--- unpack() puts its values on Lua's C stack (about 8,000 slots): long runs go in slices
-local function each_slice(first, last, call)
-    while first <= last do
-        local upto = math.min(last, first + 999)
-        call(first, upto)
-        first = upto + 1
-    end
-end
-local i, n = 6, #ARGV
-while i <= n do
-    local op = ARGV[i]
-    if op == 'r' then
-        local key, last = KEYS[tonumber(ARGV[i + 1])], i + 2 + tonumber(ARGV[i + 2])
-        each_slice(i + 3, last, function(a, b) redis.call('RPUSH', key, unpack(ARGV, a, b)) end)
-        i = last + 1
-    elseif op == 'l' then
-        redis.call('LPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-        i = i + 3
-    elseif op == 'm' then
-        redis.call('LMOVE', KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])], 'LEFT', 'RIGHT')
-        i = i + 3
-    elseif op == 'd' then
-        redis.call('DEL', KEYS[tonumber(ARGV[i + 1])])
-        i = i + 2
-    elseif op == 's' then
-        each_slice(i + 1, n, function(a, b) redis.call('SADD', KEYS[4], unpack(ARGV, a, b)) end)
-        i = n + 1
-    else
-        return redis.error_reply('unknown operation code ' .. op)
-    end
-end
-redis.call('SET', KEYS[5], ARGV[3], 'EX', ARGV[4])
-return {outcome}
-"""
-
-# KEYS: lease, holder. ARGV: our value. Deletes each key only if it still holds our value.
-_RELEASE = """
-local released = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('DEL', KEYS[1])
-    released = 1
-end
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('DEL', KEYS[2])
-end
-return released
-"""
-
-
-# -- the writer lease's holder --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseHolder:
-    """Who took a writer lease, as its value in Redis says: host name, process id, when (Unix time), the
-    process's start time (clock ticks after boot, from ``/proc``; None where unknown) and a random token."""
-
-    host: str
-    pid: int
-    taken: float
-    started: int | None
-    token: str
-
-    @classmethod
-    def of_this_process(cls) -> LeaseHolder:
-        pid = os.getpid()
-        return cls(socket.gethostname(), pid, time.time(), _process_start(pid), uuid.uuid4().hex)
-
-    def encode(self) -> bytes:
-        fields = [f"host={quote(self.host, safe='')}", f"pid={self.pid}", f"taken={_utc(self.taken)}"]
-        if self.started is not None:
-            fields.append(f"start={self.started}")
-        fields.append(f"token={self.token}")
-        return " ".join(fields).encode("ascii")
-
-    @classmethod
-    def decode(cls, raw: bytes) -> LeaseHolder | None:
-        """The holder a lease value names, or None if the value is not one this module writes."""
-        try:
-            fields = dict(field.split("=", 1) for field in raw.decode("ascii").split(" "))
-            pid = int(fields["pid"])
-            started = int(fields["start"]) if "start" in fields else None
-            taken = datetime.fromisoformat(fields["taken"]).timestamp()
-            holder = cls(unquote(fields["host"]), pid, taken, started, fields["token"])
-        except (UnicodeDecodeError, ValueError, KeyError):
-            return None
-        return holder if pid > 0 and holder.token else None
-
-    def describe(self) -> str:
-        return f"host {self.host!r}, pid {self.pid}, lease taken at {_utc(self.taken)}"
-
-    def gone(self) -> bool:
-        """True when this host can tell that the holder's process no longer runs: it ran here (same host
-        name) and its pid is free, a zombie, or now another process (a different start time)."""
-        if self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass  # it runs, as another user
-        state = _process_state(self.pid)
-        if state is None:
-            return False  # no /proc to read: it runs, as far as we can tell
-        running, started = state
-        return not running or (self.started is not None and started != self.started)
-
-
-def _utc(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _process_state(pid: int) -> tuple[bool, int] | None:
-    """(runs: neither zombie nor dead, start time in clock ticks after boot) of ``pid``, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # the command name may hold spaces and parentheses: the other fields follow the last ')'
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return fields[0] not in (b"Z", b"X"), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _process_start(pid: int) -> int | None:
-    state = _process_state(pid)
-    return state[1] if state is not None else None
-
-
-def _expiry(pttl: int) -> str:
-    if pttl < 0:
-        return "the lease has no expiry (set by hand?): delete it once you are sure that node is stopped"
-    return f"the lease expires in {pttl / 1000:.1f} s (at {_utc(time.time() + pttl / 1000)}) unless that node renews it"
-
 
 # -- the store ----------------------------------------------------------------------------------------------
 
@@ -295,11 +94,11 @@ class RedisStore:
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._lease: bytes | None = None  # our lease value while we hold (or may take back) the lease
         self._lost: StoreLocked | None = None  # set for good once another node took the lease
-        self._take = client.register_script(_TAKE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._apply_script = client.register_script(_APPLY)
-        self._open_frames: _OpenFrames = {}
+        self._take = client.register_script(TAKE)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._apply_script = client.register_script(APPLY)
+        self._open_frames: OpenFrames = {}
         # Writes go over a connection of their own, so one can be sent and its reply read later.
         self._writer: redis.connection.ConnectionInterface = client.connection_pool.make_connection()
         self._pending: PendingWrite | None = None
@@ -391,7 +190,7 @@ class RedisStore:
             if current and (holder is None or not holder.gone()):
                 who = holder.describe() if holder is not None else f"an unknown holder ({current[:200]!r})"
                 raise StoreLocked(
-                    f"another node persists to this Redis database ({who}); {_expiry(pttl)}. Only one node may "
+                    f"another node persists to this Redis database ({who}); {expiry(pttl)}. Only one node may "
                     "persist to a database at a time: stop that node, or give this one another database; if "
                     "that node is gone for good, start this one again once its lease has expired"
                 )
@@ -461,7 +260,7 @@ class RedisStore:
         mine = LeaseHolder.decode(self._held())
         holder = LeaseHolder.decode(current) if current is not None else None
         if holder is not None:
-            who = f"to another node ({holder.describe()}; {_expiry(pttl)})"
+            who = f"to another node ({holder.describe()}; {expiry(pttl)})"
         elif current is not None:
             who = f"to an unknown holder ({current[:200]!r})"
         else:
@@ -518,7 +317,7 @@ class RedisStore:
         token = uuid.uuid4().hex.encode()
         script_keys = [keys.LEASE, keys.LEASE_HOLDER, keys.EPOCH, keys.CHANNEL_INDEX, self._marker]
         args: list[bytes | str | int] = [me, self._epoch or b"", token, _MARKER_TTL, self._lease_ms]
-        _script_operations(ops, script_keys, args, self._open_frames)
+        script_operations(ops, script_keys, args, self._open_frames)
         self._unsure = (token, len(ops))
         try:
             self._writer.send_command(  # type: ignore[no-untyped-call]
@@ -618,7 +417,7 @@ class RedisStore:
                 decoded.append(codec.decode(data, kind))
             except DecodeError as exc:
                 bad = True
-                if _is_set_aside(data):
+                if is_set_aside(data):
                     log.warning("channel %r: skipped a %s entry that was set aside in its dead letters when it "
                                 "could not be encoded", channel, role)
                     continue
@@ -635,153 +434,3 @@ class RedisStore:
 
 
 
-# Operation codes of the _APPLY script (one byte each; see its comment for their arguments).
-_RPUSH, _LPUSH, _LMOVE, _DEL, _INDEX = b"r", b"l", b"m", b"d", b"s"
-
-
-def _script_operations(
-    ops: Sequence[Op], script_keys: list[str], args: list[bytes | str | int], frames: _OpenFrames
-) -> None:
-    """Append ``ops`` to the arguments of the ``_APPLY`` script: the keys they name to ``script_keys`` (each
-    once, referred to by its 1-based index there), the operations, then the channel ids for the index, to
-    ``args``. Consecutive appends to one list become one RPUSH: a burst of a channel costs one command.
-
-    ``frames`` keeps the frame of each open-batch message, by channel, so that the closed batch is joined from
-    them (:func:`codec.encode_item_of_frames`) instead of encoding every message a second time.
-
-    A value that cannot be encoded (a message the edge checks would have refused, or whose fields changed
-    since) fails alone: it is logged, set aside as a :class:`DeadLetter` in its channel's dead-letter list,
-    and the other operations, of its channel and of every other, are written as usual. Never raises for a
-    value."""
-    index: dict[str, int] = {}
-
-    def key(name: str) -> int:
-        number = index.get(name)
-        if number is None:
-            script_keys.append(name)
-            number = index[name] = len(script_keys)
-        return number
-
-    channels: dict[str, None] = {}
-    pushing: str | None = None  # the list the values below are appended to
-    values: list[bytes] = []
-    dead: list[tuple[str, bytes]] = []  # (channel, DeadLetter frame) of each value that could not be encoded
-
-    def item_frame(item: QueueItem, encode: Callable[[QueueItem], bytes]) -> bytes:
-        """The item's frame; for an item that cannot be encoded, its dead letter's frame, which takes the
-        item's place in its list (so that moves of the list's head still address the right entries) and
-        goes to the dead letters too. Loading skips such a placeholder."""
-        try:
-            return encode(item)
-        except Exception as exc:  # caller data: whatever its encoding raises, it fails alone
-            letter = _set_aside(item.channel_id, keys.QUEUE, item, exc)
-            dead.append((item.channel_id, letter))
-            return letter
-
-    def push(name: str | None) -> None:
-        nonlocal pushing
-        if name != pushing:
-            if values and pushing is not None:
-                args.extend((_RPUSH, key(pushing), len(values)))
-                args.extend(values)
-                values.clear()
-            pushing = name
-
-    for op in ops:
-        channel = op.channel_id
-        channels[channel] = None
-        if isinstance(op, AppendOpen):
-            try:
-                entry, message_frame = codec.encode_open_entry(op.entry)
-            except Exception as exc:  # caller data: whatever its encoding raises, it fails alone
-                dead.append((channel, _set_aside(channel, keys.OPEN_BATCH, op.entry.message, exc)))
-                continue  # the open list is never addressed by position: leaving it out is enough
-            push(keys.channel_key(keys.OPEN_BATCH, channel))
-            values.append(entry)
-            if message_frame is not None:  # keyed by identity: a retried AppendOpen replaces its own frame
-                message = op.entry.message
-                frames.setdefault(channel, {})[id(message)] = (message, message_frame)
-            continue
-        if isinstance(op, PushTail):
-            push(keys.queue_key(channel))
-            if not op.closes_open:
-                values.append(item_frame(op.item, codec.encode))
-                continue
-            closed_frames = frames.pop(channel, None)
-            values.append(item_frame(op.item, lambda item: _encode_closed(op, closed_frames)))
-            push(None)
-            args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
-            continue
-        push(None)
-        if isinstance(op, PushHead):
-            args.extend((_LPUSH, key(keys.queue_key(channel)), item_frame(op.item, codec.encode)))
-        elif isinstance(op, TakeHead):
-            args.extend((_LMOVE, key(keys.queue_key(channel)), key(keys.channel_key(keys.PROCESSING, channel))))
-        elif isinstance(op, FinishInFlight):
-            args.extend((_DEL, key(keys.channel_key(keys.PROCESSING, channel))))
-        elif isinstance(op, ClearQueue):
-            args.extend((_DEL, key(keys.queue_key(channel))))
-        else:  # pragma: no cover - Op is a closed union
-            raise TypeError(f"unknown operation {type(op).__name__}")
-    for channel, letter in dead:
-        push(keys.channel_key(keys.DEAD_LETTER, channel))
-        values.append(letter)
-    push(None)
-    args.append(_INDEX)
-    args.extend(channels)
-
-
-def _is_set_aside(data: bytes) -> bool:
-    """Whether a stored entry is the placeholder of an item that could not be encoded (its dead letter)."""
-    try:
-        codec.decode(data, DeadLetter)
-    except DecodeError:
-        return False
-    return True
-
-
-def _encode_closed(op: PushTail, frames: dict[int, tuple[QueuedMessage, bytes]] | None) -> bytes:
-    """The frame of the item an open batch closed into, joined from its messages' frames when every one of
-    them is known (a batch restored from Redis, or a message with extra fields, is encoded whole)."""
-    payload = op.item.payload
-    if frames and isinstance(payload, MessageBatch):
-        known = []
-        for message in payload.messages:
-            found = frames.get(id(message))
-            if found is None or found[0] is not message:
-                break
-            known.append(found[1])
-        else:
-            joined = codec.encode_item_of_frames(op.item, known)
-            if joined is not None:
-                return joined
-    return codec.encode(op.item)
-
-
-_DEAD_DATA_CHARS = 64 * 1024  # of the repr kept as a dead letter's data, for a value that could not be encoded
-
-
-def _set_aside(channel: str, role: str, value: object, exc: Exception) -> bytes:
-    """Log that ``value`` (bound for ``role`` of ``channel``) could not be encoded; the frame of its
-    :class:`DeadLetter`, whose data is the value's repr (UTF-8, at most 64 K characters): it has no bytes."""
-    reason = f"could not be encoded for storage: {type(exc).__name__}: {_shown(exc, str)}"
-    log.error("channel %r: a %s value %s; set aside in its dead letters", channel, role, reason)
-    letter = DeadLetter(
-        role,
-        _plain_text(reason, 4096),
-        _plain_text(_shown(value, repr), _DEAD_DATA_CHARS).encode("utf-8"),
-        time.time(),
-    )
-    return codec.encode(letter)
-
-
-def _shown(value: object, show: Callable[[object], str]) -> str:
-    try:
-        return show(value)
-    except Exception as exc:  # the str or repr of caller data is caller code too
-        return f"<{type(value).__name__} whose {show.__name__} failed: {type(exc).__name__}>"
-
-
-def _plain_text(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, with anything UTF-8 cannot hold (lone surrogates) escaped."""
-    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")

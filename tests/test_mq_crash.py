@@ -39,7 +39,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from actors import store as store_module
+from actors import write_script
 from message_queue import MessageQueue
 from mq_crash_producer import RUN_STRIDE
 from protocol import codec, keys
@@ -369,7 +369,7 @@ def _msg(channel: str, text: str) -> QueuedMessage:
     return QueuedMessage("crash", channel, "u", "u", text)
 
 
-_APPLY_SHA = hashlib.sha1(store_module._APPLY.encode()).hexdigest()
+_APPLY_SHA = hashlib.sha1(write_script.APPLY.encode()).hexdigest()
 
 
 class ApplyWrites:
