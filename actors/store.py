@@ -23,10 +23,9 @@ One node writes a database at a time. ``message_queue:index:lease`` is its write
 Taking, renewing and releasing run as small Lua scripts, each atomic.
 
 Every batch of operations is applied by one call of a Lua script (:data:`actors.write_script.APPLY`), which
-Redis runs whole and
-appends to its AOF as one transaction: a crash leaves either all of a batch or none of it. One call per batch
-also keeps the client's cost low: a reply per batch, not one per command. Values are encoded with
-:mod:`protocol.codec`.
+Redis runs whole and appends to its AOF as one transaction: a crash leaves either all of a batch or none of
+it. One call per batch also keeps the client's cost low: a reply per batch, not one per command. Values are
+encoded with :mod:`protocol.codec`.
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ class RedisStore:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self._redis = client
         self._epoch: bytes | None = None
-        # Each transaction also sets this store's marker to a fresh token, so that after a failure whose
-        # outcome is unknown (the connection broke after the script call was sent) the retry can tell whether it ran.
+        # Each write also sets this store's marker to a fresh token, so that after a failure whose outcome is
+        # unknown (the connection broke after the script call was sent) the retry can tell whether it ran.
         # Under ``index:``, which is no channel role: it cannot collide with a channel's key.
         self._marker = keys.writer_key(uuid.uuid4().hex)
         self._unsure: tuple[bytes, int] | None = None  # (token, operations) of a transaction that may have run
