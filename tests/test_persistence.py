@@ -22,7 +22,7 @@ from protocol import codec, keys
 from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront, EnqueueMany
 from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
 from redis_support import RedisServer
-from test_actors import Harness, message, texts
+from harness import Harness, message, texts
 
 pytestmark = pytest.mark.redis
 
