@@ -364,8 +364,17 @@ class DistributedBackend:
         for msg in batch:
             validate_message(msg)
         self._check()
-        for msg in batch:
-            await self._queue.enqueue(msg)
+        if not batch:
+            return
+        await self._queue.enqueue(batch[0])  # starts the node on first use
+        batcher = self._queue.batcher
+        assert batcher is not None
+        stored = []
+        for msg in batch[1:]:  # in order, written together (the batcher pipelines what is queued)
+            if not batcher.has_room:
+                await batcher.wait_for_room()
+            stored.append(batcher.submit(msg))
+        await asyncio.gather(*stored)
 
     async def enqueue_front(self, item: Payload) -> None:
         validate_payload(item)
