@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -28,5 +27,3 @@ def test_enqueue_many_stores_every_message_in_order_and_they_are_batched(redis_s
             await client.aclose()
 
     asyncio.run(asyncio.wait_for(main(), 30))
-
-def _unused(_: Any) -> None: ...
