@@ -5,12 +5,16 @@ Redis is the engine. Each channel's open batch lives in Redis (keys of :mod:`pro
 channel); Lua scripts (:mod:`message_queue.scripts`, sources in ``message_queue/lua/``) do every state change
 atomically, on Redis server time:
 
-    * ``append``: push the message, slide the deadline (``min(last + window, first + max_wait)``), and publish
+    * ``append``: close the channel's open batch first if its deadline has passed (no flush reached it yet),
+      then push the message, slide the deadline (``min(last + window, first + max_wait)``), and publish
       the batch at once when it reaches its cap (or batching is off for the channel); otherwise record the
       deadline in the shared deadline index and return it.
     * ``flush``: publish the channel's batch if its deadline has passed. Claiming the batch and appending it to
       the stream are one script: no two nodes publish the same batch, and no node can die between the two.
     * ``due``: list the channels whose deadline passed more than a grace period ago.
+
+The rules are those of :class:`actors.batching.ChannelCore`; ``tests/test_rules_differential.py`` runs both on
+random command sequences and requires the same batches, in the same order, for the same reasons.
 
 A node (:class:`DistributedBatcher`) sends its scripts through one pipeline at a time; one ``append`` call
 carries up to 64 messages of any channels, so a round trip stores hundreds of messages. Each channel's
@@ -51,7 +55,7 @@ import socket
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AbstractSet, Awaitable, Callable, Final, Sequence, Union, cast
+from typing import TYPE_CHECKING, AbstractSet, Awaitable, Callable, Final, Iterator, Sequence, Union, cast
 
 from actors.journal import DURABILITY_SETTINGS, refuse_unsafe
 from actors.journal import durability_problems as journal_durability_problems
@@ -72,7 +76,6 @@ from protocol.keys import (
     DIST_MESSAGES,
     DIST_OUTBOX,
     DIST_RELAY_LEASE,
-    DIST_SEQ_FLOOR,
     DIST_STATE,
     INBOUND_STREAM,
     channel_of_tag,
@@ -92,7 +95,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _FIRE_SLACK: Final = 0.001  # a local timer fires this long after its deadline, to be past it on the server too
-_NODE_KEY_TTL_MS: Final = 24 * 3600 * 1000  # a node's operation counter outlives its last operation this long
 _DUE_LIMIT: Final = 256  # channels one sweep query returns
 _GOOD_RTT: Final = 0.005  # a clock sample whose round trip took longer is not trusted to correct the offset
 _APPEND_CHUNK: Final = 64  # messages per call of the append script
@@ -251,10 +253,7 @@ class _Config:
 
     @classmethod
     def of(cls, settings: BatchSettings, read_at: float) -> _Config:
-        window_ms = round(settings.window * 1000)
-        max_wait_ms = max(1, round(settings.max_wait * 1000)) if settings.max_wait is not None else 0
-        batching = "1" if settings.batching else "0"
-        return cls(settings, f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}".encode(), read_at)
+        return cls(settings, scripts.settings_argument(settings), read_at)
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -685,37 +684,31 @@ class DistributedBatcher:
         for call in calls:
             sha = scripts.SCRIPTS[call.script].sha
             if call.script == scripts.APPEND:
-                keys: list[str | bytes] = [DIST_DEADLINES, stream, self._node_key, DIST_SEQ_FLOOR]
-                args: list[str | bytes | int] = [maxlen, self._by_append, call.first, _NODE_KEY_TTL_MS, idle]
-                configs = self._configs
-                for op in call.ops:
-                    assert isinstance(op, _Append)
-                    names = op.names
-                    keys += (names.messages_key, names.state_key)
-                    args += (op.frame, names.channel, names.tag_bytes, configs[op.channel].argument)
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                keys, args = scripts.append_call(stream, self._node_key, maxlen, self._by_append, call.first, idle,
+                                                 self._append_entries(call.ops))
             elif call.script == scripts.FLUSH:
-                keys = [DIST_DEADLINES, stream, DIST_SEQ_FLOOR]
-                args = [maxlen, self._by_timer if call.how == "timer" else self._by_sweep, idle]
-                for op in call.ops:
-                    assert isinstance(op, _Flush)
-                    names = op.names
-                    keys += (names.messages_key, names.state_key)
-                    args.append(names.tag_bytes)
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                keys, args = scripts.flush_call(stream, maxlen, self._by_timer if call.how == "timer" else self._by_sweep,
+                                                idle, _flush_entries(call.ops))
             else:
                 (op,) = call.ops
                 assert isinstance(op, _Publish)
-                pipe.evalsha(
-                    sha, 4, dist_key_of_tag(DIST_STATE, op.tag), stream, DIST_SEQ_FLOOR, self._node_key,
-                    op.channel, op.tag, op.frame, op.count, "front", maxlen, self._by_front, idle, call.first,
-                    _NODE_KEY_TTL_MS,
-                )
+                keys, args = scripts.publish_call(dist_key_of_tag(DIST_STATE, op.tag), stream, maxlen, op.channel, op.tag,
+                                                  op.frame, op.count, "front", self._by_front, idle,
+                                                  node=(self._node_key, call.first))
+            pipe.evalsha(sha, len(keys), *keys, *args)
         if refresh:
             config_keys = [config_key(channel) for channel in refresh]
             pipe.evalsha(scripts.SCRIPTS[scripts.CONFIGS].sha, len(config_keys), *config_keys)
         result: list[object] = await pipe.execute(raise_on_error=False)
         return result
+
+    def _append_entries(self, ops: Sequence[_Op]) -> Iterator[scripts.AppendEntry]:
+        configs = self._configs
+        for op in ops:
+            assert isinstance(op, _Append)
+            names = op.names
+            yield names.messages_key, names.state_key, op.frame, names.channel, names.tag_bytes, \
+                configs[op.channel].argument
 
     async def _read_configs(self, channels: Sequence[str]) -> list[object]:
         config_keys = [config_key(channel) for channel in channels]
@@ -876,7 +869,7 @@ class DistributedBatcher:
         loop = self._running_loop()
         grace_ms = round(self.options.grace * 1000)
         sent = loop.time()
-        reply = await scripts.run(self._redis, scripts.DUE, [DIST_DEADLINES], [grace_ms, _DUE_LIMIT])
+        reply = await scripts.run(self._redis, scripts.DUE, *scripts.due_call(grace_ms, _DUE_LIMIT))
         received = loop.time()
         assert isinstance(reply, list) and reply, reply
         rtt = received - sent
@@ -926,6 +919,13 @@ class DistributedBatcher:
     def _update_idle(self) -> None:
         if self._is_idle():
             self._idle.set()
+
+
+def _flush_entries(ops: Sequence[_Op]) -> Iterator[tuple[bytes, bytes, bytes]]:
+    for op in ops:
+        assert isinstance(op, _Flush)
+        names = op.names
+        yield names.messages_key, names.state_key, names.tag_bytes
 
 
 def _single(message: QueuedMessage) -> MessageBatch:
