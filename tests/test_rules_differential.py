@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from actors.batching import ChannelCore, Deliver, Effect
 from message_queue import scripts
 from protocol import codec
-from protocol.keys import DIST_DEADLINES, DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
+from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
 from protocol.stream import decode_entry
 from protocol.values import BatchSettings, FlushReason, MessageBatch, Payload, QueuedMessage, payload_messages
 from redis_support import REDIS_SERVER, redis_server
