@@ -43,8 +43,8 @@ least once (a relay that dies after the call and before the delete leaves the en
 Only the node holding a lease relays, so the bus sees each channel's batches in order.
 
 The package, by concern: :mod:`.options` (:class:`NodeOptions`, :class:`NodeStatistics`), :mod:`.batcher` (the
-node), :mod:`.operations` (what a node queues and the script calls carrying it), :mod:`.clock` (Redis server
-time on the loop's clock), :mod:`.relay` (:class:`OutboxRelay`), :mod:`.stats` (:func:`channel_statistics`),
+node), :mod:`.operations` (what a node queues and the script calls carrying it), :mod:`.settings` (each
+channel's settings hash, read there and nowhere else), :mod:`.clock` (Redis server time on the loop's clock), :mod:`.relay` (:class:`OutboxRelay`), :mod:`.stats` (:func:`channel_statistics`),
 :mod:`.server` (durability check, clients) and :mod:`.queue` (:class:`DistributedQueue`, what
 ``MessageQueue`` runs). Everything public is importable from here.
 """

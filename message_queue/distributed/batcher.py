@@ -11,12 +11,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Awaitable, Callable, Final, Iterator, Sequence
 
 from message_queue import scripts
-from message_queue.config import ChannelConfigReader
 from message_queue.distributed.clock import FIRE_SLACK, ServerClock
 from message_queue.distributed.operations import (
     Append,
     Call,
-    ChannelConfig,
     Flush,
     Names,
     Op,
@@ -26,9 +24,10 @@ from message_queue.distributed.operations import (
 )
 from message_queue.distributed.options import NodeOptions, NodeStatistics
 from message_queue.distributed.replies import connection_errors, reply_bytes, reply_int, reply_str
+from message_queue.distributed.settings import ChannelSettings
 from protocol import codec
 from protocol.errors import StoreUnavailable
-from protocol.keys import DIST_STATE, channel_tag, config_key, dist_key_of_tag, dist_node_key
+from protocol.keys import DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
 from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
 
 if TYPE_CHECKING:
@@ -53,13 +52,11 @@ class DistributedBatcher:
 
     def __init__(self, redis: Redis, settings: BatchSettings, options: NodeOptions | None = None) -> None:
         self._redis = redis
-        self._settings = settings
         self.options = options or NodeOptions()
         self.node_id = self.options.node_id
         self._node_key = dist_node_key(self.node_id)
         self._idle_ms = max(1, round(self.options.idle_ttl * 1000))
-        self._config_reader = ChannelConfigReader(redis, settings)
-        self._configs: dict[str, ChannelConfig] = {}
+        self._channel_settings = ChannelSettings(redis, settings, self.options.config_ttl, self._loop_time)
         self._names: dict[str, Names] = {}
         self._next_number = 1  # of the node's next operation (appends and publishes, in the order sent)
         self._ops: deque[Append | Publish] = deque()
@@ -217,6 +214,9 @@ class DistributedBatcher:
             raise RuntimeError("the distributed node was not started")
         return self._loop
 
+    def _loop_time(self) -> float:
+        return self._running_loop().time()
+
     def _queued(self) -> None:
         self._idle.clear()
         self._work.set()
@@ -260,13 +260,15 @@ class DistributedBatcher:
         from redis.exceptions import NoScriptError
 
         unreachable = StoreUnavailable(f"Redis was unreachable for {self.options.retry_for:g} s")
-        cold = {op.channel for op in ops if isinstance(op, Append) and op.channel not in self._configs}
-        if cold and await self._with_retry(lambda: self._read_configs(sorted(cold))) is None:
+        channel_settings = self._channel_settings
+        appended = [op.channel for op in ops if isinstance(op, Append)]
+        cold = channel_settings.unread(appended)
+        if cold and await self._with_retry(lambda: channel_settings.read(cold)) is None:
             self._fail(ops, unreachable)
             for flush in flushes:
                 self._flush_failed(flush.tag)
             return
-        refresh = self._stale_configs(ops)
+        refresh = channel_settings.stale(appended)
         calls = self._calls(flushes, ops)
         while calls:
             sending = calls
@@ -275,7 +277,7 @@ class DistributedBatcher:
                 for call in sending:
                     self._call_failed(call, unreachable)
                 return
-            self._refreshed(refresh, results[len(sending):])
+            channel_settings.refreshed(refresh, results[len(sending):])
             refresh = []
             retry: list[Call] = []
             for call, result in zip(sending, results):
@@ -324,20 +326,6 @@ class DistributedBatcher:
             call.first = self._number(call)
         return calls
 
-    def _stale_configs(self, ops: list[Append | Publish]) -> list[str]:
-        """Channels whose settings are older than ``config_ttl``: re-read in the same pipeline, used from the
-        next one on (so a setting changes at most ``config_ttl`` plus one round trip late)."""
-        now = self._running_loop().time()
-        ttl = self.options.config_ttl
-        stale: list[str] = []
-        for op in ops:
-            if isinstance(op, Append):
-                config = self._configs[op.channel]
-                if now - config.read_at >= ttl and len(stale) < 64:
-                    stale.append(op.channel)
-                    config.read_at = now  # one refresh at a time per channel
-        return stale
-
     async def _with_retry(self, send: Callable[[], Awaitable[list[object]]]) -> list[object] | None:
         """Run ``send`` until it succeeds; None once Redis was unreachable for ``retry_for`` seconds.
         Replaying is safe: appends skip operation numbers already applied, flushes are idempotent."""
@@ -385,54 +373,17 @@ class DistributedBatcher:
                                                   op.frame, op.count, "front", self._by_front, idle,
                                                   node=(self._node_key, call.first))
             pipe.evalsha(sha, len(keys), *keys, *args)
-        if refresh:
-            config_keys = [config_key(channel) for channel in refresh]
-            pipe.evalsha(scripts.SCRIPTS[scripts.CONFIGS].sha, len(config_keys), *config_keys)
+        self._channel_settings.add_refresh(pipe, refresh)
         result: list[object] = await pipe.execute(raise_on_error=False)
         return result
 
     def _append_entries(self, ops: Sequence[Op]) -> Iterator[scripts.AppendEntry]:
-        configs = self._configs
+        settings = self._channel_settings
         for op in ops:
             assert isinstance(op, Append)
             names = op.names
             yield names.messages_key, names.state_key, op.frame, names.channel, names.tag_bytes, \
-                configs[op.channel].argument
-
-    async def _read_configs(self, channels: Sequence[str]) -> list[object]:
-        config_keys = [config_key(channel) for channel in channels]
-        reply = await scripts.run(self._redis, scripts.CONFIGS, config_keys, [])
-        now = self._running_loop().time()
-        for channel, settings in zip(channels, self._parse_configs(channels, reply, None)):
-            self._configs[channel] = ChannelConfig.of(settings, now)
-        return [reply]
-
-    def _refreshed(self, channels: Sequence[str], results: Sequence[object]) -> None:
-        if not channels:
-            return
-        previous = [self._configs[channel].settings for channel in channels]
-        for channel, settings in zip(channels, self._parse_configs(channels, results[0], previous)):
-            config = self._configs.get(channel)
-            if config is not None and config.settings != settings:
-                self._configs[channel] = ChannelConfig.of(settings, config.read_at)
-
-    def _parse_configs(self, channels: Sequence[str], reply: object,
-                       previous: Sequence[BatchSettings] | None) -> list[BatchSettings]:
-        """The settings of ``channels`` from the configs script's reply (window, disabled per channel)."""
-        if not isinstance(reply, list) or len(reply) != 2 * len(channels):
-            log.warning("could not read batch settings of %d channels (%s); keeping the current ones",
-                        len(channels), reply if isinstance(reply, Exception) else type(reply).__name__)
-            return list(previous) if previous is not None else [self._settings] * len(channels)
-        out = []
-        for i, channel in enumerate(channels):
-            window, disabled = reply[2 * i], reply[2 * i + 1]
-            if window is None and disabled is None:
-                out.append(self._settings)
-                continue
-            fields = {name: reply_str(value) for name, value in (("window", window), ("disabled", disabled))
-                      if value is not None}
-            out.append(self._config_reader.parse(channel, config_key(channel), fields))
-        return out
+                settings.argument(op.channel)
 
     def _fail(self, ops: Sequence[Append | Publish], exc: BaseException) -> None:
         for op in ops:
@@ -585,14 +536,7 @@ class DistributedBatcher:
                 queued = True
             if queued:
                 self._queued()
-            self._forget_old_configs()
-
-    def _forget_old_configs(self) -> None:
-        now = self._running_loop().time()
-        horizon = max(self.options.config_ttl * 10, 60.0)
-        if len(self._configs) > 10_000:
-            for channel in [c for c, config in self._configs.items() if now - config.read_at > horizon]:
-                del self._configs[channel]
+            for channel in self._channel_settings.forget_old():
                 self._names.pop(channel, None)
 
     # -- idleness --------------------------------------------------------------------------------------------

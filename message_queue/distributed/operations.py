@@ -1,5 +1,4 @@
-"""The operations a node queues for Redis, the script calls that carry them, and a channel's settings in the
-form the append script takes."""
+"""The operations a node queues for Redis and the script calls that carry them."""
 
 from __future__ import annotations
 
@@ -7,9 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
-from message_queue import scripts
 from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
-from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
+from protocol.values import MessageBatch, Payload, QueuedMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +74,6 @@ class Call:
     ops: Sequence[Op]
     how: str = ""  # of a FLUSH: "timer" or "sweep"
     first: int = 0  # number of the first operation (APPEND, PUBLISH), fixed for every replay of the call
-
-
-@dataclass(eq=False, slots=True)
-class ChannelConfig:
-    """A channel's settings as read from Redis, and their form as an argument of the append script."""
-
-    settings: BatchSettings
-    argument: bytes
-    read_at: float  # loop time
-
-    @classmethod
-    def of(cls, settings: BatchSettings, read_at: float) -> ChannelConfig:
-        return cls(settings, scripts.settings_argument(settings), read_at)
 
 
 def flush_entries(ops: Sequence[Op]) -> Iterator[tuple[bytes, bytes, bytes]]:
