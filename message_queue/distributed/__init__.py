@@ -19,11 +19,11 @@ random command sequences and requires the same batches, in the same order, for t
 A node (:class:`DistributedBatcher`) sends its scripts through one pipeline at a time; one ``append`` call
 carries up to 64 messages of any channels, so a round trip stores hundreds of messages. Each channel's
 settings hash (``message_queue:config:<channel>``) is read before its first message and re-read, alongside
-the node's work, once older than ``config_ttl``. It arms a local timer for each deadline its own appends returned and runs ``flush`` when it
-fires; a sweeper asks ``due`` every ``sweep_interval`` and flushes what it finds, so the batches of a node that
-died are published by the others (about ``grace`` + ``sweep_interval`` after their deadline). A node whose
-timer fires for a deadline that another node's later message pushed back lets it go: that node armed the new
-one.
+the node's work, once older than ``config_ttl``. It arms a local timer for each deadline its own appends
+returned and runs ``flush`` when it fires; a sweeper asks ``due`` every ``sweep_interval`` and flushes what it
+finds, so the batches of a node that died are published by the others (about ``grace`` + ``sweep_interval``
+after their deadline). A node whose timer fires for a deadline that another node's later message pushed back
+lets it go: that node armed the new one.
 
 Appends are replay-safe: each carries the node's next operation number and the script skips numbers already
 applied, so a pipeline sent again after a lost connection (redis-py retries, or this node's own retry) stores
@@ -44,9 +44,10 @@ Only the node holding a lease relays, so the bus sees each channel's batches in 
 
 The package, by concern: :mod:`.options` (:class:`NodeOptions`, :class:`NodeStatistics`), :mod:`.batcher` (the
 node), :mod:`.operations` (what a node queues and the script calls carrying it), :mod:`.settings` (each
-channel's settings hash, read there and nowhere else), :mod:`.clock` (Redis server time on the loop's clock), :mod:`.relay` (:class:`OutboxRelay`), :mod:`.stats` (:func:`channel_statistics`),
-:mod:`.server` (durability check, clients) and :mod:`.queue` (:class:`DistributedQueue`, what
-``MessageQueue`` runs). Everything public is importable from here.
+channel's settings hash, read there and nowhere else), :mod:`.clock` (Redis server time on the loop's clock),
+:mod:`.relay` (:class:`OutboxRelay`), :mod:`.stats` (:func:`channel_statistics`), :mod:`.server` (durability
+check, clients) and :mod:`.queue` (:class:`DistributedQueue`, what ``MessageQueue`` runs). Everything public
+is importable from here.
 """
 
 

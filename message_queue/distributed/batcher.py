@@ -364,13 +364,13 @@ class DistributedBatcher:
                 keys, args = scripts.append_call(stream, self._node_key, maxlen, self._by_append, call.first, idle,
                                                  self._append_entries(call.ops))
             elif call.script == scripts.FLUSH:
-                keys, args = scripts.flush_call(stream, maxlen, self._by_timer if call.how == "timer" else self._by_sweep,
-                                                idle, flush_entries(call.ops))
+                by = self._by_timer if call.how == "timer" else self._by_sweep
+                keys, args = scripts.flush_call(stream, maxlen, by, idle, flush_entries(call.ops))
             else:
                 (op,) = call.ops
                 assert isinstance(op, Publish)
-                keys, args = scripts.publish_call(dist_key_of_tag(DIST_STATE, op.tag), stream, maxlen, op.channel, op.tag,
-                                                  op.frame, op.count, "front", self._by_front, idle,
+                keys, args = scripts.publish_call(dist_key_of_tag(DIST_STATE, op.tag), stream, maxlen, op.channel,
+                                                  op.tag, op.frame, op.count, "front", self._by_front, idle,
                                                   node=(self._node_key, call.first))
             pipe.evalsha(sha, len(keys), *keys, *args)
         self._channel_settings.add_refresh(pipe, refresh)

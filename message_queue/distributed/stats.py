@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, AbstractSet, Final
 
 from message_queue import scripts
 from message_queue.distributed.replies import reply_int, reply_str
-from protocol.keys import DIST_DEADLINES, DIST_MESSAGES, DIST_STATE, channel_of_tag, channel_tag, dist_key_affixes, dist_key_of_tag
+from protocol.keys import (
+    DIST_DEADLINES,
+    DIST_MESSAGES,
+    DIST_STATE,
+    channel_of_tag,
+    channel_tag,
+    dist_key_affixes,
+    dist_key_of_tag,
+)
 from protocol.values import ChannelStatistics
 
 if TYPE_CHECKING:
