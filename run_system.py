@@ -32,7 +32,7 @@ nodes share that Redis, each message may go to any node, batching state lives in
 batch is appended once to a Redis stream (``--stream``, default ``message_queue:inbound``) instead of stdout.
 At end of input a node waits until the deadlines it armed have flushed; stopped by a signal or killed, it
 leaves its open batches to the other nodes' sweepers. ``--acks`` writes ``{"acked": N}`` lines on stdout as
-the first N input messages are stored. See ``message_queue/distributed.py``.
+the first N input messages are stored. See ``message_queue/distributed/``.
 
 With ``--base multiprocTCPBase`` other processes can enqueue too: the Supervisor is registered under the
 global name ``message_queue.supervisor`` on the admin port (see ``examples/external_sender.py``); keep stdin

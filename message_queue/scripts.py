@@ -5,6 +5,10 @@ package. Channel ids and every other input travel only as ``KEYS``/``ARGV``. The
 here, so a node sends ``EVALSHA`` from the start; a server that does not know a script (``NOSCRIPT``: new,
 restarted, or ``SCRIPT FLUSH``) gets every script loaded again and the command retried, which is safe because
 a command refused with ``NOSCRIPT`` did not run.
+
+The ``*_call`` functions build the ``KEYS`` and ``ARGV`` of one call of a batching script, in the layout its
+Lua file documents. Their ``now_ms`` replaces Redis server time with the time given (ms): a fake clock for
+tests; nodes never give it, and the scripts then read ``TIME`` as before.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Final, Sequence, Union
+from typing import TYPE_CHECKING, Final, Iterable, Sequence, Union
+
+from protocol.keys import DIST_DEADLINES, DIST_SEQ_FLOOR
+from protocol.values import BatchSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -33,7 +40,15 @@ IDLE_TTL: Final = 24 * 3600.0
 """Default seconds a channel's state hash stays in Redis once the channel holds no open batch (renewed by each
 batch published on it; see ``common.lua``)."""
 
+NODE_KEY_TTL_MS: Final = 24 * 3600 * 1000
+"""Milliseconds a node's operation counter (``protocol.keys.dist_node_key``) outlives its last operation."""
+
 Arg = Union[str, bytes, int]
+Key = Union[str, bytes]
+
+AppendEntry = tuple[Key, Key, bytes, Arg, Arg, Arg]
+"""One message of an append call: its channel's messages key and state key, the message's codec frame, the
+channel id, the channel's tag, and the settings argument ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +82,7 @@ async def load_all(redis: Redis) -> None:
         await pipe.execute()
 
 
-async def run(redis: Redis, name: str, keys: Sequence[str], args: Sequence[Arg]) -> object:
+async def run(redis: Redis, name: str, keys: Sequence[Key], args: Sequence[Arg]) -> object:
     """Run one script on its own (not pipelined), loading the scripts first if the server lacks them."""
     from redis.exceptions import NoScriptError
 
@@ -77,3 +92,62 @@ async def run(redis: Redis, name: str, keys: Sequence[str], args: Sequence[Arg])
     except NoScriptError:
         await load_all(redis)
         return await redis.evalsha(script.sha, len(keys), *keys, *args)
+
+
+def settings_argument(settings: BatchSettings) -> bytes:
+    """``settings`` as the append script takes them: ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>``
+    (times rounded to the ms; a max_wait below 1 ms counts as 1 ms)."""
+    window_ms = round(settings.window * 1000)
+    max_wait_ms = max(1, round(settings.max_wait * 1000)) if settings.max_wait is not None else 0
+    batching = "1" if settings.batching else "0"
+    return f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}".encode()
+
+
+def append_call(stream: str, node_key: str, maxlen: int, by: Arg, first: int, idle_ms: int,
+                entries: Iterable[AppendEntry], now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
+    """KEYS and ARGV of one ``append`` call: the messages of ``entries`` in order, as the node's operations
+    ``first``, ``first + 1``, ..."""
+    keys: list[Key] = [DIST_DEADLINES, stream, node_key, DIST_SEQ_FLOOR]
+    args: list[Arg] = [maxlen, by, first, NODE_KEY_TTL_MS, idle_ms]
+    for messages_key, state_key, frame, channel, tag, settings in entries:
+        keys += (messages_key, state_key)
+        args += (frame, channel, tag, settings)
+    if now_ms is not None:
+        args.append(now_ms)
+    return keys, args
+
+
+def flush_call(stream: str, maxlen: int, by: Arg, idle_ms: int, channels: Iterable[tuple[Key, Key, Arg]],
+               now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
+    """KEYS and ARGV of one ``flush`` call; ``channels``: the messages key, state key and tag of each."""
+    keys: list[Key] = [DIST_DEADLINES, stream, DIST_SEQ_FLOOR]
+    args: list[Arg] = [maxlen, by, idle_ms]
+    for messages_key, state_key, tag in channels:
+        keys += (messages_key, state_key)
+        args.append(tag)
+    if now_ms is not None:
+        args.append(now_ms)
+    return keys, args
+
+
+def publish_call(state_key: Key, stream: str, maxlen: int, channel: Arg, tag: Arg, frame: bytes, count: int,
+                 reason: str, by: Arg, idle_ms: int, node: tuple[str, int] | None = None,
+                 now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
+    """KEYS and ARGV of one ``publish`` call; ``node``: the node key and operation number, which make a
+    replayed call a no-op."""
+    keys: list[Key] = [state_key, stream, DIST_SEQ_FLOOR]
+    args: list[Arg] = [channel, tag, frame, count, reason, maxlen, by, idle_ms]
+    if node is not None:
+        keys.append(node[0])
+        args += (node[1], NODE_KEY_TTL_MS)
+    if now_ms is not None:
+        args.append(now_ms)
+    return keys, args
+
+
+def due_call(grace_ms: int, limit: int, now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
+    """KEYS and ARGV of one ``due`` call."""
+    args: list[Arg] = [grace_ms, limit]
+    if now_ms is not None:
+        args.append(now_ms)
+    return [DIST_DEADLINES], args

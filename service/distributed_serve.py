@@ -10,13 +10,18 @@ import signal
 import sys
 import threading
 from collections import Counter
-from typing import IO, Iterable
+from typing import IO, TYPE_CHECKING, Iterable
 
 from protocol.errors import InvalidInput, StoreUnavailable, UnsafeRedis
 from protocol.values import BatchSettings
 from service.lines import MAX_LINE_BYTES, LineSplitter, parse_line
 from service.process import EXIT_FAILED, EXIT_OK, signal_handlers_restored, silence_stdout
 from service.serve import redacted
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from message_queue.distributed import DistributedBatcher
 
 class _ChunkReader:
     """Reads stdin in chunks on a thread of its own (blocked in ``read``, so it barely competes for the GIL)
@@ -63,9 +68,8 @@ def run_serve_distributed(args: argparse.Namespace) -> int:
 async def _serve_distributed(args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
 
-    from message_queue.distributed import DistributedBatcher, NodeOptions, check_durability
+    from message_queue.distributed import DistributedBatcher, NodeOptions
 
-    url = redacted(args.redis)
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -74,38 +78,126 @@ async def _serve_distributed(args: argparse.Namespace) -> int:
     options = NodeOptions(stream=args.stream, maxlen=args.stream_maxlen, sweep_interval=args.sweep_interval,
                           grace=args.grace, **({"node_id": args.node_id} if args.node_id else {}))
     client = Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)
-    batcher = DistributedBatcher(client, settings, options)
-    chunks: asyncio.Queue[bytes] = asyncio.Queue()
-    reader = _ChunkReader(loop, chunks)
-    counts = Counter[str]()
-    failure: list[BaseException] = []
-    broken: list[OSError] = []
-    out = sys.stdout.buffer
-    reported = 0
+    node = _Node(args, client, DistributedBatcher(client, settings, options), stopped)
+    try:
+        failed = await node.start()
+        if failed is not None:
+            return failed
+        await node.run()
+        return node.finish()
+    finally:
+        node.reader.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        await node.batcher.close()
+        await client.aclose()
 
-    def answered(future: asyncio.Future[None]) -> None:
+
+class _Node:
+    """One run of ``serve --distributed``: input lines in, messages submitted to the batcher, acks and the
+    summary out. ``stopped`` is set by a signal, a failed write to Redis, or a broken stdout."""
+
+    def __init__(self, args: argparse.Namespace, client: Redis, batcher: DistributedBatcher,
+                 stopped: asyncio.Event) -> None:
+        self.args = args
+        self.url = redacted(args.redis)
+        self.client = client
+        self.batcher = batcher
+        self.stopped = stopped
+        self.loop = asyncio.get_running_loop()
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self.reader = _ChunkReader(self.loop, self.chunks)
+        self.counts = Counter[str]()
+        self.failure: list[BaseException] = []
+        self.broken: list[OSError] = []
+        self.out = sys.stdout.buffer
+        self.reported = 0
+
+    async def start(self) -> int | None:
+        """Check the server and start the batcher; the exit code when that failed, else None."""
+        from message_queue.distributed import check_durability
+
+        try:
+            await check_durability(self.client, self.args.allow_volatile_redis)
+            await self.batcher.start()
+        except UnsafeRedis as exc:
+            print(f"serve: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except _unreachable() as exc:
+            print(f"serve: cannot reach Redis at {self.url}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except _redis_errors() as exc:
+            print(f"serve: cannot use Redis at {self.url}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        self.batcher.on_progress = self.report_acks
+        print(f"serve: ready as distributed node {self.batcher.node_id} on Redis at {self.url}; reading JSON lines "
+              f"on stdin; finished batches go to the stream {self.batcher.options.stream!r}", file=sys.stderr,
+              flush=True)
+        return None
+
+    async def run(self) -> None:
+        """Read stdin until its end (then wait for this node's last batches) or until stopped."""
+        threading.Thread(target=self.reader.run, args=(sys.stdin.buffer,), name="serve-stdin", daemon=True).start()
+        ending = self.loop.create_task(self.feed())
+        stopping = self.loop.create_task(self.stopped.wait())
+        await asyncio.wait({ending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if ending.done():
+            ending.result()  # raises what ended the feed, if anything
+        if not self.stopped.is_set():
+            print(f"serve: end of input; {self.counts['accepted']} messages accepted, {self.counts['skipped']} lines "
+                  "skipped; waiting for the last batches", file=sys.stderr, flush=True)
+            draining = self.loop.create_task(self.batcher.drain())
+            await asyncio.wait({draining, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            draining.cancel()
+        ending.cancel()
+        stopping.cancel()
+
+    def finish(self) -> int:
+        """Report the last acks and the summary; the exit code."""
+        self.report_acks()
+        stats = self.batcher.statistics()
+        if self.broken:
+            silence_stdout()
+            print(f"serve: output closed ({self.broken[0]}); stopping", file=sys.stderr)
+            return EXIT_FAILED
+        if self.failure:
+            print(f"serve: Redis at {self.url} failed ({self.failure[0]}); {stats.appended} of "
+                  f"{self.counts['accepted']} messages were stored", file=sys.stderr)
+            return EXIT_FAILED
+        published = stats.published_on_append + stats.published_by_timer + stats.published_by_sweep
+        summary = (f"{stats.appended} messages stored; this node published {published} batches "
+                   f"({stats.published_on_append} on append, {stats.published_by_timer} by its timers, "
+                   f"{stats.published_by_sweep} overdue ones by its sweeper)")
+        if self.stopped.is_set():
+            print(f"serve: stopped by a signal; {summary}; open batches stay in Redis for the other nodes",
+                  file=sys.stderr)
+        else:
+            print(f"serve: done; {summary}", file=sys.stderr)
+        return EXIT_OK
+
+    def answered(self, future: asyncio.Future[None]) -> None:
         if future.cancelled():
             return
         exc = future.exception()
-        if exc is not None and not failure:
-            failure.append(exc)
-            stopped.set()
+        if exc is not None and not self.failure:
+            self.failure.append(exc)
+            self.stopped.set()
 
-    def report_acks() -> None:
+    def report_acks(self) -> None:
         # Called right after each answered pipeline: operations are answered in the order submitted, so the
         # count of stored messages is the count of leading input messages stored.
-        nonlocal reported
-        acked = batcher.statistics().appended
-        if args.acks and acked != reported and not broken:
-            reported = acked
+        acked = self.batcher.statistics().appended
+        if self.args.acks and acked != self.reported and not self.broken:
+            self.reported = acked
             try:
-                out.write(b'{"acked": %d}\n' % reported)
-                out.flush()
+                self.out.write(b'{"acked": %d}\n' % self.reported)
+                self.out.flush()
             except OSError as exc:  # the reader of stdout went away
-                broken.append(exc)
-                stopped.set()
+                self.broken.append(exc)
+                self.stopped.set()
 
-    async def take(lines: Iterable[tuple[int, bytes | None]]) -> None:
+    async def take(self, lines: Iterable[tuple[int, bytes | None]]) -> None:
+        batcher = self.batcher
         for count, (number, data) in enumerate(lines, 1):
             if count % 64 == 0:
                 await asyncio.sleep(0)  # let due timers fire and answers arrive between slices of a chunk
@@ -114,77 +206,20 @@ async def _serve_distributed(args: argparse.Namespace) -> int:
                     raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
                 message = parse_line(data)
             except InvalidInput as exc:
-                counts["skipped"] += 1
+                self.counts["skipped"] += 1
                 print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
                 continue
             if not batcher.has_room:
                 await batcher.wait_for_room()
-            counts["accepted"] += 1
-            batcher.submit(message).add_done_callback(answered)
+            self.counts["accepted"] += 1
+            batcher.submit(message).add_done_callback(self.answered)
 
-    async def feed() -> None:
+    async def feed(self) -> None:
         splitter = LineSplitter()
-        while (chunk := await chunks.get()):
-            await take(splitter.feed(chunk))
-            reader.handled()
-        await take(splitter.end())
-
-    try:
-        try:
-            await check_durability(client, args.allow_volatile_redis)
-            await batcher.start()
-        except UnsafeRedis as exc:
-            print(f"serve: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        except _unreachable() as exc:
-            print(f"serve: cannot reach Redis at {url}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        except _redis_errors() as exc:
-            print(f"serve: cannot use Redis at {url}: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        batcher.on_progress = report_acks
-        print(f"serve: ready as distributed node {batcher.node_id} on Redis at {url}; reading JSON lines on stdin; "
-              f"finished batches go to the stream {options.stream!r}", file=sys.stderr, flush=True)
-        threading.Thread(target=reader.run, args=(sys.stdin.buffer,), name="serve-stdin", daemon=True).start()
-        ending = loop.create_task(feed())
-        stopping = loop.create_task(stopped.wait())
-        await asyncio.wait({ending, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if ending.done():
-            ending.result()  # raises what ended the feed, if anything
-        if not stopped.is_set():
-            print(f"serve: end of input; {counts['accepted']} messages accepted, {counts['skipped']} lines skipped; "
-                  "waiting for the last batches", file=sys.stderr, flush=True)
-            draining = loop.create_task(batcher.drain())
-            await asyncio.wait({draining, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            draining.cancel()
-        ending.cancel()
-        stopping.cancel()
-        report_acks()
-        stats = batcher.statistics()
-        if broken:
-            silence_stdout()
-            print(f"serve: output closed ({broken[0]}); stopping", file=sys.stderr)
-            return EXIT_FAILED
-        if failure:
-            print(f"serve: Redis at {url} failed ({failure[0]}); {stats.appended} of {counts['accepted']} messages "
-                  "were stored", file=sys.stderr)
-            return EXIT_FAILED
-        published = stats.published_on_append + stats.published_by_timer + stats.published_by_sweep
-        summary = (f"{stats.appended} messages stored; this node published {published} batches "
-                   f"({stats.published_on_append} on append, {stats.published_by_timer} by its timers, "
-                   f"{stats.published_by_sweep} overdue ones by its sweeper)")
-        if stopped.is_set():
-            print(f"serve: stopped by a signal; {summary}; open batches stay in Redis for the other nodes",
-                  file=sys.stderr)
-        else:
-            print(f"serve: done; {summary}", file=sys.stderr)
-        return EXIT_OK
-    finally:
-        reader.stop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        await batcher.close()
-        await client.aclose()
+        while (chunk := await self.chunks.get()):
+            await self.take(splitter.feed(chunk))
+            self.reader.handled()
+        await self.take(splitter.end())
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

@@ -9,7 +9,9 @@
 --                 (absent: 0), so seq - b batches were published since (ch, seq and b outlive the batch)
 -- Shared: the deadline index (sorted set: channel tag -> deadline, ms; it holds exactly the channels with an
 -- open batch), the stream, and the seq floor (string: no channel whose state may expire used a higher seq).
--- Every time is Redis server time (TIME) in ms, so the nodes' clocks do not matter.
+-- Every time is Redis server time (TIME) in ms, so the nodes' clocks do not matter. A caller may give the time
+-- instead, as one more ARGV after the script's own (each script names its position): a fake clock for tests;
+-- nodes never give it.
 --
 -- Expiry: a state hash has no TTL while its channel holds an open batch (made persistent when one opens);
 -- once the batch is published and nothing is left open, rest() gives it the idle TTL, renewed by every later
@@ -17,7 +19,12 @@
 -- channel, or one whose state expired) numbers its batches from above the floor: a channel's batch numbers,
 -- and so its batch ids "<tag>:<seq>", keep increasing across expiries and are never reused.
 
-local function now_ms()
+-- The time now, in ms: ARGV[i] when the caller gave it, otherwise Redis server time.
+local function now_ms(i)
+  local given = ARGV[i]
+  if given then
+    return tonumber(given)
+  end
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -91,6 +98,18 @@ local function parse_open(o)
   return {first = tonumber(first), w = tonumber(w), mw = tonumber(mw), cap = tonumber(cap)}
 end
 
+-- When an open batch whose last message came at ``last`` (ms) closes by time, and why: ``window`` ms after its
+-- last message, or at its age cap ``max_wait`` when that comes first or at the same moment. The same rule as
+-- _OpenBatch.deadline and timed_reason in actors/batching.py (tests/test_rules_differential.py holds the two
+-- to it).
+local function due_at(o, last)
+  local deadline = last + o.w
+  if o.mw > 0 and o.first + o.mw <= deadline then
+    return o.first + o.mw, 'max_wait'
+  end
+  return deadline, 'window'
+end
+
 -- Close the open batch (if any) and publish it, in one step: claim and publish cannot be separated.
 -- ``reason`` nil: "window", or "max_wait" when the deadline was the batch's age cap. ``last``: the time of its
 -- last message when known (nil: stored, or the deadline minus the window). ``score``: its deadline when the
@@ -111,6 +130,7 @@ local function flush(msgs, state, floor, deadlines, stream, maxlen, tag, reason,
   local v = redis.call('HMGET', state, 'o', 'ch', 'l')
   local o = parse_open(v[1]) or {first = now, w = 0, mw = 0, cap = 0}
   if not reason then
+    -- the deadline came from due_at: it is the age cap exactly when due_at chose max_wait
     reason = 'window'
     if o.mw > 0 and score == o.first + o.mw then
       reason = 'max_wait'

@@ -1,13 +1,15 @@
 -- For each channel: publish its open batch if its deadline has passed (by Redis server time).
 -- KEYS: deadlines, stream, seq floor, then per channel: msgs, state
--- ARGV: maxlen, by, idle ttl ms (of a channel's state), then per channel: tag
+-- ARGV: maxlen, by, idle ttl ms (of a channel's state), then per channel: tag, [then the time now in ms (a
+--       test's fake clock; see common.lua)]
 -- Returns "<now>,<r1>,<r2>,..." (server ms), one r per channel: -1: published now; -2: no batch open (another
 -- node published it, or it flushed when full); a deadline (> 0): not due yet (the deadline slid).
 local deadlines, stream, floor = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, by, idle = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local now = now_ms()
+local count = (#KEYS - 3) / 2
+local now = now_ms(3 + count + 1)
 local out = {int(now)}
-for i = 1, #ARGV - 3 do
+for i = 1, count do
   local tag, msgs, state = ARGV[3 + i], KEYS[2 + 2 * i], KEYS[3 + 2 * i]
   local deadline = redis.call('ZSCORE', deadlines, tag)
   if not deadline then

@@ -2,9 +2,10 @@
 -- channel's next batch id. The channel's open batch, if any, stays open and is published after it.
 -- KEYS: state, stream, seq floor[, node]
 -- ARGV: channel id, tag, MessageBatch frame, count, reason, maxlen, by, idle ttl ms (of the channel's state)
---       [, operation number, node key ttl ms]
+--       [, operation number, node key ttl ms], [the time now in ms (a test's fake clock; see common.lua): ARGV[11]
+--       with the node key, ARGV[9] without]
 -- Returns {batch id, now}, or {"", now} for an operation applied before (a replayed pipeline; see append).
-local now = now_ms()
+local now = now_ms(KEYS[4] and 11 or 9)
 if KEYS[4] then
   local last = redis.call('GET', KEYS[4])
   if last and tonumber(last) >= tonumber(ARGV[9]) then

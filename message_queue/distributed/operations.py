@@ -1,0 +1,93 @@
+"""The operations a node queues for Redis and the script calls that carry them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Iterator, Sequence, Union
+
+from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
+from protocol.values import MessageBatch, Payload, QueuedMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """A channel's tag and keys, encoded once."""
+
+    tag: str
+    channel: bytes
+    tag_bytes: bytes
+    messages_key: bytes
+    state_key: bytes
+
+    @classmethod
+    def of(cls, channel: str) -> Names:
+        tag = channel_tag(channel)
+        return cls(tag, channel.encode("utf-8"), tag.encode("ascii"),
+                   dist_key_of_tag(DIST_MESSAGES, tag).encode("ascii"), dist_key_of_tag(DIST_STATE, tag).encode("ascii"))
+
+    @classmethod
+    def of_tag(cls, tag: str) -> Names:
+        return cls(tag, b"", tag.encode("ascii"), dist_key_of_tag(DIST_MESSAGES, tag).encode("ascii"),
+                   dist_key_of_tag(DIST_STATE, tag).encode("ascii"))
+
+
+@dataclass(eq=False, slots=True)
+class Append:
+    channel: str
+    names: Names
+    frame: bytes
+    future: asyncio.Future[None]
+
+    @property
+    def tag(self) -> str:
+        return self.names.tag
+
+
+@dataclass(eq=False, slots=True)
+class Publish:
+    channel: str
+    tag: str
+    frame: bytes
+    count: int
+    future: asyncio.Future[str]
+
+
+@dataclass(eq=False, slots=True)
+class Flush:
+    tag: str
+    how: str  # "timer" or "sweep"
+
+    @property
+    def names(self) -> Names:
+        return Names.of_tag(self.tag)
+
+
+Op = Union[Append, Publish, Flush]
+
+
+@dataclass(eq=False, slots=True)
+class Call:
+    """One script call of a pipeline and the operations it carries."""
+
+    script: str  # scripts.APPEND, FLUSH or PUBLISH
+    ops: Sequence[Op]
+    how: str = ""  # of a FLUSH: "timer" or "sweep"
+    first: int = 0  # number of the first operation (APPEND, PUBLISH), fixed for every replay of the call
+
+
+def flush_entries(ops: Sequence[Op]) -> Iterator[tuple[bytes, bytes, bytes]]:
+    for op in ops:
+        assert isinstance(op, Flush)
+        names = op.names
+        yield names.messages_key, names.state_key, names.tag_bytes
+
+
+def single(message: QueuedMessage) -> MessageBatch:
+    """A batch holding one message, stamped with its queue time."""
+    return MessageBatch([message], message.queued_at, message.queued_at)
+
+
+def batch_of(payload: Payload) -> MessageBatch:
+    """``payload`` as a batch (a single message becomes a batch of one)."""
+    return payload if isinstance(payload, MessageBatch) else single(payload)

@@ -1,0 +1,333 @@
+"""Differential test: the batching rules of distributed mode (the Lua scripts, run on a real redis-server)
+against their reference, :class:`actors.batching.ChannelCore`.
+
+Hypothesis draws a few channels with their settings and a sequence of steps on a fake clock (integer ms):
+messages (several at one instant go in one append call, as a node sends them), enqueue-front, new settings
+for a channel, and "flush what is due". Each step runs on both sides at the same fake time, which the scripts
+take as their ``now`` argument instead of Redis server time (see ``message_queue/lua/common.lua``), so the run
+is deterministic. Both must publish the same batches (the same messages), in the same order, for the same
+reasons, equally late; the scripts' replies (a deadline, published, nothing open) must match the core's
+deadline after the step, and each channel's open batch must hold as many messages on both sides.
+
+Correspondence of operations:
+    * ``append`` of a message at t  = ``core.enqueue(msg, t)`` then ``core.tick(t)`` (a deadline already
+      reached when the message lands closes the batch at once: the shell's timer would fire immediately);
+    * ``flush`` at t                = ``core.tick(t)``;
+    * ``publish`` (enqueue_front)   = ``core.enqueue_front(payload, t)``;
+    * the stream                    = the deliveries of a core whose processor is attached and answers every
+      delivery at once (distributed mode hands a batch to the stream as soon as it closes).
+
+Flush reasons: the stream's ``reason`` is the core's ``FlushReason`` value for ``window``, ``full``,
+``max_wait``, ``unbatched``, ``settings`` and ``front``. ``flushed`` (FlushBatch) and ``restored`` (restore
+after a restart) are core-only: distributed mode has neither operation. ``published`` (an event bus's own
+``publish_inbound``) is stream-only: no core operation makes it. Lateness: for ``window`` and ``max_wait`` the
+core's ``lateness`` equals the entry's ``published - deadline``; for every other reason the entry's
+``deadline`` is 0 and the core's lateness is 0.
+
+Units: the core takes any monotonic unit, so it runs in ms here (a window of 20 ms is ``window=20``); its
+rules only add and compare times, which is exact on integers, so a message exactly one window after the
+previous hits the boundary on both sides.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+import pytest
+import redis
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from actors.batching import ChannelCore, Deliver, Effect
+from message_queue import scripts
+from protocol import codec
+from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
+from protocol.stream import decode_entry
+from protocol.values import BatchSettings, FlushReason, MessageBatch, Payload, QueuedMessage, payload_messages
+from redis_support import REDIS_SERVER, redis_server
+
+pytestmark = pytest.mark.redis
+
+CHANNELS = ("alpha", "beta", "chan ü")
+STREAM = "test:differential"
+NODE = "diff"
+IDLE_MS = 60_000
+START_MS = 1_700_000_000_000
+TIMED = frozenset({FlushReason.WINDOW.value, FlushReason.MAX_WAIT.value})
+# Core reason -> stream reason; the core's FLUSHED and RESTORED have no distributed counterpart.
+REASONS = {reason: reason.value for reason in FlushReason if reason not in (FlushReason.FLUSHED, FlushReason.RESTORED)}
+
+
+# -- the steps -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Settings in ms: ``max_wait`` 0 for none."""
+
+    window: int
+    max_wait: int
+    cap: int
+    batching: bool = True
+
+    def core(self) -> BatchSettings:
+        return BatchSettings(self.window, self.cap, self.max_wait or None, self.batching)
+
+    def argument(self) -> bytes:
+        seconds = BatchSettings(self.window / 1000, self.cap, self.max_wait / 1000 or None, self.batching)
+        return scripts.settings_argument(seconds)
+
+
+@dataclass(frozen=True)
+class Messages:
+    """One message per listed channel, at one instant, in one append call."""
+
+    channels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Front:
+    """enqueue_front of ``size`` messages (a lone message when 1)."""
+
+    channel: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Configure:
+    channel: int
+    rules: Rules
+
+
+@dataclass(frozen=True)
+class FlushDue:
+    pass
+
+
+Action = Union[Messages, Front, Configure, FlushDue]
+Step = tuple[int, Action]  # (ms since the previous step, action)
+
+channel_index = st.integers(0, len(CHANNELS) - 1)
+# Round values are drawn more often, so that gaps land exactly on windows and age caps.
+round_ms = st.sampled_from([0, 10, 20, 30])
+rules = st.builds(
+    Rules,
+    window=round_ms | st.integers(0, 60),
+    max_wait=st.sampled_from([0, 0, 10, 20, 30]) | st.integers(1, 90),
+    cap=st.integers(1, 5),
+    batching=st.sampled_from([True, True, True, True, False]),
+)
+actions: st.SearchStrategy[Action] = st.one_of(
+    st.builds(Messages, st.lists(channel_index, min_size=1, max_size=4).map(tuple)),
+    st.builds(Messages, st.lists(channel_index, min_size=1, max_size=1).map(tuple)),
+    st.builds(Front, channel_index, st.integers(1, 3)),
+    st.builds(Configure, channel_index, rules),
+    st.just(FlushDue()),
+)
+steps = st.lists(st.tuples(round_ms | st.integers(0, 70), actions), max_size=40)
+initial_rules = st.lists(rules, min_size=len(CHANNELS), max_size=len(CHANNELS)).map(tuple)
+
+
+# -- the two sides -------------------------------------------------------------------------------------------
+
+
+Published = tuple[str, tuple[str, ...], str, "int | None"]
+"""(channel, message texts, reason, lateness in ms or None when the reason has no deadline)"""
+
+
+class CoreSide:
+    """One ChannelCore per channel, with a processor that answers every delivery at once."""
+
+    def __init__(self, initial: tuple[Rules, ...]) -> None:
+        self.cores = [ChannelCore(name, r.core(), added_effects=False) for name, r in zip(CHANNELS, initial)]
+        for core in self.cores:
+            assert core.attach() == []
+        self.published: list[Published] = []
+
+    def take(self, core: ChannelCore, effects: list[Effect]) -> None:
+        pending = list(effects)
+        while pending:
+            effect = pending.pop(0)
+            if isinstance(effect, Deliver):
+                reason = REASONS[effect.reason]
+                if reason in TIMED:
+                    lateness: int | None = int(effect.lateness)
+                    assert lateness == effect.lateness
+                else:
+                    assert effect.lateness == 0, effect
+                    lateness = None
+                texts = tuple(m.text for m in payload_messages(effect.item.payload))
+                self.published.append((core.channel_id, texts, reason, lateness))
+                pending.extend(core.finish(effect.delivery_id))
+
+    def append(self, msg: QueuedMessage, now: int) -> int:
+        """enqueue then tick; returns what the append script answers: the deadline, or -1 (published)."""
+        core = self.cores[CHANNELS.index(msg.channel_id)]
+        self.take(core, core.enqueue(msg, now))
+        self.take(core, core.tick(now))
+        deadline = core.deadline
+        return -1 if deadline is None else int(deadline)
+
+    def front(self, index: int, payload: Payload, now: int) -> None:
+        core = self.cores[index]
+        self.take(core, core.enqueue_front(payload, now))
+
+    def flush_due(self, now: int) -> list[int]:
+        """tick every channel; returns what the flush script answers per channel: -1 published, -2 nothing
+        open, or the deadline (not due)."""
+        out = []
+        for core in self.cores:
+            if core.deadline is None:
+                out.append(-2)
+                continue
+            self.take(core, core.tick(now))
+            out.append(-1 if core.deadline is None else int(core.deadline))
+        return out
+
+    def open_sizes(self) -> list[int]:
+        return [core.open_batch.size if core.open_batch is not None else 0 for core in self.cores]
+
+
+class ScriptSide:
+    """The scripts on a real Redis, called as a node calls them, with the fake time as their clock."""
+
+    def __init__(self, client: redis.Redis, initial: tuple[Rules, ...]) -> None:
+        self.client = client
+        self.arguments = [r.argument() for r in initial]
+        self.tags = [channel_tag(name) for name in CHANNELS]
+        self.node_key = dist_node_key(NODE)
+        self.next_op = 1
+        self.last_entry = "0-0"
+
+    def keys_of(self, index: int) -> tuple[str, str]:
+        tag = self.tags[index]
+        return dist_key_of_tag(DIST_MESSAGES, tag), dist_key_of_tag(DIST_STATE, tag)
+
+    def run(self, name: str, keys: list[scripts.Key], args: list[scripts.Arg]) -> object:
+        return self.client.evalsha(scripts.SCRIPTS[name].sha, len(keys), *keys, *args)
+
+    def append(self, messages: list[tuple[int, QueuedMessage]], now: int) -> list[int]:
+        entries = [(*self.keys_of(i), codec.encode(m), m.channel_id, self.tags[i], self.arguments[i])
+                   for i, m in messages]
+        keys, args = scripts.append_call(STREAM, self.node_key, 0, f"{NODE}/append", self.next_op, IDLE_MS,
+                                         entries, now_ms=now)
+        self.next_op += len(messages)
+        return self.numbers(self.run(scripts.APPEND, keys, args), now)
+
+    def front(self, index: int, payload: Payload, now: int) -> None:
+        batch = payload if isinstance(payload, MessageBatch) else MessageBatch([payload], payload.queued_at,
+                                                                               payload.queued_at)
+        keys, args = scripts.publish_call(self.keys_of(index)[1], STREAM, 0, CHANNELS[index], self.tags[index],
+                                          codec.encode(batch), len(batch.messages), "front", f"{NODE}/front",
+                                          IDLE_MS, node=(self.node_key, self.next_op), now_ms=now)
+        self.next_op += 1
+        reply = self.run(scripts.PUBLISH, keys, args)
+        assert isinstance(reply, list) and reply[1] == now, reply
+
+    def flush_due(self, now: int) -> list[int]:
+        keys, args = scripts.flush_call(STREAM, 0, f"{NODE}/timer", IDLE_MS,
+                                        [(*self.keys_of(i), tag) for i, tag in enumerate(self.tags)], now_ms=now)
+        return self.numbers(self.run(scripts.FLUSH, keys, args), now)
+
+    @staticmethod
+    def numbers(reply: object, now: int) -> list[int]:
+        assert isinstance(reply, bytes), reply
+        server_now, *results = (int(n) for n in reply.split(b","))
+        assert server_now == now, "the script did not take the time given"
+        return results
+
+    def new_entries(self) -> list[Published]:
+        out: list[Published] = []
+        for entry_id, fields in self.client.xrange(STREAM, f"({self.last_entry}", "+"):
+            self.last_entry = entry_id.decode()
+            inbound = decode_entry(fields, entry_id)
+            lateness = inbound.lateness_ms
+            if inbound.reason in TIMED:
+                assert lateness is not None, inbound
+            else:
+                assert inbound.deadline_ms == 0, inbound
+            texts = tuple(m.text for m in inbound.batch.messages)
+            out.append((inbound.channel_id, texts, inbound.reason, lateness))
+        return out
+
+    def open_sizes(self) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(len(CHANNELS)):
+            pipe.llen(self.keys_of(i)[0])
+        return [int(n) for n in pipe.execute()]
+
+
+# -- the test ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[redis.Redis]:
+    """A client of a private redis-server shared by the examples (each starts from an empty database)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found on PATH (.ci/run installs it with apt-get)")
+    with redis_server(appendonly=False) as server:
+        connection = redis.Redis.from_url(server.url)
+        try:
+            for script in scripts.SCRIPTS.values():
+                connection.script_load(script.source)
+            yield connection
+        finally:
+            connection.close()
+
+
+def run_both(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) -> None:
+    client.flushdb()
+    core, lua = CoreSide(initial), ScriptSide(client, initial)
+    texts = (str(n) for n in itertools.count())
+    now = START_MS
+    for number, (gap, action) in enumerate([*plan, (10_000, FlushDue())]):  # the last step flushes everything
+        now += gap
+        where = f"step {number} at +{now - START_MS} ms: {action}"
+        if isinstance(action, Messages):
+            messages = [(i, QueuedMessage("test", CHANNELS[i], "u", "U", next(texts))) for i in action.channels]
+            expected = [core.append(m, now) for _, m in messages]
+            assert lua.append(messages, now) == expected, where
+        elif isinstance(action, Front):
+            batch = [QueuedMessage("test", CHANNELS[action.channel], "u", "U", next(texts)) for _ in range(action.size)]
+            payload: Payload = batch[0] if action.size == 1 else MessageBatch(batch)
+            core.front(action.channel, payload, now)
+            lua.front(action.channel, payload, now)
+        elif isinstance(action, Configure):
+            core.cores[action.channel].configure(action.rules.core())
+            lua.arguments[action.channel] = action.rules.argument()
+        else:
+            assert lua.flush_due(now) == core.flush_due(now), where
+        published, core.published = core.published, []
+        assert lua.new_entries() == published, where
+        assert lua.open_sizes() == core.open_sizes(), where
+    assert core.open_sizes() == [0] * len(CHANNELS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(initial=initial_rules, plan=steps)
+# A batch past its deadline (no flush ran since) must not take the next message: it closes first (by time,
+# late), and the message opens the next batch.
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5),) * 3,
+    plan=[(0, Messages((0,))), (30, Messages((0,))), (0, FlushDue())],
+)
+# The same with batching turned off meanwhile: the overdue batch closes by time, not for the new settings.
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5),) * 3,
+    plan=[(0, Messages((0,))), (0, Configure(0, Rules(window=10, max_wait=0, cap=5, batching=False))),
+          (20, Messages((0,)))],
+)
+# The tie: the age cap falls exactly when the window ends; the core calls it max_wait.
+@example(
+    initial=(Rules(window=10, max_wait=20, cap=5),) * 3,
+    plan=[(0, Messages((0,))), (10, Messages((0,))), (10, FlushDue())],
+)
+# A zero window closes each message's batch at once; an enqueue-front right after comes behind it.
+@example(
+    initial=(Rules(window=0, max_wait=0, cap=5),) * 3,
+    plan=[(0, Messages((0, 0))), (0, Front(0, 2)), (0, FlushDue())],
+)
+def test_the_scripts_batch_as_the_core_does(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) -> None:
+    run_both(client, initial, plan)
