@@ -81,11 +81,6 @@ class MessageBatch:
 Payload = Union[QueuedMessage, MessageBatch]
 
 
-def payload_channel(payload: Payload) -> str:
-    """The channel of a queue payload (a message or a non-empty batch)."""
-    return payload.channel_id
-
-
 def payload_messages(payload: Payload) -> tuple[QueuedMessage, ...]:
     """The messages a payload carries, oldest first."""
     if isinstance(payload, MessageBatch):

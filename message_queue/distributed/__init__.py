@@ -54,7 +54,6 @@ is importable from here.
 from __future__ import annotations
 
 from message_queue.distributed.batcher import DistributedBatcher
-from message_queue.distributed.operations import batch_of
 from message_queue.distributed.options import NodeOptions, NodeStatistics
 from message_queue.distributed.queue import DistributedQueue
 from message_queue.distributed.relay import OutboxRelay
@@ -70,7 +69,6 @@ __all__ = [
     "NodeStatistics",
     "OutboxRelay",
     "RedisStreamEventBus",
-    "batch_of",
     "binary_client",
     "channel_statistics",
     "check_durability",

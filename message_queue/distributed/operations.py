@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
 from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
-from protocol.values import MessageBatch, Payload, QueuedMessage
+from protocol.values import MessageBatch, QueuedMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,3 @@ def flush_entries(ops: Sequence[Op]) -> Iterator[tuple[bytes, bytes, bytes]]:
 def single(message: QueuedMessage) -> MessageBatch:
     """A batch holding one message, stamped with its queue time."""
     return MessageBatch([message], message.queued_at, message.queued_at)
-
-
-def batch_of(payload: Payload) -> MessageBatch:
-    """``payload`` as a batch (a single message becomes a batch of one)."""
-    return payload if isinstance(payload, MessageBatch) else single(payload)
