@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-volatile-redis", action="store_true",
                        help="with --redis: accept a server that may lose acknowledged messages (no AOF, or an "
                        "evicting maxmemory-policy), with a warning on stderr")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /healthz "
+                     "(200 while the actors answer and, with --redis, Redis answers and this node holds the "
+                     "writer lease; 503 with the reason otherwise); 0 picks a free port, printed on stderr "
+                     "(default: none)")
+    ops.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                     help="address the metrics endpoint binds (default 127.0.0.1: this host only)")
     dist = serve.add_argument_group(
         "distributed mode", "With --redis URL --distributed, any number of serve processes share that Redis as "
         "nodes: batching state lives in Redis, each message may go to any node, and every finished batch is "
@@ -134,6 +142,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--allow-volatile-redis needs --redis")
     if namespace.command == "serve":
         _check_distributed(parser, namespace)
+        _check_ops(parser, namespace)
     return namespace
 
 
@@ -163,6 +172,16 @@ def _check_distributed(parser: argparse.ArgumentParser, namespace: argparse.Name
             dist_node_key(namespace.node_id)
         except ValueError as exc:
             parser.error(f"--node-id: {exc}")
+
+
+def _check_ops(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    port = namespace.metrics_port
+    if port is not None and not 0 <= port <= 65535:
+        parser.error(f"--metrics-port must be 0-65535, got {port}")
+    if port is None and namespace.metrics_host != "127.0.0.1":
+        parser.error("--metrics-host needs --metrics-port")
+    if port is not None and namespace.distributed:
+        parser.error("--metrics-port serves an actor-system node; a --distributed node has none")
 
 
 def _check_redis_url(parser: argparse.ArgumentParser, url: str) -> None:

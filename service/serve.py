@@ -10,15 +10,23 @@ import math
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from datetime import datetime
-from typing import IO, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from actors.driver import DriverStopped, Output
 from actors.system import SIMPLE_BASE, TCP_BASE
 from protocol.errors import InvalidInput, MessageQueueError, RedisDataLost, StoreUnavailable, UnsafeRedis
-from protocol.messages import SUPERVISOR_NAME, BatchReady, GetStatistics, ProcessingDone, Statistics
+from protocol.messages import (
+    SUPERVISOR_NAME,
+    BatchReady,
+    CancelProcessing,
+    GetStatistics,
+    ProcessingDone,
+    Statistics,
+)
 from protocol.values import BatchSettings, payload_messages
 from service.lines import MAX_LINE_BYTES, parse_line, read_lines
 from service.nodes import InProcessNode, Node, TcpNode, expect
@@ -31,6 +39,10 @@ from service.process import (
     signal_handlers_restored,
     silence_stdout,
 )
+
+if TYPE_CHECKING:
+    from message_queue.metrics import QueueMetrics
+    from service.ops_http import OpsServer
 
 def batch_record(ready: BatchReady) -> dict[str, Any]:
     """The JSON object written for one finished batch. ``attempt`` is 1 for a first delivery and more for a
@@ -115,12 +127,19 @@ class BatchWriter:
         self.batches = 0
         self.messages = 0
         self.broken: OSError | None = None  # the output was closed: nothing more can be written
+        self.metrics: QueueMetrics | None = None
 
     def on_output(self, output: Output) -> None:
+        metrics = self.metrics
         if not isinstance(output, BatchReady):
+            if metrics is not None and isinstance(output, CancelProcessing):
+                metrics.cancelled()
             return  # a cancel always comes after the batch was written and acknowledged
         if self.broken is not None:
             return
+        if metrics is not None:
+            metrics.delivered(output.item, output.reason, output.lateness)
+            started = time.perf_counter()
         line = record_line(output)
         try:
             self._out.write(line)
@@ -132,6 +151,8 @@ class BatchWriter:
             return
         assert self.node is not None
         self.node.tell(ProcessingDone(output.channel_id, output.delivery_id), output.reply_to)
+        if metrics is not None:
+            metrics.processed(time.perf_counter() - started)
         with self._changed:
             self.batches += 1
             self.messages += len(payload_messages(output.item.payload))
@@ -161,6 +182,7 @@ def _check(node: Node, writer: BatchWriter) -> None:
 def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | None]]) -> tuple[int, int]:
     """Enqueue every good line; report each bad one on stderr. Returns (accepted, skipped)."""
     accepted = skipped = 0
+    metrics = writer.metrics
     for number, data in lines:
         _check(node, writer)
         try:
@@ -168,8 +190,12 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
             node.enqueue(parse_line(data))
             accepted += 1
+            if metrics is not None:
+                metrics.accepted(1)
         except InvalidInput as exc:
             skipped += 1
+            if metrics is not None:
+                metrics.rejected()
             print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
     return accepted, skipped
 
@@ -277,12 +303,60 @@ def run_serve(args: argparse.Namespace) -> int:
         return _serve(node, writer, args)
 
 
+HEALTH_TIMEOUT = 2.0  # seconds the actors have to answer a health check or a scrape
+
+
+def _start_ops(node: Node, writer: BatchWriter, args: argparse.Namespace) -> OpsServer | None:
+    """With ``--metrics-port``: register the metrics, feed them from ``writer`` and serve /metrics and
+    /healthz. Raises OSError when the address cannot be bound."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from message_queue.metrics import QueueMetrics
+    from service.ops_http import OpsServer, lease_problem
+
+    registry = CollectorRegistry()
+    metrics = writer.metrics = QueueMetrics(registry)
+
+    def snapshot() -> Statistics | str:
+        try:
+            reply = node.call(GetStatistics()).result(HEALTH_TIMEOUT)
+        except (TimeoutError, DriverStopped) as exc:
+            return f"the actors did not answer within {HEALTH_TIMEOUT:g} s ({type(exc).__name__})"
+        return reply if isinstance(reply, Statistics) else f"the actors answered {type(reply).__name__}"
+
+    def refresh() -> None:
+        reply = snapshot()
+        if isinstance(reply, Statistics):
+            metrics.observe_statistics(reply.channels)
+
+    def health() -> str | None:
+        if not node.running:
+            return "the actor system stopped"
+        reply = snapshot()
+        if isinstance(reply, str):
+            return reply
+        return lease_problem(args.redis, HEALTH_TIMEOUT) if args.redis else None
+
+    server = OpsServer(args.metrics_host, args.metrics_port, registry, health, refresh)
+    try:
+        server.start()
+    except OSError as exc:
+        raise ServeError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from exc
+    print(f"serve: metrics on http://{args.metrics_host}:{server.port}/metrics, health on /healthz",
+          file=sys.stderr, flush=True)
+    return server
+
+
 def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
     url = redacted(args.redis or "")
+    ops: OpsServer | None = None
     try:
         node.start()
         # Only now: the TCP base forks its admin while starting, and it must not inherit these handlers.
         catch_stop_signals()
+        ops = _start_ops(node, writer, args)
         _announce(node, args)
         accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
         print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
@@ -315,4 +389,6 @@ def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         ignore_stop_signals()
+        if ops is not None:
+            ops.stop()
         node.stop()
