@@ -13,6 +13,9 @@ from protocol.errors import InvalidSettings
 from protocol.values import BatchSettings
 from service.demo import run_demo
 from service.distributed_serve import run_serve_distributed
+from service.admin import add_parser as add_admin_parser
+from service.admin import check_args as check_admin_args
+from service.admin import run_admin
 from service.process import EXIT_FAILED, silence_stdout
 from service.serve import redacted, run_serve
 
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command, runs the demo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,serve}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,admin}")
     demo = commands.add_parser("demo", help="simulated chat traffic on the in-memory base (the default)",
                                description="Simulate several chat channels on simpleSystemBase, print each "
                                "batch as it flushes, then a summary that checks every channel's delivery "
@@ -95,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: none)")
     ops.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                      help="address the metrics endpoint binds (default 127.0.0.1: this host only)")
+    ops.add_argument("--control", default=None, metavar="PATH",
+                     help="listen for admin commands (run_system.py admin --control PATH) on a Unix socket "
+                     "created at PATH with mode 0600; connections from other users are refused (default: none)")
     dist = serve.add_argument_group(
         "distributed mode", "With --redis URL --distributed, any number of serve processes share that Redis as "
         "nodes: batching state lives in Redis, each message may go to any node, and every finished batch is "
@@ -117,17 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--acks", action="store_true",
                       help='write {"acked": N} on stdout whenever the number of input messages stored in Redis '
                       "grows (the first N accepted lines, in order)")
-    parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}" for name, sub in (("demo", demo), ("serve", serve)))
+    admin = add_admin_parser(commands)
+    parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}"
+                               for name, sub in (("demo", demo), ("serve", serve), ("admin", admin)))
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); no command means ``demo``. Exits 2 on a usage error."""
     args = list(argv)
-    if not args or args[0] not in ("demo", "serve", "-h", "--help"):
+    if not args or args[0] not in ("demo", "serve", "admin", "-h", "--help"):
         args.insert(0, "demo")
     parser = build_parser()
     namespace = parser.parse_args(args)
+    if namespace.command == "admin":
+        check_admin_args(parser, namespace)
+        return namespace
     try:
         BatchSettings(namespace.window, namespace.max_batch_size, namespace.max_wait)
     except InvalidSettings as exc:
@@ -182,6 +193,8 @@ def _check_ops(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -
         parser.error("--metrics-host needs --metrics-port")
     if port is not None and namespace.distributed:
         parser.error("--metrics-port serves an actor-system node; a --distributed node has none")
+    if namespace.control is not None and namespace.distributed:
+        parser.error("--control reaches an actor-system node; a --distributed node has none")
 
 
 def _check_redis_url(parser: argparse.ArgumentParser, url: str) -> None:
@@ -218,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return run_serve_distributed(args) if args.distributed else run_serve(args)
+        if args.command == "admin":
+            return run_admin(args)
         return run_demo(args)
     except BrokenPipeError:  # stdout's reader went away, e.g. ``| head``
         silence_stdout()

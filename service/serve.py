@@ -42,6 +42,7 @@ from service.process import (
 
 if TYPE_CHECKING:
     from message_queue.metrics import QueueMetrics
+    from service.control import ControlServer
     from service.ops_http import OpsServer
 
 def batch_record(ready: BatchReady) -> dict[str, Any]:
@@ -200,13 +201,15 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
     return accepted, skipped
 
 
-def _wait_drained(node: Node, writer: BatchWriter, accepted: int) -> None:
+def _wait_drained(node: Node, writer: BatchWriter, accepted: int, controlled: bool = False) -> None:
     """Return once no channel holds an open, waiting or in-flight batch.
 
     Waits first until at least ``accepted`` messages were written (on the TCP base a flooded Supervisor can
     take long to answer anything), then asks the channels, which also covers messages from other senders.
+    A ``controlled`` node (``--control``) skips the first wait: an admin may have cleared messages, which are
+    then never written. A paused channel holds its batches until it is resumed.
     """
-    while writer.messages < accepted:
+    while writer.messages < accepted and not controlled:
         writer.wait_for(lambda: writer.messages >= accepted, 1.0)
         _check(node, writer)
     while True:
@@ -349,19 +352,37 @@ def _start_ops(node: Node, writer: BatchWriter, args: argparse.Namespace) -> Ops
     return server
 
 
+def _start_control(node: Node, args: argparse.Namespace) -> ControlServer | None:
+    """With ``--control PATH``: answer admin commands on a Unix socket at PATH (mode 0600)."""
+    if args.control is None:
+        return None
+    from service.control import ControlError, ControlServer, Executor
+
+    server = ControlServer(args.control, Executor(node).execute)
+    try:
+        server.start()
+    except (OSError, ControlError) as exc:
+        raise ServeError(f"cannot listen for admin commands on {args.control}: {exc}") from exc
+    print(f"serve: admin commands on {args.control} (run_system.py admin --control {args.control} ...)",
+          file=sys.stderr, flush=True)
+    return server
+
+
 def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
     url = redacted(args.redis or "")
     ops: OpsServer | None = None
+    control: ControlServer | None = None
     try:
         node.start()
         # Only now: the TCP base forks its admin while starting, and it must not inherit these handlers.
         catch_stop_signals()
         ops = _start_ops(node, writer, args)
+        control = _start_control(node, args)
         _announce(node, args)
         accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
         print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
               "last batches", file=sys.stderr, flush=True)
-        _wait_drained(node, writer, accepted)
+        _wait_drained(node, writer, accepted, controlled=control is not None)
         print(f"serve: done; {writer.messages} messages written in {writer.batches} batches", file=sys.stderr)
         return EXIT_OK
     except (Stopped, KeyboardInterrupt) as stop:
@@ -391,4 +412,6 @@ def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
         ignore_stop_signals()
         if ops is not None:
             ops.stop()
+        if control is not None:
+            control.stop()
         node.stop()
