@@ -354,6 +354,8 @@ class ChannelActor(Dispatcher):
                     effect.item.item_id,
                     effect.item.size,
                     effect.error,
+                    extra={"channel": core.channel_id, "item_id": effect.item.item_id,
+                           "delivery_id": effect.delivery_id + self._delivery_base, "attempt": effect.item.attempt},
                 )
             if ops is not None:
                 _journal(core.channel_id, effect, ops, wall)

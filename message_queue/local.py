@@ -565,6 +565,8 @@ class LocalQueue:
                     delivery.item.item_id,
                     delivery.item.size,
                     exc_info=exc,
+                    extra={"channel": channel, "item_id": delivery.item.item_id,
+                           "delivery_id": delivery.delivery_id, "attempt": delivery.item.attempt},
                 )
         driver = self._driver
         if self._metrics is not None and not delivery.settled and self._loop is not None:

@@ -16,6 +16,8 @@ from service.distributed_serve import run_serve_distributed
 from service.admin import add_parser as add_admin_parser
 from service.admin import check_args as check_admin_args
 from service.admin import run_admin
+from service.logs import FORMATS as LOG_FORMATS
+from service.logs import configure as configure_logs
 from service.process import EXIT_FAILED, silence_stdout
 from service.serve import redacted, run_serve
 
@@ -124,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help='write {"acked": N} on stdout whenever the number of input messages stored in Redis '
                       "grows (the first N accepted lines, in order)")
     admin = add_admin_parser(commands)
+    for sub in (demo, serve, admin):
+        sub.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                         help="log lines on stderr as text (default) or one JSON object a line, with channel, "
+                         "item_id, delivery_id and attempt where they apply")
     parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}"
                                for name, sub in (("demo", demo), ("serve", serve), ("admin", admin)))
     return parser
@@ -225,7 +231,7 @@ class _ReportedByServe(logging.Filter):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process's arguments) and return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logs(args.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ReportedByServe())
     try:
