@@ -16,6 +16,8 @@ from service.distributed_serve import run_serve_distributed
 from service.admin import add_parser as add_admin_parser
 from service.admin import check_args as check_admin_args
 from service.admin import run_admin
+from service.top import add_parser as add_top_parser
+from service.top import check_args as check_top_args
 from service.logs import FORMATS as LOG_FORMATS
 from service.logs import configure as configure_logs
 from service.process import EXIT_FAILED, silence_stdout
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command, runs the demo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,admin}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,admin,top}")
     demo = commands.add_parser("demo", help="simulated chat traffic on the in-memory base (the default)",
                                description="Simulate several chat channels on simpleSystemBase, print each "
                                "batch as it flushes, then a summary that checks every channel's delivery "
@@ -126,24 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
                       help='write {"acked": N} on stdout whenever the number of input messages stored in Redis '
                       "grows (the first N accepted lines, in order)")
     admin = add_admin_parser(commands)
-    for sub in (demo, serve, admin):
+    top = add_top_parser(commands)
+    for sub in (demo, serve, admin, top):
         sub.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                          help="log lines on stderr as text (default) or one JSON object a line, with channel, "
                          "item_id, delivery_id and attempt where they apply")
     parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}"
-                               for name, sub in (("demo", demo), ("serve", serve), ("admin", admin)))
+                               for name, sub in (("demo", demo), ("serve", serve), ("admin", admin),
+                                                 ("top", top)))
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); no command means ``demo``. Exits 2 on a usage error."""
     args = list(argv)
-    if not args or args[0] not in ("demo", "serve", "admin", "-h", "--help"):
+    if not args or args[0] not in ("demo", "serve", "admin", "top", "-h", "--help"):
         args.insert(0, "demo")
     parser = build_parser()
     namespace = parser.parse_args(args)
     if namespace.command == "admin":
         check_admin_args(parser, namespace)
+        return namespace
+    if namespace.command == "top":
+        check_top_args(parser, namespace)
         return namespace
     try:
         BatchSettings(namespace.window, namespace.max_batch_size, namespace.max_wait)
@@ -239,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_serve_distributed(args) if args.distributed else run_serve(args)
         if args.command == "admin":
             return run_admin(args)
+        if args.command == "top":
+            from service.top import run_top  # rich, only for the view
+
+            return run_top(args)
         return run_demo(args)
     except BrokenPipeError:  # stdout's reader went away, e.g. ``| head``
         silence_stdout()

@@ -3,7 +3,7 @@
 The node listens on a Unix socket created with mode 0600 (nothing on TCP). Each connection carries one
 request and one answer, each one JSON object on a line:
 
-    request: {"command": "channels", "limit": 20} | {"command": "show" | "pause" | "resume" | "flush" |
+    request: {"command": "channels", "limit": 20, "counters": false} | {"command": "show" | "pause" | "resume" | "flush" |
              "clear" | "dead-letters", "channel": "...", "replay": false, "purge": false}
     answer:  {"ok": true, "result": {...}} or {"ok": false, "error": "..."}
 
@@ -79,8 +79,10 @@ class Executor:
     """Runs control requests against a node; remembers which channels it paused (the actors' statistics do
     not carry it)."""
 
-    def __init__(self, node: Caller, timeout: float = REPLY_TIMEOUT) -> None:
+    def __init__(self, node: Caller, timeout: float = REPLY_TIMEOUT,
+                 counters: Callable[[], dict[str, Any]] | None = None) -> None:
         self._node = node
+        self._counters = counters
         self._timeout = timeout
         self._paused: set[str] = set()
 
@@ -108,7 +110,10 @@ class Executor:
             assert isinstance(reply, Statistics), reply
             rows = [channel_row(s, s.channel_id in self._paused) for s in reply.channels]
             rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
-            return {"channels": rows[:limit], "total": len(rows)}
+            result: dict[str, Any] = {"channels": rows[:limit], "total": len(rows)}
+            if request.get("counters") and self._counters is not None:
+                result["counters"] = self._counters()
+            return result
         if command not in COMMANDS:
             raise ControlError(f"command must be one of {', '.join(COMMANDS)}, got {command!r}")
         channel = request.get("channel")

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
@@ -129,6 +130,8 @@ class BatchWriter:
         self.messages = 0
         self.broken: OSError | None = None  # the output was closed: nothing more can be written
         self.metrics: QueueMetrics | None = None
+        self.accepted = 0  # input messages enqueued
+        self.lateness: deque[float] = deque(maxlen=1000)  # of the last batches written (seconds)
 
     def on_output(self, output: Output) -> None:
         metrics = self.metrics
@@ -154,10 +157,17 @@ class BatchWriter:
         self.node.tell(ProcessingDone(output.channel_id, output.delivery_id), output.reply_to)
         if metrics is not None:
             metrics.processed(time.perf_counter() - started)
+        self.lateness.append(output.lateness)
         with self._changed:
             self.batches += 1
             self.messages += len(payload_messages(output.item.payload))
             self._changed.notify_all()
+
+    def counters(self) -> dict[str, Any]:
+        """Messages enqueued and delivered so far, and the p99 lateness of the last 1,000 batches (ms)."""
+        recent = sorted(self.lateness)
+        p99 = recent[min(len(recent) - 1, int(len(recent) * 0.99))] * 1000 if recent else None
+        return {"enqueued": self.accepted, "delivered": self.messages, "lateness_p99_ms": p99}
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds after a batch was written, the output broke, or ``timeout`` passed."""
@@ -191,6 +201,7 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
             node.enqueue(parse_line(data))
             accepted += 1
+            writer.accepted = accepted
             if metrics is not None:
                 metrics.accepted(1)
         except InvalidInput as exc:
@@ -352,13 +363,13 @@ def _start_ops(node: Node, writer: BatchWriter, args: argparse.Namespace) -> Ops
     return server
 
 
-def _start_control(node: Node, args: argparse.Namespace) -> ControlServer | None:
+def _start_control(node: Node, writer: BatchWriter, args: argparse.Namespace) -> ControlServer | None:
     """With ``--control PATH``: answer admin commands on a Unix socket at PATH (mode 0600)."""
     if args.control is None:
         return None
     from service.control import ControlError, ControlServer, Executor
 
-    server = ControlServer(args.control, Executor(node).execute)
+    server = ControlServer(args.control, Executor(node, counters=writer.counters).execute)
     try:
         server.start()
     except (OSError, ControlError) as exc:
@@ -377,7 +388,7 @@ def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
         # Only now: the TCP base forks its admin while starting, and it must not inherit these handlers.
         catch_stop_signals()
         ops = _start_ops(node, writer, args)
-        control = _start_control(node, args)
+        control = _start_control(node, writer, args)
         _announce(node, args)
         accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
         print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
