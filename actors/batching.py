@@ -16,6 +16,8 @@ Rules:
       not the item in flight); stop cancels the in-flight item and detaches the processor.
     * Hold suspends the open batch's deadline: it keeps collecting and closes only by size, or by time again
       once the next message restarts its window.
+    * Pause stops deliveries: a paused channel keeps accepting and batching (batches close and join the FIFO
+      as usual) and its item in flight may finish, but nothing is delivered until it is resumed.
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ class ChannelCore:
         "_cancelled",
         "_failed",
         "_added_effects",
+        "_paused",
     )
 
     def __init__(
@@ -201,6 +204,7 @@ class ChannelCore:
         self._cancelled = cancelled
         self._failed = failed
         self._added_effects = added_effects
+        self._paused = False
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -453,9 +457,33 @@ class ChannelCore:
         effects.append(ItemQueued(item, reason, lateness))
 
     def _deliver_next(self, effects: list[Effect]) -> None:
-        if not self._attached or self._in_flight is not None or not self._fifo:
+        if self._paused or not self._attached or self._in_flight is not None or not self._fifo:
             return
         head = self._fifo.popleft()
         self._last_delivery_id += 1
         self._in_flight = (self._last_delivery_id, head.item)
         effects.append(Deliver(head.item, self._last_delivery_id, head.reason, head.lateness))
+
+    # -- pause (appended: operations) -------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        """True while deliveries are paused."""
+        return self._paused
+
+    def pause(self) -> bool:
+        """Deliver nothing more until :meth:`resume`; messages are still accepted and batched, and the item
+        in flight (if any) may still finish. False when the channel was already paused."""
+        if self._paused:
+            return False
+        self._paused = True
+        return True
+
+    def resume(self) -> tuple[bool, list[Effect]]:
+        """Deliver again, starting with the head of the FIFO; False when the channel was not paused."""
+        effects: list[Effect] = []
+        if not self._paused:
+            return False, effects
+        self._paused = False
+        self._deliver_next(effects)
+        return True, effects

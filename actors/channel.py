@@ -72,6 +72,9 @@ from protocol.messages import (
     QueueChanged,
     Statistics,
     StopChannel,
+    PauseChannel,
+    ResumeChannel,
+    ChannelPaused,
 )
 from protocol.values import FlushReason, OpenEntry
 
@@ -137,6 +140,8 @@ class ChannelActor(Dispatcher):
         effects: list[Effect] = []
         if msg.restore is not None:
             effects = self._restore(msg.restore)
+        if msg.paused:
+            self._core.pause()
         if msg.processor is not None:
             effects += self._core.attach()
         self._settle(effects)
@@ -246,6 +251,12 @@ class ChannelActor(Dispatcher):
         elif isinstance(command, FlushBatch):
             flushed, effects = core.flush(self.clock())
             reply = BatchFlushed(core.channel_id, flushed)
+        elif isinstance(command, PauseChannel):
+            core.pause()
+            reply = ChannelPaused(core.channel_id, True)
+        elif isinstance(command, ResumeChannel):
+            _, effects = core.resume()
+            reply = ChannelPaused(core.channel_id, False)
         else:  # pragma: no cover - Routed only carries the commands above
             raise TypeError(f"cannot route {type(command).__name__}")
         # a statistics query is not activity: polling must not keep an idle channel from passivating
@@ -343,6 +354,8 @@ class ChannelActor(Dispatcher):
                     effect.item.item_id,
                     effect.item.size,
                     effect.error,
+                    extra={"channel": core.channel_id, "item_id": effect.item.item_id,
+                           "delivery_id": effect.delivery_id + self._delivery_base, "attempt": effect.item.attempt},
                 )
             if ops is not None:
                 _journal(core.channel_id, effect, ops, wall)

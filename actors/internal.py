@@ -13,6 +13,8 @@ from protocol.messages import (
     FlushBatch,
     GetStatistics,
     HoldBatch,
+    PauseChannel,
+    ResumeChannel,
     StopChannel,
 )
 from actors.journal import ChannelSnapshot
@@ -135,6 +137,7 @@ class ChannelInit:
     persistence: Optional["ActorAddress"] = None  # RedisPersistence, when the system persists
     restore: Optional[ChannelSnapshot] = None  # stored state to resume from
     clock: Optional[Clock] = None  # None: time.monotonic
+    paused: bool = False  # deliveries paused (PauseChannel) before this actor was spawned
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,10 @@ class Ack:
     reply: object
 
 
-ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch]
+ChannelCommand = Union[
+    CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, PauseChannel,
+    ResumeChannel,
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,8 @@ class LoopDriver:
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0  # the loop time of ``_handle``
         self.restored = 0
+        # Metrics hook: called with the number of messages handed over in a turn (None: no metrics).
+        self.on_accepted: Callable[[int], None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -344,6 +346,8 @@ class LoopDriver:
             return
         stamps = self._stamps
         self._accepted, self._stamps = [], []
+        if self.on_accepted is not None:
+            self.on_accepted(len(accepted))
         acked, self._acked = self._acked, None
         chunks = list(_chunks(accepted, stamps))
         supervisor = self._supervisor

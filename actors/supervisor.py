@@ -70,6 +70,9 @@ from protocol.messages import (
     StartProcessing,
     Statistics,
     StopChannel,
+    PauseChannel,
+    ResumeChannel,
+    ChannelPaused,
 )
 from protocol.values import BatchSettings, ChannelStatistics, QueuedMessage
 
@@ -144,6 +147,7 @@ class Supervisor(Dispatcher):
         self._processors: dict[str, ActorAddress] = {}
         self._default_processor: Optional[ActorAddress] = None
         self._stopped: set[str] = set()
+        self._paused: set[str] = set()  # channels whose deliveries are paused (PauseChannel)
         self._observer: Optional[ActorAddress] = None  # gets every channel's QueueChanged facts
         self._retired: dict[str, _Counters] = {}  # counters of passivated channels, see _pack_counters
         self._gathers: dict[int, _Gather] = {}
@@ -321,6 +325,16 @@ class Supervisor(Dispatcher):
     def receiveMsg_FlushBatch(self, msg: FlushBatch, sender: ActorAddress) -> None:
         self._command(msg, sender, BatchFlushed(msg.channel_id, False))
 
+    def receiveMsg_PauseChannel(self, msg: PauseChannel, sender: ActorAddress) -> None:
+        if self._valid_channel(msg, msg.channel_id, sender):
+            self._paused.add(msg.channel_id)
+            self._command(msg, sender, ChannelPaused(msg.channel_id, True))
+
+    def receiveMsg_ResumeChannel(self, msg: ResumeChannel, sender: ActorAddress) -> None:
+        if self._valid_channel(msg, msg.channel_id, sender):
+            self._paused.discard(msg.channel_id)
+            self._command(msg, sender, ChannelPaused(msg.channel_id, False))
+
     def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
         if not self._valid_channel(msg, msg.channel_id, sender):
             return
@@ -497,6 +511,7 @@ class Supervisor(Dispatcher):
                 self._persistence,
                 restore,
                 self._configure.clock if self._configure is not None else None,
+                channel_id in self._paused,
             ),
         )
         route.sent += 1

@@ -23,7 +23,10 @@ from protocol.limits import check_seconds, validate_channel_id, validate_message
 from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
+
+    from message_queue.metrics import QueueMetrics
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,11 @@ class MessageQueue:
         idle_timeout: seconds after which a channel with no work releases its actor.
         allow_volatile_redis: with ``redis``, accept a server that may lose acknowledged writes (no AOF, or
             an evicting ``maxmemory-policy``).
+        metrics_registry: a ``prometheus_client.CollectorRegistry`` to register the queue's metrics in
+            (:mod:`message_queue.metrics`: counters of enqueued and delivered messages, histograms of batch
+            size, lateness and processing time, gauges of the live channels refreshed every second), so the
+            application exposes them with its own. None (the default): no metrics, no cost. Not used in
+            distributed mode.
 
     Raises:
         InvalidSettings: for a batch window < 0 or not finite, ``max_batch_size`` out of range, ``config_ttl``
@@ -137,6 +145,7 @@ class MessageQueue:
         config_ttl: float = 1.0,
         idle_timeout: float = 60.0,
         allow_volatile_redis: bool = False,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
         self._config_ttl = check_seconds("config_ttl", config_ttl, positive=False)
@@ -157,6 +166,7 @@ class MessageQueue:
                 config_ttl=self._config_ttl,
                 idle_timeout=self._idle_timeout,
                 allow_volatile_redis=self._allow_volatile_redis,
+                metrics=_metrics(metrics_registry),
             )
         self._used = False
 
@@ -330,6 +340,14 @@ class MessageQueue:
     async def __aexit__(self, *exc: object) -> Literal[False]:
         await self.close()
         return False
+
+
+def _metrics(registry: CollectorRegistry | None) -> QueueMetrics | None:
+    if registry is None:
+        return None
+    from message_queue.metrics import QueueMetrics  # prometheus_client, only when metrics are asked for
+
+    return QueueMetrics(registry)
 
 
 class DistributedBackend:

@@ -66,6 +66,8 @@ from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from message_queue.metrics import QueueMetrics
     from thespian.actors import ActorAddress
 
 log = logging.getLogger("message_queue.facade")  # the public API's logger
@@ -109,6 +111,7 @@ class _Delivery:
     reply_to: ActorAddress | None = None  # the channel actor that sent it
     task: asyncio.Task[None] | None = None
     settled: bool = False  # the actors already know it ended (cancelled): no reply is due
+    delivered_at: float = 0.0  # loop time of the BatchReady (set only with metrics)
 
 
 @dataclass(eq=False, slots=True)
@@ -146,7 +149,10 @@ class LocalQueue:
         config_ttl: float,
         idle_timeout: float,
         allow_volatile_redis: bool,
+        metrics: QueueMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
+        self._sampler: asyncio.Task[None] | None = None
         self._settings = settings
         self._redis_url = redis_url
         self._durable = bool(redis_url)
@@ -166,7 +172,12 @@ class LocalQueue:
     # -- messages in --------------------------------------------------------------------------------------
 
     async def enqueue(self, msg: QueuedMessage) -> None:
-        validate_message(msg)
+        try:
+            validate_message(msg)
+        except InvalidInput:
+            if self._metrics is not None:
+                self._metrics.rejected()
+            raise
         driver = self._driver
         if driver is None or asyncio.get_running_loop() is not self._loop or not driver.running:
             driver = await self._ensure_driver()
@@ -179,8 +190,13 @@ class LocalQueue:
 
     async def enqueue_many(self, messages: Iterable[QueuedMessage]) -> None:
         batch = list(messages)
-        for msg in batch:
-            validate_message(msg)
+        try:
+            for msg in batch:
+                validate_message(msg)
+        except InvalidInput:
+            if self._metrics is not None:
+                self._metrics.rejected(len(batch))
+            raise
         if not batch:
             return
         driver = await self._ensure_driver()
@@ -333,6 +349,8 @@ class LocalQueue:
             if not self._durable:  # with Redis, what is left stays stored for the next queue
                 await self._leave(driver, drain, timeout)
         self._closed = True
+        if self._sampler is not None:
+            self._sampler.cancel()
         refreshes = [s.refresh for s in self._config_states.values() if s.refresh is not None]
         if refreshes:
             await asyncio.wait(refreshes)
@@ -465,12 +483,17 @@ class LocalQueue:
             raise RuntimeError("the MessageQueue was closed while starting")
         self._finalizer = weakref.finalize(self, _abandon, driver, loop)
         self._driver = driver
+        if self._metrics is not None:
+            driver.on_accepted = self._metrics.accepted
+            self._sampler = loop.create_task(_sample(ref, self._metrics))
         return driver
 
     async def _call(self, msg: object) -> object:
         driver = await self._ensure_driver()
         reply = await driver.call(msg)
         if isinstance(reply, Rejected):
+            if self._metrics is not None:
+                self._metrics.rejected()
             raise InvalidInput(reply.reason)
         return reply
 
@@ -490,6 +513,8 @@ class LocalQueue:
         elif isinstance(output, BatchReady):
             self._ready(output)
         elif isinstance(output, CancelProcessing):
+            if self._metrics is not None:
+                self._metrics.cancelled()
             self._cancelled(output)
         elif isinstance(output, ChannelPassivated):
             gone = self._channels.get(output.channel_id)
@@ -510,6 +535,11 @@ class LocalQueue:
             log.debug("channel %r: delivery %d arrived while stopping", ready.channel_id, ready.delivery_id)
             return
         delivery = _Delivery(ready.delivery_id, ready.item, ready.reply_to)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.delivered(ready.item, ready.reason, ready.lateness)
+            assert self._loop is not None
+            delivery.delivered_at = self._loop.time()
         if chan.active is None:
             self._start(ready.channel_id, chan, callback, delivery)
         else:
@@ -535,8 +565,12 @@ class LocalQueue:
                     delivery.item.item_id,
                     delivery.item.size,
                     exc_info=exc,
+                    extra={"channel": channel, "item_id": delivery.item.item_id,
+                           "delivery_id": delivery.delivery_id, "attempt": delivery.item.attempt},
                 )
         driver = self._driver
+        if self._metrics is not None and not delivery.settled and self._loop is not None:
+            self._metrics.processed(self._loop.time() - delivery.delivered_at)
         if not delivery.settled and driver is not None:
             # A task cancelled by someone else counts as done: the item is abandoned, the channel moves on.
             if error is None:
@@ -634,6 +668,26 @@ def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
             target.set_result(None)
 
     source.add_done_callback(copy)
+
+
+METRICS_SAMPLE_INTERVAL = 1.0
+"""Seconds between two snapshots of the live channels that set the metrics' gauges (with a registry)."""
+
+
+async def _sample(ref: weakref.ReferenceType[LocalQueue], metrics: QueueMetrics) -> None:
+    """Set the gauges from a snapshot of the live channels every ``METRICS_SAMPLE_INTERVAL`` seconds, until
+    the queue is closed or gone (holds no strong reference to it between snapshots)."""
+    while True:
+        queue = ref()
+        if queue is None or queue._closed:
+            return
+        try:
+            snapshots = await queue.statistics()
+        except (DriverStopped, RuntimeError):
+            return
+        metrics.observe_statistics(snapshots)
+        del queue
+        await asyncio.sleep(METRICS_SAMPLE_INTERVAL)
 
 
 async def _invoke(callback: Callback, item: QueueItem) -> None:

@@ -99,6 +99,9 @@ from protocol.messages import (
     Rejected,
     Statistics,
     StopChannel,
+    PauseChannel,
+    ResumeChannel,
+    ChannelPaused,
 )
 from protocol.values import (
     BatchSettings,
@@ -171,6 +174,9 @@ Encodable = Union[
     ProcessingDone,
     ProcessingFailed,
     QueueChanged,
+    PauseChannel,
+    ResumeChannel,
+    ChannelPaused,
 ]
 """Every type :func:`encode` accepts and :func:`decode` returns."""
 
@@ -874,6 +880,9 @@ _SCHEMAS: Final = (
     _schema("flush_batch", FlushBatch, _CHANNEL),
     _schema("batch_flushed", BatchFlushed, _CHANNEL, _bool("flushed")),
     _schema("channel_passivated", ChannelPassivated, _CHANNEL),
+    _schema("pause_channel", PauseChannel, _CHANNEL),
+    _schema("resume_channel", ResumeChannel, _CHANNEL),
+    _schema("channel_paused", ChannelPaused, _CHANNEL, _bool("paused")),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

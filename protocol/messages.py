@@ -284,3 +284,32 @@ class ChannelPassivated:
     (its counters are kept; its next message starts a new actor). Nothing of it is waiting or in flight."""
 
     channel_id: str
+
+
+# -- operations: pausing a channel's deliveries ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PauseChannel:
+    """Anyone -> Supervisor: deliver nothing more on the channel until ``ResumeChannel``; it keeps accepting
+    and batching messages (an item already in flight may finish). The Supervisor remembers it for the channel
+    while the node runs, across passivation. Reply ``ChannelPaused(paused=True)``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeChannel:
+    """Anyone -> Supervisor: deliver the channel's waiting items again, head first. Reply
+    ``ChannelPaused(paused=False)``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelPaused:
+    """Supervisor (or channel) -> sender of ``PauseChannel`` or ``ResumeChannel``: whether the channel's
+    deliveries are now paused."""
+
+    channel_id: str
+    paused: bool

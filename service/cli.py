@@ -13,6 +13,13 @@ from protocol.errors import InvalidSettings
 from protocol.values import BatchSettings
 from service.demo import run_demo
 from service.distributed_serve import run_serve_distributed
+from service.admin import add_parser as add_admin_parser
+from service.admin import check_args as check_admin_args
+from service.admin import run_admin
+from service.top import add_parser as add_top_parser
+from service.top import check_args as check_top_args
+from service.logs import FORMATS as LOG_FORMATS
+from service.logs import configure as configure_logs
 from service.process import EXIT_FAILED, silence_stdout
 from service.serve import redacted, run_serve
 
@@ -38,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a command, runs the demo.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{demo,serve}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,serve,admin,top}")
     demo = commands.add_parser("demo", help="simulated chat traffic on the in-memory base (the default)",
                                description="Simulate several chat channels on simpleSystemBase, print each "
                                "batch as it flushes, then a summary that checks every channel's delivery "
@@ -87,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-volatile-redis", action="store_true",
                        help="with --redis: accept a server that may lose acknowledged messages (no AOF, or an "
                        "evicting maxmemory-policy), with a warning on stderr")
+    ops = serve.add_argument_group("operations")
+    ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                     help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /healthz "
+                     "(200 while the actors answer and, with --redis, Redis answers and this node holds the "
+                     "writer lease; 503 with the reason otherwise); 0 picks a free port, printed on stderr "
+                     "(default: none)")
+    ops.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                     help="address the metrics endpoint binds (default 127.0.0.1: this host only)")
+    ops.add_argument("--control", default=None, metavar="PATH",
+                     help="listen for admin commands (run_system.py admin --control PATH) on a Unix socket "
+                     "created at PATH with mode 0600; connections from other users are refused (default: none)")
     dist = serve.add_argument_group(
         "distributed mode", "With --redis URL --distributed, any number of serve processes share that Redis as "
         "nodes: batching state lives in Redis, each message may go to any node, and every finished batch is "
@@ -109,17 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--acks", action="store_true",
                       help='write {"acked": N} on stdout whenever the number of input messages stored in Redis '
                       "grows (the first N accepted lines, in order)")
-    parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}" for name, sub in (("demo", demo), ("serve", serve)))
+    admin = add_admin_parser(commands)
+    top = add_top_parser(commands)
+    for sub in (demo, serve, admin, top):
+        sub.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                         help="log lines on stderr as text (default) or one JSON object a line, with channel, "
+                         "item_id, delivery_id and attempt where they apply")
+    parser.epilog = "\n".join(f"{name}:\n{sub.format_help()}"
+                               for name, sub in (("demo", demo), ("serve", serve), ("admin", admin),
+                                                 ("top", top)))
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (without the program name); no command means ``demo``. Exits 2 on a usage error."""
     args = list(argv)
-    if not args or args[0] not in ("demo", "serve", "-h", "--help"):
+    if not args or args[0] not in ("demo", "serve", "admin", "top", "-h", "--help"):
         args.insert(0, "demo")
     parser = build_parser()
     namespace = parser.parse_args(args)
+    if namespace.command == "admin":
+        check_admin_args(parser, namespace)
+        return namespace
+    if namespace.command == "top":
+        check_top_args(parser, namespace)
+        return namespace
     try:
         BatchSettings(namespace.window, namespace.max_batch_size, namespace.max_wait)
     except InvalidSettings as exc:
@@ -134,6 +166,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--allow-volatile-redis needs --redis")
     if namespace.command == "serve":
         _check_distributed(parser, namespace)
+        _check_ops(parser, namespace)
     return namespace
 
 
@@ -165,6 +198,18 @@ def _check_distributed(parser: argparse.ArgumentParser, namespace: argparse.Name
             parser.error(f"--node-id: {exc}")
 
 
+def _check_ops(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    port = namespace.metrics_port
+    if port is not None and not 0 <= port <= 65535:
+        parser.error(f"--metrics-port must be 0-65535, got {port}")
+    if port is None and namespace.metrics_host != "127.0.0.1":
+        parser.error("--metrics-host needs --metrics-port")
+    if port is not None and namespace.distributed:
+        parser.error("--metrics-port serves an actor-system node; a --distributed node has none")
+    if namespace.control is not None and namespace.distributed:
+        parser.error("--control reaches an actor-system node; a --distributed node has none")
+
+
 def _check_redis_url(parser: argparse.ArgumentParser, url: str) -> None:
     try:
         from redis.connection import parse_url
@@ -193,12 +238,18 @@ class _ReportedByServe(logging.Filter):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process's arguments) and return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logs(args.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_ReportedByServe())
     try:
         if args.command == "serve":
             return run_serve_distributed(args) if args.distributed else run_serve(args)
+        if args.command == "admin":
+            return run_admin(args)
+        if args.command == "top":
+            from service.top import run_top  # rich, only for the view
+
+            return run_top(args)
         return run_demo(args)
     except BrokenPipeError:  # stdout's reader went away, e.g. ``| head``
         silence_stdout()

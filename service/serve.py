@@ -10,15 +10,24 @@ import math
 import signal
 import sys
 import threading
+import time
+from collections import deque
 from concurrent.futures import Future
 from datetime import datetime
-from typing import IO, Any, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from actors.driver import DriverStopped, Output
 from actors.system import SIMPLE_BASE, TCP_BASE
 from protocol.errors import InvalidInput, MessageQueueError, RedisDataLost, StoreUnavailable, UnsafeRedis
-from protocol.messages import SUPERVISOR_NAME, BatchReady, GetStatistics, ProcessingDone, Statistics
+from protocol.messages import (
+    SUPERVISOR_NAME,
+    BatchReady,
+    CancelProcessing,
+    GetStatistics,
+    ProcessingDone,
+    Statistics,
+)
 from protocol.values import BatchSettings, payload_messages
 from service.lines import MAX_LINE_BYTES, parse_line, read_lines
 from service.nodes import InProcessNode, Node, TcpNode, expect
@@ -31,6 +40,11 @@ from service.process import (
     signal_handlers_restored,
     silence_stdout,
 )
+
+if TYPE_CHECKING:
+    from message_queue.metrics import QueueMetrics
+    from service.control import ControlServer
+    from service.ops_http import OpsServer
 
 def batch_record(ready: BatchReady) -> dict[str, Any]:
     """The JSON object written for one finished batch. ``attempt`` is 1 for a first delivery and more for a
@@ -115,12 +129,21 @@ class BatchWriter:
         self.batches = 0
         self.messages = 0
         self.broken: OSError | None = None  # the output was closed: nothing more can be written
+        self.metrics: QueueMetrics | None = None
+        self.accepted = 0  # input messages enqueued
+        self.lateness: deque[float] = deque(maxlen=1000)  # of the last batches written (seconds)
 
     def on_output(self, output: Output) -> None:
+        metrics = self.metrics
         if not isinstance(output, BatchReady):
+            if metrics is not None and isinstance(output, CancelProcessing):
+                metrics.cancelled()
             return  # a cancel always comes after the batch was written and acknowledged
         if self.broken is not None:
             return
+        if metrics is not None:
+            metrics.delivered(output.item, output.reason, output.lateness)
+            started = time.perf_counter()
         line = record_line(output)
         try:
             self._out.write(line)
@@ -132,10 +155,19 @@ class BatchWriter:
             return
         assert self.node is not None
         self.node.tell(ProcessingDone(output.channel_id, output.delivery_id), output.reply_to)
+        if metrics is not None:
+            metrics.processed(time.perf_counter() - started)
+        self.lateness.append(output.lateness)
         with self._changed:
             self.batches += 1
             self.messages += len(payload_messages(output.item.payload))
             self._changed.notify_all()
+
+    def counters(self) -> dict[str, Any]:
+        """Messages enqueued and delivered so far, and the p99 lateness of the last 1,000 batches (ms)."""
+        recent = sorted(self.lateness)
+        p99 = recent[min(len(recent) - 1, int(len(recent) * 0.99))] * 1000 if recent else None
+        return {"enqueued": self.accepted, "delivered": self.messages, "lateness_p99_ms": p99}
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds after a batch was written, the output broke, or ``timeout`` passed."""
@@ -161,6 +193,7 @@ def _check(node: Node, writer: BatchWriter) -> None:
 def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | None]]) -> tuple[int, int]:
     """Enqueue every good line; report each bad one on stderr. Returns (accepted, skipped)."""
     accepted = skipped = 0
+    metrics = writer.metrics
     for number, data in lines:
         _check(node, writer)
         try:
@@ -168,19 +201,26 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
             node.enqueue(parse_line(data))
             accepted += 1
+            writer.accepted = accepted
+            if metrics is not None:
+                metrics.accepted(1)
         except InvalidInput as exc:
             skipped += 1
+            if metrics is not None:
+                metrics.rejected()
             print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
     return accepted, skipped
 
 
-def _wait_drained(node: Node, writer: BatchWriter, accepted: int) -> None:
+def _wait_drained(node: Node, writer: BatchWriter, accepted: int, controlled: bool = False) -> None:
     """Return once no channel holds an open, waiting or in-flight batch.
 
     Waits first until at least ``accepted`` messages were written (on the TCP base a flooded Supervisor can
     take long to answer anything), then asks the channels, which also covers messages from other senders.
+    A ``controlled`` node (``--control``) skips the first wait: an admin may have cleared messages, which are
+    then never written. A paused channel holds its batches until it is resumed.
     """
-    while writer.messages < accepted:
+    while writer.messages < accepted and not controlled:
         writer.wait_for(lambda: writer.messages >= accepted, 1.0)
         _check(node, writer)
     while True:
@@ -277,17 +317,83 @@ def run_serve(args: argparse.Namespace) -> int:
         return _serve(node, writer, args)
 
 
+HEALTH_TIMEOUT = 2.0  # seconds the actors have to answer a health check or a scrape
+
+
+def _start_ops(node: Node, writer: BatchWriter, args: argparse.Namespace) -> OpsServer | None:
+    """With ``--metrics-port``: register the metrics, feed them from ``writer`` and serve /metrics and
+    /healthz. Raises OSError when the address cannot be bound."""
+    if args.metrics_port is None:
+        return None
+    from prometheus_client import CollectorRegistry
+
+    from message_queue.metrics import QueueMetrics
+    from service.ops_http import OpsServer, lease_problem
+
+    registry = CollectorRegistry()
+    metrics = writer.metrics = QueueMetrics(registry)
+
+    def snapshot() -> Statistics | str:
+        try:
+            reply = node.call(GetStatistics()).result(HEALTH_TIMEOUT)
+        except (TimeoutError, DriverStopped) as exc:
+            return f"the actors did not answer within {HEALTH_TIMEOUT:g} s ({type(exc).__name__})"
+        return reply if isinstance(reply, Statistics) else f"the actors answered {type(reply).__name__}"
+
+    def refresh() -> None:
+        reply = snapshot()
+        if isinstance(reply, Statistics):
+            metrics.observe_statistics(reply.channels)
+
+    def health() -> str | None:
+        if not node.running:
+            return "the actor system stopped"
+        reply = snapshot()
+        if isinstance(reply, str):
+            return reply
+        return lease_problem(args.redis, HEALTH_TIMEOUT) if args.redis else None
+
+    server = OpsServer(args.metrics_host, args.metrics_port, registry, health, refresh)
+    try:
+        server.start()
+    except OSError as exc:
+        raise ServeError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}") from exc
+    print(f"serve: metrics on http://{args.metrics_host}:{server.port}/metrics, health on /healthz",
+          file=sys.stderr, flush=True)
+    return server
+
+
+def _start_control(node: Node, writer: BatchWriter, args: argparse.Namespace) -> ControlServer | None:
+    """With ``--control PATH``: answer admin commands on a Unix socket at PATH (mode 0600)."""
+    if args.control is None:
+        return None
+    from service.control import ControlError, ControlServer, Executor
+
+    server = ControlServer(args.control, Executor(node, counters=writer.counters).execute)
+    try:
+        server.start()
+    except (OSError, ControlError) as exc:
+        raise ServeError(f"cannot listen for admin commands on {args.control}: {exc}") from exc
+    print(f"serve: admin commands on {args.control} (run_system.py admin --control {args.control} ...)",
+          file=sys.stderr, flush=True)
+    return server
+
+
 def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
     url = redacted(args.redis or "")
+    ops: OpsServer | None = None
+    control: ControlServer | None = None
     try:
         node.start()
         # Only now: the TCP base forks its admin while starting, and it must not inherit these handlers.
         catch_stop_signals()
+        ops = _start_ops(node, writer, args)
+        control = _start_control(node, writer, args)
         _announce(node, args)
         accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
         print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
               "last batches", file=sys.stderr, flush=True)
-        _wait_drained(node, writer, accepted)
+        _wait_drained(node, writer, accepted, controlled=control is not None)
         print(f"serve: done; {writer.messages} messages written in {writer.batches} batches", file=sys.stderr)
         return EXIT_OK
     except (Stopped, KeyboardInterrupt) as stop:
@@ -315,4 +421,8 @@ def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         ignore_stop_signals()
+        if ops is not None:
+            ops.stop()
+        if control is not None:
+            control.stop()
         node.stop()

@@ -58,6 +58,9 @@ from protocol.messages import (
     StartProcessing,
     Statistics,
     StopChannel,
+    PauseChannel,
+    ResumeChannel,
+    ChannelPaused,
 )
 from protocol.values import (
     BatchSettings,
@@ -225,6 +228,9 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     QueueChanged: st.builds(QueueChanged, channel_id=channel_ids, queued=counts, in_flight=st.booleans()),
     FlushBatch: st.builds(FlushBatch, channel_id=channel_ids),
     BatchFlushed: st.builds(BatchFlushed, channel_id=channel_ids, flushed=st.booleans()),
+    PauseChannel: st.builds(PauseChannel, channel_id=channel_ids),
+    ResumeChannel: st.builds(ResumeChannel, channel_id=channel_ids),
+    ChannelPaused: st.builds(ChannelPaused, channel_id=channel_ids, paused=st.booleans()),
     ChannelPassivated: st.builds(ChannelPassivated, channel_id=channel_ids),
 }
 any_value = st.one_of(*STRATEGIES.values())
@@ -363,6 +369,9 @@ def test_tags_are_pinned() -> None:
         "flush_batch": "FlushBatch",
         "batch_flushed": "BatchFlushed",
         "channel_passivated": "ChannelPassivated",
+        "pause_channel": "PauseChannel",
+        "resume_channel": "ResumeChannel",
+        "channel_paused": "ChannelPaused",
     }
 
 

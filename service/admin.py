@@ -1,0 +1,258 @@
+"""``run_system.py admin``: look at and act on a node's channels.
+
+Two ways to a node's state:
+    * ``--control PATH``: a running ``serve --control PATH`` node, through its Unix socket
+      (:mod:`service.control`): every command.
+    * ``--redis URL``: the state a persisting node (``serve --redis``, ``MessageQueue(redis=...)``) keeps in
+      Redis, read directly: ``channels``, ``show``, ``dead-letters`` (and ``--purge``, which only touches the
+      dead-letter list, which no node reads back). Commands that change what a node holds (``pause``,
+      ``resume``, ``flush``, ``clear``, ``dead-letters --replay``) must go to the node that owns the state,
+      through its control socket.
+
+Every command prints a table, or one JSON object with ``--json``. Exit status: 0 done, 1 when no node answers
+(within ``--timeout``), the node refused the command, or Redis cannot be reached, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable
+
+from protocol import codec
+from protocol.errors import DecodeError, InvalidInput
+from protocol.limits import validate_channel_id
+from protocol.values import DeadLetter, OpenEntry, QueueItem, payload_messages
+from service.control import NoNode, request
+from service.process import EXIT_FAILED, EXIT_OK
+
+MUTATIONS = ("pause", "resume", "flush", "clear")
+
+
+class AdminError(Exception):
+    """The command cannot be carried out; the message says why."""
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """The ``admin`` subcommand of ``run_system.py``."""
+    admin: argparse.ArgumentParser = commands.add_parser(
+        "admin", help="look at and act on a node's channels (channels, show, pause, resume, flush, clear, "
+        "dead-letters)",
+        description="Look at and act on a node's channels: through a running node's control socket "
+        "(serve --control PATH; every command), or the state a persisting node keeps in Redis (--redis URL: "
+        "channels, show, dead-letters). Exit status 0 done, 1 when no node answers or the command failed.")
+    where = admin.add_mutually_exclusive_group(required=True)
+    where.add_argument("--control", metavar="PATH", help="the control socket of a running serve node")
+    where.add_argument("--redis", metavar="URL", help="the Redis a persisting node stores its channels in")
+    admin.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    admin.add_argument("--timeout", type=float, default=6.0, metavar="SECONDS",
+                       help="how long to wait for the node's answer (default 6)")
+    sub = admin.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
+    channels = sub.add_parser("channels", help="one row per channel, most waiting items first")
+    channels.add_argument("--limit", type=int, default=20, metavar="N", help="at most N rows (default 20)")
+    for name, text in (("show", "one channel in full"),
+                       ("pause", "deliver nothing more on the channel until resumed (it keeps batching)"),
+                       ("resume", "deliver the channel's waiting items again"),
+                       ("flush", "close the channel's open batch now"),
+                       ("clear", "discard the channel's waiting items")):
+        sub.add_parser(name, help=text).add_argument("channel", metavar="CHANNEL")
+    dead = sub.add_parser("dead-letters", help="the entries set aside as undecodable")
+    dead.add_argument("channel", metavar="CHANNEL")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument("--replay", action="store_true",
+                        help="put the decodable entries back at the tail of the channel's queue")
+    action.add_argument("--purge", action="store_true", help="delete the channel's dead letters")
+    return admin
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.timeout > 0:
+        parser.error(f"--timeout must be > 0, got {args.timeout}")
+    if args.admin_command == "channels" and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
+    channel = getattr(args, "channel", None)
+    if channel is not None:
+        try:
+            validate_channel_id(channel)
+        except InvalidInput as exc:
+            parser.error(str(exc))
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    payload: dict[str, Any] = {"command": args.admin_command}
+    if args.admin_command == "channels":
+        payload["limit"] = args.limit
+    else:
+        payload["channel"] = args.channel
+    if args.admin_command == "dead-letters":
+        payload["replay"] = args.replay
+        payload["purge"] = args.purge
+    return payload
+
+
+def run_admin(args: argparse.Namespace, out: Callable[[str], None] = print) -> int:
+    """Run the admin command in ``args``; print its result; return the exit status."""
+    try:
+        if args.control is not None:
+            answer = request(args.control, build_request(args), args.timeout)
+            if not answer.get("ok"):
+                raise AdminError(f"the node refused {args.admin_command}: {answer.get('error')}")
+            result = answer["result"]
+        else:
+            result = redis_command(args)
+    except (NoNode, AdminError) as exc:
+        print(f"admin: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    out(json.dumps(result, ensure_ascii=False) if args.json else render(args.admin_command, result))
+    return EXIT_OK
+
+
+# -- reading a persisting node's state from Redis -----------------------------------------------------------
+
+
+def redis_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Run a read command (or ``dead-letters --purge``) on the state stored in Redis.
+
+    Raises:
+        AdminError: for a command that must go to the node, or when Redis cannot be reached.
+    """
+    import redis
+
+    command = args.admin_command
+    if command in MUTATIONS or (command == "dead-letters" and args.replay):
+        what = "dead-letters --replay" if command == "dead-letters" else command
+        raise AdminError(f"{what} changes what the node holds: send it to the node's control socket "
+                         "(serve --control PATH; admin --control PATH ...)")
+    client = redis.Redis.from_url(args.redis, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
+    try:
+        if command == "channels":
+            from protocol import keys
+
+            members = client.smembers(keys.CHANNEL_INDEX)
+            names = sorted(m.decode("utf-8", "replace") for m in members)  # type: ignore[union-attr]
+            rows = [stored_channel(client, name) for name in names]
+            rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
+            return {"channels": rows[: args.limit], "total": len(rows)}
+        if command == "show":
+            return stored_channel(client, args.channel)
+        return dead_letters(client, args.channel, purge=args.purge)
+    except redis.RedisError as exc:
+        raise AdminError(f"Redis at {_redacted(args.redis)}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def _redacted(url: str) -> str:
+    from service.serve import redacted
+
+    return redacted(url)
+
+
+def stored_channel(client: Any, channel: str) -> dict[str, Any]:
+    """One channel's row from its stored keys: open batch size, waiting items, the item in flight with its
+    attempt, the age of its oldest message (seconds), dead letters and the ``paused`` settings field."""
+    from protocol import keys
+
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(keys.channel_key(keys.OPEN_BATCH, channel))
+    pipe.llen(keys.queue_key(channel))
+    pipe.lrange(keys.channel_key(keys.PROCESSING, channel), 0, 0)
+    pipe.lindex(keys.queue_key(channel), 0)
+    pipe.lindex(keys.channel_key(keys.OPEN_BATCH, channel), 0)
+    pipe.llen(keys.channel_key(keys.DEAD_LETTER, channel))
+    pipe.hget(keys.config_key(channel), "paused")
+    open_size, waiting, flying, head, open_head, dead, paused = pipe.execute()
+    attempt = None
+    oldest: float | None = None
+    now = time.time()
+    for raw in (flying[0] if flying else None, head):
+        if raw is None:
+            continue
+        try:
+            item = codec.decode(raw, QueueItem)
+        except DecodeError:
+            continue
+        if raw is (flying[0] if flying else None):
+            attempt = item.attempt
+        first = payload_messages(item.payload)[0]
+        oldest = max(oldest or 0.0, now - first.queued_at.timestamp())
+    if open_head is not None and oldest is None:
+        try:
+            oldest = now - codec.decode(open_head, OpenEntry).arrived_at
+        except DecodeError:
+            pass
+    return {
+        "channel": channel,
+        "open_batch_size": int(open_size),
+        "waiting": int(waiting),
+        "in_flight": bool(flying),
+        "attempt": attempt,
+        "oldest_age_s": round(oldest, 3) if oldest is not None else None,
+        "dead_letters": int(dead),
+        "paused": paused in (b"1", b"true", b"yes"),
+    }
+
+
+def dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, Any]:
+    from protocol import keys
+
+    key = keys.channel_key(keys.DEAD_LETTER, channel)
+    raws = client.lrange(key, 0, -1)
+    letters = []
+    for raw in raws:
+        try:
+            letter = codec.decode(raw, DeadLetter)
+            letters.append({"role": letter.role, "reason": letter.reason, "at": letter.at,
+                            "bytes": len(letter.data)})
+        except DecodeError as exc:
+            letters.append({"role": None, "reason": f"undecodable dead letter: {exc}", "at": None,
+                            "bytes": len(raw)})
+    purged = 0
+    if purge and raws:
+        # only what was listed: a letter set aside meanwhile stays
+        pipe = client.pipeline(transaction=True)
+        pipe.ltrim(key, len(raws), -1)
+        pipe.execute()
+        purged = len(raws)
+    return {"channel": channel, "dead_letters": letters, "replayed": 0, "purged": purged}
+
+
+# -- output ----------------------------------------------------------------------------------------------------
+
+COLUMNS = (("channel", "CHANNEL"), ("open_batch_size", "OPEN"), ("waiting", "WAITING"), ("in_flight", "IN FLIGHT"),
+           ("attempt", "ATTEMPT"), ("oldest_age_s", "OLDEST (s)"), ("dead_letters", "DEAD"), ("paused", "PAUSED"))
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    return str(value)
+
+
+def render(command: str, result: dict[str, Any]) -> str:
+    """``result`` as the human-readable text of ``command``."""
+    if command == "channels":
+        rows = [[_cell(r.get(key)) for key, _ in COLUMNS] for r in result["channels"]]
+        header = [title for _, title in COLUMNS]
+        widths = [max(len(x) for x in column) for column in zip(header, *rows)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *rows]]
+        shown = len(rows)
+        lines.append(f"{shown} of {result['total']} channel(s)")
+        return "\n".join(lines)
+    if command == "show":
+        return "\n".join(f"{key}: {_cell(value)}" for key, value in result.items())
+    if command == "dead-letters":
+        lines = [f"{len(result['dead_letters'])} dead letter(s) on {result['channel']!r}"]
+        lines += [f"  {d['role']}: {d['reason']} ({d['bytes']} bytes)" for d in result["dead_letters"]]
+        if result.get("replayed"):
+            lines.append(f"replayed {result['replayed']}")
+        if result.get("purged"):
+            lines.append(f"purged {result['purged']}")
+        return "\n".join(lines)
+    return ", ".join(f"{key}: {_cell(value)}" for key, value in result.items())

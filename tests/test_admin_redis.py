@@ -1,0 +1,74 @@
+"""``run_system.py admin --redis URL`` on the state a real ``serve --redis`` node stores in a private
+redis-server: channels and show read the stored keys, dead-letters lists and purges, and commands that change
+what the node holds are sent to its control socket instead."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import pytest
+import redis
+
+from protocol import codec, keys
+from protocol.values import DeadLetter
+from redis_support import RedisServer
+from test_admin_control import admin
+from test_run_system import TIMEOUT, Running, launch, message
+
+pytestmark = pytest.mark.redis
+
+__all__ = ["launch"]  # the fixture, used by name
+
+
+def admin_json(url: str, *args: str) -> Any:
+    result = admin("--redis", url, "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_channels_show_and_dead_letters_read_the_stored_state(
+        launch: Callable[..., Running], redis_srv: RedisServer) -> None:
+    node = launch("serve", "--redis", redis_srv.url, "--window", "30")
+    node.stderr_line(lambda line: "ready" in line)
+    for i in range(3):
+        node.write(json.dumps(message("slack:#a", f"a{i}")))
+    node.write(json.dumps(message("slack:#b", "b0")))
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while client.llen(keys.channel_key(keys.OPEN_BATCH, "slack:#a")) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # polling the node's writes
+        letter = DeadLetter("redis", "bad frame", b"\x00junk", time.time())
+        client.rpush(keys.channel_key(keys.DEAD_LETTER, "slack:#a"), codec.encode(letter))
+        client.hset(keys.config_key("slack:#b"), "paused", "1")
+
+        rows = admin_json(redis_srv.url, "channels")
+        assert rows["total"] == 2
+        a, b = sorted(rows["channels"], key=lambda r: r["channel"])
+        assert a["open_batch_size"] == 3 and a["waiting"] == 0 and a["dead_letters"] == 1
+        assert a["oldest_age_s"] is not None and 0 <= a["oldest_age_s"] < TIMEOUT
+        assert b["paused"] is True and b["open_batch_size"] == 1
+        assert admin_json(redis_srv.url, "show", "slack:#b")["open_batch_size"] == 1
+
+        dead = admin_json(redis_srv.url, "dead-letters", "slack:#a")
+        assert dead["dead_letters"] == [{"role": "redis", "reason": "bad frame", "at": letter.at, "bytes": 5}]
+        assert admin_json(redis_srv.url, "dead-letters", "slack:#a", "--purge")["purged"] == 1
+        assert client.llen(keys.channel_key(keys.DEAD_LETTER, "slack:#a")) == 0
+
+        refused = admin("--redis", redis_srv.url, "pause", "slack:#a")
+        assert refused.returncode == 1
+        assert "send it to the node's control socket" in refused.stderr
+    finally:
+        client.close()
+    node.proc.kill()
+
+
+def test_an_unreachable_redis_is_a_clear_failure(redis_srv: RedisServer) -> None:
+    url = redis_srv.url
+    redis_srv.kill()
+    result = admin("--redis", url, "--timeout", "1", "channels")
+    assert result.returncode == 1
+    assert "admin: Redis at redis://127.0.0.1:" in result.stderr
