@@ -100,7 +100,7 @@ def lease_problem(redis_url: str, timeout: float = 2.0) -> str | None:
     import redis
 
     from actors.procfs import parent
-    from actors.store import LeaseHolder
+    from actors.lease import LeaseHolder
     from protocol.keys import LEASE
 
     client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -16,7 +16,7 @@ import redis
 from actor_support import HOLD
 from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
 from actors.journal import OpenStore, StoreOpened
-from actors.store import LeaseHolder
+from actors.lease import LeaseHolder
 from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
 from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront, EnqueueMany

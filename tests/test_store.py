@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.journal import AppendOpen, ClearQueue, FinishInFlight, PushHead, PushTail, TakeHead
-from actors.store import LeaseHolder, RedisStore
+from actors.lease import LeaseHolder
+from actors.store import RedisStore
 from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
 from protocol import codec, keys
 from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
