@@ -670,7 +670,7 @@ def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
     source.add_done_callback(copy)
 
 
-METRICS_SAMPLE_INTERVAL = 1.0
+METRICS_SAMPLE_INTERVAL = 5.0
 """Seconds between two snapshots of the live channels that set the metrics' gauges (with a registry)."""
 
 
