@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -44,7 +44,7 @@ async def consume(client: aioredis.Redis, handle: Handler, *, stream: str = "mes
     start = "0"  # this consumer's pending entries first, then (">") new ones
     while max_batches is None or handled < max_batches:
         try:
-            reply = await client.xreadgroup(group, consumer, {stream: start}, count=100, block=block)
+            reply: Any = await client.xreadgroup(group, consumer, {stream: start}, count=100, block=block)
         except aioredis.TimeoutError:  # any entries that reply carried are pending now: read those again
             start = "0"
             continue

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import contextlib
 
@@ -98,3 +98,16 @@ def redis_server(**options: object) -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def as_bytes(value: object) -> bytes:
+    """A reply of a client made without ``decode_responses``, as the bytes it is (redis-py types replies as
+    ``bytes | str``)."""
+    assert isinstance(value, bytes), value
+    return value
+
+
+def reply(value: object) -> Any:
+    """A structured reply of redis-py (streams, scans, script results), whose declared type is too loose to
+    use as it is."""
+    return value

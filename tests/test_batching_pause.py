@@ -4,6 +4,8 @@ ResumeChannel, remembered by the Supervisor across passivation)."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,7 @@ def msg(text: str, channel: str = "c") -> QueuedMessage:
     return QueuedMessage("t", channel, "u", "U", text)
 
 
-def delivered_texts(effects: list[object]) -> list[list[str]]:
+def delivered_texts(effects: Sequence[object]) -> list[list[str]]:
     return [[m.text for m in payload_messages(e.item.payload)] for e in effects if isinstance(e, Deliver)]
 
 

@@ -8,7 +8,7 @@ import inspect
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -30,7 +30,7 @@ from protocol import keys
 from protocol.errors import InvalidInput
 from protocol.stream import InboundBatch, decode_entry
 from protocol.values import BatchSettings, ChannelStatistics
-from redis_support import RedisServer, redis_server
+from redis_support import RedisServer, redis_server, reply
 
 pytestmark = pytest.mark.redis
 
@@ -85,8 +85,8 @@ async def read_stream(client: aioredis.Redis, count: int, stream: str = keys.INB
     while len(entries) < count:
         if loop.time() > deadline:
             raise TimeoutError(f"{len(entries)} of {count} entries in {stream}")
-        reply = await client.xread({stream: last}, count=1000, block=100)
-        for _, items in reply or ():
+        read = reply(await client.xread({stream: last}, count=1000, block=100))
+        for _, items in read or ():
             for entry_id, fields in items:
                 entries.append(decode_entry(fields, entry_id))
                 last = entry_id.decode()
@@ -220,7 +220,7 @@ def test_hostile_channel_ids_keep_their_batches_apart(redis_srv: RedisServer) ->
             seen = {e.channel_id: texts(e) for e in await read_stream(admin, len(hostile))}
             assert seen == {c: [f"{i}/0", f"{i}/1"] for i, c in enumerate(hostile)}
             for key in await admin.keys(f"{keys.PREFIX}:{keys.DIST}:{{*"):
-                tag = key.decode().split("{", 1)[1].split("}", 1)[0]
+                tag = reply(key).decode().split("{", 1)[1].split("}", 1)[0]
                 assert keys.channel_of_tag(tag) in hostile
 
     run(main())
@@ -282,7 +282,7 @@ def test_racing_flushes_publish_a_batch_once(redis_srv: RedisServer) -> None:
                 scripts.run(cluster.client(), scripts.FLUSH, flush_keys, [0, f"racer{i}/timer", 60_000, tag])
                 for i in range(4)
             ))
-            outcomes = sorted(int(a.split(b",")[1]) for a in answers)
+            outcomes = sorted(int(reply(a).split(b",")[1]) for a in answers)
             assert outcomes == [-2, -2, -2, -1]
             assert await admin.xlen(keys.INBOUND_STREAM) == 1
 
@@ -298,9 +298,11 @@ def test_a_replayed_append_is_applied_once(redis_srv: RedisServer) -> None:
                          keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag)]
             from protocol import codec
 
-            args = [0, "n1/append", 7, 60_000, 60_000, codec.encode(msg("c", "once")), "c", tag, "30000:0:10:1"]
-            first = await scripts.run(admin, scripts.APPEND, call_keys, args)
-            again = await scripts.run(admin, scripts.APPEND, call_keys, args)
+            args: list[str | bytes | int] = [
+                0, "n1/append", 7, 60_000, 60_000, codec.encode(msg("c", "once")), "c", tag, "30000:0:10:1"
+            ]
+            first = reply(await scripts.run(admin, scripts.APPEND, call_keys, args))
+            again = reply(await scripts.run(admin, scripts.APPEND, call_keys, args))
             assert int(first.split(b",")[1]) > 0
             assert again.split(b",")[1] == b"-2"
             assert await admin.llen(keys.dist_key(keys.DIST_MESSAGES, "c")) == 1
@@ -456,7 +458,7 @@ def test_redis_stream_bus_publishes_directly_and_trims(redis_srv: RedisServer) -
             for i in range(300):
                 await bus.publish_inbound(MessageBatch([msg("c", f"m{i}")]))
             assert await binary.xlen("s") <= 10 + 100  # approximate: whole macro nodes are trimmed
-            last = await binary.xrevrange("s", count=1)
+            last = reply(await binary.xrevrange("s", count=1))
             entry = decode_entry(last[0][1], last[0][0])
             assert (entry.reason, entry.seq, texts(entry)) == ("published", 301, ["m299"])
             with pytest.raises(InvalidSettings, match="maxlen must be an int >= 0"):
@@ -579,7 +581,7 @@ def test_an_outbox_entry_that_cannot_be_decoded_is_set_aside(redis_srv: RedisSer
             await bus.wait_for(1)
             await relay.close()
             assert bus.got == [(["after"], f"{keys.channel_tag('c')}:1")]
-            (dead,) = await admin.xrange(keys.DIST_DEAD)
+            (dead,) = reply(await admin.xrange(keys.DIST_DEAD))
             assert b"lacks field(s)" in dead[1][b"error"] and dead[1][b"field:id"] == b"junk"
 
     with caplog.at_level(logging.ERROR, logger="message_queue.distributed"):
@@ -694,7 +696,7 @@ def test_an_idle_channels_state_expires_while_an_active_ones_stays(redis_srv: Re
             assert await admin.pttl(state_key("busy")) == -1 and await admin.llen(msgs_key("busy")) == 1
             assert await channel_statistics(admin, "idle") == (snapshot("idle"),)
             assert await channel_statistics(admin, "busy") == (snapshot("busy", open_batch_size=1, processed=1),)
-            assert int(await admin.get(keys.DIST_SEQ_FLOOR)) == 1  # the idle channel's last batch number
+            assert int(reply(await admin.get(keys.DIST_SEQ_FLOOR))) == 1  # the idle channel's last batch number
 
     run(main())
 
@@ -759,7 +761,8 @@ def test_no_key_is_left_without_expiry_once_every_channel_is_idle(redis_srv: Red
             await node.drain()
             await until(lambda: no_deadlines(admin), "every batch published")
 
-            untimed, timed = [], []
+            untimed: list[Any] = []
+            timed: list[Any] = []
             async for raw in admin.scan_iter(count=1000):
                 key = raw.decode()
                 (timed if await admin.pttl(key) > 0 else untimed).append(key)
@@ -792,7 +795,7 @@ def test_a_channel_state_written_before_expiry_existed_keeps_its_numbers_and_get
             await node.append(msg("young", "b"))
             entries = await read_stream(admin, 2)
             assert [(e.channel_id, e.seq) for e in entries] == [("old", 42), ("young", 43)]
-            assert int(await admin.get(keys.DIST_SEQ_FLOOR)) == 43
+            assert int(reply(await admin.get(keys.DIST_SEQ_FLOOR))) == 43
             assert 0 < await admin.pttl(state_key("old")) <= 300
             assert await channel_statistics(admin, "old") == (snapshot("old", processed=42),)
 

@@ -368,7 +368,7 @@ def test_consume_first_handles_its_own_pending_entries(
             for text in ("lost", "trimmed", "kept"):
                 await bus.publish_inbound(MessageBatch([message("c:1", text)]))
             # a read whose reply never reached the consumer: the entries are pending for it
-            delivered = await client.xreadgroup(GROUP, "worker-1", {STREAM: ">"}, count=3)
+            delivered: Any = await client.xreadgroup(GROUP, "worker-1", {STREAM: ">"}, count=3)
             ids = [entry_id for _, entries in delivered for entry_id, _ in entries]
             assert len(ids) == 3
             await client.xdel(STREAM, ids[1])  # trimmed from the stream while pending

@@ -47,7 +47,7 @@ def test_queue_metrics_count_a_known_workload_in_the_given_registry() -> None:
         got: list[int] = []
 
         async def callback(item: Payload) -> None:
-            got.append(item.size if hasattr(item, "size") else 1)  # type: ignore[union-attr]
+            got.append(item.size if hasattr(item, "size") else 1)
             if sum(got) == 23:
                 done.set()
 

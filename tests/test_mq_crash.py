@@ -44,7 +44,7 @@ from message_queue import MessageQueue
 from mq_crash_producer import RUN_STRIDE
 from protocol import codec, keys
 from protocol.values import OpenEntry, QueuedMessage
-from redis_support import RedisServer
+from redis_support import RedisServer, as_bytes
 from test_crash import children_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -382,7 +382,7 @@ class ApplyWrites:
         self._marker = f"apply-writes-{os.getpid()}-{time.monotonic_ns()}"
 
     def __enter__(self) -> ApplyWrites:
-        self._monitor = self._client.monitor()
+        self._monitor = self._client.monitor()  # type: ignore[no-untyped-call]
         self._monitor.__enter__()
         return self
 
@@ -404,7 +404,7 @@ class ApplyWrites:
 
 
 def _open_batch(client: redis.Redis, channel: str) -> list[str]:
-    entries = [codec.decode(raw) for raw in client.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)]
+    entries = [codec.decode(as_bytes(raw)) for raw in client.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)]
     assert all(isinstance(e, OpenEntry) for e in entries), entries
     return [e.message.text for e in entries if isinstance(e, OpenEntry)]
 

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import threading
-from typing import Any
+from typing import Any, Awaitable
 
 import pytest
 
@@ -19,6 +19,10 @@ import message_queue.local
 from message_queue import InvalidInput, MessageBatch, MessageQueue, QueuedMessage
 from protocol.values import Payload
 from test_message_queue_api import TIMEOUT, WINDOW, Recorder, msg, run, texts
+
+
+async def _awaited(awaitable: Awaitable[object]) -> None:
+    await awaitable
 
 
 # -- read your writes -----------------------------------------------------------------------------------------
@@ -91,7 +95,7 @@ def test_a_queue_used_from_a_second_loop_raises_runtime_error() -> None:
     with pytest.raises(RuntimeError, match="belongs to another event loop"):
         run(use())
     with pytest.raises(RuntimeError, match="belongs to another event loop"):
-        run(mq.enqueue(msg("c", "y")))
+        run(_awaited(mq.enqueue(msg("c", "y"))))
 
 
 def test_a_queue_read_from_another_running_loop_raises_runtime_error() -> None:
@@ -309,7 +313,7 @@ def test_the_records_of_passivated_channels_go_and_their_callbacks_stay() -> Non
                 await mq.start_processing(channel, rec)
                 await mq.enqueue(msg(channel, "x"))
             await rec.wait(lambda: sum(len(v) for v in rec.items.values()) == 200)
-            backend: Any = mq._backend  # type: ignore[attr-defined]
+            backend: Any = mq._backend
             for _ in range(int(TIMEOUT / 0.05)):
                 if not await mq.statistics():  # every channel actor has passivated
                     break

@@ -194,13 +194,13 @@ def test_the_url_of_a_client_names_the_same_server() -> None:
         for given, expected in cases:
             async with Client(**given) as client:
                 url = url_of_client(client)
-            parsed = parse_url(url)
+            parsed = parse_url(url)  # type: ignore[no-untyped-call]
             for name, value in expected.items():
                 assert parsed.get(name, {"port": 6379, "db": 0}.get(name)) == value, (given, url, name)
             scheme = "rediss" if given.get("ssl") else "unix" if "unix_socket_path" in given else "redis"
             assert url.startswith(f"{scheme}://"), url
         async with Client("rediss://u:p@example.org:6390/4?ssl_cert_reqs=optional") as client:
-            assert parse_url(url_of_client(client)) == parse_url(
+            assert parse_url(url_of_client(client)) == parse_url(  # type: ignore[no-untyped-call]
                 "rediss://u:p@example.org:6390/4?ssl_cert_reqs=optional&ssl_check_hostname=true"
             )
 

@@ -73,6 +73,7 @@ class Node:
 
     def stats(self, channel: str) -> ChannelStatistics:
         (snapshot,) = self.ask(GetStatistics(channel), Statistics).channels
+        assert isinstance(snapshot, ChannelStatistics)
         return snapshot
 
     def live(self) -> tuple[ChannelStatistics, ...]:

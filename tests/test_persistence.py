@@ -21,7 +21,7 @@ from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
 from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront, EnqueueMany
 from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
-from redis_support import RedisServer
+from redis_support import RedisServer, as_bytes
 from harness import Harness, message, texts
 
 pytestmark = pytest.mark.redis
@@ -74,7 +74,7 @@ def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
 
 
 def stored(client: redis.Redis, role: str, channel: str) -> list[object]:
-    return [codec.decode(raw) for raw in client.lrange(keys.channel_key(role, channel), 0, -1)]
+    return [codec.decode(as_bytes(raw)) for raw in client.lrange(keys.channel_key(role, channel), 0, -1)]
 
 
 def test_an_acknowledged_enqueue_is_already_in_redis(node: Node, client: redis.Redis) -> None:

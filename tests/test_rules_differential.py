@@ -46,7 +46,7 @@ from protocol import codec
 from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
 from protocol.stream import decode_entry
 from protocol.values import BatchSettings, FlushReason, MessageBatch, Payload, QueuedMessage, payload_messages
-from redis_support import REDIS_SERVER, redis_server
+from redis_support import REDIS_SERVER, redis_server, reply
 
 pytestmark = pytest.mark.redis
 
@@ -57,7 +57,9 @@ IDLE_MS = 60_000
 START_MS = 1_700_000_000_000
 TIMED = frozenset({FlushReason.WINDOW.value, FlushReason.MAX_WAIT.value})
 # Core reason -> stream reason; the core's FLUSHED and RESTORED have no distributed counterpart.
-REASONS = {reason: reason.value for reason in FlushReason if reason not in (FlushReason.FLUSHED, FlushReason.RESTORED)}
+REASONS: dict[FlushReason, str] = {
+    reason: reason.value for reason in FlushReason if reason not in (FlushReason.FLUSHED, FlushReason.RESTORED)
+}
 
 
 # -- the steps -----------------------------------------------------------------------------------------------
@@ -240,7 +242,7 @@ class ScriptSide:
 
     def new_entries(self) -> list[Published]:
         out: list[Published] = []
-        for entry_id, fields in self.client.xrange(STREAM, f"({self.last_entry}", "+"):
+        for entry_id, fields in reply(self.client.xrange(STREAM, f"({self.last_entry}", "+")):
             self.last_entry = entry_id.decode()
             inbound = decode_entry(fields, entry_id)
             lateness = inbound.lateness_ms

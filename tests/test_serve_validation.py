@@ -65,7 +65,7 @@ def test_a_record_is_strict_json_whatever_values_reach_the_writer() -> None:
     loop["self"] = loop
     odd = QueuedMessage("p", "c", "u", "n", "lone \udc80 surrogate", queued_at="yesterday",  # type: ignore[arg-type]
                         extra={"nan": float("nan"), "inf": [float("inf"), -float("inf")], "obj": object(),
-                               "bytes": b"\x00\xff", "set": {1}, "tuple": (1, "a"), 3: "int key", "loop": loop,
+                               "bytes": b"\x00\xff", "set": {1}, "tuple": (1, "a"), 3: "int key", "loop": loop,  # type: ignore[dict-item]
                                "bad": Unprintable(), "when": datetime(2024, 5, 1, tzinfo=FailingZone())})
     fine = QueuedMessage("p", "c", "u", "n", "fine", queued_at=datetime(2024, 5, 1, 12, tzinfo=timezone.utc),
                          extra={"score": 1.5, "tags": ["a"]})
@@ -189,7 +189,7 @@ def test_tcp_node_rejects_a_bad_queued_at_from_another_process_and_keeps_deliver
     assert naive_batch[:2] == ["Rejected", "InvalidInput"] and "first_at" in naive_batch[2]
     assert good[0] == after[0] == "Enqueued"
     node.write(json.dumps(message("slack:#stdin", "from stdin")))
-    records = []
+    records: list[dict[str, Any]] = []
     while sum(len(r["messages"]) for r in records) < 3:
         records.append(strict_json(node.stdout_line()))  # strict JSON
     assert texts_by_channel(records) == {"cli:good": ["still delivered", "after"], "slack:#stdin": ["from stdin"]}

@@ -23,7 +23,7 @@ from actors.store import RedisStore
 from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
 from protocol import codec, keys
 from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
-from redis_support import RedisServer, redis_server
+from redis_support import RedisServer, as_bytes, redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -122,7 +122,7 @@ def test_an_undecodable_entry_goes_to_dead_letters_and_the_rest_keeps_its_order(
     [snap] = store.load()
     assert [i.item_id for i in snap.waiting] == ["i1", "i2"]
     [raw] = store._redis.lrange(keys.channel_key(keys.DEAD_LETTER, "c"), 0, -1)
-    letter = codec.decode(raw, DeadLetter)
+    letter = codec.decode(as_bytes(raw), DeadLetter)
     assert letter.role == keys.QUEUE and letter.data == b"\xc1 not msgpack" and "msgpack" in letter.reason
     [snap] = store.load()  # the bad entry is gone from the queue for good
     assert [i.item_id for i in snap.waiting] == ["i1", "i2"]
@@ -348,7 +348,7 @@ def test_a_store_whose_lease_was_taken_writes_nothing_more(
         store.apply([PushTail("c", item("c", "i2", "b"), False), TakeHead("c")])  # for good
     with pytest.raises(StoreLocked):
         store.renew_lease()
-    assert [codec.decode(raw, QueueItem).item_id for raw in client.lrange(keys.queue_key("c"), 0, -1)] == ["i1"]
+    assert [codec.decode(as_bytes(raw), QueueItem).item_id for raw in client.lrange(keys.queue_key("c"), 0, -1)] == ["i1"]
     assert client.llen(keys.channel_key(keys.PROCESSING, "c")) == 0
     store.close()  # releases nothing that is not its own
     assert client.get(keys.LEASE) == other.encode()
@@ -373,7 +373,7 @@ def test_after_a_stall_longer_than_the_lease_a_store_writes_again_only_if_no_oth
         first.open_epoch()
         wait_until(lambda: not client.exists(keys.LEASE), "the unrenewed lease expires")
         first.apply([PushTail("c", item("c", "i1", "a"), False)])  # nobody took it: taken back, written
-        assert lease_of(client) == LeaseHolder.decode(client.get(keys.LEASE_HOLDER) or b"")
+        assert lease_of(client) == LeaseHolder.decode(as_bytes(client.get(keys.LEASE_HOLDER) or b""))
         wait_until(lambda: not client.exists(keys.LEASE), "the unrenewed lease expires again")
         second.open_epoch()  # another node takes the free lease
         with pytest.raises(StoreLocked, match="lost the writer lease"):
