@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
@@ -40,7 +40,7 @@ from actors.journal import (
     StoreOpened,
 )
 from actors.timer import Timer
-from protocol.errors import InvalidInput
+from protocol.errors import InvalidInput, InvalidSettings
 from protocol.limits import validate_channel_id, validate_message, validate_payload
 from protocol.messages import (
     BatchFlushed,
@@ -161,8 +161,10 @@ class Supervisor(Dispatcher):
     # -- configuration -----------------------------------------------------------------------------------
 
     def receiveMsg_ConfigureSystem(self, msg: ConfigureSystem, sender: ActorAddress) -> None:
-        if not isinstance(msg.settings, BatchSettings):
-            self._reject(msg, "", InvalidInput("settings must be a BatchSettings"), sender)
+        try:
+            _checked_settings(msg.settings)
+        except InvalidSettings as exc:
+            self._reject(msg, "", exc, sender)
             return
         if not msg.idle_timeout > 0:
             self._reject(msg, "", InvalidInput(f"idle_timeout must be > 0, got {msg.idle_timeout!r}"), sender)
@@ -343,12 +345,14 @@ class Supervisor(Dispatcher):
         self._command(msg, sender, ChannelStopped(msg.channel_id, False))
 
     def receiveMsg_ConfigureChannel(self, msg: ConfigureChannel, sender: ActorAddress) -> None:
-        if not isinstance(msg.settings, BatchSettings):
-            self._reject(msg, str(msg.channel_id), InvalidInput("settings must be a BatchSettings"), sender)
+        try:
+            settings = _checked_settings(msg.settings)
+        except InvalidSettings as exc:
+            self._reject(msg, _printable(msg.channel_id), exc, sender)
             return
         if not self._valid_channel(msg, msg.channel_id, sender):
             return
-        self._overrides[msg.channel_id] = msg.settings
+        self._overrides[msg.channel_id] = settings
         self._command(msg, sender, ChannelConfigured(msg.channel_id))
 
     def receiveMsg_GetStatistics(self, msg: GetStatistics, sender: ActorAddress) -> None:
@@ -555,6 +559,21 @@ class Supervisor(Dispatcher):
             self.send(sender, Rejected(type(msg).__name__, channel_id, type(exc).__name__, str(exc)))
         else:
             log.warning("rejected %s for channel %r: %s", type(msg).__name__, channel_id, exc)
+
+
+def _checked_settings(settings: object) -> BatchSettings:
+    """``settings`` checked again, field by field: a ``BatchSettings`` that crossed a process boundary was
+    rebuilt by pickle without its checks, and its fields may hold anything.
+
+    Raises:
+        InvalidSettings: naming the field and the value.
+    """
+    if not isinstance(settings, BatchSettings):
+        raise InvalidSettings(f"settings must be a BatchSettings, got {type(settings).__name__}")
+    try:
+        return replace(settings)  # runs the constructor's checks on every field
+    except TypeError as exc:  # a field missing or unknown: not a BatchSettings of this version
+        raise InvalidSettings(f"settings must be a BatchSettings: {exc}") from exc
 
 
 def _printable(channel_id: object) -> str:
