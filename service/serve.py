@@ -22,8 +22,10 @@ from actors.system import SIMPLE_BASE, TCP_BASE
 from protocol.errors import InvalidInput, MessageQueueError, RedisDataLost, StoreUnavailable, UnsafeRedis
 from protocol.messages import (
     SUPERVISOR_NAME,
+    BatchFlushed,
     BatchReady,
     CancelProcessing,
+    FlushBatch,
     GetStatistics,
     ProcessingDone,
     Statistics,
@@ -212,24 +214,53 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
     return accepted, skipped
 
 
-def _wait_drained(node: Node, writer: BatchWriter, accepted: int, controlled: bool = False) -> None:
-    """Return once no channel holds an open, waiting or in-flight batch.
+def _wait_drained(
+    node: Node, writer: BatchWriter, accepted: int, window: float, controlled: bool = False
+) -> None:
+    """Return once no channel that can deliver holds an open, waiting or in-flight batch.
 
     Waits first until at least ``accepted`` messages were written (on the TCP base a flooded Supervisor can
     take long to answer anything), then asks the channels, which also covers messages from other senders.
     A ``controlled`` node (``--control``) skips the first wait: an admin may have cleared messages, which are
-    then never written. A paused channel holds its batches until it is resumed.
+    then never written. A paused channel holds its batches until it is resumed. Two things another process
+    can do would hold the end forever, so they are dealt with: a channel whose processor was stopped
+    (``StopChannel``) is not waited for, and what it holds is reported on stderr; an open batch whose
+    deadline was suspended (``HoldBatch``) is flushed once nothing was written for a window and a second.
     """
     while writer.messages < accepted and not controlled:
+        before = writer.messages
         writer.wait_for(lambda: writer.messages >= accepted, 1.0)
         _check(node, writer)
+        if writer.messages == before and _stranded(node, writer):
+            break  # some of them went to a channel that cannot deliver: the loop below says which
+    quiet_since = time.monotonic()
+    flushed: set[str] = set()
     while True:
         seen = writer.batches
         reply = expect(_await(node.call(GetStatistics()), node, writer), Statistics, "GetStatistics")
-        if all(not (s.open_batch_size or s.queued or s.in_flight) for s in reply.channels):
+        busy = [s for s in reply.channels if s.open_batch_size or s.queued or s.in_flight]
+        if all(not s.has_processor for s in busy):
+            if busy:
+                waiting, opened = sum(s.queued for s in busy), sum(s.open_batch_size for s in busy)
+                print(f"serve: {waiting} waiting items and {opened} messages of open batches on {len(busy)} "
+                      "channels were not written: their processor was stopped "
+                      f"({', '.join(repr(s.channel_id) for s in busy[:10])})", file=sys.stderr)
             return
+        if time.monotonic() - quiet_since > window + 1.0:
+            for s in busy:
+                if s.has_processor and s.open_batch_size and s.channel_id not in flushed:
+                    flushed.add(s.channel_id)
+                    expect(_await(node.call(FlushBatch(s.channel_id)), node, writer), BatchFlushed, "FlushBatch")
         writer.wait_for(lambda: writer.batches > seen, 1.0)  # the next batch written may be the last
+        if writer.batches > seen:
+            quiet_since = time.monotonic()
         _check(node, writer)
+
+
+def _stranded(node: Node, writer: BatchWriter) -> bool:
+    """True when some channel holds work and has no processor."""
+    reply = expect(_await(node.call(GetStatistics()), node, writer), Statistics, "GetStatistics")
+    return any(not s.has_processor and (s.open_batch_size or s.queued) for s in reply.channels)
 
 
 def _await(future: Future[object], node: Node, writer: BatchWriter) -> object:
@@ -393,7 +424,7 @@ def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
         accepted, skipped = _feed(node, writer, read_lines(sys.stdin.buffer))
         print(f"serve: end of input; {accepted} messages accepted, {skipped} lines skipped; waiting for the "
               "last batches", file=sys.stderr, flush=True)
-        _wait_drained(node, writer, accepted, controlled=control is not None)
+        _wait_drained(node, writer, accepted, args.window, controlled=control is not None)
         print(f"serve: done; {writer.messages} messages written in {writer.batches} batches", file=sys.stderr)
         return EXIT_OK
     except (Stopped, KeyboardInterrupt) as stop:
