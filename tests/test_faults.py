@@ -28,22 +28,33 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
 import pytest
 import redis
 
+from actors.system import free_port
 from dist_cluster import NodeProcess, StreamReader, message_line
+from fault_inputs import serve_line
+from protocol import codec
+from protocol.errors import DecodeError
+from protocol.values import BatchSettings, MessageBatch, OpenEntry, QueuedMessage, QueueItem
 from redis_support import REDIS_SERVER, RedisServer
 from test_crash import CrashRun, assert_sound
 from test_mq_crash import CrashLoop
+from test_run_system import Running, launch, message
+
+__all__ = ["launch"]  # the fixture, used by name
 
 CYCLES = int(os.environ.get("MQ_FAULT_CYCLES", "1"))
 OUTAGE = float(os.environ.get("MQ_FAULT_OUTAGE", "0.5"))
@@ -411,3 +422,166 @@ def test_distributed_mode_carries_on_after_redis_is_paused(redis_srv: RedisServe
         node.end()
     figures("redis paused", "serve --distributed", pause_s=PAUSE, acked=counts["acked"], lost=counts["lost"],
             duplicated=counts["duplicated"], acked_during_pause=acked_in_pause, ack_recovery_s=round(recovery, 3))
+
+
+# -- 3: random and malformed inputs ---------------------------------------------------------------------------
+
+INPUTS = int(os.environ.get("MQ_FAULT_INPUTS", "10000"))
+TCP_INPUTS = int(os.environ.get("MQ_FAULT_TCP_INPUTS", "1000"))
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def reason_class(reason: str) -> str:
+    """A rejection reason without its values: what the table counts by."""
+    return reason.split(", got")[0].split(":")[0].split(" (")[0].strip()[:60]
+
+
+def _strict(line: str | bytes) -> Any:
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_serve_stdin_rejects_every_malformed_line_and_delivers_every_good_one_in_order() -> None:
+    rng = random.Random(SEED)
+    lines = [serve_line(rng, number) for number in range(1, INPUTS + 1)]
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(ROOT / "run_system.py"), "serve", "--window", "0.02"],
+                          cwd=ROOT, input=b"".join(data + b"\n" for data, _, _ in lines), capture_output=True,
+                          timeout=300)
+    seconds = time.monotonic() - start
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+
+    skipped: dict[int, str] = {}
+    for match in re.finditer(r"^serve: line (\d+) skipped: (.*)$", err, re.MULTILINE):
+        assert int(match[1]) not in skipped
+        skipped[int(match[1])] = match[2]
+    delivered: dict[str, list[int]] = defaultdict(list)
+    for out in done.stdout.splitlines():
+        for message in _strict(out)["messages"]:
+            # a corrupted line that still parses may carry a junk character inside its text (never a digit)
+            number = int(re.sub(r"\D", "", message["text"].split(" ", 1)[0]))
+            delivered[message["channel_id"]].append(number)
+    delivered_lines = Counter(n for numbers in delivered.values() for n in numbers)
+
+    problems = []
+    for number, (_, expect, kind) in enumerate(lines, 1):
+        rejected, arrived = number in skipped, delivered_lines[number]
+        if expect == "good" and (rejected or arrived != 1):
+            problems.append(f"line {number} ({kind}) good: skipped={skipped.get(number)!r} delivered {arrived}x")
+        elif expect == "bad" and (not rejected or arrived):
+            problems.append(f"line {number} ({kind}) bad: skipped={rejected} delivered {arrived}x")
+        elif expect == "either" and rejected == bool(arrived) or arrived > 1:
+            problems.append(f"line {number} ({kind}): skipped={rejected} delivered {arrived}x")
+    assert not problems, f"{len(problems)} lines mishandled, e.g. {problems[:10]}"
+    inversions = [channel for channel, numbers in delivered.items() if numbers != sorted(numbers)]
+    assert not inversions, f"delivered out of order on {inversions}"
+    accepted = INPUTS - len(skipped)
+    assert f"{accepted} messages accepted, {len(skipped)} lines skipped" in err, err[-500:]
+
+    by_reason = Counter(reason_class(reason) for reason in skipped.values())
+    by_kind = Counter(kind for _, _, kind in lines)
+    print(f"\nserve-fuzz kinds: {dict(by_kind)}")
+    figures("random and malformed input", "serve stdin", inputs=INPUTS, rejected=len(skipped), accepted=accepted,
+            delivered=sum(delivered_lines.values()), seconds=round(seconds, 2), rejected_by_reason=dict(by_reason))
+
+
+def _decode_outcome(data: bytes) -> str:
+    """``ok:<type>`` or ``DecodeError``; anything else raised propagates (a failure of the test)."""
+    try:
+        value = codec.decode(data)
+    except DecodeError:
+        return "DecodeError"
+    codec.encode(value)  # what the codec accepts, it can write again
+    return f"ok:{type(value).__name__}"
+
+
+def _valid_frames() -> list[bytes]:
+    at = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    message = QueuedMessage("p", "c:1", "u", "n", "hello", at, {"a": [1, None, True, "v", 2.5], "d": {"e": b"x"}})
+    batch = MessageBatch([message, QueuedMessage("p", "c:1", "u", "n", "é🙂", at)], at, at)
+    values: list[Any] = [message, batch, QueueItem("i1", "c:1", message, 2), QueueItem("i2", "c:1", batch),
+                         OpenEntry(message, 1.5), BatchSettings(window=0.5, max_batch_size=7, max_wait=3.0)]
+    return [codec.encode(value) for value in values]
+
+
+def _mutate(rng: random.Random, frame: bytes) -> bytes:
+    data = bytearray(frame)
+    for _ in range(rng.randint(1, 4)):
+        operation = rng.randrange(5)
+        if operation == 0 and data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        elif operation == 1 and data:
+            del data[rng.randrange(len(data)):]
+        elif operation == 2:
+            position = rng.randrange(len(data) + 1)
+            data[position:position] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        elif operation == 3 and data:
+            start = rng.randrange(len(data))
+            del data[start:start + rng.randint(1, 8)]
+        else:  # a msgpack header claiming a huge size
+            data[0:0] = rng.choice([b"\xdd\xff\xff\xff\xff", b"\xdb\x7f\xff\xff\xff", b"\xc6\xff\xff\xff\xff",
+                                    b"\xdf\xff\xff\xff\xff", b"\xc7\x01\x01", b"\xd4\x00\x00"])
+    return bytes(data)
+
+
+def test_the_codec_decodes_random_and_mutated_frames_or_raises_decode_error() -> None:
+    rng = random.Random(SEED)
+    frames = _valid_frames()
+    outcomes: Counter[str] = Counter()
+    start = time.monotonic()
+    for n in range(INPUTS):
+        if n % 2:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(0, 300)))
+        else:
+            data = _mutate(rng, rng.choice(frames))
+        outcomes[_decode_outcome(data)] += 1
+    deep = b"\x91" * 100_000 + b"\xc0"  # arrays nested 100,000 deep
+    outcomes[_decode_outcome(deep)] += 1
+    for frame in frames:  # the valid frames still decode to what was encoded
+        assert codec.encode(codec.decode(frame)) == frame
+    seconds = time.monotonic() - start
+    assert outcomes["DecodeError"] > INPUTS // 2, outcomes
+    figures("random and malformed input", "codec.decode", inputs=INPUTS + 1, rejected=outcomes["DecodeError"],
+            accepted=INPUTS + 1 - outcomes["DecodeError"], seconds=round(seconds, 2), outcomes=dict(outcomes))
+
+
+@pytest.mark.tcp
+@pytest.mark.slow
+def test_a_tcp_node_rejects_random_protocol_messages_and_keeps_delivering_in_order(
+    launch: Callable[..., Running],
+) -> None:
+    port = free_port()
+    node = launch("serve", "--base", "multiprocTCPBase", "--admin-port", str(port), "--window", "0.02")
+    node.stderr_line(lambda line: f"admin port {port}" in line)
+    start = time.monotonic()
+    sender = subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("fault_tcp_sender.py")),
+                             str(port), str(TCP_INPUTS), str(SEED)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    seconds = time.monotonic() - start
+    assert sender.returncode == 0, sender.stdout + sender.stderr[-3000:]
+    summary = json.loads(sender.stdout)
+    assert summary["good_acked"] == summary["good"], summary
+    assert not summary["busy"], summary
+    assert "none" not in summary["replies"], f"probes left unanswered: {summary}"
+    assert summary["replies_total"] >= summary["answering"], f"commands left unanswered: {summary}"
+
+    node.write(json.dumps(message("fuzz:stdin", "still reading stdin")))
+    texts: dict[str, list[str]] = defaultdict(list)
+    while len(texts["fuzz:good"]) < summary["good"] or not texts["fuzz:stdin"]:
+        for m in _strict(node.stdout_line())["messages"]:
+            texts[m["channel_id"]].append(m["text"])
+    assert texts["fuzz:good"] == [f"G{n}" for n in range(summary["good"])]
+    node.close_stdin()
+    assert node.wait() == 0, node.all_stderr()[-3000:]
+    stderr = node.all_stderr()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    replies = summary["replies"]
+    rejected = sum(n for name, n in replies.items() if name.startswith("Rejected/"))
+    figures("random and malformed input", "TCP base, external sender", inputs=TCP_INPUTS, good=summary["good"],
+            delivered=len(texts["fuzz:good"]), rejected=rejected, answering=summary["answering"], seconds=round(seconds, 2),
+            replies=replies)
