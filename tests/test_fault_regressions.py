@@ -1,30 +1,16 @@
-"""Faults the random-input run of tests/test_faults.py found, each reduced to one test. Both fail today.
+"""Faults the random-input run of tests/test_faults.py found, each reduced to one test.
 
-1. ``test_configure_channel_with_unchecked_settings_from_another_process_is_rejected``: on the TCP base, a
-   ``ConfigureChannel`` whose ``BatchSettings`` fields were set past the constructor (``object.__setattr__``; a
-   pickled dataclass is rebuilt without ``__post_init__``, so the node sees the same thing from any sender) is
-   answered ``ChannelConfigured``: ``Supervisor.receiveMsg_ConfigureChannel`` checks only
-   ``isinstance(settings, BatchSettings)``. The channel's next batch then opens with ``window="soon"`` and the
-   ChannelActor raises ``TypeError: unsupported operand type(s) for +: 'float' and 'str'`` in
-   ``actors/batching.py`` (``deadline``) on every ``EnqueueStamped``: the message was acknowledged
-   (``Enqueued(1)``) by the Supervisor and is never delivered. Expected: ``Rejected(..., "InvalidInput", ...)``
-   naming the field and the value, and the channel keeps its settings.
-
-2. ``test_serve_ends_at_end_of_input_when_another_process_stopped_a_channel``: ``serve`` waits at end of input
-   until no channel holds an open, waiting or in-flight batch (``service/serve.py`` ``_wait_drained``). A
-   ``StopChannel`` from another process leaves the channel's queued items without a processor (and a
-   ``HoldBatch`` leaves its open batch without a deadline), so that condition never holds and serve never exits
-   after its input ends (only a signal stops it). Expected: serve exits within its timeout, reporting what it
-   could not deliver (or delivering it).
-
-They stay out of the suite until the code is fixed: run them with ``MQ_FAULT_REGRESSIONS=1``; remove the gate
-below with the fix.
+1. A ``ConfigureChannel`` from another process on the TCP base whose ``BatchSettings`` fields were set past the
+   constructor (a pickled dataclass is rebuilt without ``__post_init__``, so the node sees the same from any
+   sender) must be refused with ``InvalidSettings`` naming the field and the value; the channel keeps its
+   settings and delivers.
+2. ``serve`` must end after its input ends even when another process stopped a channel (its items have no
+   processor any more) or held its open batch (no deadline): it reports what it could not deliver.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -37,11 +23,6 @@ from test_run_system import REPO, TIMEOUT, Running, launch, message
 
 __all__ = ["launch"]  # the fixture, used by name
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("MQ_FAULT_REGRESSIONS"),
-    reason="known failures awaiting a fix in actors/supervisor.py and service/serve.py (see the module docstring); "
-           "run with MQ_FAULT_REGRESSIONS=1",
-)
 
 SENDER = textwrap.dedent(
     """
@@ -86,7 +67,7 @@ def test_configure_channel_with_unchecked_settings_from_another_process_is_rejec
 
     configured, enqueued = _send(port, "settings")
 
-    assert configured[:2] == ["Rejected", "InvalidInput"] and "window" in str(configured[2]), configured
+    assert configured[:2] == ["Rejected", "InvalidSettings"] and "window" in str(configured[2]), configured
     assert enqueued[0] == "Enqueued"
     record = json.loads(node.stdout_line())  # the acknowledged message is delivered
     assert [m["text"] for m in record["messages"]] == ["hello"]

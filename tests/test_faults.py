@@ -49,7 +49,7 @@ from fault_inputs import serve_line
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.values import BatchSettings, MessageBatch, OpenEntry, QueuedMessage, QueueItem
-from redis_support import REDIS_SERVER, RedisServer
+from redis_support import REDIS_SERVER, RedisServer, as_bytes
 from test_crash import CrashRun, assert_sound
 from test_mq_crash import CrashLoop
 from test_run_system import Running, launch, message
@@ -109,8 +109,8 @@ def redis_stopped(server: RedisServer) -> Iterator[None]:
 def epoch_of(server: RedisServer) -> bytes | None:
     client = redis.Redis.from_url(server.url)
     try:
-        value: bytes | None = client.get("message_queue:index:epoch")
-        return value
+        value = client.get("message_queue:index:epoch")
+        return None if value is None else as_bytes(value)
     finally:
         client.close()
 
