@@ -223,10 +223,12 @@ def accepts(check: Any, value: object) -> bool:
 
 
 def is_rejected_input(reply: object, command: object) -> bool:
+    # settings that break a rule are InvalidSettings, like those refused at construction
+    errors = {"InvalidInput", "InvalidSettings"} if isinstance(command, ConfigureChannel) else {"InvalidInput"}
     return (
         isinstance(reply, Rejected)
         and reply.command == type(command).__name__
-        and reply.error == "InvalidInput"
+        and reply.error in errors
         and bool(reply.reason)
     )
 
