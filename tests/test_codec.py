@@ -414,7 +414,7 @@ def test_the_wire_format_is_a_tagged_positional_array() -> None:
 def test_raw_is_never_encoded_and_decodes_as_none() -> None:
     original = message(raw={"platform": object()})
     data = encode(original)
-    assert len(wire(original)) == 1 + 7
+    assert len(wire(original)) == 1 + 8  # seven fields, then message_id: raw is not among them
     decoded = decode(data, QueuedMessage)
     assert decoded.raw is None
     assert decoded == original
@@ -551,7 +551,7 @@ def test_decode_of_a_frame_with_one_field_replaced_raises_only_decode_error(
 def test_decode_rejects_ext_types(ext: bytes) -> None:
     assert isinstance(decode_error(ext).__cause__, ValueError)
     decode_error(b"\x92\xa8enqueued" + ext)
-    prefix = pack(wire(message()))[:-1]  # drop the empty extra map at the end
+    prefix = pack(wire(message())[:-1])[:-1]  # a frame of before message_id, without its empty extra map
     decode_error(prefix + b"\x81\xa4when" + ext)
 
 
@@ -566,7 +566,7 @@ def test_decode_rejects_frames_nested_a_thousand_deep(depth: int) -> None:
 
 
 def test_decode_rejects_extra_nested_a_thousand_deep() -> None:
-    prefix = pack(wire(message()))[:-1]  # drop the empty extra map at the end
+    prefix = pack(wire(message())[:-1])[:-1]  # a frame of before message_id, without its empty extra map
     error = decode_error(prefix + b"\x81\xa1a" + b"\x91" * 1_000 + b"\xc0")
     assert "extra nesting depth must be at most 4, got 5" in str(error)
 
