@@ -326,6 +326,13 @@ class ChannelCore:
         self._forget_expired(now)
         return tuple(self._seen.items())
 
+    def ids_expire_at(self, now: float) -> float | None:
+        """When the last remembered message id is forgotten (None: none is remembered)."""
+        self._forget_expired(now)
+        if not self._seen:
+            return None
+        return next(reversed(self._seen.values())) + self._settings.dedupe_ttl
+
     def remember_ids(self, ids: Sequence[tuple[str, float]], now: float) -> None:
         """Remember ``ids`` (message id, when accepted, oldest first) as accepted, e.g. after a restart."""
         for message_id, at in ids:

@@ -22,7 +22,9 @@ from actors.batching import (
     Effect,
     ItemQueued,
     MessageAdded,
+    MessageRejected,
     QueueCleared,
+    WaitingChanged,
 )
 from actors.internal import (
     Ack,
@@ -62,6 +64,9 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
+    Enqueued,
     EnqueueFront,
     FlushBatch,
     GetStatistics,
@@ -70,8 +75,13 @@ from protocol.messages import (
     ProcessingDone,
     ProcessingFailed,
     QueueChanged,
+    Rejected,
+    Retract,
+    Retracted,
     Statistics,
     StopChannel,
+    Taken,
+    TakeWaiting,
 )
 from protocol.values import FlushReason, OpenEntry
 
@@ -192,7 +202,21 @@ class ChannelActor(Dispatcher):
         # Each message at the time it was accepted: its window counts from then, however long it took to get here.
         for message, arrived in zip(msg.messages, msg.arrived):
             effects += enqueue(message, arrived)
-        self._settle(effects)
+        then: list[tuple[ActorAddress, object]] = []
+        refused = [e.message for e in effects if isinstance(e, MessageRejected)]
+        reply_to = msg.reply_to
+        for message in refused:
+            reason = (
+                f"channel {message.channel_id!r} is busy and its busy_policy is reject: message "
+                f"{message.message_id or message.text[:40]!r} refused"
+            )
+            if reply_to is not None:
+                then.append((reply_to, Rejected("Enqueue", message.channel_id, "ChannelBusy", reason)))
+            else:
+                log.warning("%s", reason)
+        if msg.ack and reply_to is not None and not refused:
+            then.append((reply_to, Enqueued(len(msg.messages))))
+        self._settle(effects, then=then)
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
         self._received += 1
@@ -212,7 +236,7 @@ class ChannelActor(Dispatcher):
         effects: list[Effect] = []
         if delivery_id > self._delivery_base:  # else a late reply to a delivery of an earlier actor
             try:
-                effects = self._channel.finish(delivery_id - self._delivery_base, error)
+                effects = self._channel.finish(delivery_id - self._delivery_base, error, self.clock())
             except ProtocolViolation as exc:
                 log.warning("channel %r ignored a reply from %s: %s", self._channel.channel_id, sender, exc)
         # settled even when ignored: it may have voided a Passivate offer, and the idle wake must re-arm
@@ -227,8 +251,17 @@ class ChannelActor(Dispatcher):
         effects: list[Effect] = []
         reply: object
         if isinstance(command, CancelCurrent):
-            cancelled, effects = core.cancel_current()
+            cancelled, effects = core.cancel_current(self.clock())
             reply = Cancelled(core.channel_id, cancelled)
+        elif isinstance(command, Edit):
+            edited, effects = core.edit(command.message)
+            reply = Edited(core.channel_id, command.message.message_id, edited)
+        elif isinstance(command, Retract):
+            retracted, effects = core.retract(command.channel_id, command.message_id)
+            reply = Retracted(core.channel_id, command.message_id, retracted)
+        elif isinstance(command, TakeWaiting):
+            taken, effects = core.take_waiting()
+            reply = Taken(core.channel_id, tuple(taken))
         elif isinstance(command, Clear):
             removed, effects = core.clear()
             reply = Cleared(core.channel_id, removed)
@@ -270,6 +303,10 @@ class ChannelActor(Dispatcher):
         if not core.is_quiescent or self._awaiting_durable:
             return
         idle_until = self._last_activity + self._idle_timeout
+        # The ids it remembers for duplicate detection live only here: it stays until the last is forgotten.
+        ids_until = core.ids_expire_at(now)
+        if ids_until is not None:
+            idle_until = max(idle_until, ids_until)
         if now >= idle_until:
             stats = core.statistics()
             assert self._supervisor is not None

@@ -10,10 +10,13 @@ from protocol.messages import (
     CancelCurrent,
     Clear,
     ConfigureChannel,
+    Edit,
     FlushBatch,
     GetStatistics,
     HoldBatch,
+    Retract,
     StopChannel,
+    TakeWaiting,
 )
 from actors.journal import ChannelSnapshot
 from protocol.values import BatchSettings, QueuedMessage
@@ -85,10 +88,14 @@ class EnqueueChecked:
 @dataclass(frozen=True, slots=True)
 class EnqueueStamped:
     """Supervisor -> ChannelActor: checked messages of the channel, in order, each with the time it was
-    accepted (on the system's clock)."""
+    accepted (on the system's clock). A message the channel refuses (busy policy ``reject``) is answered
+    ``Rejected`` to ``reply_to``; with ``ack``, ``reply_to`` gets ``Enqueued`` once the accepted ones are
+    durable (at once without persistence)."""
 
     messages: tuple[QueuedMessage, ...]
     arrived: tuple[float, ...]
+    reply_to: Optional["ActorAddress"] = None
+    ack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +159,10 @@ class Ack:
     reply: object
 
 
-ChannelCommand = Union[CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch]
+ChannelCommand = Union[
+    CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, Edit, Retract,
+    TakeWaiting,
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from actors.journal import (
 )
 from actors.timer import Timer
 from protocol.errors import InvalidInput
-from protocol.limits import validate_channel_id, validate_message, validate_payload
+from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
 from protocol.messages import (
     BatchFlushed,
     BatchHeld,
@@ -53,6 +53,8 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
     Enqueue,
     Enqueued,
     EnqueueFront,
@@ -67,9 +69,13 @@ from protocol.messages import (
     ProcessingStarted,
     QueueChanged,
     Rejected,
+    Retract,
+    Retracted,
     StartProcessing,
     Statistics,
     StopChannel,
+    Taken,
+    TakeWaiting,
 )
 from protocol.values import BatchSettings, ChannelStatistics, QueuedMessage
 
@@ -244,9 +250,8 @@ class Supervisor(Dispatcher):
         except InvalidInput as exc:
             self._reject(msg, _channel_of(msg.message), exc, sender, reply=msg.ack)
             return
-        self._send_channel(message.channel_id, EnqueueStamped((message,), (self._clock(),)))
-        if msg.ack:
-            self._ack(message.channel_id, sender, Enqueued(1))
+        # the channel answers: it may refuse the message (busy policy reject)
+        self._send_channel(message.channel_id, EnqueueStamped((message,), (self._clock(),), sender, msg.ack))
 
     def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
         if not isinstance(msg.messages, (tuple, list)):
@@ -320,6 +325,29 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_FlushBatch(self, msg: FlushBatch, sender: ActorAddress) -> None:
         self._command(msg, sender, BatchFlushed(msg.channel_id, False))
+
+    def receiveMsg_Edit(self, msg: Edit, sender: ActorAddress) -> None:
+        try:
+            message = validate_message(msg.message)
+            validate_message_id(message.message_id)
+        except InvalidInput as exc:
+            self._reject(msg, _channel_of(msg.message), exc, sender)
+            return
+        if message.channel_id in self._routes:
+            self._send_channel(message.channel_id, Routed(msg, sender))
+        else:
+            self.send(sender, Edited(message.channel_id, message.message_id, False))
+
+    def receiveMsg_Retract(self, msg: Retract, sender: ActorAddress) -> None:
+        try:
+            validate_message_id(msg.message_id)
+        except InvalidInput as exc:
+            self._reject(msg, _printable(msg.channel_id), exc, sender)
+            return
+        self._command(msg, sender, Retracted(msg.channel_id, msg.message_id, False))
+
+    def receiveMsg_TakeWaiting(self, msg: TakeWaiting, sender: ActorAddress) -> None:
+        self._command(msg, sender, Taken(msg.channel_id, ()))
 
     def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
         if not self._valid_channel(msg, msg.channel_id, sender):

@@ -84,6 +84,8 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
     Enqueue,
     EnqueueFront,
     EnqueueMany,
@@ -97,8 +99,12 @@ from protocol.messages import (
     ProcessingStarted,
     QueueChanged,
     Rejected,
+    Retract,
+    Retracted,
     Statistics,
     StopChannel,
+    TakeWaiting,
+    Taken,
 )
 from protocol.values import (
     BatchSettings,
@@ -171,6 +177,12 @@ Encodable = Union[
     ProcessingDone,
     ProcessingFailed,
     QueueChanged,
+    Edit,
+    Edited,
+    Retract,
+    Retracted,
+    TakeWaiting,
+    Taken,
 ]
 """Every type :func:`encode` accepts and :func:`decode` returns."""
 
@@ -915,6 +927,12 @@ _SCHEMAS: Final = (
     _schema("flush_batch", FlushBatch, _CHANNEL),
     _schema("batch_flushed", BatchFlushed, _CHANNEL, _bool("flushed")),
     _schema("channel_passivated", ChannelPassivated, _CHANNEL),
+    _schema("edit", Edit, _nested("message", _MESSAGE)),
+    _schema("edited", Edited, _CHANNEL, _text("message_id", MAX_NAME_BYTES), _bool("edited")),
+    _schema("retract", Retract, _CHANNEL, _text("message_id", MAX_NAME_BYTES)),
+    _schema("retracted", Retracted, _CHANNEL, _text("message_id", MAX_NAME_BYTES), _bool("retracted")),
+    _schema("take_waiting", TakeWaiting, _CHANNEL),
+    _schema("taken", Taken, _CHANNEL, _sequence("messages", tuple, _nested("message", _MESSAGE))),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

@@ -68,6 +68,20 @@ def validate_channel_id(channel_id: object) -> str:
     return channel_id
 
 
+def validate_message_id(message_id: object) -> str:
+    """Return ``message_id`` if it is a non-empty string of at most 256 UTF-8 bytes (the id that ``edit`` and
+    ``retract`` look a message up by).
+
+    Raises:
+        InvalidInput: naming the rule and the offending value.
+    """
+    _check_text(message_id, "message_id", MAX_NAME_BYTES)
+    assert isinstance(message_id, str)
+    if not message_id:
+        raise InvalidInput("message_id must not be empty")
+    return message_id
+
+
 def _check_text(value: object, field: str, limit: int) -> None:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a str, got {type(value).__name__}")

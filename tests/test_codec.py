@@ -32,7 +32,13 @@ from protocol.messages import (
     BatchFlushed,
     BatchHeld,
     ChannelPassivated,
+    Edit,
+    Edited,
     FlushBatch,
+    Retract,
+    Retracted,
+    TakeWaiting,
+    Taken,
     BatchReady,
     CancelCurrent,
     Cancelled,
@@ -143,13 +149,15 @@ messages = st.builds(
     queued_at=datetimes,
     extra=extras,
     raw=st.one_of(st.none(), st.just(object())),
+    message_id=names,
 )
 batches = st.builds(
     MessageBatch, messages=st.lists(messages, max_size=4), first_at=datetimes, last_at=datetimes
 )
 payloads = st.one_of(messages, batches)
 items = st.builds(
-    QueueItem, item_id=item_ids, channel_id=channel_ids, payload=payloads, attempt=st.integers(1, MAX_INT)
+    QueueItem, item_id=item_ids, channel_id=channel_ids, payload=payloads, attempt=st.integers(1, MAX_INT),
+    interrupted=st.booleans(),
 )
 seconds = st.one_of(st.floats(0, 1e9), st.integers(0, 10**9))
 batch_settings = st.builds(
@@ -158,6 +166,9 @@ batch_settings = st.builds(
     max_batch_size=st.integers(1, MAX_BATCH_SIZE),
     max_wait=st.one_of(st.none(), st.floats(0, 1e9, exclude_min=True), st.integers(1, 10**9)),
     batching=st.booleans(),
+    busy_policy=st.sampled_from(["queue", "collect", "interrupt", "reject"]),
+    split_on_author=st.booleans(),
+    dedupe_ttl=seconds,
 )
 channel_statistics = st.builds(
     ChannelStatistics,
@@ -169,6 +180,11 @@ channel_statistics = st.builds(
     cancelled=counts,
     failed=counts,
     has_processor=st.booleans(),
+    duplicates=counts,
+    edits=counts,
+    retractions=counts,
+    interruptions=counts,
+    rejections=counts,
 )
 free_text = st.one_of(st.text(any_char, max_size=200), st.just("r" * MAX_TEXT_BYTES))
 reasons = st.one_of(
@@ -226,6 +242,12 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     FlushBatch: st.builds(FlushBatch, channel_id=channel_ids),
     BatchFlushed: st.builds(BatchFlushed, channel_id=channel_ids, flushed=st.booleans()),
     ChannelPassivated: st.builds(ChannelPassivated, channel_id=channel_ids),
+    Edit: st.builds(Edit, message=messages),
+    Edited: st.builds(Edited, channel_id=channel_ids, message_id=names, edited=st.booleans()),
+    Retract: st.builds(Retract, channel_id=channel_ids, message_id=names),
+    Retracted: st.builds(Retracted, channel_id=channel_ids, message_id=names, retracted=st.booleans()),
+    TakeWaiting: st.builds(TakeWaiting, channel_id=channel_ids),
+    Taken: st.builds(Taken, channel_id=channel_ids, messages=st.lists(messages, max_size=4).map(tuple)),
 }
 any_value = st.one_of(*STRATEGIES.values())
 
@@ -363,6 +385,12 @@ def test_tags_are_pinned() -> None:
         "flush_batch": "FlushBatch",
         "batch_flushed": "BatchFlushed",
         "channel_passivated": "ChannelPassivated",
+        "edit": "Edit",
+        "edited": "Edited",
+        "retract": "Retract",
+        "retracted": "Retracted",
+        "take_waiting": "TakeWaiting",
+        "taken": "Taken",
     }
 
 
