@@ -60,6 +60,14 @@ class QueueBackend(Protocol):
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> Awaitable[None]: ...
 
+    def edit(self, msg: QueuedMessage) -> Awaitable[bool]: ...
+
+    def retract(self, channel: str, message_id: str) -> Awaitable[bool]: ...
+
+    def take_waiting(self, channel: str) -> Awaitable[list[QueuedMessage]]: ...
+
+    def configure(self, channel: str, settings: dict[str, object]) -> Awaitable[None]: ...
+
 
 class MessageQueue:
     """Per-channel queue that batches rapid-succession messages and delivers them in order, one item at a
@@ -113,6 +121,20 @@ class MessageQueue:
         idle_timeout: seconds after which a channel with no work releases its actor.
         allow_volatile_redis: with ``redis``, accept a server that may lose acknowledged writes (no AOF, or
             an evicting ``maxmemory-policy``).
+        max_wait: seconds after its first message at which a batch closes however busy the channel is (None:
+            no such cap).
+        busy_policy: what happens to messages that arrive while the channel's callback runs: ``"queue"``
+            (batched as usual), ``"collect"`` (the open batch does not close by time until the callback
+            returns, then is delivered next), ``"interrupt"`` (the first one cancels the running callback,
+            whose messages are put in front of the open batch; the item they are delivered in has
+            ``current_item().interrupted``), ``"reject"`` (``enqueue`` raises
+            :class:`~protocol.errors.ChannelBusy`).
+        split_on_author: a message from another ``user_id`` closes the open batch first.
+        dedupe_ttl: seconds a channel remembers the ``message_id`` of each message it accepted; a message
+            with a remembered id is dropped (``enqueue`` returns normally). 0 turns it off.
+
+        The conversation settings (``busy_policy``, ``split_on_author``, ``dedupe_ttl``), ``edit``,
+        ``retract``, ``take_waiting`` and ``configure`` are not available in distributed mode.
 
     Raises:
         InvalidSettings: for a batch window < 0 or not finite, ``max_batch_size`` out of range, ``config_ttl``
@@ -137,8 +159,19 @@ class MessageQueue:
         config_ttl: float = 1.0,
         idle_timeout: float = 60.0,
         allow_volatile_redis: bool = False,
+        max_wait: float | None = None,
+        busy_policy: str = "queue",
+        split_on_author: bool = False,
+        dedupe_ttl: float = 600.0,
     ) -> None:
-        self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
+        self._settings = BatchSettings(
+            window=default_batch_window,
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            busy_policy=busy_policy,
+            split_on_author=split_on_author,
+            dedupe_ttl=dedupe_ttl,
+        )
         self._config_ttl = check_seconds("config_ttl", config_ttl, positive=False)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout, positive=True)
         self._allow_volatile_redis = bool(allow_volatile_redis)
@@ -161,6 +194,8 @@ class MessageQueue:
         self._used = False
 
     def _distributed(self, redis: Redis, event_bus: object) -> DistributedBackend:
+        if self._settings.busy_policy != "queue" or self._settings.split_on_author:
+            raise InvalidSettings("busy_policy and split_on_author are not available in distributed mode")
         return DistributedBackend(
             DistributedQueue(redis, event_bus, self._settings, config_ttl=self._config_ttl,
                              allow_volatile_redis=self._allow_volatile_redis)
@@ -324,6 +359,57 @@ class MessageQueue:
         """
         return self._backend.close(drain, timeout)
 
+    # -- conversations --------------------------------------------------------------------------------------
+
+    def edit(self, msg: QueuedMessage) -> Awaitable[bool]:
+        """Replace, in place, the not-yet-delivered message of ``msg.channel_id`` whose ``message_id`` is
+        ``msg.message_id`` (in a waiting item or the open batch; its position and the batch's deadline do not
+        change). True when replaced; False when that message was already delivered (or is being processed),
+        or is unknown.
+
+        Raises:
+            InvalidInput: if ``msg`` breaks a limit or has no ``message_id``.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.edit(msg)
+
+    def retract(self, channel: str, message_id: str) -> Awaitable[bool]:
+        """Remove the not-yet-delivered message of ``channel`` with ``message_id`` (an item left empty
+        disappears). True when removed; False when already delivered or unknown.
+
+        Raises:
+            InvalidInput: for an invalid channel id or an empty or too long ``message_id``.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.retract(channel, message_id)
+
+    def take_waiting(self, channel: str) -> Awaitable[list[QueuedMessage]]:
+        """Remove and return, in order, every message of ``channel`` not delivered yet: the waiting items',
+        then the open batch's. The item being processed is not among them.
+
+        Raises:
+            InvalidInput: for an invalid channel id.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.take_waiting(channel)
+
+    def configure(self, channel: str, **settings: object) -> Awaitable[None]:
+        """Set ``channel``'s batching settings, from its next batch on: the queue's defaults with
+        ``settings`` changed (``window``, ``max_batch_size``, ``max_wait``, ``busy_policy``,
+        ``split_on_author``, ``disabled``, ``dedupe_ttl``). With no settings, the channel goes back to the
+        defaults. With a settings hash in Redis, its fields apply on top of these.
+
+        Raises:
+            InvalidSettings: for an unknown setting or an invalid value, naming the field.
+            InvalidInput: for an invalid channel id.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.configure(channel, dict(settings))
+
     async def __aenter__(self) -> MessageQueue:
         return self
 
@@ -411,3 +497,15 @@ class DistributedBackend:
             return
         self._closed = True
         await self._queue.close(timeout)
+
+    async def edit(self, msg: QueuedMessage) -> bool:
+        raise NotImplementedError("edit is not available in distributed mode")
+
+    async def retract(self, channel: str, message_id: str) -> bool:
+        raise NotImplementedError("retract is not available in distributed mode")
+
+    async def take_waiting(self, channel: str) -> list[QueuedMessage]:
+        raise NotImplementedError("take_waiting is not available in distributed mode")
+
+    async def configure(self, channel: str, settings: dict[str, object]) -> None:
+        raise NotImplementedError("configure is not available in distributed mode: use the settings hash")
