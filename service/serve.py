@@ -18,9 +18,19 @@ from urllib.parse import urlsplit, urlunsplit
 from actors.driver import DriverStopped, Output
 from actors.system import SIMPLE_BASE, TCP_BASE
 from protocol.errors import InvalidInput, MessageQueueError, RedisDataLost, StoreUnavailable, UnsafeRedis
-from protocol.messages import SUPERVISOR_NAME, BatchReady, GetStatistics, ProcessingDone, Statistics
-from protocol.values import BatchSettings, payload_messages
-from service.lines import MAX_LINE_BYTES, parse_line, read_lines
+from protocol.messages import (
+    SUPERVISOR_NAME,
+    BatchReady,
+    Edit,
+    Edited,
+    GetStatistics,
+    ProcessingDone,
+    Rejected,
+    Retracted,
+    Statistics,
+)
+from protocol.values import BatchSettings, QueuedMessage, payload_messages
+from service.lines import MAX_LINE_BYTES, parse_command, read_lines
 from service.nodes import InProcessNode, Node, TcpNode, expect
 from service.process import (
     EXIT_FAILED,
@@ -38,7 +48,8 @@ def batch_record(ready: BatchReady) -> dict[str, Any]:
 
     Every value in it is plain JSON: any value that could not be written as strict JSON (possible only for
     messages that never passed the checks, such as ones stored by an older version) is converted by
-    :func:`_plain`, so a record is always written."""
+    :func:`_plain`, so a record is always written. ``interrupted`` is true when the batch begins with the
+    messages of a batch whose processing a newer message interrupted (busy policy ``interrupt``)."""
     return {
         "channel_id": _plain(ready.channel_id),
         "item_id": _plain(ready.item.item_id),
@@ -46,6 +57,7 @@ def batch_record(ready: BatchReady) -> dict[str, Any]:
         "delivery_id": ready.delivery_id,
         "reason": _plain(ready.reason),
         "lateness_ms": _plain(round(ready.lateness * 1000, 3)),
+        "interrupted": ready.item.interrupted is True,
         "messages": [
             {
                 "platform": _plain(m.platform),
@@ -55,6 +67,7 @@ def batch_record(ready: BatchReady) -> dict[str, Any]:
                 "text": _plain(m.text),
                 "queued_at": _plain(m.queued_at),
                 "extra": _plain(m.extra),
+                "message_id": _plain(m.message_id),
             }
             for m in payload_messages(ready.item.payload)
         ],
@@ -111,6 +124,7 @@ class BatchWriter:
     def __init__(self, out: IO[bytes]) -> None:
         self.node: Node | None = None
         self._out = out
+        self._writing = threading.Lock()  # batches and command results come from two threads
         self._changed = threading.Condition()
         self.batches = 0
         self.messages = 0
@@ -123,8 +137,9 @@ class BatchWriter:
             return
         line = record_line(output)
         try:
-            self._out.write(line)
-            self._out.flush()
+            with self._writing:
+                self._out.write(line)
+                self._out.flush()
         except OSError as exc:
             with self._changed:
                 self.broken = exc
@@ -136,6 +151,19 @@ class BatchWriter:
             self.batches += 1
             self.messages += len(payload_messages(output.item.payload))
             self._changed.notify_all()
+
+    def write_result(self, record: dict[str, Any]) -> None:
+        """Write the outcome of a command line (edit, retract) as one JSON line; it has an ``op`` field, which
+        batch records have not."""
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            with self._writing:
+                self._out.write(line)
+                self._out.flush()
+        except OSError as exc:
+            with self._changed:
+                self.broken = exc
+                self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds after a batch was written, the output broke, or ``timeout`` passed."""
@@ -166,8 +194,22 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
         try:
             if data is None:
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
-            node.enqueue(parse_line(data))
-            accepted += 1
+            command = parse_command(data)
+            if isinstance(command, QueuedMessage):
+                node.enqueue(command)
+                accepted += 1
+                continue
+            reply = _await(node.call(command), node, writer)
+            if isinstance(reply, Rejected):
+                raise InvalidInput(reply.reason)
+            if isinstance(command, Edit):
+                edited = expect(reply, Edited, "Edit")
+                writer.write_result({"op": "edit", "channel_id": edited.channel_id,
+                                     "message_id": edited.message_id, "edited": edited.edited})
+            else:
+                retracted = expect(reply, Retracted, "Retract")
+                writer.write_result({"op": "retract", "channel_id": retracted.channel_id,
+                                     "message_id": retracted.message_id, "retracted": retracted.retracted})
         except InvalidInput as exc:
             skipped += 1
             print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
@@ -177,12 +219,15 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
 def _wait_drained(node: Node, writer: BatchWriter, accepted: int) -> None:
     """Return once no channel holds an open, waiting or in-flight batch.
 
-    Waits first until at least ``accepted`` messages were written (on the TCP base a flooded Supervisor can
-    take long to answer anything), then asks the channels, which also covers messages from other senders.
+    Waits first until at least ``accepted`` messages were written, or none was for a second (on the TCP base a
+    flooded Supervisor can take long to answer anything), then asks the channels, which also covers messages from other senders.
     """
     while writer.messages < accepted:
+        written = writer.messages
         writer.wait_for(lambda: writer.messages >= accepted, 1.0)
         _check(node, writer)
+        if writer.messages == written:
+            break  # nothing written for a second: ask the channels (duplicates and retractions never come out)
     while True:
         seen = writer.batches
         reply = expect(_await(node.call(GetStatistics()), node, writer), Statistics, "GetStatistics")
