@@ -141,3 +141,17 @@ def test_edit_and_retract_need_a_message_id_of_the_channel() -> None:
         core.edit(msg("a"))
     with pytest.raises(InvalidInput, match="retract for channel 'd' sent to channel 'c'"):
         core.retract("d", "x")
+
+
+def test_the_dedupe_memory_benchmark_reports_the_bound() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_dedupe_memory.py"
+    result = subprocess.run([sys.executable, str(script), "--ids", "50"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ids_remembered"] == 50 and report["max_remembered_ids"] == MAX_REMEMBERED_IDS
+    assert report["bytes_per_id"] > 0
