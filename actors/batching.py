@@ -132,10 +132,22 @@ class MessageRejected:
 @dataclass(frozen=True, slots=True)
 class WaitingChanged:
     """A not-yet-delivered message was edited, retracted or taken: ``items`` are the waiting items now (head
-    first) and ``open_messages`` the open batch's messages now; the owner replaces what it keeps of both."""
+    first) and ``open_messages`` the open batch's messages now, which opened at ``opened_at`` and last slid
+    at ``last_at`` (0.0 when none is open); the owner replaces what it keeps of both."""
 
     items: tuple[QueueItem, ...]
     open_messages: tuple[QueuedMessage, ...]
+    opened_at: float = 0.0
+    last_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdRemembered:
+    """The channel accepted a message with ``message_id`` at ``at`` and remembers it for ``dedupe_ttl``
+    (reported only to an owner that asked for ``added_effects``: it journals them)."""
+
+    message_id: str
+    at: float
 
 
 Effect = Union[
@@ -147,6 +159,7 @@ Effect = Union[
     QueueCleared,
     MessageRejected,
     WaitingChanged,
+    IdRemembered,
 ]
 
 
@@ -237,9 +250,11 @@ class ChannelCore:
         cancelled: int = 0,
         failed: int = 0,
         added_effects: bool = True,
+        conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
     ) -> None:
         """``added_effects``: report every message that joins the open batch (``MessageAdded``); only an
-        owner that journals the open batch needs them."""
+        owner that journals the open batch needs them. ``conversation``: the counts of duplicates, edits,
+        retractions, interruptions and rejections to start from."""
         self.channel_id = channel_id
         self._settings = settings or BatchSettings()
         self._new_id = new_id
@@ -253,11 +268,7 @@ class ChannelCore:
         self._failed = failed
         self._added_effects = added_effects
         self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> when accepted, oldest first
-        self._duplicates = 0
-        self._edits = 0
-        self._retractions = 0
-        self._interruptions = 0
-        self._rejections = 0
+        self._duplicates, self._edits, self._retractions, self._interruptions, self._rejections = conversation
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -412,6 +423,8 @@ class ChannelCore:
             self._seen.move_to_end(message_id)
             if len(self._seen) > MAX_REMEMBERED_IDS:
                 self._seen.popitem(last=False)
+            if self._added_effects:
+                effects.append(IdRemembered(message_id, now))
         current = self._open
         if current is not None and self._due(current, now):
             self._close(current.timed_reason(), now, effects)
@@ -699,9 +712,11 @@ class ChannelCore:
         return None
 
     def _waiting_changed(self) -> WaitingChanged:
+        current = self._open
+        if current is None:
+            return WaitingChanged(tuple(w.item for w in self._fifo), ())
         return WaitingChanged(
-            tuple(w.item for w in self._fifo),
-            tuple(self._open.batch.messages) if self._open is not None else (),
+            tuple(w.item for w in self._fifo), tuple(current.batch.messages), current.opened_at, current.last_at
         )
 
     def _cancel(self, effects: list[Effect]) -> bool:

@@ -15,11 +15,13 @@ from thespian.actors import ActorSystemMessage
 
 from actors.base import Dispatcher
 from actors.batching import (
+    MAX_REMEMBERED_IDS,
     ChannelCore,
     Deliver,
     DeliveryCancelled,
     DeliveryFinished,
     Effect,
+    IdRemembered,
     ItemQueued,
     MessageAdded,
     MessageRejected,
@@ -40,6 +42,7 @@ from actors.internal import (
     WakeKind,
 )
 from actors.journal import (
+    AppendIds,
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
@@ -49,6 +52,8 @@ from actors.journal import (
     Persist,
     PushHead,
     PushTail,
+    ReplaceIds,
+    ReplaceWaiting,
     TakeHead,
 )
 from protocol.errors import ProtocolViolation
@@ -83,7 +88,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
-from protocol.values import FlushReason, OpenEntry
+from protocol.values import FlushReason, OpenEntry, SeenId
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -113,6 +118,7 @@ class ChannelActor(Dispatcher):
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: Optional[ActorAddress] = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
+        self._stored_ids = 0  # entries of the stored list of message ids: compacted when twice the bound
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -138,6 +144,7 @@ class ChannelActor(Dispatcher):
             cancelled=msg.cancelled,
             failed=msg.failed,
             added_effects=msg.persistence is not None,  # only the journal needs each added message
+            conversation=msg.conversation,
         )
         # Every delivery of an earlier actor of this channel ended done or cancelled before it passivated:
         # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
@@ -159,6 +166,9 @@ class ChannelActor(Dispatcher):
         core = self._channel
         now, wall = self.clock(), time.time()
         entries = snapshot.open_entries
+        if snapshot.ids:
+            core.remember_ids([(seen.message_id, now - (wall - seen.at)) for seen in snapshot.ids], now)
+            self._stored_ids = len(snapshot.ids)
         effects = core.restore(snapshot.waiting, [(e.message, now - (wall - e.arrived_at)) for e in entries], now)
         if effects and self._persistence is not None:
             # The cap shrank across the restart and full batches were cut from the stored open batch: store
@@ -312,7 +322,14 @@ class ChannelActor(Dispatcher):
             assert self._supervisor is not None
             self.send(
                 self._supervisor,
-                Passivate(core.channel_id, self._received, stats.processed, stats.cancelled, stats.failed),
+                Passivate(
+                    core.channel_id,
+                    self._received,
+                    stats.processed,
+                    stats.cancelled,
+                    stats.failed,
+                    (stats.duplicates, stats.edits, stats.retractions, stats.interruptions, stats.rejections),
+                ),
             )
         else:
             self._schedule_idle(idle_until)
@@ -383,6 +400,13 @@ class ChannelActor(Dispatcher):
                 )
             if ops is not None:
                 _journal(core.channel_id, effect, ops, wall)
+                if isinstance(effect, IdRemembered):
+                    self._stored_ids += 1
+        if ops is not None and self._stored_ids > 2 * MAX_REMEMBERED_IDS:
+            # the stored list only grows: rewrite it as the ids still remembered
+            remembered = core.remembered_ids(self.clock())
+            ops.append(ReplaceIds(core.channel_id, tuple(SeenId(i, at + wall) for i, at in remembered)))
+            self._stored_ids = len(remembered)
         # The observer hears of the counts before any reply this settle sends: a caller that got its reply
         # already sees what its command did.
         if self._observer is not None and effects:
@@ -440,3 +464,11 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         ops.append(FinishInFlight(channel_id))
     elif isinstance(effect, QueueCleared):
         ops.append(ClearQueue(channel_id))
+    elif isinstance(effect, IdRemembered):
+        ops.append(AppendIds(channel_id, (SeenId(effect.message_id, effect.at + wall),)))
+    elif isinstance(effect, WaitingChanged):
+        # the open batch keeps its deadline across a restart: its first message opened it, its last slid it
+        messages = effect.open_messages
+        times = [effect.opened_at] + [effect.last_at] * (len(messages) - 1)
+        entries = tuple(OpenEntry(m, at + wall) for m, at in zip(messages, times))
+        ops.append(ReplaceWaiting(channel_id, effect.items, entries))

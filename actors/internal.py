@@ -142,6 +142,8 @@ class ChannelInit:
     persistence: Optional["ActorAddress"] = None  # RedisPersistence, when the system persists
     restore: Optional[ChannelSnapshot] = None  # stored state to resume from
     clock: Optional[Clock] = None  # None: time.monotonic
+    # duplicates, edits, retractions, interruptions, rejections of its earlier actors
+    conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,7 @@ class Passivate:
     processed: int
     cancelled: int
     failed: int
+    conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # as in ChannelInit
 
 
 class WakeKind(enum.Enum):

@@ -47,6 +47,7 @@ from redis.retry import Retry
 from actors.journal import (
     DURABILITY_SETTINGS,
     LEASE_SECONDS,
+    AppendIds,
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
@@ -54,17 +55,19 @@ from actors.journal import (
     Op,
     PushHead,
     PushTail,
+    ReplaceIds,
+    ReplaceWaiting,
     TakeHead,
     durability_problems,
     refuse_unsafe,
 )
 from protocol import codec, keys
 from protocol.errors import DecodeError, RedisDataLost, StoreLocked
-from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
+from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem, SeenId
 
 log = logging.getLogger(__name__)
 
-_V = TypeVar("_V", QueueItem, OpenEntry)
+_V = TypeVar("_V", QueueItem, OpenEntry, SeenId)
 
 # By channel, the frame of each message of its open batch (by the message's id(); the message is kept, so its
 # id cannot be reused while it is here), as encoded for AppendOpen: dropped when the batch closes.
@@ -583,26 +586,28 @@ class RedisStore:
             pipe.lrange(keys.channel_key(keys.PROCESSING, channel), 0, -1)
             pipe.lrange(keys.queue_key(channel), 0, -1)
             pipe.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)
+            pipe.lrange(keys.channel_key(keys.SEEN_IDS, channel), 0, -1)
         raw = pipe.execute()
         snapshots = []
         with self._redis.pipeline(transaction=True) as fix:
             self._watch_lease(fix)
             empty = []
             for index, channel in enumerate(channels):
-                in_flight_raw, queue_raw, open_raw = raw[3 * index : 3 * index + 3]
+                in_flight_raw, queue_raw, open_raw, ids_raw = raw[4 * index : 4 * index + 4]
                 in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix)
                 waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix)
                 entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix)
+                ids = self._decode_all(channel, keys.SEEN_IDS, ids_raw, SeenId, fix)
                 if in_flight:
                     redelivered = [replace(item, attempt=item.attempt + 1) for item in in_flight]
                     fix.delete(keys.channel_key(keys.PROCESSING, channel))
                     for item in reversed(redelivered):
                         fix.lpush(keys.queue_key(channel), codec.encode(item))
                     waiting = redelivered + waiting
-                if not waiting and not entries:
+                if not waiting and not entries and not ids:
                     empty.append(channel)
                     continue
-                snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries)))
+                snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries), tuple(ids)))
             if empty:
                 fix.srem(keys.CHANNEL_INDEX, *empty)
             fix.execute()
@@ -712,7 +717,37 @@ def _script_operations(
             push(None)
             args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
             continue
+        if isinstance(op, AppendIds):
+            push(keys.channel_key(keys.SEEN_IDS, channel))
+            values.extend(codec.encode(seen) for seen in op.ids)
+            continue
         push(None)
+        if isinstance(op, ReplaceIds):
+            ids_key = key(keys.channel_key(keys.SEEN_IDS, channel))
+            args.extend((_DEL, ids_key))
+            if op.ids:
+                args.extend((_RPUSH, ids_key, len(op.ids)))
+                args.extend(codec.encode(seen) for seen in op.ids)
+            continue
+        if isinstance(op, ReplaceWaiting):
+            frames.pop(channel, None)  # the open batch is written whole again
+            queue = key(keys.queue_key(channel))
+            args.extend((_DEL, queue))
+            if op.items:
+                args.extend((_RPUSH, queue, len(op.items)))
+                args.extend(item_frame(item, codec.encode) for item in op.items)
+            open_list = key(keys.channel_key(keys.OPEN_BATCH, channel))
+            args.extend((_DEL, open_list))
+            entries: list[bytes] = []
+            for open_entry in op.open_entries:
+                try:
+                    entries.append(codec.encode(open_entry))
+                except Exception as exc:  # caller data: it fails alone, as in AppendOpen
+                    dead.append((channel, _set_aside(channel, keys.OPEN_BATCH, open_entry.message, exc)))
+            if entries:
+                args.extend((_RPUSH, open_list, len(entries)))
+                args.extend(entries)
+            continue
         if isinstance(op, PushHead):
             args.extend((_LPUSH, key(keys.queue_key(channel)), item_frame(op.item, codec.encode)))
         elif isinstance(op, TakeHead):

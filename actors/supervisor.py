@@ -106,23 +106,30 @@ class _Route:
     sent: int = 0  # messages sent to the channel actor, for the passivation handshake
 
 
-# The counters of a passivated channel: ``processed`` alone when nothing was cancelled or failed (the common
-# case: an int, shared when small), else ``(processed, cancelled, failed)``. All zero is no entry at all.
-_Counters = int | tuple[int, int, int]
+# The counters of a passivated channel: ``processed`` alone when nothing else was counted (the common case: an
+# int, shared when small), else ``(processed, cancelled, failed, duplicates, edits, retractions,
+# interruptions, rejections)``. All zero is no entry at all.
+_Counters = int | tuple[int, ...]
+_NO_CONVERSATION: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
-def _pack_counters(processed: int, cancelled: int, failed: int) -> _Counters | None:
-    if cancelled or failed:
-        return (processed, cancelled, failed)
+def _pack_counters(
+    processed: int, cancelled: int, failed: int, conversation: tuple[int, int, int, int, int] = _NO_CONVERSATION
+) -> _Counters | None:
+    if cancelled or failed or any(conversation):
+        return (processed, cancelled, failed, *conversation)
     return processed or None
 
 
-def _unpack_counters(counters: _Counters | None) -> tuple[int, int, int]:
+def _unpack_counters(
+    counters: _Counters | None,
+) -> tuple[int, int, int, tuple[int, int, int, int, int]]:
     if counters is None:
-        return (0, 0, 0)
+        return (0, 0, 0, _NO_CONVERSATION)
     if isinstance(counters, int):
-        return (counters, 0, 0)
-    return counters
+        return (counters, 0, 0, _NO_CONVERSATION)
+    processed, cancelled, failed, duplicates, edits, retractions, interruptions, rejections = counters
+    return (processed, cancelled, failed, (duplicates, edits, retractions, interruptions, rejections))
 
 
 def _actor_key(address: ActorAddress) -> str | None:
@@ -422,7 +429,7 @@ class Supervisor(Dispatcher):
         if route is None or route.address != sender or route.sent != msg.received:
             return  # it has been sent more since; it will offer again when idle
         self._drop_route(msg.channel_id)
-        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed)
+        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed, msg.conversation)
         if counters is not None:  # a channel re-spawned without an entry starts from zero, as it should
             self._retired[msg.channel_id] = counters
         self.send(sender, ActorExitRequest())
@@ -510,7 +517,7 @@ class Supervisor(Dispatcher):
 
     def _spawn(self, channel_id: str, restore: ChannelSnapshot | None = None) -> _Route:
         route = self._add_route(channel_id, self.createActor(ChannelActor))
-        processed, cancelled, failed = _unpack_counters(self._retired.pop(channel_id, None))
+        processed, cancelled, failed, conversation = _unpack_counters(self._retired.pop(channel_id, None))
         self.send(
             route.address,
             ChannelInit(
@@ -525,6 +532,7 @@ class Supervisor(Dispatcher):
                 self._persistence,
                 restore,
                 self._configure.clock if self._configure is not None else None,
+                conversation,
             ),
         )
         route.sent += 1
@@ -556,9 +564,10 @@ class Supervisor(Dispatcher):
         return self._timer
 
     def _idle_statistics(self, channel_id: str) -> ChannelStatistics:
-        processed, cancelled, failed = _unpack_counters(self._retired.get(channel_id))
+        processed, cancelled, failed, conversation = _unpack_counters(self._retired.get(channel_id))
         return ChannelStatistics(
-            channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None
+            channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None,
+            *conversation,
         )
 
     def _reject(

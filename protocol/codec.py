@@ -114,6 +114,7 @@ from protocol.values import (
     DeadLetter,
     QueuedMessage,
     QueueItem,
+    SeenId,
 )
 
 __all__ = [
@@ -183,6 +184,7 @@ Encodable = Union[
     Retracted,
     TakeWaiting,
     Taken,
+    SeenId,
 ]
 """Every type :func:`encode` accepts and :func:`decode` returns."""
 
@@ -933,6 +935,7 @@ _SCHEMAS: Final = (
     _schema("retracted", Retracted, _CHANNEL, _text("message_id", MAX_NAME_BYTES), _bool("retracted")),
     _schema("take_waiting", TakeWaiting, _CHANNEL),
     _schema("taken", Taken, _CHANNEL, _sequence("messages", tuple, _nested("message", _MESSAGE))),
+    _schema("seen_id", SeenId, _text("message_id", MAX_NAME_BYTES), _number("at")),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

@@ -215,6 +215,14 @@ class OpenEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SeenId:
+    """A message id a channel accepted, as persisted for duplicate detection: the id and when (Unix seconds)."""
+
+    message_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A stored entry that could not be decoded, or a value that could not be encoded for storage: where it
     was or was bound (the key's role), why, the bytes (for a value that could not be encoded, which has none:

@@ -74,6 +74,7 @@ from protocol.values import (
     DeadLetter,
     QueuedMessage,
     QueueItem,
+    SeenId,
 )
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -248,6 +249,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     Retracted: st.builds(Retracted, channel_id=channel_ids, message_id=names, retracted=st.booleans()),
     TakeWaiting: st.builds(TakeWaiting, channel_id=channel_ids),
     Taken: st.builds(Taken, channel_id=channel_ids, messages=st.lists(messages, max_size=4).map(tuple)),
+    SeenId: st.builds(SeenId, message_id=names, at=finite),
 }
 any_value = st.one_of(*STRATEGIES.values())
 
@@ -391,6 +393,7 @@ def test_tags_are_pinned() -> None:
         "retracted": "Retracted",
         "take_waiting": "TakeWaiting",
         "taken": "Taken",
+        "seen_id": "SeenId",
     }
 
 

@@ -164,3 +164,17 @@ def test_split_on_author_closes_the_batch_when_the_author_changes(launch: Launch
     (ready,) = deliveries(mq.wait_for(proc, count=1))
     assert (ready.reason, texts(ready)) == ("author", ["a1", "a2"])
     assert mq.stats("c1").open_batch_size == 1
+
+
+def test_conversation_counters_outlive_a_passivated_channel(launch: Launch) -> None:
+    mq = launch(window=LONG, idle_timeout=0.05)
+    configure(mq, "c1", window=LONG, dedupe_ttl=0.0)  # no ids to keep it alive
+    mq.enqueue(message("c1", "a", "id-a"))
+    assert mq.ask(Edit(message("c1", "A", "id-a")), Edited).edited
+    assert mq.ask(Retract("c1", "id-a"), Retracted).retracted
+    mq.eventually(lambda: "c1" not in mq.live_channels(), "the channel passivated")
+    stats = mq.stats("c1")
+    assert (stats.edits, stats.retractions) == (1, 1)
+    mq.enqueue(message("c1", "b", "id-b"))  # a new actor starts from the kept counts
+    assert mq.ask(Edit(message("c1", "B", "id-b")), Edited).edited
+    assert mq.stats("c1").edits == 2

@@ -24,6 +24,7 @@ from actors.batching import (
     DeliveryCancelled,
     DeliveryFinished,
     Effect,
+    IdRemembered,
     ItemQueued,
     MessageAdded,
     MessageRejected,
@@ -360,7 +361,12 @@ class ConversationMachine(BatchingMachine):
             event(f"message {expected[0][0]}")
         if any(e[0] == "cancelled" for e in expected):
             event("item interrupted")
-        self.apply(ch, self.cores[ch].enqueue(self.conv_message(ch, text, mid, user), self.now), expected)
+        settings_now = self.cores[ch].settings
+        effects = self.cores[ch].enqueue(self.conv_message(ch, text, mid, user), self.now)
+        remembered = [e for e in effects if isinstance(e, IdRemembered)]
+        accepted = not (expected and expected[0][0] in ("duplicate", "rejected"))
+        assert remembered == ([IdRemembered(mid, self.now)] if mid and settings_now.dedupe_ttl > 0 and accepted else [])
+        self.apply(ch, [e for e in effects if not isinstance(e, IdRemembered)], expected)
 
     @rule(ch=channel_index, reuse=st.integers(0, 6), user=st.sampled_from(USERS))
     def enqueue_with_an_id(self, ch: int, reuse: int, user: str) -> None:
