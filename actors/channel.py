@@ -379,6 +379,7 @@ class ChannelActor(Dispatcher):
                             effect.lateness,
                             queued,
                             self.myAddress,
+                            interrupted=effect.item.interrupted,
                         ),
                     )
                 )

@@ -314,7 +314,9 @@ class MessageQueue:
         return self._backend.clear(channel)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools). Known:
+        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools), and (not in
+        distributed mode) the counts of ``duplicates``, ``edits``, ``retractions``, ``interruptions`` and
+        ``rejections`` (see :class:`~protocol.values.ChannelStatistics`). Known:
         channels given to ``start_processing`` and channels whose actor is alive. In distributed mode: the
         channels given to ``start_processing`` here, with ``queue_size`` 0 and ``is_processing`` False (use
         :meth:`statistics` for what Redis holds)."""

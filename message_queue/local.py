@@ -299,17 +299,37 @@ class LocalQueue:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         self._synced()
+        counts = self._conversation_counts()
         known = dict.fromkeys(self._channels)
         known.update(dict.fromkeys(self._callbacks))
         result: dict[str, dict[str, Any]] = {}
         for channel_id in known:
             chan = self._channels.get(channel_id)
+            snapshot = counts.get(channel_id)
             result[channel_id] = {
                 "queue_size": chan.queued if chan is not None else 0,
                 "is_processing": chan is not None and chan.busy,
                 "has_processor": channel_id in self._callbacks,
+                "duplicates": snapshot.duplicates if snapshot is not None else 0,
+                "edits": snapshot.edits if snapshot is not None else 0,
+                "retractions": snapshot.retractions if snapshot is not None else 0,
+                "interruptions": snapshot.interruptions if snapshot is not None else 0,
+                "rejections": snapshot.rejections if snapshot is not None else 0,
             }
         return result
+
+    def _conversation_counts(self) -> dict[str, ChannelStatistics]:
+        """The live channels' snapshots, asked of the actors here and now (on the queue's loop, outside a turn
+        of the driver; elsewhere, none: the counts read 0)."""
+        driver = self._driver
+        if driver is None or not driver.running or asyncio._get_running_loop() is not self._loop:
+            return {}
+        future = driver.call(GetStatistics())
+        driver.sync()
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            return {}
+        reply = future.result()
+        return {s.channel_id: s for s in reply.channels} if isinstance(reply, Statistics) else {}
 
     async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
         if channel:

@@ -919,6 +919,7 @@ _SCHEMAS: Final = (
         _text("reason", MAX_NAME_BYTES),
         _number("lateness"),
         _int("queued", minimum=-1),
+        _bool("interrupted"),
         required=5,
         never_encoded=("reply_to",),
     ),

@@ -286,7 +286,9 @@ class BatchReady:
     ``queued`` >= 0 when the processor is also the channel's observer (``Observe``): it is then the
     channel's waiting count right after this delivery left the queue, sent in place of a ``QueueChanged``
     (-1 otherwise). ``reply_to`` is the channel actor that sent it: the cheapest address for the reply. It
-    is not encoded (a decoded ``BatchReady`` has None: reply to the Supervisor, which routes by channel)."""
+    is not encoded (a decoded ``BatchReady`` has None: reply to the Supervisor, which routes by channel).
+    ``interrupted`` (as ``item.interrupted``): the item begins with the messages of an item whose processing
+    a newer message interrupted (busy policy ``interrupt``)."""
 
     channel_id: str
     item: QueueItem
@@ -295,6 +297,7 @@ class BatchReady:
     lateness: float = 0.0
     queued: int = -1
     reply_to: Optional["ActorAddress"] = field(default=None, compare=False)
+    interrupted: bool = field(default=False, kw_only=True)  # as item.interrupted
 
 
 @dataclass(frozen=True, slots=True)

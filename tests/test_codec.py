@@ -233,6 +233,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         reason=reasons,
         lateness=finite,
         queued=st.integers(-1, 2**63 - 1),
+        interrupted=st.booleans(),
     ),
     CancelProcessing: st.builds(CancelProcessing, channel_id=channel_ids, delivery_id=counts),
     ProcessingDone: st.builds(ProcessingDone, channel_id=channel_ids, delivery_id=counts),
@@ -461,7 +462,7 @@ def test_a_flush_reason_travels_as_its_string_value() -> None:
 
 def test_a_batch_ready_carries_its_count_but_never_its_reply_address() -> None:
     ready = BatchReady("chan", item(), 1, "window", 0.0, 3, reply_to=ActorAddress("/A~a~b"))
-    assert len(wire(ready)) == 1 + 6  # tag, then the six encoded fields
+    assert len(wire(ready)) == 1 + 7  # tag, then the seven encoded fields (interrupted last)
     decoded = decode(encode(ready), BatchReady)
     assert decoded.queued == 3
     assert decoded.reply_to is None
@@ -469,9 +470,9 @@ def test_a_batch_ready_carries_its_count_but_never_its_reply_address() -> None:
 
 
 def test_a_batch_ready_of_the_first_version_decodes_with_no_count() -> None:
-    frame = wire(BatchReady("chan", item(), 1, "window", 0.0, 3))[:-1]
+    frame = wire(BatchReady("chan", item(), 1, "window", 0.0, 3))[:-2]  # without queued and interrupted
     decoded = decode(pack(frame), BatchReady)
-    assert decoded.queued == -1
+    assert decoded.queued == -1 and decoded.interrupted is False
 
 
 def test_tuples_in_extra_decode_as_lists() -> None:

@@ -115,7 +115,7 @@ def test_interrupt_cancels_the_item_in_flight_and_delivers_its_messages_first(la
     assert isinstance(events[1], CancelProcessing) and events[1].delivery_id == 1
     last = events[2]
     assert isinstance(last, BatchReady)
-    assert (texts(last), last.item.interrupted) == (["a", "b", "c"], True)
+    assert (texts(last), last.item.interrupted, last.interrupted) == (["a", "b", "c"], True, True)
     stats = mq.stats("c1")
     assert (stats.interruptions, stats.cancelled) == (1, 1)
 

@@ -224,3 +224,17 @@ def test_the_settings_hash_accepts_the_fields_of_configure(caplog: pytest.LogCap
     assert bad == BatchSettings(window=1.0)
     warned = caplog.text
     assert "field 'busy_policy' value 'drop'" in warned and "field 'max_batch_size' value '0'" in warned
+
+
+def test_stats_counts_each_channels_conversation_events() -> None:
+    async def main() -> None:
+        async with MessageQueue(default_batch_window=10.0) as mq:
+            await mq.enqueue_many([msg("c", "a", "m1"), msg("c", "a", "m1"), msg("c", "b", "m2")])
+            await mq.edit(msg("c", "B", "m2"))
+            await mq.retract("c", "m1")
+            counts = mq.stats()["c"]
+            assert {k: counts[k] for k in ("duplicates", "edits", "retractions", "interruptions", "rejections")} == {
+                "duplicates": 1, "edits": 1, "retractions": 1, "interruptions": 0, "rejections": 0
+            }
+
+    run(main())
