@@ -104,6 +104,21 @@ class ChannelConfigReader:
         fields = {_text(name): _text(value) for name, value in raw.items()}
         return self.parse(channel_id, key, fields, base)
 
+    async def write(self, channel_id: str, changes: dict[str, object]) -> None:
+        """Make the channel's hash hold exactly ``changes`` (names of :data:`SETTING_FIELDS`, values as
+        :func:`apply_settings` takes them, already checked), as text; no changes deletes the hash.
+
+        Raises:
+            redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
+        """
+        key = config_key(channel_id)
+        fields = {name: _as_text(value) for name, value in changes.items()}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if fields:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        await asyncio.wait_for(pipe.execute(), self._timeout)
+
     def parse(
         self, channel_id: str, key: str, fields: dict[str, str], base: BatchSettings | None = None
     ) -> BatchSettings:
@@ -148,6 +163,14 @@ class ChannelConfigReader:
         self._warned[(channel_id, field)] = value
         log.warning("invalid batch setting in Redis: key %r field %r value %r (must be %s); using the default",
                     key, field, value, rule)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return ""
+    return str(value)
 
 
 def _text(value: bytes | str) -> str:

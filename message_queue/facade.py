@@ -402,7 +402,8 @@ class MessageQueue:
         """Set ``channel``'s batching settings, from its next batch on: the queue's defaults with
         ``settings`` changed (``window``, ``max_batch_size``, ``max_wait``, ``busy_policy``,
         ``split_on_author``, ``disabled``, ``dedupe_ttl``). With no settings, the channel goes back to the
-        defaults. With a settings hash in Redis, its fields apply on top of these.
+        defaults. With ``redis`` (persistence mode) they are written to the channel's settings hash
+        (``message_queue:config:<channel>``, replacing what it held), so they outlive a restart.
 
         Raises:
             InvalidSettings: for an unknown setting or an invalid value, naming the field.

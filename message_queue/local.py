@@ -261,11 +261,12 @@ class LocalQueue:
 
     async def configure(self, channel: str, settings: dict[str, object]) -> None:
         validate_channel_id(channel)
+        chosen = apply_settings(self._settings, settings)  # raises before anything is written
+        if self._config is not None:
+            await self._config.write(channel, settings)  # the settings hash: kept across a restart
         if settings:
-            chosen = apply_settings(self._settings, settings)
             self._overrides[channel] = chosen
         else:
-            chosen = self._settings
             self._overrides.pop(channel, None)
         state = self._config_states.get(channel)
         if state is not None:

@@ -150,3 +150,31 @@ def test_the_stored_ids_are_compacted_to_those_remembered(
     h.enqueue(msg("c", "again", "m0"), msg("c", "again", "m11"))  # m0 was forgotten, m11 was not
     stats = h.stats("c")
     assert (stats.duplicates, stats.open_batch_size) == (1, 13)
+
+
+def test_settings_given_with_configure_hold_after_a_restart(redis_srv: RedisServer) -> None:
+    from message_queue import ChannelBusy
+
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(redis_srv.url)
+        try:
+            async with MessageQueue(default_batch_window=0.01, redis=client) as mq:
+                await mq.configure("c", busy_policy="reject", window=0.01)
+                await mq.configure("d", busy_policy="reject")
+                await mq.configure("d")  # back to the defaults: its hash is gone
+            assert await client.hgetall(keys.config_key("c")) == {b"busy_policy": b"reject", b"window": b"0.01"}
+            assert await client.exists(keys.config_key("d")) == 0
+            async with MessageQueue(default_batch_window=0.01, redis=client) as mq:
+                rec = Recorder()
+                rec.gate = asyncio.Event()
+                await mq.start_processing("c", rec)
+                await mq.enqueue(msg("c", "a"))
+                await rec.wait_started()
+                with pytest.raises(ChannelBusy):
+                    await mq.enqueue(msg("c", "b"))
+                rec.gate.set()
+                await rec.wait(lambda: rec.flat("c") == ["a"])
+        finally:
+            await client.aclose()
+
+    run(main())
