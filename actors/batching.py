@@ -18,6 +18,21 @@ Rules:
       once the next message restarts its window.
     * Pause stops deliveries: a paused channel keeps accepting and batching (batches close and join the FIFO
       as usual) and its item in flight may finish, but nothing is delivered until it is resumed.
+
+Conversation rules (settings of the channel's current ``BatchSettings``):
+    * Duplicates: a message whose non-empty ``message_id`` the channel accepted less than ``dedupe_ttl``
+      seconds ago is dropped (counted in ``duplicates``). The channel remembers at most
+      :data:`MAX_REMEMBERED_IDS` ids, oldest forgotten first.
+    * Edit and retract find the first not-yet-delivered message with a ``message_id`` (waiting items head
+      first, then the open batch) and replace it in place or remove it; positions, item ids and deadlines do
+      not change; an item or open batch left empty disappears. The item in flight is never touched.
+    * Busy policies, for a message that arrives while an item is in flight: ``queue`` batches it as usual;
+      ``collect`` keeps the open batch from closing by time while an item is in flight, and closes it
+      (``collected``) when the processor answers or the item is cancelled; ``interrupt`` cancels the item in
+      flight and puts its messages, in order, in front of the open batch (the item they close into is
+      ``interrupted``); ``reject`` refuses it (``MessageRejected``, counted in ``rejections``).
+    * ``split_on_author`` closes the open batch (``author``) before a message from another ``user_id``.
+    * Take-waiting removes and returns every message not delivered yet: waiting items, then the open batch.
 """
 
 from __future__ import annotations
@@ -25,8 +40,8 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from collections import deque
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence, Union
 
 from protocol.errors import InvalidInput, ProtocolViolation
@@ -40,6 +55,10 @@ from protocol.values import (
     QueueItem,
     payload_messages,
 )
+
+
+MAX_REMEMBERED_IDS = 1000
+"""Most message ids one channel remembers for duplicate detection; beyond it the oldest is forgotten first."""
 
 
 class ChannelState(enum.Enum):
@@ -105,7 +124,45 @@ class QueueCleared:
     items: tuple[QueueItem, ...]
 
 
-Effect = Union[MessageAdded, ItemQueued, Deliver, DeliveryCancelled, DeliveryFinished, QueueCleared]
+@dataclass(frozen=True, slots=True)
+class MessageRejected:
+    """``message`` arrived while an item was in flight and the busy policy is ``reject``: it was refused."""
+
+    message: QueuedMessage
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingChanged:
+    """A not-yet-delivered message was edited, retracted or taken: ``items`` are the waiting items now (head
+    first) and ``open_messages`` the open batch's messages now, which opened at ``opened_at`` and last slid
+    at ``last_at`` (0.0 when none is open); the owner replaces what it keeps of both."""
+
+    items: tuple[QueueItem, ...]
+    open_messages: tuple[QueuedMessage, ...]
+    opened_at: float = 0.0
+    last_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class IdRemembered:
+    """The channel accepted a message with ``message_id`` at ``at`` and remembers it for ``dedupe_ttl``
+    (reported only to an owner that asked for ``added_effects``: it journals them)."""
+
+    message_id: str
+    at: float
+
+
+Effect = Union[
+    MessageAdded,
+    ItemQueued,
+    Deliver,
+    DeliveryCancelled,
+    DeliveryFinished,
+    QueueCleared,
+    MessageRejected,
+    WaitingChanged,
+    IdRemembered,
+]
 
 
 @dataclass(slots=True)
@@ -122,6 +179,7 @@ class _OpenBatch:
     opened_at: float
     last_at: float
     held: bool = False
+    carried: int = 0  # messages at the head that an interrupted item gave back
 
     @property
     def deadline(self) -> float:
@@ -177,6 +235,12 @@ class ChannelCore:
         "_failed",
         "_added_effects",
         "_paused",
+        "_seen",
+        "_duplicates",
+        "_edits",
+        "_retractions",
+        "_interruptions",
+        "_rejections",
     )
 
     def __init__(
@@ -189,9 +253,11 @@ class ChannelCore:
         cancelled: int = 0,
         failed: int = 0,
         added_effects: bool = True,
+        conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
     ) -> None:
         """``added_effects``: report every message that joins the open batch (``MessageAdded``); only an
-        owner that journals the open batch needs them."""
+        owner that journals the open batch needs them. ``conversation``: the counts of duplicates, edits,
+        retractions, interruptions and rejections to start from."""
         self.channel_id = channel_id
         self._settings = settings or BatchSettings()
         self._new_id = new_id
@@ -205,6 +271,8 @@ class ChannelCore:
         self._failed = failed
         self._added_effects = added_effects
         self._paused = False
+        self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> when accepted, oldest first
+        self._duplicates, self._edits, self._retractions, self._interruptions, self._rejections = conversation
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -223,7 +291,7 @@ class ChannelCore:
     def deadline(self) -> float | None:
         """When the open batch must close (None when no batch is open, or it is held)."""
         current = self._open
-        if current is None or current.held:
+        if current is None or current.held or self._collecting(current):
             return None
         return current.deadline
 
@@ -260,7 +328,34 @@ class ChannelCore:
             cancelled=self._cancelled,
             failed=self._failed,
             has_processor=self._attached,
+            duplicates=self._duplicates,
+            edits=self._edits,
+            retractions=self._retractions,
+            interruptions=self._interruptions,
+            rejections=self._rejections,
         )
+
+    def remembered_ids(self, now: float) -> tuple[tuple[str, float], ...]:
+        """The message ids still remembered for duplicate detection, with when each was accepted, oldest
+        first (expired ones forgotten first)."""
+        self._forget_expired(now)
+        return tuple(self._seen.items())
+
+    def ids_expire_at(self, now: float) -> float | None:
+        """When the last remembered message id is forgotten (None: none is remembered)."""
+        self._forget_expired(now)
+        if not self._seen:
+            return None
+        return next(reversed(self._seen.values())) + self._settings.dedupe_ttl
+
+    def remember_ids(self, ids: Sequence[tuple[str, float]], now: float) -> None:
+        """Remember ``ids`` (message id, when accepted, oldest first) as accepted, e.g. after a restart."""
+        for message_id, at in ids:
+            self._seen[message_id] = at
+            self._seen.move_to_end(message_id)
+        while len(self._seen) > MAX_REMEMBERED_IDS:
+            self._seen.popitem(last=False)
+        self._forget_expired(now)
 
     # -- events -----------------------------------------------------------------------------------------
 
@@ -315,19 +410,71 @@ class ChannelCore:
             raise InvalidInput(
                 f"message for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
             )
+        settings = self._settings
+        message_id = msg.message_id
+        if message_id and settings.dedupe_ttl > 0:
+            self._forget_expired(now)
+            if message_id in self._seen:
+                self._duplicates += 1
+                return []
         effects: list[Effect] = []
+        busy = self._in_flight is not None
+        if busy and settings.busy_policy == "reject":
+            self._rejections += 1
+            return [MessageRejected(msg)]
+        if message_id and settings.dedupe_ttl > 0:
+            self._seen[message_id] = now
+            self._seen.move_to_end(message_id)
+            if len(self._seen) > MAX_REMEMBERED_IDS:
+                self._seen.popitem(last=False)
+            if self._added_effects:
+                effects.append(IdRemembered(message_id, now))
         current = self._open
-        if current is not None and not current.held and now >= current.deadline:
+        if current is not None and self._due(current, now):
             self._close(current.timed_reason(), now, effects)
             current = None
-        if not self._settings.batching:
+        carried: tuple[QueuedMessage, ...] = ()
+        if busy and settings.busy_policy == "interrupt":
+            flight = self._in_flight
+            assert flight is not None
+            self._cancel(effects)
+            self._interruptions += 1
+            carried = payload_messages(flight[1].payload)
+        if not settings.batching:
             if current is not None:
                 self._close(FlushReason.SETTINGS, now, effects)
-            self._push_tail(QueueItem(self._new_id(), self.channel_id, msg), FlushReason.UNBATCHED, 0.0, effects)
+            if carried:
+                batch = MessageBatch()
+                for message in (*carried, msg):
+                    batch.add(message, message.queued_at)
+                item = QueueItem(self._new_id(), self.channel_id, batch, interrupted=True)
+            else:
+                item = QueueItem(self._new_id(), self.channel_id, msg)
+            self._push_tail(item, FlushReason.UNBATCHED, 0.0, effects)
             self._deliver_next(effects)
             return effects
+        if carried:
+            batch = MessageBatch()
+            for message in (*carried, *(current.batch.messages if current is not None else ())):
+                batch.add(message, message.queued_at)
+            if current is None:
+                current = self._open = _OpenBatch(batch, settings, now, now)
+            else:
+                current.batch = batch
+            current.carried += len(carried)
+            if self._added_effects:
+                # journalled at the open batch's tail: persisted order differs only if one was already open
+                effects.extend(MessageAdded(message, current.batch.size, now) for message in carried)
+        if (
+            current is not None
+            and current.settings.split_on_author
+            and current.batch.messages
+            and current.batch.messages[-1].user_id != msg.user_id
+        ):
+            self._close(FlushReason.AUTHOR, now, effects)
+            current = None
         if current is None:
-            current = self._open = _OpenBatch(MessageBatch(), self._settings, now, now)
+            current = self._open = _OpenBatch(MessageBatch(), settings, now, now)
         current.batch.add(msg, msg.queued_at)
         if current.held:
             # the window restarts with this message; max_wait counts from it too
@@ -336,8 +483,7 @@ class ChannelCore:
         current.last_at = now
         if self._added_effects:
             effects.append(MessageAdded(msg, current.batch.size, now))
-        if current.batch.size >= current.settings.max_batch_size:
-            self._close(FlushReason.FULL, now, effects)
+        self._cut_full(now, effects)
         self._deliver_next(effects)
         return effects
 
@@ -345,7 +491,7 @@ class ChannelCore:
         """Close the open batch if its deadline has passed."""
         effects: list[Effect] = []
         current = self._open
-        if current is not None and not current.held and now >= current.deadline:
+        if current is not None and self._due(current, now):
             self._close(current.timed_reason(), now, effects)
             self._deliver_next(effects)
         return effects
@@ -388,8 +534,9 @@ class ChannelCore:
         self._deliver_next(effects)
         return effects
 
-    def finish(self, delivery_id: int, error: str | None = None) -> list[Effect]:
-        """The processor answered ``delivery_id`` (``error`` set when it failed); deliver the next item.
+    def finish(self, delivery_id: int, error: str | None = None, now: float = 0.0) -> list[Effect]:
+        """The processor answered ``delivery_id`` (``error`` set when it failed); deliver the next item. An
+        open batch collecting under busy policy ``collect`` closes first (``now`` is its closing time).
 
         A reply for a delivery that was already cancelled is ignored (no effects).
 
@@ -409,15 +556,91 @@ class ChannelCore:
         if error is not None:
             self._failed += 1
         effects: list[Effect] = [DeliveryFinished(flight[1], delivery_id, error)]
+        self._close_collected(now, effects)
         self._deliver_next(effects)
         return effects
 
-    def cancel_current(self) -> tuple[bool, list[Effect]]:
-        """Abandon the in-flight item and deliver the next; False when nothing was in flight."""
+    def cancel_current(self, now: float = 0.0) -> tuple[bool, list[Effect]]:
+        """Abandon the in-flight item and deliver the next (a collecting open batch closes first, as in
+        :meth:`finish`); False when nothing was in flight."""
         effects: list[Effect] = []
         cancelled = self._cancel(effects)
+        if cancelled:
+            self._close_collected(now, effects)
         self._deliver_next(effects)
         return cancelled, effects
+
+    def edit(self, msg: QueuedMessage) -> tuple[bool, list[Effect]]:
+        """Replace the first not-yet-delivered message with ``msg.message_id`` by ``msg``, in place; False
+        when no waiting or open message has that id.
+
+        Raises:
+            InvalidInput: if ``msg`` has no ``message_id`` or belongs to another channel.
+        """
+        self._check_target(msg.channel_id, msg.message_id, "edit")
+        found = self._find(msg.message_id)
+        if found is None:
+            return False, []
+        waiting, index = found
+        if waiting is None:
+            assert self._open is not None
+            self._open.batch.messages[index] = msg
+        else:
+            payload = waiting.item.payload
+            if isinstance(payload, MessageBatch):
+                messages = list(payload.messages)
+                messages[index] = msg
+                payload = MessageBatch(messages, payload.first_at, payload.last_at)
+            else:
+                payload = msg
+            waiting.item = replace(waiting.item, payload=payload)
+        self._edits += 1
+        return True, [self._waiting_changed()]
+
+    def retract(self, channel_id: str, message_id: str) -> tuple[bool, list[Effect]]:
+        """Remove the first not-yet-delivered message with ``message_id``; an item or open batch left empty
+        disappears. False when no waiting or open message has that id.
+
+        Raises:
+            InvalidInput: if ``message_id`` is empty or ``channel_id`` is another channel's.
+        """
+        self._check_target(channel_id, message_id, "retract")
+        found = self._find(message_id)
+        if found is None:
+            return False, []
+        waiting, index = found
+        if waiting is None:
+            current = self._open
+            assert current is not None
+            del current.batch.messages[index]
+            if index < current.carried:
+                current.carried -= 1
+            if not current.batch.messages:
+                self._open = None
+        else:
+            payload = waiting.item.payload
+            if isinstance(payload, MessageBatch) and len(payload.messages) > 1:
+                messages = list(payload.messages)
+                del messages[index]
+                waiting.item = replace(
+                    waiting.item, payload=MessageBatch(messages, payload.first_at, payload.last_at)
+                )
+            else:
+                self._fifo.remove(waiting)
+        self._retractions += 1
+        return True, [self._waiting_changed()]
+
+    def take_waiting(self) -> tuple[list[QueuedMessage], list[Effect]]:
+        """Remove and return, in order, every message not delivered yet: waiting items head first, then the
+        open batch. The item in flight stays."""
+        taken = [m for w in self._fifo for m in payload_messages(w.item.payload)]
+        if self._open is not None:
+            taken.extend(self._open.batch.messages)
+        if not taken:
+            return [], []
+        self._fifo.clear()
+        self._open = None
+        return taken, [self._waiting_changed()]
 
     def clear(self) -> tuple[int, list[Effect]]:
         """Discard every waiting item; return how many."""
@@ -434,6 +657,72 @@ class ChannelCore:
 
     # -- transitions ------------------------------------------------------------------------------------
 
+    def _collecting(self, current: _OpenBatch) -> bool:
+        return current.settings.busy_policy == "collect" and self._in_flight is not None
+
+    def _due(self, current: _OpenBatch, now: float) -> bool:
+        return not current.held and not self._collecting(current) and now >= current.deadline
+
+    def _close_collected(self, now: float, effects: list[Effect]) -> None:
+        current = self._open
+        if current is not None and current.settings.busy_policy == "collect":
+            self._close(FlushReason.COLLECTED, now, effects)
+
+    def _cut_full(self, now: float, effects: list[Effect]) -> None:
+        """Close full batches off the head of the open batch (more than one only after an interrupt)."""
+        current = self._open
+        while current is not None and current.batch.size >= current.settings.max_batch_size:
+            cap = current.settings.max_batch_size
+            if current.batch.size == cap:
+                self._close(FlushReason.FULL, now, effects)
+                return
+            head = MessageBatch()
+            for message in current.batch.messages[:cap]:
+                head.add(message, message.queued_at)
+            rest = MessageBatch()
+            for message in current.batch.messages[cap:]:
+                rest.add(message, message.queued_at)
+            item = QueueItem(self._new_id(), self.channel_id, head, interrupted=current.carried > 0)
+            self._push_tail(item, FlushReason.FULL, 0.0, effects)
+            current.batch = rest
+            current.carried = max(0, current.carried - cap)
+
+    def _forget_expired(self, now: float) -> None:
+        ttl = self._settings.dedupe_ttl
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen.values()))
+            if ttl > 0 and now - oldest < ttl:
+                return
+            seen.popitem(last=False)
+
+    def _check_target(self, channel_id: str, message_id: str, what: str) -> None:
+        if channel_id != self.channel_id:
+            raise InvalidInput(f"{what} for channel {channel_id!r} sent to channel {self.channel_id!r}")
+        if not message_id:
+            raise InvalidInput(f"{what} needs a non-empty message_id")
+
+    def _find(self, message_id: str) -> tuple[_Waiting | None, int] | None:
+        """The first not-yet-delivered message with ``message_id``: its waiting item (None: the open batch)
+        and its index there."""
+        for waiting in self._fifo:
+            for index, message in enumerate(payload_messages(waiting.item.payload)):
+                if message.message_id == message_id:
+                    return waiting, index
+        if self._open is not None:
+            for index, message in enumerate(self._open.batch.messages):
+                if message.message_id == message_id:
+                    return None, index
+        return None
+
+    def _waiting_changed(self) -> WaitingChanged:
+        current = self._open
+        if current is None:
+            return WaitingChanged(tuple(w.item for w in self._fifo), ())
+        return WaitingChanged(
+            tuple(w.item for w in self._fifo), tuple(current.batch.messages), current.opened_at, current.last_at
+        )
+
     def _cancel(self, effects: list[Effect]) -> bool:
         flight = self._in_flight
         if flight is None:
@@ -449,8 +738,11 @@ class ChannelCore:
         self._open = None
         # a full or flushed batch closes on time; a held one has no deadline to be late for
         on_time = reason is FlushReason.FULL or reason is FlushReason.FLUSHED or current.held
+        if reason is FlushReason.COLLECTED or reason is FlushReason.AUTHOR:
+            on_time = True  # closed by an event, not by its deadline
         lateness = 0.0 if on_time else max(0.0, now - current.deadline)
-        self._push_tail(QueueItem(self._new_id(), self.channel_id, current.batch), reason, lateness, effects)
+        item = QueueItem(self._new_id(), self.channel_id, current.batch, interrupted=current.carried > 0)
+        self._push_tail(item, reason, lateness, effects)
 
     def _push_tail(self, item: QueueItem, reason: FlushReason, lateness: float, effects: list[Effect]) -> None:
         self._fifo.append(_Waiting(item, reason, lateness))

@@ -15,14 +15,18 @@ from thespian.actors import ActorSystemMessage
 
 from actors.base import Dispatcher
 from actors.batching import (
+    MAX_REMEMBERED_IDS,
     ChannelCore,
     Deliver,
     DeliveryCancelled,
     DeliveryFinished,
     Effect,
+    IdRemembered,
     ItemQueued,
     MessageAdded,
+    MessageRejected,
     QueueCleared,
+    WaitingChanged,
 )
 from actors.internal import (
     Ack,
@@ -38,6 +42,7 @@ from actors.internal import (
     WakeKind,
 )
 from actors.journal import (
+    AppendIds,
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
@@ -47,6 +52,8 @@ from actors.journal import (
     Persist,
     PushHead,
     PushTail,
+    ReplaceIds,
+    ReplaceWaiting,
     TakeHead,
 )
 from protocol.errors import ProtocolViolation
@@ -62,6 +69,9 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
+    Enqueued,
     EnqueueFront,
     FlushBatch,
     GetStatistics,
@@ -70,13 +80,18 @@ from protocol.messages import (
     ProcessingDone,
     ProcessingFailed,
     QueueChanged,
+    Rejected,
+    Retract,
+    Retracted,
     Statistics,
     StopChannel,
     PauseChannel,
     ResumeChannel,
     ChannelPaused,
+    Taken,
+    TakeWaiting,
 )
-from protocol.values import FlushReason, OpenEntry
+from protocol.values import FlushReason, OpenEntry, SeenId
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -106,6 +121,7 @@ class ChannelActor(Dispatcher):
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: Optional[ActorAddress] = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
+        self._stored_ids = 0  # entries of the stored list of message ids: compacted when twice the bound
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -131,6 +147,7 @@ class ChannelActor(Dispatcher):
             cancelled=msg.cancelled,
             failed=msg.failed,
             added_effects=msg.persistence is not None,  # only the journal needs each added message
+            conversation=msg.conversation,
         )
         # Every delivery of an earlier actor of this channel ended done or cancelled before it passivated:
         # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
@@ -154,6 +171,9 @@ class ChannelActor(Dispatcher):
         core = self._channel
         now, wall = self.clock(), time.time()
         entries = snapshot.open_entries
+        if snapshot.ids:
+            core.remember_ids([(seen.message_id, now - (wall - seen.at)) for seen in snapshot.ids], now)
+            self._stored_ids = len(snapshot.ids)
         effects = core.restore(snapshot.waiting, [(e.message, now - (wall - e.arrived_at)) for e in entries], now)
         if effects and self._persistence is not None:
             # The cap shrank across the restart and full batches were cut from the stored open batch: store
@@ -197,7 +217,21 @@ class ChannelActor(Dispatcher):
         # Each message at the time it was accepted: its window counts from then, however long it took to get here.
         for message, arrived in zip(msg.messages, msg.arrived):
             effects += enqueue(message, arrived)
-        self._settle(effects)
+        then: list[tuple[ActorAddress, object]] = []
+        refused = [e.message for e in effects if isinstance(e, MessageRejected)]
+        reply_to = msg.reply_to
+        for message in refused:
+            reason = (
+                f"channel {message.channel_id!r} is busy and its busy_policy is reject: message "
+                f"{message.message_id or message.text[:40]!r} refused"
+            )
+            if reply_to is not None:
+                then.append((reply_to, Rejected("Enqueue", message.channel_id, "ChannelBusy", reason)))
+            else:
+                log.warning("%s", reason)
+        if msg.ack and reply_to is not None and not refused:
+            then.append((reply_to, Enqueued(len(msg.messages))))
+        self._settle(effects, then=then)
 
     def receiveMsg_EnqueueFront(self, msg: EnqueueFront, sender: ActorAddress) -> None:
         self._received += 1
@@ -217,7 +251,7 @@ class ChannelActor(Dispatcher):
         effects: list[Effect] = []
         if delivery_id > self._delivery_base:  # else a late reply to a delivery of an earlier actor
             try:
-                effects = self._channel.finish(delivery_id - self._delivery_base, error)
+                effects = self._channel.finish(delivery_id - self._delivery_base, error, self.clock())
             except ProtocolViolation as exc:
                 log.warning("channel %r ignored a reply from %s: %s", self._channel.channel_id, sender, exc)
         # settled even when ignored: it may have voided a Passivate offer, and the idle wake must re-arm
@@ -232,8 +266,17 @@ class ChannelActor(Dispatcher):
         effects: list[Effect] = []
         reply: object
         if isinstance(command, CancelCurrent):
-            cancelled, effects = core.cancel_current()
+            cancelled, effects = core.cancel_current(self.clock())
             reply = Cancelled(core.channel_id, cancelled)
+        elif isinstance(command, Edit):
+            edited, effects = core.edit(command.message)
+            reply = Edited(core.channel_id, command.message.message_id, edited)
+        elif isinstance(command, Retract):
+            retracted, effects = core.retract(command.channel_id, command.message_id)
+            reply = Retracted(core.channel_id, command.message_id, retracted)
+        elif isinstance(command, TakeWaiting):
+            taken, effects = core.take_waiting()
+            reply = Taken(core.channel_id, tuple(taken))
         elif isinstance(command, Clear):
             removed, effects = core.clear()
             reply = Cleared(core.channel_id, removed)
@@ -281,12 +324,23 @@ class ChannelActor(Dispatcher):
         if not core.is_quiescent or self._awaiting_durable:
             return
         idle_until = self._last_activity + self._idle_timeout
+        # The ids it remembers for duplicate detection live only here: it stays until the last is forgotten.
+        ids_until = core.ids_expire_at(now)
+        if ids_until is not None:
+            idle_until = max(idle_until, ids_until)
         if now >= idle_until:
             stats = core.statistics()
             assert self._supervisor is not None
             self.send(
                 self._supervisor,
-                Passivate(core.channel_id, self._received, stats.processed, stats.cancelled, stats.failed),
+                Passivate(
+                    core.channel_id,
+                    self._received,
+                    stats.processed,
+                    stats.cancelled,
+                    stats.failed,
+                    (stats.duplicates, stats.edits, stats.retractions, stats.interruptions, stats.rejections),
+                ),
             )
         else:
             self._schedule_idle(idle_until)
@@ -336,6 +390,7 @@ class ChannelActor(Dispatcher):
                             effect.lateness,
                             queued,
                             self.myAddress,
+                            interrupted=effect.item.interrupted,
                         ),
                     )
                 )
@@ -359,6 +414,13 @@ class ChannelActor(Dispatcher):
                 )
             if ops is not None:
                 _journal(core.channel_id, effect, ops, wall)
+                if isinstance(effect, IdRemembered):
+                    self._stored_ids += 1
+        if ops is not None and self._stored_ids > 2 * MAX_REMEMBERED_IDS:
+            # the stored list only grows: rewrite it as the ids still remembered
+            remembered = core.remembered_ids(self.clock())
+            ops.append(ReplaceIds(core.channel_id, tuple(SeenId(i, at + wall) for i, at in remembered)))
+            self._stored_ids = len(remembered)
         # The observer hears of the counts before any reply this settle sends: a caller that got its reply
         # already sees what its command did.
         if self._observer is not None and effects:
@@ -416,3 +478,11 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         ops.append(FinishInFlight(channel_id))
     elif isinstance(effect, QueueCleared):
         ops.append(ClearQueue(channel_id))
+    elif isinstance(effect, IdRemembered):
+        ops.append(AppendIds(channel_id, (SeenId(effect.message_id, effect.at + wall),)))
+    elif isinstance(effect, WaitingChanged):
+        # the open batch keeps its deadline across a restart: its first message opened it, its last slid it
+        messages = effect.open_messages
+        times = [effect.opened_at] + [effect.last_at] * (len(messages) - 1)
+        entries = tuple(OpenEntry(m, at + wall) for m, at in zip(messages, times))
+        ops.append(ReplaceWaiting(channel_id, effect.items, entries))

@@ -10,12 +10,15 @@ from protocol.messages import (
     CancelCurrent,
     Clear,
     ConfigureChannel,
+    Edit,
     FlushBatch,
     GetStatistics,
     HoldBatch,
     PauseChannel,
     ResumeChannel,
+    Retract,
     StopChannel,
+    TakeWaiting,
 )
 from actors.journal import ChannelSnapshot
 from protocol.values import BatchSettings, QueuedMessage
@@ -87,10 +90,14 @@ class EnqueueChecked:
 @dataclass(frozen=True, slots=True)
 class EnqueueStamped:
     """Supervisor -> ChannelActor: checked messages of the channel, in order, each with the time it was
-    accepted (on the system's clock)."""
+    accepted (on the system's clock). A message the channel refuses (busy policy ``reject``) is answered
+    ``Rejected`` to ``reply_to``; with ``ack``, ``reply_to`` gets ``Enqueued`` once the accepted ones are
+    durable (at once without persistence)."""
 
     messages: tuple[QueuedMessage, ...]
     arrived: tuple[float, ...]
+    reply_to: Optional["ActorAddress"] = None
+    ack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +145,8 @@ class ChannelInit:
     restore: Optional[ChannelSnapshot] = None  # stored state to resume from
     clock: Optional[Clock] = None  # None: time.monotonic
     paused: bool = False  # deliveries paused (PauseChannel) before this actor was spawned
+    # duplicates, edits, retractions, interruptions, rejections of its earlier actors
+    conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +166,7 @@ class Ack:
 
 ChannelCommand = Union[
     CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, PauseChannel,
-    ResumeChannel,
+    ResumeChannel, Edit, Retract, TakeWaiting,
 ]
 
 
@@ -188,6 +197,7 @@ class Passivate:
     processed: int
     cancelled: int
     failed: int
+    conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # as in ChannelInit
 
 
 class WakeKind(enum.Enum):

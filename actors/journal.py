@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 from protocol.errors import UnsafeRedis
-from protocol.values import OpenEntry, QueueItem
+from protocol.values import OpenEntry, QueueItem, SeenId
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -68,7 +68,33 @@ class ClearQueue:
     channel_id: str
 
 
-Op = Union[AppendOpen, PushTail, PushHead, TakeHead, FinishInFlight, ClearQueue]
+@dataclass(frozen=True, slots=True)
+class ReplaceWaiting:
+    """The channel's waiting items and open batch are now ``items`` (head first) and ``open_entries`` (after an
+    edit, a retraction or a take)."""
+
+    channel_id: str
+    items: tuple[QueueItem, ...]
+    open_entries: tuple[OpenEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendIds:
+    """The channel accepted messages with these ids."""
+
+    channel_id: str
+    ids: tuple[SeenId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceIds:
+    """The ids the channel remembers are now ``ids`` (oldest first): the stored list is compacted."""
+
+    channel_id: str
+    ids: tuple[SeenId, ...]
+
+
+Op = Union[AppendOpen, PushTail, PushHead, TakeHead, FinishInFlight, ClearQueue, ReplaceWaiting, AppendIds, ReplaceIds]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +105,7 @@ class ChannelSnapshot:
     channel_id: str
     waiting: tuple[QueueItem, ...]
     open_entries: tuple[OpenEntry, ...]
+    ids: tuple[SeenId, ...] = ()  # message ids it accepted, oldest first (expired ones included)
 
 
 # -- messages -----------------------------------------------------------------------------------------------

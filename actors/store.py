@@ -52,11 +52,11 @@ from actors.lease import RELEASE, RENEW, TAKE, LeaseHolder, expiry
 from actors.write_script import APPLY, OpenFrames, is_set_aside, script_operations
 from protocol import codec, keys
 from protocol.errors import DecodeError, RedisDataLost, StoreLocked
-from protocol.values import DeadLetter, OpenEntry, QueueItem
+from protocol.values import DeadLetter, OpenEntry, QueueItem, SeenId
 
 log = logging.getLogger(__name__)
 
-_V = TypeVar("_V", QueueItem, OpenEntry)
+_V = TypeVar("_V", QueueItem, OpenEntry, SeenId)
 
 _MARKER_TTL = 7 * 24 * 3600  # seconds a store's transaction marker outlives its last write
 
@@ -382,26 +382,28 @@ class RedisStore:
             pipe.lrange(keys.channel_key(keys.PROCESSING, channel), 0, -1)
             pipe.lrange(keys.queue_key(channel), 0, -1)
             pipe.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)
+            pipe.lrange(keys.channel_key(keys.SEEN_IDS, channel), 0, -1)
         raw = pipe.execute()
         snapshots = []
         with self._redis.pipeline(transaction=True) as fix:
             self._watch_lease(fix)
             empty = []
             for index, channel in enumerate(channels):
-                in_flight_raw, queue_raw, open_raw = raw[3 * index : 3 * index + 3]
+                in_flight_raw, queue_raw, open_raw, ids_raw = raw[4 * index : 4 * index + 4]
                 in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix)
                 waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix)
                 entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix)
+                ids = self._decode_all(channel, keys.SEEN_IDS, ids_raw, SeenId, fix)
                 if in_flight:
                     redelivered = [replace(item, attempt=item.attempt + 1) for item in in_flight]
                     fix.delete(keys.channel_key(keys.PROCESSING, channel))
                     for item in reversed(redelivered):
                         fix.lpush(keys.queue_key(channel), codec.encode(item))
                     waiting = redelivered + waiting
-                if not waiting and not entries:
+                if not waiting and not entries and not ids:
                     empty.append(channel)
                     continue
-                snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries)))
+                snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries), tuple(ids)))
             if empty:
                 fix.srem(keys.CHANNEL_INDEX, *empty)
             fix.execute()

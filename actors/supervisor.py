@@ -41,7 +41,7 @@ from actors.journal import (
 )
 from actors.timer import Timer
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.limits import validate_channel_id, validate_message, validate_payload
+from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
 from protocol.messages import (
     BatchFlushed,
     BatchHeld,
@@ -53,6 +53,8 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
     Enqueue,
     Enqueued,
     EnqueueFront,
@@ -67,12 +69,16 @@ from protocol.messages import (
     ProcessingStarted,
     QueueChanged,
     Rejected,
+    Retract,
+    Retracted,
     StartProcessing,
     Statistics,
     StopChannel,
     PauseChannel,
     ResumeChannel,
     ChannelPaused,
+    Taken,
+    TakeWaiting,
 )
 from protocol.values import BatchSettings, ChannelStatistics, QueuedMessage
 
@@ -103,23 +109,30 @@ class _Route:
     sent: int = 0  # messages sent to the channel actor, for the passivation handshake
 
 
-# The counters of a passivated channel: ``processed`` alone when nothing was cancelled or failed (the common
-# case: an int, shared when small), else ``(processed, cancelled, failed)``. All zero is no entry at all.
-_Counters = int | tuple[int, int, int]
+# The counters of a passivated channel: ``processed`` alone when nothing else was counted (the common case: an
+# int, shared when small), else ``(processed, cancelled, failed, duplicates, edits, retractions,
+# interruptions, rejections)``. All zero is no entry at all.
+_Counters = int | tuple[int, ...]
+_NO_CONVERSATION: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
-def _pack_counters(processed: int, cancelled: int, failed: int) -> _Counters | None:
-    if cancelled or failed:
-        return (processed, cancelled, failed)
+def _pack_counters(
+    processed: int, cancelled: int, failed: int, conversation: tuple[int, int, int, int, int] = _NO_CONVERSATION
+) -> _Counters | None:
+    if cancelled or failed or any(conversation):
+        return (processed, cancelled, failed, *conversation)
     return processed or None
 
 
-def _unpack_counters(counters: _Counters | None) -> tuple[int, int, int]:
+def _unpack_counters(
+    counters: _Counters | None,
+) -> tuple[int, int, int, tuple[int, int, int, int, int]]:
     if counters is None:
-        return (0, 0, 0)
+        return (0, 0, 0, _NO_CONVERSATION)
     if isinstance(counters, int):
-        return (counters, 0, 0)
-    return counters
+        return (counters, 0, 0, _NO_CONVERSATION)
+    processed, cancelled, failed, duplicates, edits, retractions, interruptions, rejections = counters
+    return (processed, cancelled, failed, (duplicates, edits, retractions, interruptions, rejections))
 
 
 def _actor_key(address: ActorAddress) -> str | None:
@@ -250,9 +263,8 @@ class Supervisor(Dispatcher):
         except InvalidInput as exc:
             self._reject(msg, _channel_of(msg.message), exc, sender, reply=msg.ack)
             return
-        self._send_channel(message.channel_id, EnqueueStamped((message,), (self._clock(),)))
-        if msg.ack:
-            self._ack(message.channel_id, sender, Enqueued(1))
+        # the channel answers: it may refuse the message (busy policy reject)
+        self._send_channel(message.channel_id, EnqueueStamped((message,), (self._clock(),), sender, msg.ack))
 
     def receiveMsg_EnqueueMany(self, msg: EnqueueMany, sender: ActorAddress) -> None:
         if not isinstance(msg.messages, (tuple, list)):
@@ -336,6 +348,28 @@ class Supervisor(Dispatcher):
         if self._valid_channel(msg, msg.channel_id, sender):
             self._paused.discard(msg.channel_id)
             self._command(msg, sender, ChannelPaused(msg.channel_id, False))
+    def receiveMsg_Edit(self, msg: Edit, sender: ActorAddress) -> None:
+        try:
+            message = validate_message(msg.message)
+            validate_message_id(message.message_id)
+        except InvalidInput as exc:
+            self._reject(msg, _channel_of(msg.message), exc, sender)
+            return
+        if message.channel_id in self._routes:
+            self._send_channel(message.channel_id, Routed(msg, sender))
+        else:
+            self.send(sender, Edited(message.channel_id, message.message_id, False))
+
+    def receiveMsg_Retract(self, msg: Retract, sender: ActorAddress) -> None:
+        try:
+            validate_message_id(msg.message_id)
+        except InvalidInput as exc:
+            self._reject(msg, _printable(msg.channel_id), exc, sender)
+            return
+        self._command(msg, sender, Retracted(msg.channel_id, msg.message_id, False))
+
+    def receiveMsg_TakeWaiting(self, msg: TakeWaiting, sender: ActorAddress) -> None:
+        self._command(msg, sender, Taken(msg.channel_id, ()))
 
     def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
         if not self._valid_channel(msg, msg.channel_id, sender):
@@ -412,7 +446,7 @@ class Supervisor(Dispatcher):
         if route is None or route.address != sender or route.sent != msg.received:
             return  # it has been sent more since; it will offer again when idle
         self._drop_route(msg.channel_id)
-        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed)
+        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed, msg.conversation)
         if counters is not None:  # a channel re-spawned without an entry starts from zero, as it should
             self._retired[msg.channel_id] = counters
         self.send(sender, ActorExitRequest())
@@ -500,7 +534,7 @@ class Supervisor(Dispatcher):
 
     def _spawn(self, channel_id: str, restore: ChannelSnapshot | None = None) -> _Route:
         route = self._add_route(channel_id, self.createActor(ChannelActor))
-        processed, cancelled, failed = _unpack_counters(self._retired.pop(channel_id, None))
+        processed, cancelled, failed, conversation = _unpack_counters(self._retired.pop(channel_id, None))
         self.send(
             route.address,
             ChannelInit(
@@ -516,6 +550,7 @@ class Supervisor(Dispatcher):
                 restore,
                 self._configure.clock if self._configure is not None else None,
                 channel_id in self._paused,
+                conversation,
             ),
         )
         route.sent += 1
@@ -547,9 +582,10 @@ class Supervisor(Dispatcher):
         return self._timer
 
     def _idle_statistics(self, channel_id: str) -> ChannelStatistics:
-        processed, cancelled, failed = _unpack_counters(self._retired.get(channel_id))
+        processed, cancelled, failed, conversation = _unpack_counters(self._retired.get(channel_id))
         return ChannelStatistics(
-            channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None
+            channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None,
+            *conversation,
         )
 
     def _reject(

@@ -12,7 +12,18 @@ import logging
 import time
 from typing import Callable, Sequence
 
-from actors.journal import AppendOpen, ClearQueue, FinishInFlight, Op, PushHead, PushTail, TakeHead
+from actors.journal import (
+    AppendIds,
+    AppendOpen,
+    ClearQueue,
+    FinishInFlight,
+    Op,
+    PushHead,
+    PushTail,
+    ReplaceIds,
+    ReplaceWaiting,
+    TakeHead,
+)
 from protocol import codec, keys
 from protocol.errors import DecodeError
 from protocol.values import DeadLetter, MessageBatch, QueuedMessage, QueueItem
@@ -158,7 +169,37 @@ def script_operations(
             push(None)
             args.extend((_DEL, key(keys.channel_key(keys.OPEN_BATCH, channel))))
             continue
+        if isinstance(op, AppendIds):
+            push(keys.channel_key(keys.SEEN_IDS, channel))
+            values.extend(codec.encode(seen) for seen in op.ids)
+            continue
         push(None)
+        if isinstance(op, ReplaceIds):
+            ids_key = key(keys.channel_key(keys.SEEN_IDS, channel))
+            args.extend((_DEL, ids_key))
+            if op.ids:
+                args.extend((_RPUSH, ids_key, len(op.ids)))
+                args.extend(codec.encode(seen) for seen in op.ids)
+            continue
+        if isinstance(op, ReplaceWaiting):
+            frames.pop(channel, None)  # the open batch is written whole again
+            queue = key(keys.queue_key(channel))
+            args.extend((_DEL, queue))
+            if op.items:
+                args.extend((_RPUSH, queue, len(op.items)))
+                args.extend(item_frame(item, codec.encode) for item in op.items)
+            open_list = key(keys.channel_key(keys.OPEN_BATCH, channel))
+            args.extend((_DEL, open_list))
+            entries: list[bytes] = []
+            for open_entry in op.open_entries:
+                try:
+                    entries.append(codec.encode(open_entry))
+                except Exception as exc:  # caller data: it fails alone, as in AppendOpen
+                    dead.append((channel, _set_aside(channel, keys.OPEN_BATCH, open_entry.message, exc)))
+            if entries:
+                args.extend((_RPUSH, open_list, len(entries)))
+                args.extend(entries)
+            continue
         if isinstance(op, PushHead):
             args.extend((_LPUSH, key(keys.queue_key(channel)), item_frame(op.item, codec.encode)))
         elif isinstance(op, TakeHead):

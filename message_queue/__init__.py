@@ -15,12 +15,13 @@ from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbou
 from message_queue.facade import Callback, MessageQueue
 from message_queue.local import current_item
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
-from protocol.errors import DecodeError, InvalidInput, InvalidSettings, MessageQueueError
+from protocol.errors import ChannelBusy, DecodeError, InvalidInput, InvalidSettings, MessageQueueError
 from protocol.stream import InboundBatch, decode_entry
 from protocol.values import MessageBatch, QueuedMessage
 
 __all__ = [
     "Callback",
+    "ChannelBusy",
     "DecodeError",
     "EventBus",
     "InMemoryRedisQueue",

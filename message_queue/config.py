@@ -1,8 +1,12 @@
 """Per-channel batch settings read from Redis, the original module's way of overriding them at run time.
 
-The hash ``message_queue:config:<channel>`` (:func:`protocol.keys.config_key`) may hold:
+The hash ``message_queue:config:<channel>`` (:func:`protocol.keys.config_key`) may hold the fields that
+``MessageQueue.configure`` takes (:data:`SETTING_FIELDS`), as text:
     * ``window``: the quiet window in seconds, a finite number >= 0 (e.g. ``"2.5"``);
-    * ``disabled``: ``"1"`` turns batching off (each message is its own item), ``"0"`` or empty keeps it on.
+    * ``disabled``: ``"1"`` turns batching off (each message is its own item), ``"0"`` or empty keeps it on;
+    * ``max_batch_size``: an int in 1..100; ``max_wait``: seconds > 0, or empty for none;
+    * ``busy_policy``: ``queue``, ``collect``, ``interrupt`` or ``reject``;
+    * ``split_on_author``: ``"1"`` or ``"0"``; ``dedupe_ttl``: seconds >= 0 (0: no duplicate detection).
 
 A missing hash or field means the default. An invalid value is logged as a warning naming the key, the field
 and the value (once per distinct bad value and channel), and the default is used for that field. Other fields
@@ -17,6 +21,7 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from protocol.errors import InvalidSettings
 from protocol.keys import config_key
 from protocol.values import BatchSettings
 
@@ -27,6 +32,47 @@ log = logging.getLogger(__name__)
 
 WINDOW_FIELD = "window"
 DISABLED_FIELD = "disabled"
+
+SETTING_FIELDS = (
+    "window", "max_batch_size", "max_wait", "busy_policy", "split_on_author", "disabled", "dedupe_ttl"
+)
+"""The per-channel settings ``MessageQueue.configure`` and the settings hash accept."""
+
+
+def apply_settings(base: BatchSettings, changes: dict[str, object]) -> BatchSettings:
+    """``base`` with ``changes`` (names of :data:`SETTING_FIELDS`, typed values; ``disabled`` is the negation
+    of ``BatchSettings.batching``).
+
+    Raises:
+        InvalidSettings: for an unknown name, or a value its setting refuses (naming the field and value).
+    """
+    fields: dict[str, object] = {}
+    for name, value in changes.items():
+        if name not in SETTING_FIELDS:
+            raise InvalidSettings(f"unknown setting {name!r}: the settings are {', '.join(SETTING_FIELDS)}")
+        if name == "disabled":
+            if not isinstance(value, bool):
+                raise InvalidSettings(f"disabled must be a bool, got {value!r}")
+            fields["batching"] = not value
+        else:
+            fields[name] = value
+    return replace(base, **fields)  # type: ignore[arg-type]  # each value is checked by BatchSettings
+
+
+def _parse_text(name: str, text: str) -> object:
+    """A hash field's text as the value its setting takes; raises ValueError when it is not one."""
+    flag = text.strip()
+    if name in ("disabled", "split_on_author"):
+        if flag not in ("1", "0", ""):
+            raise ValueError('"1" or "0"')
+        return flag == "1"
+    if name == "max_batch_size":
+        return int(flag)
+    if name == "max_wait":
+        return float(flag) if flag else None
+    if name == "busy_policy":
+        return flag
+    return float(flag)
 
 
 class ChannelConfigReader:
@@ -45,8 +91,9 @@ class ChannelConfigReader:
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
         self._warned: dict[tuple[str, str], str] = {}  # (channel, field) -> the bad value last warned about
 
-    async def read(self, channel_id: str) -> BatchSettings | None:
-        """The settings the channel's next batch should use, or None if Redis could not be read."""
+    async def read(self, channel_id: str, base: BatchSettings | None = None) -> BatchSettings | None:
+        """The settings the channel's next batch should use (the hash's fields over ``base``, default: the
+        defaults), or None if Redis could not be read."""
         key = config_key(channel_id)
         try:
             raw = await asyncio.wait_for(self._redis.hgetall(key), self._timeout)
@@ -55,11 +102,39 @@ class ChannelConfigReader:
                         type(exc).__name__, exc)
             return None
         fields = {_text(name): _text(value) for name, value in raw.items()}
-        return self.parse(channel_id, key, fields)
+        return self.parse(channel_id, key, fields, base)
 
-    def parse(self, channel_id: str, key: str, fields: dict[str, str]) -> BatchSettings:
-        """Apply the hash's ``fields`` to the defaults; invalid values are warned about and ignored."""
-        settings = self._defaults
+    async def write(self, channel_id: str, changes: dict[str, object]) -> None:
+        """Make the channel's hash hold exactly ``changes`` (names of :data:`SETTING_FIELDS`, values as
+        :func:`apply_settings` takes them, already checked), as text; no changes deletes the hash.
+
+        Raises:
+            redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
+        """
+        key = config_key(channel_id)
+        fields = {name: _as_text(value) for name, value in changes.items()}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(key)
+        if fields:
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        await asyncio.wait_for(pipe.execute(), self._timeout)
+
+    def parse(
+        self, channel_id: str, key: str, fields: dict[str, str], base: BatchSettings | None = None
+    ) -> BatchSettings:
+        """Apply the hash's ``fields`` to ``base`` (default: the defaults); invalid values are warned about
+        and ignored."""
+        settings = self._defaults if base is None else base
+        for name in SETTING_FIELDS:
+            text = fields.get(name)
+            if text is None or name in (WINDOW_FIELD, DISABLED_FIELD):
+                continue
+            try:
+                settings = apply_settings(settings, {name: _parse_text(name, text)})
+            except (ValueError, InvalidSettings) as exc:
+                self._warn(channel_id, key, name, text, str(exc) or "a valid value")
+            else:
+                self._warned.pop((channel_id, name), None)
         window = fields.get(WINDOW_FIELD)
         if window is not None:
             try:
@@ -88,6 +163,14 @@ class ChannelConfigReader:
         self._warned[(channel_id, field)] = value
         log.warning("invalid batch setting in Redis: key %r field %r value %r (must be %s); using the default",
                     key, field, value, rule)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if value is None:
+        return ""
+    return str(value)
 
 
 def _text(value: bytes | str) -> str:

@@ -63,6 +63,14 @@ class QueueBackend(Protocol):
 
     def close(self, drain: bool = True, timeout: float = 30.0) -> Awaitable[None]: ...
 
+    def edit(self, msg: QueuedMessage) -> Awaitable[bool]: ...
+
+    def retract(self, channel: str, message_id: str) -> Awaitable[bool]: ...
+
+    def take_waiting(self, channel: str) -> Awaitable[list[QueuedMessage]]: ...
+
+    def configure(self, channel: str, settings: dict[str, object]) -> Awaitable[None]: ...
+
 
 class MessageQueue:
     """Per-channel queue that batches rapid-succession messages and delivers them in order, one item at a
@@ -118,9 +126,23 @@ class MessageQueue:
             an evicting ``maxmemory-policy``).
         metrics_registry: a ``prometheus_client.CollectorRegistry`` to register the queue's metrics in
             (:mod:`message_queue.metrics`: counters of enqueued and delivered messages, histograms of batch
-            size, lateness and processing time, gauges of the live channels refreshed every second), so the
-            application exposes them with its own. None (the default): no metrics, no cost. Not used in
+            size, lateness and processing time, gauges of the live channels refreshed every 5 seconds), so
+            the application exposes them with its own. None (the default): no metrics, no cost. Not used in
             distributed mode.
+        max_wait: seconds after its first message at which a batch closes however busy the channel is (None:
+            no such cap).
+        busy_policy: what happens to messages that arrive while the channel's callback runs: ``"queue"``
+            (batched as usual), ``"collect"`` (the open batch does not close by time until the callback
+            returns, then is delivered next), ``"interrupt"`` (the first one cancels the running callback,
+            whose messages are put in front of the open batch; the item they are delivered in has
+            ``current_item().interrupted``), ``"reject"`` (``enqueue`` raises
+            :class:`~protocol.errors.ChannelBusy`).
+        split_on_author: a message from another ``user_id`` closes the open batch first.
+        dedupe_ttl: seconds a channel remembers the ``message_id`` of each message it accepted; a message
+            with a remembered id is dropped (``enqueue`` returns normally). 0 turns it off.
+
+        The conversation settings (``busy_policy``, ``split_on_author``, ``dedupe_ttl``), ``edit``,
+        ``retract``, ``take_waiting`` and ``configure`` are not available in distributed mode.
 
     Raises:
         InvalidSettings: for a batch window < 0 or not finite, ``max_batch_size`` out of range, ``config_ttl``
@@ -146,8 +168,19 @@ class MessageQueue:
         idle_timeout: float = 60.0,
         allow_volatile_redis: bool = False,
         metrics_registry: CollectorRegistry | None = None,
+        max_wait: float | None = None,
+        busy_policy: str = "queue",
+        split_on_author: bool = False,
+        dedupe_ttl: float = 600.0,
     ) -> None:
-        self._settings = BatchSettings(window=default_batch_window, max_batch_size=max_batch_size)
+        self._settings = BatchSettings(
+            window=default_batch_window,
+            max_batch_size=max_batch_size,
+            max_wait=max_wait,
+            busy_policy=busy_policy,
+            split_on_author=split_on_author,
+            dedupe_ttl=dedupe_ttl,
+        )
         self._config_ttl = check_seconds("config_ttl", config_ttl, positive=False)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout, positive=True)
         self._allow_volatile_redis = bool(allow_volatile_redis)
@@ -171,6 +204,8 @@ class MessageQueue:
         self._used = False
 
     def _distributed(self, redis: Redis, event_bus: object) -> DistributedBackend:
+        if self._settings.busy_policy != "queue" or self._settings.split_on_author:
+            raise InvalidSettings("busy_policy and split_on_author are not available in distributed mode")
         return DistributedBackend(
             DistributedQueue(redis, event_bus, self._settings, config_ttl=self._config_ttl,
                              allow_volatile_redis=self._allow_volatile_redis)
@@ -289,7 +324,9 @@ class MessageQueue:
         return self._backend.clear(channel)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools). Known:
+        """Per known channel: ``queue_size`` (int), ``is_processing`` and ``has_processor`` (bools), and (not in
+        distributed mode) the counts of ``duplicates``, ``edits``, ``retractions``, ``interruptions`` and
+        ``rejections`` (see :class:`~protocol.values.ChannelStatistics`). Known:
         channels given to ``start_processing`` and channels whose actor is alive. In distributed mode: the
         channels given to ``start_processing`` here, with ``queue_size`` 0 and ``is_processing`` False (use
         :meth:`statistics` for what Redis holds)."""
@@ -333,6 +370,58 @@ class MessageQueue:
         been published.
         """
         return self._backend.close(drain, timeout)
+
+    # -- conversations --------------------------------------------------------------------------------------
+
+    def edit(self, msg: QueuedMessage) -> Awaitable[bool]:
+        """Replace, in place, the not-yet-delivered message of ``msg.channel_id`` whose ``message_id`` is
+        ``msg.message_id`` (in a waiting item or the open batch; its position and the batch's deadline do not
+        change). True when replaced; False when that message was already delivered (or is being processed),
+        or is unknown.
+
+        Raises:
+            InvalidInput: if ``msg`` breaks a limit or has no ``message_id``.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.edit(msg)
+
+    def retract(self, channel: str, message_id: str) -> Awaitable[bool]:
+        """Remove the not-yet-delivered message of ``channel`` with ``message_id`` (an item left empty
+        disappears). True when removed; False when already delivered or unknown.
+
+        Raises:
+            InvalidInput: for an invalid channel id or an empty or too long ``message_id``.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.retract(channel, message_id)
+
+    def take_waiting(self, channel: str) -> Awaitable[list[QueuedMessage]]:
+        """Remove and return, in order, every message of ``channel`` not delivered yet: the waiting items',
+        then the open batch's. The item being processed is not among them.
+
+        Raises:
+            InvalidInput: for an invalid channel id.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.take_waiting(channel)
+
+    def configure(self, channel: str, **settings: object) -> Awaitable[None]:
+        """Set ``channel``'s batching settings, from its next batch on: the queue's defaults with
+        ``settings`` changed (``window``, ``max_batch_size``, ``max_wait``, ``busy_policy``,
+        ``split_on_author``, ``disabled``, ``dedupe_ttl``). With no settings, the channel goes back to the
+        defaults. With ``redis`` (persistence mode) they are written to the channel's settings hash
+        (``message_queue:config:<channel>``, replacing what it held), so they outlive a restart.
+
+        Raises:
+            InvalidSettings: for an unknown setting or an invalid value, naming the field.
+            InvalidInput: for an invalid channel id.
+            NotImplementedError: in distributed mode.
+        """
+        self._used = True
+        return self._backend.configure(channel, dict(settings))
 
     async def __aenter__(self) -> MessageQueue:
         return self
@@ -438,3 +527,15 @@ class DistributedBackend:
             return
         self._closed = True
         await self._queue.close(timeout)
+
+    async def edit(self, msg: QueuedMessage) -> bool:
+        raise NotImplementedError("edit is not available in distributed mode")
+
+    async def retract(self, channel: str, message_id: str) -> bool:
+        raise NotImplementedError("retract is not available in distributed mode")
+
+    async def take_waiting(self, channel: str) -> list[QueuedMessage]:
+        raise NotImplementedError("take_waiting is not available in distributed mode")
+
+    async def configure(self, channel: str, settings: dict[str, object]) -> None:
+        raise NotImplementedError("configure is not available in distributed mode: use the settings hash")

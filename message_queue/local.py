@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from actors.loop_driver import DriverStopped, LoopDriver, Output
-from message_queue.config import ChannelConfigReader
-from protocol.errors import InvalidInput, UnsafeRedis
-from protocol.limits import validate_channel_id, validate_message, validate_payload
+from message_queue.config import ChannelConfigReader, apply_settings
+from protocol.errors import ChannelBusy, InvalidInput, InvalidSettings, UnsafeRedis
+from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
 from protocol.messages import (
     BatchHeld,
     BatchReady,
+    ChannelConfigured,
     CancelCurrent,
     CancelProcessing,
     ChannelPassivated,
@@ -48,6 +49,9 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
+    Enqueue,
     Enqueued,
     EnqueueFront,
     FlushBatch,
@@ -58,9 +62,13 @@ from protocol.messages import (
     ProcessingFailed,
     QueueChanged,
     Rejected,
+    Retract,
+    Retracted,
     StartProcessing,
     Statistics,
     StopChannel,
+    Taken,
+    TakeWaiting,
 )
 from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
 
@@ -161,6 +169,7 @@ class LocalQueue:
         self._idle_timeout = idle_timeout
         self._config = ChannelConfigReader(redis, settings) if redis is not None else None
         self._config_states: dict[str, _ConfigState] = {}
+        self._overrides: dict[str, BatchSettings] = {}  # set with configure
         self._callbacks: dict[str, Callback] = {}
         self._channels: dict[str, _Channel] = {}
         self._driver: LoopDriver | None = None
@@ -178,6 +187,9 @@ class LocalQueue:
             if self._metrics is not None:
                 self._metrics.rejected()
             raise
+        if self._refuses_when_busy(msg.channel_id):
+            await self._enqueue_answered(msg)
+            return
         driver = self._driver
         if driver is None or asyncio.get_running_loop() is not self._loop or not driver.running:
             driver = await self._ensure_driver()
@@ -199,6 +211,10 @@ class LocalQueue:
             raise
         if not batch:
             return
+        if any(self._refuses_when_busy(msg.channel_id) for msg in batch):
+            for msg in batch:  # one by one: a refused message raises, those before it stay enqueued
+                await self.enqueue(msg)
+            return
         driver = await self._ensure_driver()
         if self._config is not None:
             await self._enqueue_configured(driver, batch)
@@ -216,6 +232,63 @@ class LocalQueue:
         validate_payload(item)
         reply = await self._call(EnqueueFront(item, ack=True))
         assert isinstance(reply, Enqueued), reply
+
+    def _settings_of(self, channel: str) -> BatchSettings:
+        """The settings this queue last gave the channel (configure, the settings hash, or the defaults)."""
+        override = self._overrides.get(channel)
+        if override is not None:
+            return override
+        state = self._config_states.get(channel)
+        return state.settings if state is not None else self._settings
+
+    def _refuses_when_busy(self, channel: str) -> bool:
+        return self._settings_of(channel).busy_policy == "reject"
+
+    async def _enqueue_answered(self, msg: QueuedMessage) -> None:
+        """Enqueue ``msg`` and wait for its channel's answer: with busy policy reject, it may refuse it."""
+        if self._config is not None:
+            state = self._config_states.get(msg.channel_id)
+            if state is not None and state.refresh is not None:
+                await asyncio.shield(state.refresh)  # behind the messages waiting for the settings
+        reply = await self._call(Enqueue(msg, ack=True))
+        assert isinstance(reply, Enqueued), reply
+
+    # -- conversations ----------------------------------------------------------------------------------------
+
+    async def edit(self, msg: QueuedMessage) -> bool:
+        validate_message(msg)
+        validate_message_id(msg.message_id)
+        reply = await self._call(Edit(msg))
+        assert isinstance(reply, Edited), reply
+        return reply.edited
+
+    async def retract(self, channel: str, message_id: str) -> bool:
+        validate_channel_id(channel)
+        validate_message_id(message_id)
+        reply = await self._call(Retract(channel, message_id))
+        assert isinstance(reply, Retracted), reply
+        return reply.retracted
+
+    async def take_waiting(self, channel: str) -> list[QueuedMessage]:
+        validate_channel_id(channel)
+        reply = await self._call(TakeWaiting(channel))
+        assert isinstance(reply, Taken), reply
+        return list(reply.messages)
+
+    async def configure(self, channel: str, settings: dict[str, object]) -> None:
+        validate_channel_id(channel)
+        chosen = apply_settings(self._settings, settings)  # raises before anything is written
+        if self._config is not None:
+            await self._config.write(channel, settings)  # the settings hash: kept across a restart
+        if settings:
+            self._overrides[channel] = chosen
+        else:
+            self._overrides.pop(channel, None)
+        state = self._config_states.get(channel)
+        if state is not None:
+            state.settings = chosen
+        reply = await self._call(ConfigureChannel(channel, chosen))
+        assert isinstance(reply, ChannelConfigured), reply
 
     # -- readers --------------------------------------------------------------------------------------------
 
@@ -243,17 +316,37 @@ class LocalQueue:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         self._synced()
+        counts = self._conversation_counts()
         known = dict.fromkeys(self._channels)
         known.update(dict.fromkeys(self._callbacks))
         result: dict[str, dict[str, Any]] = {}
         for channel_id in known:
             chan = self._channels.get(channel_id)
+            snapshot = counts.get(channel_id)
             result[channel_id] = {
                 "queue_size": chan.queued if chan is not None else 0,
                 "is_processing": chan is not None and chan.busy,
                 "has_processor": channel_id in self._callbacks,
+                "duplicates": snapshot.duplicates if snapshot is not None else 0,
+                "edits": snapshot.edits if snapshot is not None else 0,
+                "retractions": snapshot.retractions if snapshot is not None else 0,
+                "interruptions": snapshot.interruptions if snapshot is not None else 0,
+                "rejections": snapshot.rejections if snapshot is not None else 0,
             }
         return result
+
+    def _conversation_counts(self) -> dict[str, ChannelStatistics]:
+        """The live channels' snapshots, asked of the actors here and now (on the queue's loop, outside a turn
+        of the driver; elsewhere, none: the counts read 0)."""
+        driver = self._driver
+        if driver is None or not driver.running or asyncio._get_running_loop() is not self._loop:
+            return {}
+        future = driver.call(GetStatistics())
+        driver.sync()
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            return {}
+        reply = future.result()
+        return {s.channel_id: s for s in reply.channels} if isinstance(reply, Statistics) else {}
 
     async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
         if channel:
@@ -494,6 +587,10 @@ class LocalQueue:
         if isinstance(reply, Rejected):
             if self._metrics is not None:
                 self._metrics.rejected()
+            if reply.error == "ChannelBusy":
+                raise ChannelBusy(reply.reason)
+            if reply.error == "InvalidSettings":
+                raise InvalidSettings(reply.reason)
             raise InvalidInput(reply.reason)
         return reply
 
@@ -633,7 +730,7 @@ class LocalQueue:
         assert self._config is not None
         settings: BatchSettings | None = None
         try:
-            settings = await self._config.read(channel)
+            settings = await self._config.read(channel, self._overrides.get(channel))
         finally:
             # Whatever happened, the waiting messages go in, in order, behind the new settings if any.
             loop = asyncio.get_running_loop()

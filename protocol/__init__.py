@@ -1,6 +1,7 @@
 """Protocol of the message queue: value types, actor messages, limits, errors and the msgpack codec."""
 
 from protocol.errors import (
+    ChannelBusy,
     DecodeError,
     InvalidInput,
     InvalidSettings,
@@ -20,6 +21,7 @@ from protocol.values import (
 
 __all__ = [
     "BatchSettings",
+    "ChannelBusy",
     "ChannelStatistics",
     "DecodeError",
     "FlushReason",

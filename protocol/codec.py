@@ -84,6 +84,8 @@ from protocol.messages import (
     Clear,
     Cleared,
     ConfigureChannel,
+    Edit,
+    Edited,
     Enqueue,
     EnqueueFront,
     EnqueueMany,
@@ -97,11 +99,15 @@ from protocol.messages import (
     ProcessingStarted,
     QueueChanged,
     Rejected,
+    Retract,
+    Retracted,
     Statistics,
     StopChannel,
     PauseChannel,
     ResumeChannel,
     ChannelPaused,
+    TakeWaiting,
+    Taken,
 )
 from protocol.values import (
     BatchSettings,
@@ -111,6 +117,7 @@ from protocol.values import (
     DeadLetter,
     QueuedMessage,
     QueueItem,
+    SeenId,
 )
 
 __all__ = [
@@ -177,6 +184,13 @@ Encodable = Union[
     PauseChannel,
     ResumeChannel,
     ChannelPaused,
+    Edit,
+    Edited,
+    Retract,
+    Retracted,
+    TakeWaiting,
+    Taken,
+    SeenId,
 ]
 """Every type :func:`encode` accepts and :func:`decode` returns."""
 
@@ -383,6 +397,7 @@ class _Schema:
     decoders: tuple[Callable[[Any], object], ...]
     required: int
     get: Callable[[Any], tuple[Any, ...]]
+    positional: int  # fields before the first keyword-only one: the rest are passed by name
 
 
 def _schema(
@@ -415,7 +430,9 @@ def _schema(
     else:
         get = operator.attrgetter(*names)
     encoders = tuple(f.encode for f in fields)
-    return _Schema(tag, cls, names, encoders, tuple(f.decode for f in fields), required, get)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    positional = next((i for i, name in enumerate(names) if by_name[name].kw_only), len(names))
+    return _Schema(tag, cls, names, encoders, tuple(f.decode for f in fields), required, get, positional)
 
 
 def _encode_fields(schema: _Schema, value: Any) -> list[object]:
@@ -452,6 +469,9 @@ def _decode_fields(schema: _Schema, obj: list[Any]) -> object:
         exc.root = schema.cls.__name__
         raise
     try:
+        if len(args) > schema.positional:
+            keywords = dict(zip(schema.names[schema.positional :], args[schema.positional :]))
+            return schema.cls(*args[: schema.positional], **keywords)
         return schema.cls(*args)
     except ValueError as exc:  # a value type's own check, e.g. InvalidSettings from BatchSettings
         bad = _Bad(str(exc))
@@ -546,6 +566,8 @@ _MESSAGE = _schema(
     _text("text", MAX_TEXT_BYTES),
     _datetime("queued_at"),
     _extra("extra"),
+    _text("message_id", MAX_NAME_BYTES),
+    required=7,
     never_encoded=("raw",),
 )
 _BATCH = _schema(
@@ -562,6 +584,8 @@ _ITEM = _schema(
     _CHANNEL,
     _nested("payload", _MESSAGE, _BATCH),
     _int("attempt", 1),
+    _bool("interrupted"),
+    required=4,
 )
 # -- fast paths ------------------------------------------------------------------------------------------
 #
@@ -578,8 +602,12 @@ _BATCH_AT_DECODE: Final[Callable[[Any], Any]] = _BATCH.decoders[1]
 
 
 def _plain_message(platform: object, channel: object, user_id: object, user_name: object, text: object,
-                   extra: object) -> bool:
+                   extra: object, message_id: object = "") -> bool:
     return (
+        type(message_id) is str
+        and len(message_id) <= MAX_NAME_BYTES
+        and message_id.isascii()
+        and
         type(platform) is str
         and type(channel) is str
         and type(user_id) is str
@@ -603,25 +631,32 @@ def _plain_message(platform: object, channel: object, user_id: object, user_name
 def _fast_encode_message(value: Any) -> list[object] | None:
     if type(value) is not QueuedMessage or type(value.queued_at) is not datetime:
         return None
-    platform, channel, user_id, user_name, text, extra = (
-        value.platform, value.channel_id, value.user_id, value.user_name, value.text, value.extra
+    platform, channel, user_id, user_name, text, extra, message_id = (
+        value.platform, value.channel_id, value.user_id, value.user_name, value.text, value.extra, value.message_id
     )
-    if not _plain_message(platform, channel, user_id, user_name, text, extra):
+    if not _plain_message(platform, channel, user_id, user_name, text, extra, message_id):
         return None
-    return [_MESSAGE.tag, platform, channel, user_id, user_name, text, _QUEUED_AT_ENCODE(value.queued_at), extra]
+    return [
+        _MESSAGE.tag, platform, channel, user_id, user_name, text, _QUEUED_AT_ENCODE(value.queued_at), extra,
+        message_id,
+    ]
 
 
 def _fast_decode_message(obj: list[Any]) -> QueuedMessage | None:
-    if len(obj) != 8:
+    if len(obj) == 9:
+        _, platform, channel, user_id, user_name, text, queued_at, extra, message_id = obj
+    elif len(obj) == 8:  # written before message_id
+        _, platform, channel, user_id, user_name, text, queued_at, extra = obj
+        message_id = ""
+    else:
         return None
-    _, platform, channel, user_id, user_name, text, queued_at, extra = obj
-    if not _plain_message(platform, channel, user_id, user_name, text, extra):
+    if not _plain_message(platform, channel, user_id, user_name, text, extra, message_id):
         return None
     try:
         at = _QUEUED_AT_DECODE(queued_at)
     except _Bad:
         return None  # the generic path reports it, with its field path
-    return QueuedMessage(platform, channel, user_id, user_name, text, at, extra)
+    return QueuedMessage(platform, channel, user_id, user_name, text, at, extra, message_id=message_id)
 
 
 def _fast_encode_batch(value: Any) -> list[object] | None:
@@ -672,7 +707,7 @@ def _plain_item(item_id: object, channel: object, attempt: object) -> bool:
 
 
 def _fast_encode_item(value: Any) -> list[object] | None:
-    if type(value) is not QueueItem:
+    if type(value) is not QueueItem or type(value.interrupted) is not bool:
         return None
     item_id, channel, attempt = value.item_id, value.channel_id, value.attempt
     if not _plain_item(item_id, channel, attempt):
@@ -681,7 +716,7 @@ def _fast_encode_item(value: Any) -> list[object] | None:
     encoded = _fast_encode_message(payload) if type(payload) is QueuedMessage else _fast_encode_batch(payload)
     if encoded is None:
         return None
-    return [_ITEM.tag, item_id, channel, encoded, attempt]
+    return [_ITEM.tag, item_id, channel, encoded, attempt, value.interrupted]
 
 
 def _fast_encode_open_entry(value: Any) -> list[object] | None:
@@ -694,9 +729,15 @@ def _fast_encode_open_entry(value: Any) -> list[object] | None:
 
 
 def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
-    if len(obj) != 5:
+    if len(obj) == 6:
+        _, item_id, channel, payload, attempt, interrupted = obj
+        if type(interrupted) is not bool:
+            return None
+    elif len(obj) == 5:  # written before interrupted
+        _, item_id, channel, payload, attempt = obj
+        interrupted = False
+    else:
         return None
-    _, item_id, channel, payload, attempt = obj
     if not (_plain_item(item_id, channel, attempt) and type(payload) is list and payload):
         return None
     decoded: QueuedMessage | MessageBatch | None
@@ -708,7 +749,7 @@ def _fast_decode_item(obj: list[Any]) -> QueueItem | None:
         return None
     if decoded is None:
         return None
-    return QueueItem(item_id, channel, decoded, attempt)
+    return QueueItem(item_id, channel, decoded, attempt, interrupted)
 
 
 _OPEN_ENTRY_TAG: Final = "open_entry"
@@ -737,7 +778,7 @@ def _packed_elements(*values: object) -> bytes:
 
 
 _OPEN_ENTRY_HEAD: Final = b"\x93" + _packed_elements(_OPEN_ENTRY_TAG)
-_ITEM_HEAD: Final = b"\x95" + _packed_elements(_ITEM.tag)
+_ITEM_HEAD: Final = b"\x96" + _packed_elements(_ITEM.tag)
 _BATCH_HEAD: Final = b"\x94" + _packed_elements(_BATCH.tag)
 _FLOAT64: Final = struct.Struct(">Bd")  # msgpack float 64: 0xcb, then the IEEE 754 double, big-endian
 
@@ -766,6 +807,8 @@ def encode_item_of_frames(item: QueueItem, message_frames: Sequence[bytes]) -> b
     call :func:`encode`."""
     if type(item) is not QueueItem or not _plain_item(item.item_id, item.channel_id, item.attempt):
         return None
+    if type(item.interrupted) is not bool:
+        return None
     batch = item.payload
     if type(batch) is not MessageBatch or type(batch.messages) is not list:
         return None
@@ -780,7 +823,9 @@ def encode_item_of_frames(item: QueueItem, message_frames: Sequence[bytes]) -> b
         _BATCH_HEAD,
         _array_header(count),
         *message_frames,
-        _packed_elements(_BATCH_AT_ENCODE(batch.first_at), _BATCH_AT_ENCODE(batch.last_at), item.attempt),
+        _packed_elements(
+            _BATCH_AT_ENCODE(batch.first_at), _BATCH_AT_ENCODE(batch.last_at), item.attempt, item.interrupted
+        ),
     ))
     return frame if len(frame) <= MAX_FRAME_BYTES else None
 
@@ -803,6 +848,10 @@ _SETTINGS = _schema(
     _int("max_batch_size", 1),
     _optional_number("max_wait"),
     _bool("batching"),
+    _text("busy_policy", MAX_NAME_BYTES),
+    _bool("split_on_author"),
+    _number("dedupe_ttl"),
+    required=4,
 )
 _CHANNEL_STATISTICS = _schema(
     "chan_stats",
@@ -815,6 +864,12 @@ _CHANNEL_STATISTICS = _schema(
     _int("cancelled"),
     _int("failed"),
     _bool("has_processor"),
+    _int("duplicates"),
+    _int("edits"),
+    _int("retractions"),
+    _int("interruptions"),
+    _int("rejections"),
+    required=8,
 )
 
 _SCHEMAS: Final = (
@@ -870,6 +925,7 @@ _SCHEMAS: Final = (
         _text("reason", MAX_NAME_BYTES),
         _number("lateness"),
         _int("queued", minimum=-1),
+        _bool("interrupted"),
         required=5,
         never_encoded=("reply_to",),
     ),
@@ -883,6 +939,13 @@ _SCHEMAS: Final = (
     _schema("pause_channel", PauseChannel, _CHANNEL),
     _schema("resume_channel", ResumeChannel, _CHANNEL),
     _schema("channel_paused", ChannelPaused, _CHANNEL, _bool("paused")),
+    _schema("edit", Edit, _nested("message", _MESSAGE)),
+    _schema("edited", Edited, _CHANNEL, _text("message_id", MAX_NAME_BYTES), _bool("edited")),
+    _schema("retract", Retract, _CHANNEL, _text("message_id", MAX_NAME_BYTES)),
+    _schema("retracted", Retracted, _CHANNEL, _text("message_id", MAX_NAME_BYTES), _bool("retracted")),
+    _schema("take_waiting", TakeWaiting, _CHANNEL),
+    _schema("taken", Taken, _CHANNEL, _sequence("messages", tuple, _nested("message", _MESSAGE))),
+    _schema("seen_id", SeenId, _text("message_id", MAX_NAME_BYTES), _number("at")),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

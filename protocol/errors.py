@@ -19,6 +19,10 @@ class InvalidSettings(MessageQueueError, ValueError):
     """A batching or system setting is out of range; the message names the setting and the value."""
 
 
+class ChannelBusy(MessageQueueError):
+    """The channel's busy policy is ``reject`` and its processor holds an item: the message was refused."""
+
+
 class DecodeError(MessageQueueError, ValueError):
     """Bytes could not be decoded into a protocol value (malformed, unknown tag, or over a limit)."""
 

@@ -25,8 +25,9 @@ CONFIG = "config"  # hash: per-channel settings (window, disabled)
 PROCESSING = "processing"  # the item in flight, until its processor answers
 OPEN_BATCH = "open"  # the batch still collecting
 DEAD_LETTER = "dead"  # list: stored items that could not be decoded, with the reason
+SEEN_IDS = "ids"  # list: message ids the channel accepted (SeenId), for duplicate detection across restarts
 
-ROLES = (QUEUE, CONFIG, PROCESSING, OPEN_BATCH, DEAD_LETTER)
+ROLES = (QUEUE, CONFIG, PROCESSING, OPEN_BATCH, DEAD_LETTER, SEEN_IDS)
 
 CHANNEL_INDEX = f"{PREFIX}:index:channels"  # set of channel ids holding persisted state
 EPOCH = f"{PREFIX}:index:epoch"  # written once; its absence after data was seen means Redis lost data

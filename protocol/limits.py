@@ -6,7 +6,7 @@ the value):
       a plain ``QueuedMessage``, so a subclass would not come back as itself);
     * channel id: 1..256 bytes of UTF-8, no surrogates;
     * message text: at most 64 KiB of UTF-8;
-    * platform, user id, user name: at most 256 bytes of UTF-8 each;
+    * platform, user id, user name, message id: at most 256 bytes of UTF-8 each;
     * ``queued_at``: a timezone-aware ``datetime`` (``utcoffset()`` is not None). A naive one is refused: it
       names no instant, and each reader would guess its zone differently;
     * ``extra``: a dict with str keys and plain values (see :func:`protocol.codec.check_extra`), nesting depth
@@ -68,6 +68,20 @@ def validate_channel_id(channel_id: object) -> str:
     return channel_id
 
 
+def validate_message_id(message_id: object) -> str:
+    """Return ``message_id`` if it is a non-empty string of at most 256 UTF-8 bytes (the id that ``edit`` and
+    ``retract`` look a message up by).
+
+    Raises:
+        InvalidInput: naming the rule and the offending value.
+    """
+    _check_text(message_id, "message_id", MAX_NAME_BYTES)
+    assert isinstance(message_id, str)
+    if not message_id:
+        raise InvalidInput("message_id must not be empty")
+    return message_id
+
+
 def _check_text(value: object, field: str, limit: int) -> None:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a str, got {type(value).__name__}")
@@ -125,7 +139,7 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
         platform, channel_id, user_id, user_name, text = (
             msg.platform, msg.channel_id, msg.user_id, msg.user_name, msg.text
         )
-        queued_at, extra = msg.queued_at, msg.extra
+        queued_at, extra, message_id = msg.queued_at, msg.extra, msg.message_id
     except AttributeError as exc:  # an instance made without __init__ (unpickled from a hand-made state)
         raise InvalidInput(f"message must have every field of a QueuedMessage ({exc})") from exc
     # The common message (plain ASCII str fields within their limits, a UTC time) passes on the first line of
@@ -140,6 +154,8 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
         _check_text(platform, "platform", MAX_NAME_BYTES)
         _check_text(user_id, "user_id", MAX_NAME_BYTES)
         _check_text(user_name, "user_name", MAX_NAME_BYTES)
+    if not (type(message_id) is str and len(message_id) <= MAX_NAME_BYTES and message_id.isascii()):
+        _check_text(message_id, "message_id", MAX_NAME_BYTES)
     if not (type(text) is str and len(text) <= MAX_TEXT_BYTES and text.isascii()):
         _check_text(text, "text", MAX_TEXT_BYTES)
     if not (type(queued_at) is datetime and queued_at.tzinfo is timezone.utc):

@@ -6,6 +6,9 @@ command is answered with the reply named in its docstring, or with :class:`Rejec
 as a warning. Facts (``BatchReady``, ``CancelProcessing``) go from a channel to its processor, which answers
 ``BatchReady`` with ``ProcessingDone`` or ``ProcessingFailed`` (to the sender of ``BatchReady``, or to the
 Supervisor: both route by channel).
+
+A message refused by its channel's busy policy ``reject`` is answered ``Rejected`` with error
+``ChannelBusy``, sent with or without ``ack`` (by ``Enqueue``; by ``EnqueueMany`` it is logged).
 """
 
 from __future__ import annotations
@@ -128,6 +131,35 @@ class Observe:
     observer: Optional["ActorAddress"] = None
 
 
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Anyone -> Supervisor: replace, in place, the not-yet-delivered message of ``message.channel_id`` with
+    ``message.message_id`` (its position and its batch's deadline stay). Reply ``Edited``."""
+
+    message: QueuedMessage
+
+    @property
+    def channel_id(self) -> str:
+        return self.message.channel_id
+
+
+@dataclass(frozen=True, slots=True)
+class Retract:
+    """Anyone -> Supervisor: remove the not-yet-delivered message of the channel with ``message_id`` (an
+    item left empty disappears). Reply ``Retracted``."""
+
+    channel_id: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakeWaiting:
+    """Anyone -> Supervisor: remove and return every message of the channel not delivered yet, in order
+    (waiting items, then the open batch). Reply ``Taken``."""
+
+    channel_id: str
+
+
 # -- replies --------------------------------------------------------------------------------------------
 
 
@@ -204,6 +236,33 @@ class ChannelConfigured:
 
 
 @dataclass(frozen=True, slots=True)
+class Edited:
+    """Supervisor or ChannelActor -> sender of ``Edit``: whether a waiting message was replaced (False: it was
+    delivered already, or is unknown)."""
+
+    channel_id: str
+    message_id: str
+    edited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Retracted:
+    """Supervisor or ChannelActor -> sender of ``Retract``: whether a waiting message was removed."""
+
+    channel_id: str
+    message_id: str
+    retracted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Supervisor or ChannelActor -> sender of ``TakeWaiting``: the messages removed, in order."""
+
+    channel_id: str
+    messages: tuple[QueuedMessage, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Statistics:
     """Supervisor -> sender of ``GetStatistics``: one snapshot per channel, sorted by channel id."""
 
@@ -227,7 +286,9 @@ class BatchReady:
     ``queued`` >= 0 when the processor is also the channel's observer (``Observe``): it is then the
     channel's waiting count right after this delivery left the queue, sent in place of a ``QueueChanged``
     (-1 otherwise). ``reply_to`` is the channel actor that sent it: the cheapest address for the reply. It
-    is not encoded (a decoded ``BatchReady`` has None: reply to the Supervisor, which routes by channel)."""
+    is not encoded (a decoded ``BatchReady`` has None: reply to the Supervisor, which routes by channel).
+    ``interrupted`` (as ``item.interrupted``): the item begins with the messages of an item whose processing
+    a newer message interrupted (busy policy ``interrupt``)."""
 
     channel_id: str
     item: QueueItem
@@ -236,6 +297,7 @@ class BatchReady:
     lateness: float = 0.0
     queued: int = -1
     reply_to: Optional["ActorAddress"] = field(default=None, compare=False)
+    interrupted: bool = field(default=False, kw_only=True)  # as item.interrupted
 
 
 @dataclass(frozen=True, slots=True)

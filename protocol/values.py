@@ -25,7 +25,9 @@ class QueuedMessage:
     datetime with ``InvalidInput``, since it names no instant. ``extra`` holds plain values only (see
     :mod:`protocol.limits`; floats finite). ``raw`` holds the platform's original object for in-process
     consumers; it is never checked, encoded, stored or sent across a process boundary, and it takes no part
-    in equality.
+    in equality. ``message_id`` is the platform's id of the message (at most 256 bytes of UTF-8; empty: none):
+    a channel drops a message whose id it accepted within ``dedupe_ttl`` seconds, and ``edit``/``retract``
+    find a waiting message by it.
     """
 
     platform: str
@@ -36,6 +38,7 @@ class QueuedMessage:
     queued_at: datetime = field(default_factory=utc_now)
     extra: dict[str, Any] = field(default_factory=dict)
     raw: Any = field(default=None, compare=False)
+    message_id: str = field(default="", kw_only=True)
 
 
 @dataclass(slots=True)
@@ -93,13 +96,15 @@ class QueueItem:
     """A finished unit of work for a channel's processor: one message or one batch.
 
     ``item_id`` is stable for the item's whole life (redeliveries keep it); ``attempt`` counts deliveries
-    begun after a restart, starting at 1.
+    begun after a restart, starting at 1. ``interrupted`` is True when the item carries, at its head, the
+    messages of an item whose processing was interrupted (busy policy ``interrupt``).
     """
 
     item_id: str
     channel_id: str
     payload: Payload
     attempt: int = 1
+    interrupted: bool = False
 
     @property
     def size(self) -> int:
@@ -118,16 +123,34 @@ class FlushReason(str, enum.Enum):
     SETTINGS = "settings"  # batching was turned off while the batch was open
     RESTORED = "restored"  # loaded from persistent storage after a restart
     FLUSHED = "flushed"  # closed on request (FlushBatch), before its window or size would have closed it
+    COLLECTED = "collected"  # busy policy collect: closed when the processor answered the item in flight
+    AUTHOR = "author"  # split_on_author: a message from another author arrived
+
+
+BUSY_POLICIES = ("queue", "collect", "interrupt", "reject")
+"""What a channel does with messages that arrive while its processor holds an item: see ``BatchSettings``."""
 
 
 @dataclass(frozen=True, slots=True)
 class BatchSettings:
-    """How a channel batches: quiet window and hard age cap in seconds, size cap, or no batching at all."""
+    """How a channel batches: quiet window and hard age cap in seconds, size cap, or no batching at all.
+
+    ``busy_policy``, for messages that arrive while the processor holds an item: ``"queue"`` (batch them as
+    usual), ``"collect"`` (the open batch does not close by time while an item is in flight, and closes when
+    the processor answers), ``"interrupt"`` (the first such message cancels the item in flight, whose
+    messages go, in order, in front of the open batch), ``"reject"`` (refuse them with ``ChannelBusy``).
+    ``split_on_author``: a message from another ``user_id`` closes the open batch first. ``dedupe_ttl``:
+    seconds a channel remembers the ``message_id`` of an accepted message and drops a message with the same
+    id (0: off).
+    """
 
     window: float = 5.0
     max_batch_size: int = 10
     max_wait: float | None = None
     batching: bool = True
+    busy_policy: str = "queue"
+    split_on_author: bool = False
+    dedupe_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, (int, float)):
@@ -147,6 +170,16 @@ class BatchSettings:
                 raise InvalidSettings(f"max_wait must be > 0 and finite, got {self.max_wait!r}")
         if not isinstance(self.batching, bool):
             raise InvalidSettings(f"batching must be a bool, got {self.batching!r}")
+        if self.busy_policy not in BUSY_POLICIES or type(self.busy_policy) is not str:
+            raise InvalidSettings(
+                f"busy_policy must be one of {', '.join(BUSY_POLICIES)}, got {self.busy_policy!r}"
+            )
+        if not isinstance(self.split_on_author, bool):
+            raise InvalidSettings(f"split_on_author must be a bool, got {self.split_on_author!r}")
+        if isinstance(self.dedupe_ttl, bool) or not isinstance(self.dedupe_ttl, (int, float)):
+            raise InvalidSettings(f"dedupe_ttl must be a number of seconds, got {self.dedupe_ttl!r}")
+        if not math.isfinite(self.dedupe_ttl) or self.dedupe_ttl < 0:
+            raise InvalidSettings(f"dedupe_ttl must be >= 0 and finite, got {self.dedupe_ttl!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +194,11 @@ class ChannelStatistics:
     cancelled: int  # in-flight items abandoned by cancel or stop
     failed: int  # items the processor reported failed (included in processed)
     has_processor: bool
+    duplicates: int = 0  # messages dropped because their message_id was accepted within dedupe_ttl
+    edits: int = 0  # waiting messages replaced by edit
+    retractions: int = 0  # waiting messages removed by retract
+    interruptions: int = 0  # in-flight items cancelled by a message (busy policy interrupt)
+    rejections: int = 0  # messages refused with ChannelBusy (busy policy reject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +207,14 @@ class OpenEntry:
 
     message: QueuedMessage
     arrived_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeenId:
+    """A message id a channel accepted, as persisted for duplicate detection: the id and when (Unix seconds)."""
+
+    message_id: str
+    at: float
 
 
 @dataclass(frozen=True, slots=True)

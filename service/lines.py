@@ -7,28 +7,66 @@ import json
 from datetime import datetime, timezone
 from typing import IO, Iterator
 
+from typing import Any, Union
+
 from protocol.errors import InvalidInput
-from protocol.limits import validate_message
+from protocol.limits import validate_channel_id, validate_message, validate_message_id
+from protocol.messages import Edit, Retract
 from protocol.values import QueuedMessage
 
 MAX_LINE_BYTES = 1024 * 1024  # an input line longer than this is rejected unread
 
 _REQUIRED = ("platform", "channel_id", "user_id", "user_name", "text")
-_OPTIONAL = ("extra", "queued_at")
+_OPTIONAL = ("extra", "queued_at", "message_id")
+
+Command = Union[QueuedMessage, Edit, Retract]
 
 
 def parse_line(data: bytes) -> QueuedMessage:
     """Decode one input line into a checked message.
 
     Rules: a UTF-8 JSON object with the string fields platform, channel_id, user_id, user_name and text,
-    optionally extra (an object) and queued_at (ISO 8601; without a UTC offset it is taken as UTC), and no
-    other field; strict JSON (the tokens ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is a
+    optionally extra (an object), queued_at (ISO 8601; without a UTC offset it is taken as UTC) and
+    message_id (a string, the platform's id of the message), and no other field; strict JSON (the tokens ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is a
     number too large for a float, such as ``1e999``); every limit of
     :func:`protocol.limits.validate_message` holds. A blank line (empty or whitespace only) is refused too.
 
     Raises:
         InvalidInput: naming the first broken rule.
     """
+    return _message(_load(data))
+
+
+def parse_command(data: bytes) -> Command:
+    """Decode one input line of ``serve``: a message (see :func:`parse_line`), or, with an ``op`` field, a
+    command: ``{"op": "edit", ...message fields...}`` (an ``Edit``; ``message_id`` required) or
+    ``{"op": "retract", "channel_id": ..., "message_id": ...}`` (a ``Retract``; no other field).
+
+    Raises:
+        InvalidInput: naming the first broken rule.
+    """
+    record = _load(data)
+    if "op" not in record:
+        return _message(record)
+    op = record.pop("op")
+    if op == "edit":
+        message = _message(record)
+        validate_message_id(message.message_id)
+        return Edit(message)
+    if op == "retract":
+        unknown = sorted(set(record) - {"channel_id", "message_id"})
+        if unknown:
+            raise InvalidInput(f"unknown field(s) of a retract: {', '.join(unknown)}")
+        for name in ("channel_id", "message_id"):
+            if name not in record:
+                raise InvalidInput(f"missing field(s): {name}")
+        channel_id, message_id = record["channel_id"], record["message_id"]
+        validate_channel_id(channel_id)
+        return Retract(channel_id, validate_message_id(message_id))
+    raise InvalidInput(f"op must be \"edit\" or \"retract\", got {str(op)[:40]!r}")
+
+
+def _load(data: bytes) -> dict[str, Any]:
     if not data.strip():
         raise InvalidInput("blank line: expected a JSON object")
     try:
@@ -45,6 +83,10 @@ def parse_line(data: bytes) -> QueuedMessage:
         raise InvalidInput(f"JSON not accepted ({exc})") from exc
     if not isinstance(record, dict):
         raise InvalidInput(f"expected a JSON object, got {_json_type(record)}")
+    return record
+
+
+def _message(record: dict[str, Any]) -> QueuedMessage:
     missing = [name for name in _REQUIRED if name not in record]
     if missing:
         raise InvalidInput(f"missing field(s): {', '.join(missing)}")
@@ -60,7 +102,10 @@ def parse_line(data: bytes) -> QueuedMessage:
     fields = {name: record[name] for name in _REQUIRED}
     if "queued_at" in record:
         fields["queued_at"] = _parse_time(record["queued_at"])
-    return validate_message(QueuedMessage(**fields, extra=extra))
+    message_id = record.get("message_id", "")
+    if not isinstance(message_id, str):
+        raise InvalidInput(f"message_id must be a string, got {_json_type(message_id)}")
+    return validate_message(QueuedMessage(**fields, extra=extra, message_id=message_id))
 
 
 def _refuse_constant(token: str) -> object:

@@ -25,13 +25,17 @@ from protocol.messages import (
     BatchFlushed,
     BatchReady,
     CancelProcessing,
+    Edit,
+    Edited,
     FlushBatch,
     GetStatistics,
     ProcessingDone,
+    Rejected,
+    Retracted,
     Statistics,
 )
-from protocol.values import BatchSettings, payload_messages
-from service.lines import MAX_LINE_BYTES, parse_line, read_lines
+from protocol.values import BatchSettings, QueuedMessage, payload_messages
+from service.lines import MAX_LINE_BYTES, parse_command, read_lines
 from service.nodes import InProcessNode, Node, TcpNode, expect
 from service.process import (
     EXIT_FAILED,
@@ -54,7 +58,8 @@ def batch_record(ready: BatchReady) -> dict[str, Any]:
 
     Every value in it is plain JSON: any value that could not be written as strict JSON (possible only for
     messages that never passed the checks, such as ones stored by an older version) is converted by
-    :func:`_plain`, so a record is always written."""
+    :func:`_plain`, so a record is always written. ``interrupted`` is true when the batch begins with the
+    messages of a batch whose processing a newer message interrupted (busy policy ``interrupt``)."""
     return {
         "channel_id": _plain(ready.channel_id),
         "item_id": _plain(ready.item.item_id),
@@ -62,6 +67,7 @@ def batch_record(ready: BatchReady) -> dict[str, Any]:
         "delivery_id": ready.delivery_id,
         "reason": _plain(ready.reason),
         "lateness_ms": _plain(round(ready.lateness * 1000, 3)),
+        "interrupted": ready.item.interrupted is True,
         "messages": [
             {
                 "platform": _plain(m.platform),
@@ -71,6 +77,7 @@ def batch_record(ready: BatchReady) -> dict[str, Any]:
                 "text": _plain(m.text),
                 "queued_at": _plain(m.queued_at),
                 "extra": _plain(m.extra),
+                "message_id": _plain(m.message_id),
             }
             for m in payload_messages(ready.item.payload)
         ],
@@ -127,6 +134,7 @@ class BatchWriter:
     def __init__(self, out: IO[bytes]) -> None:
         self.node: Node | None = None
         self._out = out
+        self._writing = threading.Lock()  # batches and command results come from two threads
         self._changed = threading.Condition()
         self.batches = 0
         self.messages = 0
@@ -148,8 +156,9 @@ class BatchWriter:
             started = time.perf_counter()
         line = record_line(output)
         try:
-            self._out.write(line)
-            self._out.flush()
+            with self._writing:
+                self._out.write(line)
+                self._out.flush()
         except OSError as exc:
             with self._changed:
                 self.broken = exc
@@ -170,6 +179,18 @@ class BatchWriter:
         recent = sorted(self.lateness)
         p99 = recent[min(len(recent) - 1, int(len(recent) * 0.99))] * 1000 if recent else None
         return {"enqueued": self.accepted, "delivered": self.messages, "lateness_p99_ms": p99}
+    def write_result(self, record: dict[str, Any]) -> None:
+        """Write the outcome of a command line (edit, retract) as one JSON line; it has an ``op`` field, which
+        batch records have not."""
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            with self._writing:
+                self._out.write(line)
+                self._out.flush()
+        except OSError as exc:
+            with self._changed:
+                self.broken = exc
+                self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait until ``predicate()`` holds after a batch was written, the output broke, or ``timeout`` passed."""
@@ -201,11 +222,25 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
         try:
             if data is None:
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
-            node.enqueue(parse_line(data))
-            accepted += 1
-            writer.accepted = accepted
-            if metrics is not None:
-                metrics.accepted(1)
+            command = parse_command(data)
+            if isinstance(command, QueuedMessage):
+                node.enqueue(command)
+                accepted += 1
+                writer.accepted = accepted
+                if metrics is not None:
+                    metrics.accepted(1)
+                continue
+            reply = _await(node.call(command), node, writer)
+            if isinstance(reply, Rejected):
+                raise InvalidInput(reply.reason)
+            if isinstance(command, Edit):
+                edited = expect(reply, Edited, "Edit")
+                writer.write_result({"op": "edit", "channel_id": edited.channel_id,
+                                     "message_id": edited.message_id, "edited": edited.edited})
+            else:
+                retracted = expect(reply, Retracted, "Retract")
+                writer.write_result({"op": "retract", "channel_id": retracted.channel_id,
+                                     "message_id": retracted.message_id, "retracted": retracted.retracted})
         except InvalidInput as exc:
             skipped += 1
             if metrics is not None:
@@ -219,8 +254,9 @@ def _wait_drained(
 ) -> None:
     """Return once no channel that can deliver holds an open, waiting or in-flight batch.
 
-    Waits first until at least ``accepted`` messages were written (on the TCP base a flooded Supervisor can
-    take long to answer anything), then asks the channels, which also covers messages from other senders.
+    Waits first until at least ``accepted`` messages were written, or none was for a second (on the TCP base
+    a flooded Supervisor can take long to answer anything; duplicates, retracted messages and those of a
+    stopped channel never come out), then asks the channels, which also covers messages from other senders.
     A ``controlled`` node (``--control``) skips the first wait: an admin may have cleared messages, which are
     then never written. A paused channel holds its batches until it is resumed. Two things another process
     can do would hold the end forever, so they are dealt with: a channel whose processor was stopped
@@ -228,11 +264,11 @@ def _wait_drained(
     deadline was suspended (``HoldBatch``) is flushed once nothing was written for a window and a second.
     """
     while writer.messages < accepted and not controlled:
-        before = writer.messages
+        written = writer.messages
         writer.wait_for(lambda: writer.messages >= accepted, 1.0)
         _check(node, writer)
-        if writer.messages == before and _stranded(node, writer):
-            break  # some of them went to a channel that cannot deliver: the loop below says which
+        if writer.messages == written:
+            break  # nothing written for a second: ask the channels
     quiet_since = time.monotonic()
     flushed: set[str] = set()
     while True:
@@ -255,12 +291,6 @@ def _wait_drained(
         if writer.batches > seen:
             quiet_since = time.monotonic()
         _check(node, writer)
-
-
-def _stranded(node: Node, writer: BatchWriter) -> bool:
-    """True when some channel holds work and has no processor."""
-    reply = expect(_await(node.call(GetStatistics()), node, writer), Statistics, "GetStatistics")
-    return any(not s.has_processor and (s.open_batch_size or s.queued) for s in reply.channels)
 
 
 def _await(future: Future[object], node: Node, writer: BatchWriter) -> object:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pytest
 from hypothesis import HealthCheck, event, settings
@@ -298,7 +298,7 @@ class BatchingMachine(RuleBasedStateMachine):
     def message(self, ch: int, text: str) -> QueuedMessage:
         return QueuedMessage(platform="test", channel_id=CHANNELS[ch], user_id="u", user_name="U", text=text)
 
-    def apply(self, ch: int, effects: list[Effect], expected: list[tuple[Any, ...]]) -> None:
+    def apply(self, ch: int, effects: Sequence[Effect], expected: list[tuple[Any, ...]]) -> None:
         """Check the core's effects against the model's prediction, then record them in the history."""
         assert [normalize(e) for e in effects] == expected
         assert sum(isinstance(e, Deliver) for e in effects) <= 1

@@ -32,7 +32,13 @@ from protocol.messages import (
     BatchFlushed,
     BatchHeld,
     ChannelPassivated,
+    Edit,
+    Edited,
     FlushBatch,
+    Retract,
+    Retracted,
+    TakeWaiting,
+    Taken,
     BatchReady,
     CancelCurrent,
     Cancelled,
@@ -71,6 +77,7 @@ from protocol.values import (
     DeadLetter,
     QueuedMessage,
     QueueItem,
+    SeenId,
 )
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,13 +153,15 @@ messages = st.builds(
     queued_at=datetimes,
     extra=extras,
     raw=st.one_of(st.none(), st.just(object())),
+    message_id=names,
 )
 batches = st.builds(
     MessageBatch, messages=st.lists(messages, max_size=4), first_at=datetimes, last_at=datetimes
 )
 payloads = st.one_of(messages, batches)
 items = st.builds(
-    QueueItem, item_id=item_ids, channel_id=channel_ids, payload=payloads, attempt=st.integers(1, MAX_INT)
+    QueueItem, item_id=item_ids, channel_id=channel_ids, payload=payloads, attempt=st.integers(1, MAX_INT),
+    interrupted=st.booleans(),
 )
 seconds = st.one_of(st.floats(0, 1e9), st.integers(0, 10**9))
 batch_settings = st.builds(
@@ -161,6 +170,9 @@ batch_settings = st.builds(
     max_batch_size=st.integers(1, MAX_BATCH_SIZE),
     max_wait=st.one_of(st.none(), st.floats(0, 1e9, exclude_min=True), st.integers(1, 10**9)),
     batching=st.booleans(),
+    busy_policy=st.sampled_from(["queue", "collect", "interrupt", "reject"]),
+    split_on_author=st.booleans(),
+    dedupe_ttl=seconds,
 )
 channel_statistics = st.builds(
     ChannelStatistics,
@@ -172,6 +184,11 @@ channel_statistics = st.builds(
     cancelled=counts,
     failed=counts,
     has_processor=st.booleans(),
+    duplicates=counts,
+    edits=counts,
+    retractions=counts,
+    interruptions=counts,
+    rejections=counts,
 )
 free_text = st.one_of(st.text(any_char, max_size=200), st.just("r" * MAX_TEXT_BYTES))
 reasons = st.one_of(
@@ -219,6 +236,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         reason=reasons,
         lateness=finite,
         queued=st.integers(-1, 2**63 - 1),
+        interrupted=st.booleans(),
     ),
     CancelProcessing: st.builds(CancelProcessing, channel_id=channel_ids, delivery_id=counts),
     ProcessingDone: st.builds(ProcessingDone, channel_id=channel_ids, delivery_id=counts),
@@ -232,6 +250,13 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ResumeChannel: st.builds(ResumeChannel, channel_id=channel_ids),
     ChannelPaused: st.builds(ChannelPaused, channel_id=channel_ids, paused=st.booleans()),
     ChannelPassivated: st.builds(ChannelPassivated, channel_id=channel_ids),
+    Edit: st.builds(Edit, message=messages),
+    Edited: st.builds(Edited, channel_id=channel_ids, message_id=names, edited=st.booleans()),
+    Retract: st.builds(Retract, channel_id=channel_ids, message_id=names),
+    Retracted: st.builds(Retracted, channel_id=channel_ids, message_id=names, retracted=st.booleans()),
+    TakeWaiting: st.builds(TakeWaiting, channel_id=channel_ids),
+    Taken: st.builds(Taken, channel_id=channel_ids, messages=st.lists(messages, max_size=4).map(tuple)),
+    SeenId: st.builds(SeenId, message_id=names, at=finite),
 }
 any_value = st.one_of(*STRATEGIES.values())
 
@@ -372,6 +397,13 @@ def test_tags_are_pinned() -> None:
         "pause_channel": "PauseChannel",
         "resume_channel": "ResumeChannel",
         "channel_paused": "ChannelPaused",
+        "edit": "Edit",
+        "edited": "Edited",
+        "retract": "Retract",
+        "retracted": "Retracted",
+        "take_waiting": "TakeWaiting",
+        "taken": "Taken",
+        "seen_id": "SeenId",
     }
 
 
@@ -423,7 +455,7 @@ def test_the_wire_format_is_a_tagged_positional_array() -> None:
 def test_raw_is_never_encoded_and_decodes_as_none() -> None:
     original = message(raw={"platform": object()})
     data = encode(original)
-    assert len(wire(original)) == 1 + 7
+    assert len(wire(original)) == 1 + 8  # seven fields, then message_id: raw is not among them
     decoded = decode(data, QueuedMessage)
     assert decoded.raw is None
     assert decoded == original
@@ -439,7 +471,7 @@ def test_a_flush_reason_travels_as_its_string_value() -> None:
 
 def test_a_batch_ready_carries_its_count_but_never_its_reply_address() -> None:
     ready = BatchReady("chan", item(), 1, "window", 0.0, 3, reply_to=ActorAddress("/A~a~b"))
-    assert len(wire(ready)) == 1 + 6  # tag, then the six encoded fields
+    assert len(wire(ready)) == 1 + 7  # tag, then the seven encoded fields (interrupted last)
     decoded = decode(encode(ready), BatchReady)
     assert decoded.queued == 3
     assert decoded.reply_to is None
@@ -447,9 +479,9 @@ def test_a_batch_ready_carries_its_count_but_never_its_reply_address() -> None:
 
 
 def test_a_batch_ready_of_the_first_version_decodes_with_no_count() -> None:
-    frame = wire(BatchReady("chan", item(), 1, "window", 0.0, 3))[:-1]
+    frame = wire(BatchReady("chan", item(), 1, "window", 0.0, 3))[:-2]  # without queued and interrupted
     decoded = decode(pack(frame), BatchReady)
-    assert decoded.queued == -1
+    assert decoded.queued == -1 and decoded.interrupted is False
 
 
 def test_tuples_in_extra_decode_as_lists() -> None:
@@ -560,7 +592,7 @@ def test_decode_of_a_frame_with_one_field_replaced_raises_only_decode_error(
 def test_decode_rejects_ext_types(ext: bytes) -> None:
     assert isinstance(decode_error(ext).__cause__, ValueError)
     decode_error(b"\x92\xa8enqueued" + ext)
-    prefix = pack(wire(message()))[:-1]  # drop the empty extra map at the end
+    prefix = pack(wire(message())[:-1])[:-1]  # a frame of before message_id, without its empty extra map
     decode_error(prefix + b"\x81\xa4when" + ext)
 
 
@@ -575,7 +607,7 @@ def test_decode_rejects_frames_nested_a_thousand_deep(depth: int) -> None:
 
 
 def test_decode_rejects_extra_nested_a_thousand_deep() -> None:
-    prefix = pack(wire(message()))[:-1]  # drop the empty extra map at the end
+    prefix = pack(wire(message())[:-1])[:-1]  # a frame of before message_id, without its empty extra map
     error = decode_error(prefix + b"\x81\xa1a" + b"\x91" * 1_000 + b"\xc0")
     assert "extra nesting depth must be at most 4, got 5" in str(error)
 

@@ -59,6 +59,9 @@ RUN_BLOCKS = {  # a line of each README code block that a test runs -> that test
     "async def consume(client: aioredis.Redis,": "test_readme_consumer_prints_entries_and_survives_an_idle_stream",
     'asys = ActorSystem("multiprocTCPBase", {"Admin Port": 1900})':
         "test_external_sender_and_readme_sender_enqueue_into_a_tcp_node",
+    'async with MessageQueue(default_batch_window=0.2, busy_policy="interrupt") as queue:':
+        "test_readme_interrupting_bot_answers_both_messages_together",
+    'added = await queue.take_waiting("chat")': "test_readme_steering_agent_takes_what_was_added",
 }
 RUN_EXAMPLES = {
     "stream_consumer": (
@@ -391,6 +394,23 @@ def test_readme_asyncio_example_answers_the_burst_once(tmp_path: Path) -> None:
     result = run_python(block.code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "one reply for: hey / can you / fix the build?\n", result.stderr
+
+
+def test_readme_interrupting_bot_answers_both_messages_together(tmp_path: Path) -> None:
+    block = readme_block('async with MessageQueue(default_batch_window=0.2, busy_policy="interrupt") as queue:')
+    result = run_python(block.code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "interrupted while answering: what's the weather\n"
+        "reply to: what's the weather / in Paris? (after an interruption)\n"
+    ), result.stderr
+
+
+def test_readme_steering_agent_takes_what_was_added(tmp_path: Path) -> None:
+    block = readme_block('added = await queue.take_waiting("chat")')
+    result = run_python(block.code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "steered by: ['about autumn']\ndone: ['write a haiku', 'about autumn']\n", result.stderr
 
 
 def test_readme_processor_actor_block_runs(tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ from protocol.values import Payload
 
 WINDOW = 0.05
 TIMEOUT = 10.0
+# stats() also counts each channel's conversation events (none in these tests)
+NO_COUNTS = {"duplicates": 0, "edits": 0, "retractions": 0, "interruptions": 0, "rejections": 0}
 # How long a test watches for something that must not happen (several windows).
 QUIET = WINDOW * 4
 
@@ -145,7 +147,9 @@ def test_items_are_delivered_one_at_a_time_and_waiting_items_are_counted() -> No
             await mq.statistics("c")  # barrier: every enqueue above was handled, its counts reported
             assert mq.is_channel_processing("c")
             assert mq.queue_size("c") == 2
-            assert mq.stats() == {"c": {"queue_size": 2, "is_processing": True, "has_processor": True}}
+            assert mq.stats() == {
+                "c": {"queue_size": 2, "is_processing": True, "has_processor": True, **NO_COUNTS}
+            }
             rec.gate.set()
             await rec.wait(lambda: len(rec.items["c"]) == 3)
             await settle(mq, "c")
@@ -165,7 +169,7 @@ def test_queue_size_does_not_count_the_open_batch() -> None:
             (snapshot,) = await mq.statistics("c")
             assert (snapshot.queued, snapshot.open_batch_size) == (2, 1)
             assert mq.queue_size("c") == 2
-            assert mq.stats()["c"] == {"queue_size": 2, "is_processing": False, "has_processor": False}
+            assert mq.stats()["c"] == {"queue_size": 2, "is_processing": False, "has_processor": False, **NO_COUNTS}
             assert mq.queue_size("unknown") == 0
 
     run(main())
@@ -444,7 +448,7 @@ def test_stop_processing_cancels_holds_the_timer_and_keeps_items() -> None:
             await mq.stop_processing("c")
             assert [texts(i) for i in rec.cancelled] == [["a0", "a1"]]  # stop waited for the callback
             assert not mq.is_channel_processing("c")
-            assert mq.stats()["c"] == {"queue_size": 1, "is_processing": False, "has_processor": False}
+            assert mq.stats()["c"] == {"queue_size": 1, "is_processing": False, "has_processor": False, **NO_COUNTS}
             await asyncio.sleep(QUIET)  # the held batch must not close while nothing arrives
             (snapshot,) = await mq.statistics("c")
             assert (snapshot.queued, snapshot.open_batch_size, snapshot.has_processor) == (1, 1, False)

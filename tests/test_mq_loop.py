@@ -18,7 +18,7 @@ import pytest
 import message_queue.local
 from message_queue import InvalidInput, MessageBatch, MessageQueue, QueuedMessage
 from protocol.values import Payload
-from test_message_queue_api import TIMEOUT, WINDOW, Recorder, msg, run, texts
+from test_message_queue_api import NO_COUNTS, TIMEOUT, WINDOW, Recorder, msg, run, texts
 
 
 async def _awaited(awaitable: Awaitable[object]) -> None:
@@ -40,7 +40,9 @@ def test_counters_reflect_every_call_that_returned_before_them() -> None:
             assert mq.queue_size("c") == 3
             assert await mq.clear("c") == 3
             assert mq.queue_size("c") == 0
-            assert mq.stats()["c"] == {"queue_size": 0, "is_processing": False, "has_processor": False}
+            assert mq.stats()["c"] == {
+                "queue_size": 0, "is_processing": False, "has_processor": False, **NO_COUNTS
+            }
 
     run(main())
 

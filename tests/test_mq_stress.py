@@ -10,6 +10,7 @@ from typing import Any, Coroutine
 from mq_support import Waitable
 from message_queue import MessageBatch, MessageQueue, QueuedMessage
 from protocol.values import Payload
+from test_message_queue_api import NO_COUNTS
 
 TIMEOUT = 40.0
 
@@ -148,7 +149,9 @@ def test_cancel_clear_and_stop_racing_with_flushes_keep_the_invariants() -> None
             assert all(not s.in_flight and s.queued == 0 and s.open_batch_size == 0 for s in stats.values())
             for channel in channels:
                 assert mq.queue_size(channel) == stats[channel].queued == 0
-                assert mq.stats()[channel] == {"queue_size": 0, "is_processing": False, "has_processor": True}
+                assert mq.stats()[channel] == {
+                    "queue_size": 0, "is_processing": False, "has_processor": True, **NO_COUNTS
+                }
             processed = sum(s.processed for s in stats.values())
             cancelled = sum(s.cancelled for s in stats.values())
             assert processed == tally.completed  # every completed callback was reported exactly once

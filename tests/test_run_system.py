@@ -264,7 +264,8 @@ def test_serve_batches_stdin_per_channel_in_order_and_reports_bad_lines() -> Non
     assert texts_by_channel(batches) == expected  # per-channel order kept, every good message exactly once
     for batch in batches:
         assert set(batch) == {"channel_id", "item_id", "attempt", "delivery_id", "reason", "lateness_ms",
-                              "messages"}
+                              "interrupted", "messages"}
+        assert batch["interrupted"] is False
         assert batch["reason"] in ("window", "full")
         assert batch["attempt"] == 1
     [kept] = [m for b in batches for m in b["messages"] if m["channel_id"] == "cli:extra"]

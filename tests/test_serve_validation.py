@@ -82,7 +82,8 @@ def test_a_record_is_strict_json_whatever_values_reach_the_writer() -> None:
     assert first["extra"]["bad"] == "<Unprintable>" and first["extra"]["when"] == "<datetime>"
     assert first["text"] == "lone \ufffd surrogate"  # the character UTF-8 cannot hold replaced, the rest kept
     assert second == {"platform": "p", "channel_id": "c", "user_id": "u", "user_name": "n", "text": "fine",
-                      "queued_at": "2024-05-01T12:00:00+00:00", "extra": {"score": 1.5, "tags": ["a"]}}
+                      "queued_at": "2024-05-01T12:00:00+00:00", "extra": {"score": 1.5, "tags": ["a"]},
+                      "message_id": ""}
     assert record["lateness_ms"] == 1.2 and record["delivery_id"] == 7
 
 
