@@ -113,6 +113,7 @@ class ConfigureSystem:
     clock: Optional[Clock] = None  # the system's clock (None: time.monotonic)
     alarm: Optional[Alarm] = None  # the Timer arms this instead of Thespian wakeups (a driver owns time)
     io: Optional[Io] = None  # persistence runs its Redis calls here (None: inline, blocking its actor)
+    redis_write_seconds: Optional[Callable[[float], None]] = None  # gets each persistence write's duration
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 from protocol.errors import UnsafeRedis
 from protocol.values import OpenEntry, QueueItem
@@ -98,6 +98,10 @@ class OpenStore:
     allow_volatile: bool = False
     lease_seconds: float = LEASE_SECONDS
     io: Optional["Io"] = None  # where its Redis calls run (None: inline, blocking the actor)
+    # Called (on the actors' thread) with the seconds each write took on Redis; None: not measured. Only
+    # in-process bases can pass a callable: on the TCP base give None.
+    metrics: Optional[Callable[[float], None]] = None
+    poll_control: bool = True  # answer admin commands sent through Redis (protocol.keys.CONTROL)
 
 
 @dataclass(frozen=True, slots=True)
