@@ -98,10 +98,21 @@ class OpenStore:
     allow_volatile: bool = False
     lease_seconds: float = LEASE_SECONDS
     io: Optional["Io"] = None  # where its Redis calls run (None: inline, blocking the actor)
-    # Called (on the actors' thread) with the seconds each write took on Redis; None: not measured. Only
-    # in-process bases can pass a callable: on the TCP base give None.
-    metrics: Optional[Callable[[float], None]] = None
+    # Called (on the actors' thread) with the seconds each write took on Redis, or an address that gets them
+    # in RedisWriteTimes twice a second (a callable cannot cross processes); None: not measured.
+    metrics: Union[Callable[[float], None], "ActorAddress", None] = None
     poll_control: bool = True  # answer admin commands sent through Redis (protocol.keys.CONTROL)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisWriteTimes:
+    """RedisPersistence -> the address in ``OpenStore.metrics``: the seconds each write since the last report
+    took on Redis (at most :data:`MAX_REPORTED_WRITES`)."""
+
+    seconds: tuple[float, ...]
+
+
+MAX_REPORTED_WRITES = 4096
 
 
 @dataclass(frozen=True, slots=True)

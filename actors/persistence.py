@@ -37,10 +37,10 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import redis
-from thespian.actors import WakeupMessage
+from thespian.actors import ActorAddress, WakeupMessage
 
 from actors import control_stream
 from actors.base import Dispatcher
@@ -49,8 +49,10 @@ from actors.internal import Io, Outcome, Submission
 from actors.journal import (
     ChannelsLoaded,
     Durable,
+    MAX_REPORTED_WRITES,
     LoadChannels,
     OpenStore,
+    RedisWriteTimes,
     Op,
     Persist,
     StoreFailed,
@@ -69,9 +71,6 @@ from protocol.messages import (
     Rejected,
     ResumeChannel,
 )
-
-if TYPE_CHECKING:
-    from thespian.actors import ActorAddress
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +165,8 @@ class RedisPersistence(Dispatcher):
         self._backoff = 0.0
         self._writing: tuple[Submission, int, int] | None = None  # a write on its way, and what it covers
         self._inline: list[object] = []  # replies of inline calls, handled in order on _InlineReplies
-        self._metrics: Callable[[float], None] | None = None
+        self._metrics: Callable[[float], None] | ActorAddress | None = None
+        self._write_times: list[float] = []  # to report to the address in _metrics
         self._poll_control = True
         self._control_after = b"0-0"  # the control stream's id read up to
         self._polling = False  # a poll is on its way
@@ -284,8 +284,12 @@ class RedisPersistence(Dispatcher):
         if exc is not None:
             self._failed(exc, len(self._ops))
             return
-        if self._metrics is not None:
-            self._metrics(msg.outcome.value)
+        metrics = self._metrics
+        if isinstance(metrics, ActorAddress):
+            if len(self._write_times) < MAX_REPORTED_WRITES:
+                self._write_times.append(msg.outcome.value)
+        elif metrics is not None:
+            metrics(msg.outcome.value)
         self._released(msg.op_count, msg.then_count)
         if self._ops or self._then:
             self._arm_flush()
@@ -344,6 +348,9 @@ class RedisPersistence(Dispatcher):
         store = self._store
         if store is None:
             return  # closed: polling ends
+        if self._write_times and isinstance(self._metrics, ActorAddress):
+            self.send(self._metrics, RedisWriteTimes(tuple(self._write_times)))
+            self._write_times.clear()
         pending = self._pending
         if pending is not None and time.monotonic() - pending.since > CONTROL_REPLY_SECONDS:
             self._pending = None

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 import redis
 
+from actors.system import SIMPLE_BASE, TCP_BASE
 from protocol import keys
 from redis_support import RedisServer
 from test_admin_control import admin
@@ -119,3 +120,21 @@ def test_no_node_answering_is_a_clear_failure(redis_srv: RedisServer) -> None:
         assert client.xlen(keys.CONTROL) == 0  # the request was withdrawn
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("base", [SIMPLE_BASE, TCP_BASE])
+def test_serve_metrics_time_the_persistence_writes(
+        launch: Callable[..., Running], redis_srv: RedisServer, base: str) -> None:
+    from test_serve_metrics import ops_url, poll, scrape
+
+    node = launch("serve", "--base", base, "--redis", redis_srv.url, "--window", "0.05", "--metrics-port", "0")
+    base = ops_url(node)
+    node.stderr_line(lambda line: "ready" in line)
+    for i in range(3):
+        node.write(json.dumps(message("slack:#m", f"m{i}")))
+    node.stdout_line()
+    # the persistence actor reports its write times twice a second
+    poll(lambda: scrape(base).get(("message_queue_redis_write_seconds_count", ()), 0) > 0, "write times")
+    assert scrape(base)[("message_queue_redis_write_seconds_sum", ())] > 0
+    node.close_stdin()
+    assert node.wait() == 0
