@@ -112,6 +112,8 @@ class InProcessDriver:
         self._callers: _Callers | None = None
         self._deferred: _DeferredTells | None = None
         self._io = ThreadIo(lambda to, msg: self._inbox.put(Command(msg, None, to)))
+        # Metrics hook, set before start: called (on the system thread) with each persistence write's seconds.
+        self.on_redis_write: Callable[[float], None] | None = None
 
     # -- any thread ------------------------------------------------------------------------------------------
 
@@ -134,7 +136,8 @@ class InProcessDriver:
             raise self._failure
         assert self._system is not None
         configure = ConfigureSystem(
-            self._settings, self._idle_timeout, self._redis_url, self._allow_volatile_redis, io=self._io
+            self._settings, self._idle_timeout, self._redis_url, self._allow_volatile_redis, io=self._io,
+            redis_write_seconds=self.on_redis_write,
         )
         try:
             reply = self.call(configure).result(timeout)

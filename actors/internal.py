@@ -120,6 +120,8 @@ class ConfigureSystem:
     clock: Optional[Clock] = None  # the system's clock (None: time.monotonic)
     alarm: Optional[Alarm] = None  # the Timer arms this instead of Thespian wakeups (a driver owns time)
     io: Optional[Io] = None  # persistence runs its Redis calls here (None: inline, blocking its actor)
+    redis_write_seconds: Optional[Callable[[float], None]] = None  # gets each persistence write's duration
+    report_redis_writes: bool = False  # send RedisWriteTimes to the sender (a callable cannot cross processes)
 
 
 @dataclass(frozen=True, slots=True)

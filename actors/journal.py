@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 from protocol.errors import UnsafeRedis
 from protocol.values import OpenEntry, QueueItem, SeenId
@@ -125,6 +125,21 @@ class OpenStore:
     allow_volatile: bool = False
     lease_seconds: float = LEASE_SECONDS
     io: Optional["Io"] = None  # where its Redis calls run (None: inline, blocking the actor)
+    # Called (on the actors' thread) with the seconds each write took on Redis, or an address that gets them
+    # in RedisWriteTimes twice a second (a callable cannot cross processes); None: not measured.
+    metrics: Union[Callable[[float], None], "ActorAddress", None] = None
+    poll_control: bool = True  # answer admin commands sent through Redis (protocol.keys.CONTROL)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisWriteTimes:
+    """RedisPersistence -> the address in ``OpenStore.metrics``: the seconds each write since the last report
+    took on Redis (at most :data:`MAX_REPORTED_WRITES`)."""
+
+    seconds: tuple[float, ...]
+
+
+MAX_REPORTED_WRITES = 4096
 
 
 @dataclass(frozen=True, slots=True)

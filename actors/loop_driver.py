@@ -117,6 +117,8 @@ class LoopDriver:
         self.restored = 0
         # Metrics hook: called with the number of messages handed over in a turn (None: no metrics).
         self.on_accepted: Callable[[int], None] | None = None
+        # Metrics hook, set before start: called with the seconds each persistence write took on Redis.
+        self.on_redis_write: Callable[[float], None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class LoopDriver:
             clock=self._clock,
             alarm=self,
             io=self._io,
+            redis_write_seconds=self.on_redis_write,
         )
         reply: object = None
         try:

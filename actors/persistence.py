@@ -20,40 +20,65 @@ renewed every third of that on a wakeup of its own, off the write path; it is re
 If another node takes the lease (this one stalled, or could not reach Redis, for longer than the lease), every
 later write fails instead of writing: like a Redis that lost our data, that is logged as critical, and the
 operations and every acknowledgement stay held, never sent.
+
+Admin commands through Redis (:mod:`actors.control_stream`): once the channels are restored, the actor polls
+the control stream every :data:`CONTROL_POLL_SECONDS` on a wakeup of its own (a non-blocking ``XREAD`` on the
+I/O thread, off the write path), hands each request to the Supervisor as its actor message (``PauseChannel``,
+``ResumeChannel``, ``FlushBatch``, ``Clear``), one at a time, and pushes the answer onto the request's reply
+list once the Supervisor replies. Pauses are stored with the answer, and re-applied when the store is loaded:
+the Supervisor gets a ``PauseChannel`` for each stored pause before ``ChannelsLoaded``, so a restored channel
+is paused before anything else reaches it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import redis
-from thespian.actors import WakeupMessage
+from thespian.actors import ActorAddress, WakeupMessage
 
+from actors import control_stream
 from actors.base import Dispatcher
+from actors.control_stream import ControlRequest
 from actors.internal import Io, Outcome, Submission
 from actors.journal import (
     ChannelsLoaded,
     Durable,
+    MAX_REPORTED_WRITES,
     LoadChannels,
     OpenStore,
+    RedisWriteTimes,
     Op,
     Persist,
     StoreFailed,
     StoreOpened,
 )
 from actors.store import RedisStore
-from protocol.errors import RedisDataLost, StoreLocked
-
-if TYPE_CHECKING:
-    from thespian.actors import ActorAddress
+from protocol.errors import InvalidInput, RedisDataLost, StoreLocked
+from protocol.limits import validate_channel_id
+from protocol.messages import (
+    BatchFlushed,
+    ChannelPaused,
+    Clear,
+    Cleared,
+    FlushBatch,
+    PauseChannel,
+    Rejected,
+    ResumeChannel,
+)
 
 log = logging.getLogger(__name__)
 
 _FLUSH = "flush"
 _RENEW = "renew the writer lease"
+_POLL = "poll the control stream"
+CONTROL_POLL_SECONDS = 0.5  # how often the lease holder looks for admin commands
+CONTROL_REPLY_SECONDS = 5.0  # how long a command may wait for the Supervisor before it is answered as failed
 _MAX_BACKOFF = 2.0
 
 # What its Redis calls hand back to the actor (to itself).
@@ -79,6 +104,26 @@ class _Written:
 @dataclass(frozen=True, slots=True)
 class _Renewed:
     outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Polled:
+    outcome: Outcome  # (list of ControlRequest, the id to read after)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    outcome: Outcome
+
+
+@dataclass(slots=True)
+class _Pending:
+    """The admin request at the Supervisor: what it asked, which reply answers it, and since when."""
+
+    request: ControlRequest
+    command: str
+    channel: str
+    since: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +165,22 @@ class RedisPersistence(Dispatcher):
         self._backoff = 0.0
         self._writing: tuple[Submission, int, int] | None = None  # a write on its way, and what it covers
         self._inline: list[object] = []  # replies of inline calls, handled in order on _InlineReplies
+        self._metrics: Callable[[float], None] | ActorAddress | None = None
+        self._write_times: list[float] = []  # to report to the address in _metrics
+        self._poll_control = True
+        self._control_after = b"0-0"  # the control stream's id read up to
+        self._polling = False  # a poll is on its way
+        self._requests: deque[ControlRequest] = deque()  # admin requests waiting for the Supervisor
+        self._pending: _Pending | None = None  # ... and the one at the Supervisor
+        self._restoring = 0  # PauseChannel replies still due for the stored pauses
 
     # -- opening and loading -------------------------------------------------------------------------------
 
     def receiveMsg_OpenStore(self, msg: OpenStore, sender: ActorAddress) -> None:
         self._io = msg.io
         self._launcher = sender
+        self._metrics = msg.metrics
+        self._poll_control = msg.poll_control
 
         def open_store() -> RedisStore:
             store = RedisStore.from_url(msg.url, msg.lease_seconds)
@@ -151,7 +206,16 @@ class RedisPersistence(Dispatcher):
 
     def receiveMsg_LoadChannels(self, msg: LoadChannels, sender: ActorAddress) -> None:
         self._launcher = sender
-        self._submit(self._required_store().load, _Loaded)
+        store = self._required_store()
+        poll = self._poll_control
+
+        def load() -> tuple[list[Any], list[str], bytes]:
+            snapshots = store.load()
+            if not poll:
+                return snapshots, [], b"0-0"
+            return snapshots, control_stream.paused_channels(store.client), control_stream.last_id(store.client)
+
+        self._submit(load, _Loaded)
 
     def receiveMsg__Loaded(self, msg: _Loaded, sender: ActorAddress) -> None:
         assert self._launcher is not None
@@ -161,7 +225,16 @@ class RedisPersistence(Dispatcher):
             self._submit(store.close, _Discarded)
             self.send(self._launcher, StoreFailed(type(exc).__name__, str(exc)))
             return
-        self.send(self._launcher, ChannelsLoaded(tuple(msg.outcome.value)))
+        snapshots, paused, self._control_after = msg.outcome.value
+        # Before ChannelsLoaded: the Supervisor holds these until the channels are back, then pauses them first.
+        for channel in paused:
+            self.send(self._launcher, PauseChannel(channel))
+        self._restoring = len(paused)
+        if paused:
+            log.info("re-applied %d stored pauses", len(paused))
+        self.send(self._launcher, ChannelsLoaded(tuple(snapshots)))
+        if self._poll_control and not paused:
+            self._arm_poll()
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -179,6 +252,8 @@ class RedisPersistence(Dispatcher):
             store = self._store
             if store is not None:
                 self._submit(store.renew_lease, _Renewed)
+        elif msg.payload == _POLL:
+            self._poll()
 
     def _arm_flush(self) -> None:
         if not self._flush_armed:
@@ -195,7 +270,12 @@ class RedisPersistence(Dispatcher):
         if not ops:  # nothing written since the last write was confirmed: the held replies may go
             self._released(0, then_count)
             return
-        submitted = self._submit(lambda: store.apply(ops), lambda outcome: _Written(outcome, len(ops), then_count))
+        def write() -> float:
+            started = time.perf_counter()
+            store.apply(ops)
+            return time.perf_counter() - started
+
+        submitted = self._submit(write, lambda outcome: _Written(outcome, len(ops), then_count))
         self._writing = (submitted, len(ops), then_count)
 
     def receiveMsg__Written(self, msg: _Written, sender: ActorAddress) -> None:
@@ -204,6 +284,12 @@ class RedisPersistence(Dispatcher):
         if exc is not None:
             self._failed(exc, len(self._ops))
             return
+        metrics = self._metrics
+        if isinstance(metrics, ActorAddress):
+            if len(self._write_times) < MAX_REPORTED_WRITES:
+                self._write_times.append(msg.outcome.value)
+        elif metrics is not None:
+            metrics(msg.outcome.value)
         self._released(msg.op_count, msg.then_count)
         if self._ops or self._then:
             self._arm_flush()
@@ -252,6 +338,101 @@ class RedisPersistence(Dispatcher):
 
     def _arm_renewal(self) -> None:
         self.wakeupAfter(timedelta(seconds=self._required_store().lease_seconds / 3), payload=_RENEW)
+
+    # -- admin commands through Redis ----------------------------------------------------------------------
+
+    def _arm_poll(self) -> None:
+        self.wakeupAfter(timedelta(seconds=CONTROL_POLL_SECONDS), payload=_POLL)
+
+    def _poll(self) -> None:
+        store = self._store
+        if store is None:
+            return  # closed: polling ends
+        if self._write_times and isinstance(self._metrics, ActorAddress):
+            self.send(self._metrics, RedisWriteTimes(tuple(self._write_times)))
+            self._write_times.clear()
+        pending = self._pending
+        if pending is not None and time.monotonic() - pending.since > CONTROL_REPLY_SECONDS:
+            self._pending = None
+            self._answer(pending.request, {"ok": False, "error": f"the actors did not answer {pending.command} "
+                                           f"within {CONTROL_REPLY_SECONDS:g} s"})
+            self._next_request()
+        if self._polling:
+            self._arm_poll()
+            return
+        self._polling = True
+        after = self._control_after
+        self._submit(lambda: control_stream.poll(store.client, after), _Polled)
+
+    def receiveMsg__Polled(self, msg: _Polled, sender: ActorAddress) -> None:
+        self._polling = False
+        if self._store is None:
+            return
+        exc = msg.outcome.error
+        if exc is not None:
+            log.debug("could not read admin commands from Redis: %s", exc)
+        else:
+            requests, self._control_after = msg.outcome.value
+            self._requests.extend(requests)
+            self._next_request()
+        self._arm_poll()
+
+    def _next_request(self) -> None:
+        """Hand the next admin request to the Supervisor, unless one is there already."""
+        while self._pending is None and self._requests:
+            request = self._requests.popleft()
+            try:
+                command, channel, message = _command_of(request)
+            except InvalidInput as exc:
+                self._answer(request, {"ok": False, "error": str(exc)})
+                continue
+            assert self._launcher is not None
+            self._pending = _Pending(request, command, channel, time.monotonic())
+            self.send(self._launcher, message)
+
+    def _reply(self, channel: str, commands: tuple[str, ...], result: dict[str, Any] | None, error: str = "",
+               paused: bool | None = None) -> None:
+        """The Supervisor answered a command on ``channel``: answer the pending request it belongs to."""
+        pending = self._pending
+        if pending is None or pending.channel != channel or pending.command not in commands:
+            log.debug("a reply for %r that no pending admin command waits for, ignored", channel)
+            return
+        self._pending = None
+        reply = {"ok": True, "result": result} if result is not None else {"ok": False, "error": error}
+        self._answer(pending.request, reply, None if paused is None else (channel, paused))
+        self._next_request()
+
+    def _answer(self, request: ControlRequest, reply: dict[str, Any], paused: tuple[str, bool] | None = None) -> None:
+        store = self._store
+        if store is None:
+            return
+        self._submit(lambda: control_stream.answer(store.client, request.request_id, reply, paused), _Answered)
+
+    def receiveMsg__Answered(self, msg: _Answered, sender: ActorAddress) -> None:
+        if msg.outcome.error is not None:
+            log.warning("could not answer an admin command through Redis: %s", msg.outcome.error)
+
+    def receiveMsg_ChannelPaused(self, msg: ChannelPaused, sender: ActorAddress) -> None:
+        if self._restoring > 0:  # a stored pause re-applied
+            self._restoring -= 1
+            if self._restoring == 0:
+                self._arm_poll()
+            return
+        self._reply(msg.channel_id, ("pause", "resume"), {"channel": msg.channel_id, "paused": msg.paused},
+                    paused=msg.paused)
+
+    def receiveMsg_BatchFlushed(self, msg: BatchFlushed, sender: ActorAddress) -> None:
+        self._reply(msg.channel_id, ("flush",), {"channel": msg.channel_id, "flushed": msg.flushed})
+
+    def receiveMsg_Cleared(self, msg: Cleared, sender: ActorAddress) -> None:
+        self._reply(msg.channel_id, ("clear",), {"channel": msg.channel_id, "removed": msg.removed})
+
+    def receiveMsg_Rejected(self, msg: Rejected, sender: ActorAddress) -> None:
+        if self._restoring > 0 and msg.command == "PauseChannel":
+            log.warning("a stored pause of %r was refused: %s", msg.channel_id, msg.reason)
+            self.receiveMsg_ChannelPaused(ChannelPaused(msg.channel_id, False), sender)
+            return
+        self._reply(msg.channel_id, _NODE_COMMANDS_OF.get(msg.command, ()), None, error=msg.reason)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -302,3 +483,28 @@ class RedisPersistence(Dispatcher):
             return
         for address, message in then:
             self.send(address, message)
+
+
+_NODE_COMMANDS_OF = {"PauseChannel": ("pause",), "ResumeChannel": ("resume",), "FlushBatch": ("flush",),
+                     "Clear": ("clear",)}
+
+
+def _command_of(request: ControlRequest) -> tuple[str, str, object]:
+    """The command, channel and actor message of an admin request.
+
+    Raises:
+        InvalidInput: naming what is wrong with the request.
+    """
+    if request.payload is None:
+        raise InvalidInput(request.problem)
+    command = request.payload.get("command")
+    channel = request.payload.get("channel")
+    messages = {"pause": PauseChannel, "resume": ResumeChannel, "flush": FlushBatch, "clear": Clear}
+    if command not in messages:
+        raise InvalidInput(f"command must be one of {', '.join(messages)} through Redis, got {command!r:.80}")
+    try:
+        validate_channel_id(channel)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{command}: {exc}") from exc
+    assert isinstance(command, str) and isinstance(channel, str)
+    return command, channel, messages[command](channel)

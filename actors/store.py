@@ -103,6 +103,11 @@ class RedisStore:
         self._writer: redis.connection.ConnectionInterface = client.connection_pool.make_connection()
         self._pending: PendingWrite | None = None
 
+    @property
+    def client(self) -> redis.Redis:
+        """The store's Redis client, for other reads and writes of the lease holder (admin commands)."""
+        return self._redis
+
     @classmethod
     def from_url(cls, url: str, lease_seconds: float = LEASE_SECONDS) -> RedisStore:
         # No automatic retry: a write whose reply was lost may have run, and only ``apply`` can tell.

@@ -195,7 +195,9 @@ class Supervisor(Dispatcher):
 
         self._starting = (sender, [])
         self._persistence = self.createActor(RedisPersistence)
-        self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis, io=msg.io))
+        self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis, io=msg.io,
+                                                 metrics=msg.redis_write_seconds or
+                                                 (sender if msg.report_redis_writes else None)))
 
     def receiveMessage(self, message: object, sender: ActorAddress) -> None:
         if self._starting is not None and not isinstance(message, _STARTUP_MESSAGES):

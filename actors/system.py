@@ -136,8 +136,10 @@ def start_system(
     allow_volatile_redis: bool = False,
     timeout: float = 10.0,
     clock: Clock | None = None,
+    report_redis_writes: bool = False,
 ) -> RunningSystem:
-    """Start an actor system on ``base``, create (or find) the Supervisor and configure it.
+    """Start an actor system on ``base``, create (or find) the Supervisor and configure it. With
+    ``report_redis_writes`` the persistence actor sends ``RedisWriteTimes`` to this endpoint (metrics).
 
     With ``redis_url`` every channel is persisted there and the channels stored by an earlier run are
     restored before this returns (``timeout`` covers the restore); persistence's Redis calls run inline, in
@@ -153,7 +155,8 @@ def start_system(
     """
     running = launch_system(base, admin_port=admin_port)
     configure = ConfigureSystem(
-        settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, clock=clock
+        settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, clock=clock,
+        report_redis_writes=report_redis_writes,
     )
     reply = running.asys.ask(running.supervisor, configure, timeout)
     try:

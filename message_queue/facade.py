@@ -188,6 +188,7 @@ class MessageQueue:
         self.max_batch_size = max_batch_size
         self.redis = redis
         self.event_bus = event_bus
+        self._queue_metrics = _metrics(metrics_registry)  # one set: a registry refuses names it holds
         self._backend: QueueBackend
         if redis is not None and event_bus is not None:
             self._backend = self._distributed(redis, event_bus)
@@ -199,17 +200,19 @@ class MessageQueue:
                 config_ttl=self._config_ttl,
                 idle_timeout=self._idle_timeout,
                 allow_volatile_redis=self._allow_volatile_redis,
-                metrics=_metrics(metrics_registry),
+                metrics=self._queue_metrics,
             )
         self._used = False
 
     def _distributed(self, redis: Redis, event_bus: object) -> DistributedBackend:
         if self._settings.busy_policy != "queue" or self._settings.split_on_author:
             raise InvalidSettings("busy_policy and split_on_author are not available in distributed mode")
-        return DistributedBackend(
-            DistributedQueue(redis, event_bus, self._settings, config_ttl=self._config_ttl,
-                             allow_volatile_redis=self._allow_volatile_redis)
-        )
+        queue = DistributedQueue(redis, event_bus, self._settings, config_ttl=self._config_ttl,
+                                 allow_volatile_redis=self._allow_volatile_redis)
+        metrics = self._queue_metrics
+        if metrics is not None:  # distributed mode feeds only the script latency histogram
+            queue.on_script_seconds = metrics.script_ran
+        return DistributedBackend(queue)
 
     # -- the original API ---------------------------------------------------------------------------------
 

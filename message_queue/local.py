@@ -563,6 +563,8 @@ class LocalQueue:
             redis_url=self._redis_url,
             allow_volatile_redis=self._allow_volatile_redis,
         )
+        if self._metrics is not None:
+            driver.on_redis_write = self._metrics.redis_written
         try:
             await driver.start()
         except UnsafeRedis as exc:

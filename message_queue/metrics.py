@@ -117,6 +117,14 @@ class QueueMetrics:
         """A processor answered a delivery ``seconds`` after it was handed over."""
         self.processing.observe(seconds)
 
+    def redis_written(self, seconds: float) -> None:
+        """One persistence write (a script call) took ``seconds`` on Redis."""
+        self.redis_write.observe(seconds)
+
+    def script_ran(self, seconds: float) -> None:
+        """One pipeline of distributed mode's scripts took ``seconds`` on Redis."""
+        self.redis_script.observe(seconds)
+
     def observe_statistics(self, snapshots: Iterable[ChannelStatistics]) -> None:
         """Set the gauges from a snapshot of every live channel (``GetStatistics()`` with no channel)."""
         channels = waiting = in_flight = open_batches = 0

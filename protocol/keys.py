@@ -36,6 +36,25 @@ EPOCH = f"{PREFIX}:index:epoch"  # written once; its absence after data was seen
 # lets a holder whose lease merely expired take it back when nobody else took it meanwhile.
 LEASE = f"{PREFIX}:index:lease"
 LEASE_HOLDER = f"{PREFIX}:index:holder"
+# Admin commands for the node holding the writer lease (``run_system.py admin --redis URL pause ...``): a
+# stream of requests it polls, each answered on a list of its own (:func:`control_reply_key`) that expires.
+CONTROL = f"{PREFIX}:index:control"
+PAUSED = f"{PREFIX}:index:paused"  # set of paused channel ids, re-applied by a persisting node that starts
+
+MAX_REQUEST_ID = 64
+
+
+def control_reply_key(request_id: str) -> str:
+    """The list the lease holder pushes its answer to admin request ``request_id`` onto.
+
+    Raises:
+        ValueError: for a request id that is not 1-64 characters of ``A-Z a-z 0-9 - _``.
+    """
+    if not isinstance(request_id, str) or not 1 <= len(request_id) <= MAX_REQUEST_ID or \
+            not _TAG_ALPHABET.issuperset(request_id):
+        raise ValueError(f"request id must be 1-{MAX_REQUEST_ID} characters of A-Z a-z 0-9 - _, "
+                         f"got {request_id!r:.80}")
+    return f"{PREFIX}:index:reply:{request_id}"
 
 
 def channel_key(role: str, channel_id: str) -> str:

@@ -6,8 +6,8 @@ Two ways to a node's state:
     * ``--redis URL``: the state a persisting node (``serve --redis``, ``MessageQueue(redis=...)``) keeps in
       Redis, read directly: ``channels``, ``show``, ``dead-letters`` (and ``--purge``, which only touches the
       dead-letter list, which no node reads back). Commands that change what a node holds (``pause``,
-      ``resume``, ``flush``, ``clear``, ``dead-letters --replay``) must go to the node that owns the state,
-      through its control socket.
+      ``resume``, ``flush``, ``clear``) go to the node holding the database's writer lease through the
+      control stream (:mod:`actors.control_stream`), and its answer comes back the same way.
 
 Every command prints a table, or one JSON object with ``--json``. Exit status: 0 done, 1 when no node answers
 (within ``--timeout``), the node refused the command, or Redis cannot be reached, 2 on a usage error.
@@ -121,16 +121,19 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
     command = args.admin_command
-    if command in MUTATIONS or (command == "dead-letters" and args.replay):
-        what = "dead-letters --replay" if command == "dead-letters" else command
-        raise AdminError(f"{what} changes what the node holds: send it to the node's control socket "
-                         "(serve --control PATH; admin --control PATH ...)")
-    client = redis.Redis.from_url(args.redis, socket_timeout=args.timeout, socket_connect_timeout=args.timeout)
+    if command == "dead-letters" and args.replay:
+        raise AdminError("dead-letters --replay is not available through Redis yet: the dead letters stay where "
+                         "they are")
+    # The socket timeout outlasts the wait for the node's answer (BLPOP blocks up to --timeout).
+    client = redis.Redis.from_url(args.redis, socket_timeout=args.timeout + 5.0,
+                                  socket_connect_timeout=args.timeout)
     try:
+        if command in MUTATIONS:
+            return node_command(client, build_request(args), args.timeout)
         if command == "channels":
             from protocol import keys
 
-            members = client.smembers(keys.CHANNEL_INDEX)
+            members = client.sunion([keys.CHANNEL_INDEX, keys.PAUSED])
             names = sorted(m.decode("utf-8", "replace") for m in members)  # type: ignore[union-attr]
             rows = [stored_channel(client, name) for name in names]
             rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
@@ -142,6 +145,27 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
         raise AdminError(f"Redis at {_redacted(args.redis)}: {exc}") from exc
     finally:
         client.close()
+
+
+def node_command(client: Any, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Send ``payload`` to the node holding the database's writer lease and return its result.
+
+    Raises:
+        AdminError: when no node holds the lease, none answers within ``timeout`` seconds, or it refused.
+    """
+    from actors import control_stream
+
+    if control_stream.lease_holder(client) is None:
+        raise AdminError("no node holds the writer lease of this database: nothing to send "
+                         f"{payload['command']} to (start one with serve --redis URL)")
+    answer = control_stream.send(client, payload, timeout)
+    if answer is None:
+        raise AdminError(f"no node holding the lease of this database answered within {timeout:g} s")
+    if not answer.get("ok"):
+        raise AdminError(f"the node refused {payload['command']}: {answer.get('error')}")
+    result = answer.get("result")
+    assert isinstance(result, dict), answer
+    return result
 
 
 def _redacted(url: str) -> str:

@@ -13,6 +13,7 @@ from thespian.actors import ActorAddress
 
 from actors.driver import STOP, Command, Inbox, InProcessDriver, Output
 from actors.system import TCP_BASE, RunningSystem, start_system
+from actors.journal import RedisWriteTimes
 from protocol.errors import Timeout
 from protocol.messages import BatchReady, CancelProcessing, Enqueue, EnqueueMany, ProcessingStarted, StartProcessing
 from protocol.values import BatchSettings, QueuedMessage
@@ -91,8 +92,10 @@ class TcpNode:
         admin_port: int | None,
         redis_url: str = "",
         allow_volatile_redis: bool = False,
+        on_redis_writes: Callable[[tuple[float, ...]], None] | None = None,
     ) -> None:
         self._on_output = on_output
+        self._on_redis_writes = on_redis_writes  # metrics: the seconds of persistence writes, as reported
         self._settings = settings
         self._idle_timeout = idle_timeout
         self._admin_port = admin_port
@@ -130,6 +133,7 @@ class TcpNode:
             admin_port=self._admin_port,
             redis_url=self._redis_url,
             allow_volatile_redis=self._allow_volatile_redis,
+            report_redis_writes=self._on_redis_writes is not None,
         )
         self._restored = system.restored
         reply = system.asys.ask(system.supervisor, StartProcessing(), REPLY_TIMEOUT)
@@ -182,6 +186,8 @@ class TcpNode:
             response = system.asys.listen(0.2)
             if isinstance(response, (BatchReady, CancelProcessing)):
                 self._on_output(response)
+            elif isinstance(response, RedisWriteTimes) and self._on_redis_writes is not None:
+                self._on_redis_writes(response.seconds)
             elif response is not None:
                 log.warning("unexpected %s ignored", type(response).__name__)
 

@@ -143,6 +143,13 @@ class BatchWriter:
         self.accepted = 0  # input messages enqueued
         self.lateness: deque[float] = deque(maxlen=1000)  # of the last batches written (seconds)
 
+    def on_redis_writes(self, seconds: tuple[float, ...]) -> None:
+        """The persistence actor reported how long its writes took on Redis."""
+        metrics = self.metrics
+        if metrics is not None:
+            for value in seconds:
+                metrics.redis_written(value)
+
     def on_output(self, output: Output) -> None:
         metrics = self.metrics
         if not isinstance(output, BatchReady):
@@ -310,10 +317,13 @@ def _make_node(args: argparse.Namespace, writer: BatchWriter) -> Node:
     node: Node
     if args.base == TCP_BASE:
         node = TcpNode(writer.on_output, settings, idle_timeout=args.idle_timeout, admin_port=args.admin_port,
-                       redis_url=redis_url, allow_volatile_redis=allow_volatile)
+                       redis_url=redis_url, allow_volatile_redis=allow_volatile,
+                       on_redis_writes=writer.on_redis_writes if args.metrics_port is not None else None)
     else:
         node = InProcessNode(writer.on_output, settings, idle_timeout=args.idle_timeout, redis_url=redis_url,
                              allow_volatile_redis=allow_volatile)
+        if args.metrics_port is not None:
+            node.on_redis_write = lambda seconds: writer.on_redis_writes((seconds,))
     writer.node = node
     return node
 

@@ -7,6 +7,7 @@ import asyncio
 import heapq
 import logging
 import math
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Awaitable, Callable, Final, Iterator, Sequence
 
@@ -85,6 +86,8 @@ class DistributedBatcher:
         self._published_front = 0
         self._failed = 0
         self.on_progress: Callable[[], None] | None = None  # called on the loop after each answered pipeline
+        # Called on the loop with the seconds each script pipeline took (metrics); None: not measured.
+        self.on_script_seconds: Callable[[float], None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -374,7 +377,13 @@ class DistributedBatcher:
                                                   node=(self._node_key, call.first))
             pipe.evalsha(sha, len(keys), *keys, *args)
         self._channel_settings.add_refresh(pipe, refresh)
-        result: list[object] = await pipe.execute(raise_on_error=False)
+        observe = self.on_script_seconds
+        if observe is None:
+            result: list[object] = await pipe.execute(raise_on_error=False)
+            return result
+        started = time.perf_counter()
+        result = await pipe.execute(raise_on_error=False)
+        observe(time.perf_counter() - started)
         return result
 
     def _append_entries(self, ops: Sequence[Op]) -> Iterator[scripts.AppendEntry]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, AbstractSet
+from typing import TYPE_CHECKING, AbstractSet, Callable
 
 from message_queue.distributed.batcher import DistributedBatcher
 from message_queue.distributed.options import NodeOptions
@@ -46,6 +46,7 @@ class DistributedQueue:
             retry_for=base.retry_for, node_id=base.node_id, idle_ttl=base.idle_ttl,
         )
         self.relays = not direct
+        self.on_script_seconds: Callable[[float], None] | None = None  # metrics: each script pipeline's time
         self._client: Redis | None = None
         self._owns_client = False
         self._batcher: DistributedBatcher | None = None
@@ -89,6 +90,7 @@ class DistributedQueue:
         try:
             await check_durability(client, self._allow_volatile)
             batcher = DistributedBatcher(client, self._settings, self.options)
+            batcher.on_script_seconds = self.on_script_seconds
             await batcher.start()
         except BaseException:
             if owned:
