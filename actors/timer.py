@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from thespian.actors import WakeupMessage
 
 from actors.base import Dispatcher
-from actors.internal import Alarm, Clock, ScheduleWake, Tick, TimerConfig, Wake
+from actors.internal import Alarm, Clock, ScheduleWake, Tick, TimerConfig, Wake, WakeKind
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -41,7 +41,7 @@ class Timer(Dispatcher):
 
     def __init__(self) -> None:
         super().__init__()
-        self._heap: list[tuple[float, int, ActorAddress, ScheduleWake]] = []
+        self._heap: list[tuple[float, int, ActorAddress, WakeKind]] = []  # the request's parts, not the request
         self._seq = itertools.count()
         self._armed: list[float] = []  # times of the Thespian wakeups still pending, a small heap
         self._clock: Clock = time.monotonic
@@ -54,7 +54,7 @@ class Timer(Dispatcher):
         self._arm()
 
     def receiveMsg_ScheduleWake(self, msg: ScheduleWake, sender: ActorAddress) -> None:
-        heapq.heappush(self._heap, (msg.at, next(self._seq), sender, msg))
+        heapq.heappush(self._heap, (msg.at, next(self._seq), sender, msg.kind))
         self._arm()
 
     def receiveMsg_Tick(self, msg: Tick, sender: ActorAddress) -> None:
@@ -72,8 +72,8 @@ class Timer(Dispatcher):
         for _ in range(MAX_WAKES_PER_FIRING):
             if not heap or heap[0][0] > now:
                 break
-            _, _, target, request = heapq.heappop(heap)
-            self.send(target, Wake(request.at, request.kind))
+            at, _, target, kind = heapq.heappop(heap)
+            self.send(target, Wake(at, kind))
         self._arm()
 
     def _arm(self) -> None:
