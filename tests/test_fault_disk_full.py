@@ -4,7 +4,8 @@ redis-server (AOF on, ``appendfsync everysec``) runs with its ``--dir`` on a 4 M
 node is up, a filler file takes all the free space but ``HEADROOM``; the load fills the rest, the AOF write fails
 (ENOSPC) and redis-server 7.0 refuses every write, a write inside a Lua script included, with ``-MISCONF Errors
 writing to the AOF file: No space left on device``. The disk stays full for ``MQ_FAULT_FULL`` seconds, then the
-filler is deleted: redis-server retries its AOF write (once a second) and takes writes again.
+tmpfs is grown to 16 MiB (``mount -o remount``: room for the backlog held meanwhile) and redis-server takes writes
+again at its next AOF write.
 
 The node (``tests/crash_node.py``, as ``serve --redis`` runs it) and the asyncio API with ``redis=``
 (``tests/mq_crash_producer.py``) must acknowledge nothing Redis refused, keep running, and carry on once space is
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import subprocess
 import time
 from typing import Callable, Iterator
 
@@ -37,6 +39,7 @@ from test_mq_crash import CrashLoop
 pytestmark = [pytest.mark.redis]
 
 TMPFS_SIZE = "4m"
+FREED_SIZE = "16m"  # the tmpfs grown to this frees room for the backlog held while the disk was full
 HEADROOM = 256 * 1024  # bytes left free by the filler: the load fills them within a second or two
 FILL_TIMEOUT = 60.0  # the load filling the headroom until Redis refuses writes
 
@@ -72,6 +75,13 @@ def fill(directory: str, headroom: int) -> pathlib.Path:
     return filler
 
 
+def grow(directory: str, size: str) -> None:
+    """Grow the tmpfs mounted on ``directory`` to ``size`` (``mount -o remount``): the filler stays."""
+    done = subprocess.run(["mount", "-o", f"remount,size={size}", directory], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, f"mount -o remount,size={size} failed: {done.stderr}"
+
+
 def aof_status(server: RedisServer) -> dict[str, str]:
     """``INFO persistence`` of ``server`` (an INFO is answered even while writes are refused)."""
     client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -95,7 +105,7 @@ def used_bytes(directory: str) -> int:
 def disk_full_fault(server: RedisServer, acks: Callable[[], int], drain: Callable[[], None]) -> dict[str, object]:
     """Fill the disk, wait until Redis refuses writes, keep it full for ``FULL`` s, then free it. Returns the
     figures of the fault; the caller measures its own recovery from the moment this returns."""
-    filler = fill(server.directory, HEADROOM)
+    fill(server.directory, HEADROOM)
     filled = time.monotonic()
     poll(lambda: refuses_writes(server), FILL_TIMEOUT, "redis-server refusing writes once its disk is full")
     until_refused = time.monotonic() - filled
@@ -105,13 +115,15 @@ def disk_full_fault(server: RedisServer, acks: Callable[[], int], drain: Callabl
     assert refuses_writes(server), "the disk is full, yet Redis takes writes again"
     drain()
     acks_while_full = acks() - acks_at_refusal
-    filler.unlink()  # space is freed
+    grow(server.directory, FREED_SIZE)  # space is freed
     return {"headroom_bytes": HEADROOM, "full_s": FULL, "refused_after_s": round(until_refused, 3),
             "ack_lines_while_refused": acks_while_full}
 
 
 def restart_redis_from_its_aof(server: RedisServer, epoch: bytes | None) -> None:
-    """A clean restart of redis-server: what it holds now is read back from the AOF on the tmpfs."""
+    """A clean restart of redis-server: what it holds now is read back from the AOF on the tmpfs. Only while its
+    AOF writes succeed: redis-server 7.0 stopped while they fail exits without what it could not write."""
+    assert not refuses_writes(server), "the disk filled again: the restart would lose what Redis holds in memory"
     server.stop()
     server.start()
     assert epoch is not None and epoch_of(server) == epoch, "Redis came back without the data it held"
