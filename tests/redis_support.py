@@ -32,6 +32,7 @@ class RedisServer:
     appendonly: bool = True
     appendfsync: str = "everysec"
     maxmemory_policy: str = "noeviction"
+    logfile: str | None = None  # default: redis.log in ``directory`` (elsewhere, it can be read when that is full)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +50,7 @@ class RedisServer:
             "--appendfsync", self.appendfsync,
             "--maxmemory-policy", self.maxmemory_policy,
             "--daemonize", "no",
-            "--logfile", os.path.join(self.directory, "redis.log"),
+            "--logfile", self.logfile or os.path.join(self.directory, "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -98,6 +99,33 @@ def redis_server(**options: object) -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tmpfs(size: str) -> Iterator[str]:
+    """A tmpfs of ``size`` (``mount -t tmpfs -o size=SIZE``) on a new temporary directory, unmounted and removed
+    after, even when the block fails. Needs root (or CAP_SYS_ADMIN).
+
+    Raises:
+        PermissionError: when ``mount`` is missing or not permitted here (the message says which).
+    """
+    mount = shutil.which("mount")
+    if mount is None:
+        raise PermissionError("no mount command on PATH")
+    directory = tempfile.mkdtemp(prefix="mq-tmpfs-")
+    try:
+        done = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", directory],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise PermissionError(f"mount -t tmpfs is not permitted here (exit {done.returncode}): "
+                                  f"{done.stderr.strip()}")
+        try:
+            yield directory
+        finally:
+            if subprocess.run(["umount", directory], capture_output=True, timeout=30).returncode != 0:
+                subprocess.run(["umount", "-l", directory], capture_output=True, timeout=30)  # busy: detach it
+    finally:
+        os.rmdir(directory)
 
 
 def as_bytes(value: object) -> bytes:
