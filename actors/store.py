@@ -70,6 +70,12 @@ class PendingWrite:
 
     keys: list[str]
     args: list[bytes | str | int]
+    token: bytes = b""  # the marker this write sets
+    count: int = 0  # the operations it applies
+
+
+class AofNotWritten(redis.exceptions.ConnectionError):
+    """Redis holds the last write in memory only: it could not write its append-only file."""
 
 
 class RedisStore:
@@ -90,6 +96,7 @@ class RedisStore:
         # Under ``index:``, which is no channel role: it cannot collide with a channel's key.
         self._marker = keys.writer_key(uuid.uuid4().hex)
         self._unsure: tuple[bytes, int] | None = None  # (token, operations) of a transaction that may have run
+        self._aof_failed = False  # the last write may be in Redis's memory only (its append-only file failed)
         self.lease_seconds = lease_seconds
         self._lease_ms = max(1, round(lease_seconds * 1000))
         self._lease: bytes | None = None  # our lease value while we hold (or may take back) the lease
@@ -316,6 +323,8 @@ class RedisStore:
         if self._pending is not None:
             raise RuntimeError("start_apply called while a write is pending: finish_apply it first")
         me = self._held()
+        if self._aof_failed:
+            self._check_aof()  # the last write is in Redis's memory only until its append-only file is written
         ops = self._skip_applied(ops)
         if not ops:
             return None
@@ -331,7 +340,7 @@ class RedisStore:
         except BaseException:
             self._writer.disconnect()  # type: ignore[no-untyped-call]
             raise
-        self._pending = PendingWrite(script_keys, args)
+        self._pending = PendingWrite(script_keys, args, token, len(ops))
         return self._pending
 
     def finish_apply(self, pending: PendingWrite) -> None:
@@ -358,6 +367,30 @@ class RedisStore:
             raise self._epoch_changed(details[0] or None)
         if outcome == b"taken back":
             log.warning("the writer lease had expired and no other node took it: taken back")
+        self._unsure = (pending.token, pending.count)  # until Redis's append-only file holds it
+        self._aof_failed = True
+        self._check_aof()
+        self._unsure = None
+
+    def _check_aof(self) -> None:
+        """Return once Redis wrote its append-only file after the last write's reply (or keeps none).
+
+        Redis answers a write whose append to the file failed (a full disk) like any other, and refuses only
+        the writes after it: such a write lives in Redis's memory alone, and a restart of Redis before the
+        file is written again loses it. So a write counts as stored only once ``aof_last_write_status``, read
+        after its reply, is ``ok``. Until then the write stays unsure: a retry skips what it applied and asks
+        again.
+
+        Raises:
+            AofNotWritten: while Redis cannot write its append-only file.
+        """
+        info = self._redis.info("persistence")
+        if info.get("aof_enabled") and info.get("aof_last_write_status") != "ok":
+            raise AofNotWritten(
+                f"Redis could not write its append-only file (aof_last_write_status "
+                f"{info.get('aof_last_write_status')!r}: a full disk?); the write is held until it can"
+            )
+        self._aof_failed = False
 
     def _skip_applied(self, ops: Sequence[Op]) -> Sequence[Op]:
         """``ops`` without those the last, failed transaction applied after all (its marker is set)."""
@@ -365,8 +398,8 @@ class RedisStore:
             return ops
         token, count = self._unsure
         if self._get_bytes(self._marker) == token:  # a RedisError here leaves it unsure for the next call
-            log.warning("a transaction of %d operations ran although its reply was lost; not applying it twice",
-                        count)
+            log.warning("a write of %d operations had run (its reply was lost, or Redis had not written it to its "
+                        "append-only file yet); not applying it twice", count)
             ops = ops[count:]
         self._unsure = None
         return ops
