@@ -28,5 +28,6 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+"$VENV/bin/ruff" check .
 "$VENV/bin/python" -m mypy
 exec "$VENV/bin/python" -m pytest "$@"

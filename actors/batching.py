@@ -42,7 +42,7 @@ import itertools
 import os
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 from protocol.errors import InvalidInput, ProtocolViolation
 from protocol.values import (
@@ -55,7 +55,6 @@ from protocol.values import (
     QueueItem,
     payload_messages,
 )
-
 
 MAX_REMEMBERED_IDS = 1000
 """Most message ids one channel remembers for duplicate detection; beyond it the oldest is forgotten first."""
@@ -152,17 +151,17 @@ class IdRemembered:
     at: float
 
 
-Effect = Union[
-    MessageAdded,
-    ItemQueued,
-    Deliver,
-    DeliveryCancelled,
-    DeliveryFinished,
-    QueueCleared,
-    MessageRejected,
-    WaitingChanged,
-    IdRemembered,
-]
+Effect = (
+    MessageAdded |
+    ItemQueued |
+    Deliver |
+    DeliveryCancelled |
+    DeliveryFinished |
+    QueueCleared |
+    MessageRejected |
+    WaitingChanged |
+    IdRemembered
+)
 
 
 @dataclass(slots=True)

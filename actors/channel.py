@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from thespian.actors import ActorSystemMessage
 
@@ -65,6 +65,7 @@ from protocol.messages import (
     Cancelled,
     CancelProcessing,
     ChannelConfigured,
+    ChannelPaused,
     ChannelStopped,
     Clear,
     Cleared,
@@ -77,17 +78,16 @@ from protocol.messages import (
     GetStatistics,
     HoldBatch,
     Observe,
+    PauseChannel,
     ProcessingDone,
     ProcessingFailed,
     QueueChanged,
     Rejected,
+    ResumeChannel,
     Retract,
     Retracted,
     Statistics,
     StopChannel,
-    PauseChannel,
-    ResumeChannel,
-    ChannelPaused,
     Taken,
     TakeWaiting,
 )
@@ -106,20 +106,20 @@ class ChannelActor(Dispatcher):
         super().__init__()
         self.clock: Clock = time.monotonic
         self._core: ChannelCore | None = None
-        self._timer: Optional[ActorAddress] = None
-        self._supervisor: Optional[ActorAddress] = None
-        self._processor: Optional[ActorAddress] = None
-        self._flight_processor: Optional[ActorAddress] = None
+        self._timer: ActorAddress | None = None
+        self._supervisor: ActorAddress | None = None
+        self._processor: ActorAddress | None = None
+        self._flight_processor: ActorAddress | None = None
         self._idle_timeout = 60.0
         self._received = 0  # messages from the Supervisor, for the passivation handshake
         self._deadline_wake: float | None = None
         self._idle_wake: float | None = None
         self._last_activity = 0.0
-        self._observer: Optional[ActorAddress] = None
+        self._observer: ActorAddress | None = None
         self._reported: int | None = None  # the waiting count last sent to the observer
         self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
-        self._persistence: Optional[ActorAddress] = None
+        self._persistence: ActorAddress | None = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
         self._stored_ids = 0  # entries of the stored list of message ids: compacted when twice the bound
 

@@ -27,7 +27,7 @@ from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable
 
 from actors.internal import ConfigureSystem, EnqueueChecked
 from actors.io import ThreadIo
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Output = Union[BatchReady, CancelProcessing, QueueChanged]
+Output = BatchReady | CancelProcessing | QueueChanged
 _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged)
 
 _MAX_COALESCED = 256  # enqueued messages merged into one EnqueueChecked; keeps Thespian's pending-send list short
@@ -75,7 +75,7 @@ class Stop:
 
 
 STOP = Stop()
-Inbox = Union[QueuedMessage, Command, Stop]
+Inbox = QueuedMessage | Command | Stop
 Accepted = tuple[QueuedMessage, float]  # a message and when it was accepted (time.monotonic)
 
 

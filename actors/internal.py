@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from actors.journal import ChannelSnapshot
 from protocol.messages import (
     CancelCurrent,
     Clear,
@@ -20,7 +21,6 @@ from protocol.messages import (
     StopChannel,
     TakeWaiting,
 )
-from actors.journal import ChannelSnapshot
 from protocol.values import BatchSettings, QueuedMessage
 
 if TYPE_CHECKING:
@@ -36,12 +36,12 @@ class Alarm(Protocol):
     wakeup, the driver calls back with ``Tick`` once ``at`` has come, after it has handed the actors every
     message accepted before that moment."""
 
-    def arm(self, at: float, timer: "ActorAddress") -> None:
+    def arm(self, at: float, timer: ActorAddress) -> None:
         """Send ``timer`` a ``Tick`` no earlier than ``at`` (an earlier arm replaces a later one)."""
 
 
 class Submission(Protocol):
-    def outcome(self, timeout: float | None = None) -> "Outcome":
+    def outcome(self, timeout: float | None = None) -> Outcome:
         """Block until the call has run; what it returned or raised."""
 
 
@@ -50,7 +50,7 @@ class Io(Protocol):
     (:class:`actors.io.ThreadIo`)."""
 
     def submit(
-        self, call: Callable[[], Any], to: "ActorAddress", reply: Callable[["Outcome"], object]
+        self, call: Callable[[], Any], to: ActorAddress, reply: Callable[[Outcome], object]
     ) -> Submission:
         """Run ``call`` on an I/O thread; then send ``reply(outcome)`` to ``to``."""
 
@@ -96,7 +96,7 @@ class EnqueueStamped:
 
     messages: tuple[QueuedMessage, ...]
     arrived: tuple[float, ...]
-    reply_to: Optional["ActorAddress"] = None
+    reply_to: ActorAddress | None = None
     ack: bool = False
 
 
@@ -117,10 +117,10 @@ class ConfigureSystem:
     idle_timeout: float = 60.0
     redis_url: str = ""  # persist every channel to this Redis (empty: in memory only)
     allow_volatile_redis: bool = False  # accept a Redis that may lose acknowledged writes
-    clock: Optional[Clock] = None  # the system's clock (None: time.monotonic)
-    alarm: Optional[Alarm] = None  # the Timer arms this instead of Thespian wakeups (a driver owns time)
-    io: Optional[Io] = None  # persistence runs its Redis calls here (None: inline, blocking its actor)
-    redis_write_seconds: Optional[Callable[[float], None]] = None  # gets each persistence write's duration
+    clock: Clock | None = None  # the system's clock (None: time.monotonic)
+    alarm: Alarm | None = None  # the Timer arms this instead of Thespian wakeups (a driver owns time)
+    io: Io | None = None  # persistence runs its Redis calls here (None: inline, blocking its actor)
+    redis_write_seconds: Callable[[float], None] | None = None  # gets each persistence write's duration
     report_redis_writes: bool = False  # send RedisWriteTimes to the sender (a callable cannot cross processes)
 
 
@@ -137,15 +137,15 @@ class ChannelInit:
 
     channel_id: str
     settings: BatchSettings
-    timer: "ActorAddress"
-    processor: Optional["ActorAddress"]
+    timer: ActorAddress
+    processor: ActorAddress | None
     idle_timeout: float
     processed: int = 0
     cancelled: int = 0
     failed: int = 0
-    persistence: Optional["ActorAddress"] = None  # RedisPersistence, when the system persists
-    restore: Optional[ChannelSnapshot] = None  # stored state to resume from
-    clock: Optional[Clock] = None  # None: time.monotonic
+    persistence: ActorAddress | None = None  # RedisPersistence, when the system persists
+    restore: ChannelSnapshot | None = None  # stored state to resume from
+    clock: Clock | None = None  # None: time.monotonic
     paused: bool = False  # deliveries paused (PauseChannel) before this actor was spawned
     # duplicates, edits, retractions, interruptions, rejections of its earlier actors
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
@@ -155,21 +155,31 @@ class ChannelInit:
 class AttachProcessor:
     """Supervisor -> ChannelActor: deliver to ``processor`` from now on."""
 
-    processor: "ActorAddress"
+    processor: ActorAddress
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
     """Supervisor -> ChannelActor: send ``reply`` to ``reply_to`` once everything before is durable."""
 
-    reply_to: "ActorAddress"
+    reply_to: ActorAddress
     reply: object
 
 
-ChannelCommand = Union[
-    CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, PauseChannel,
-    ResumeChannel, Edit, Retract, TakeWaiting,
-]
+ChannelCommand = (
+    CancelCurrent |
+    Clear |
+    StopChannel |
+    ConfigureChannel |
+    GetStatistics |
+    HoldBatch |
+    FlushBatch |
+    PauseChannel |
+    ResumeChannel |
+    Edit |
+    Retract |
+    TakeWaiting
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +188,7 @@ class Routed:
     ``gather`` when that is not 0."""
 
     command: ChannelCommand
-    reply_to: "ActorAddress"
+    reply_to: ActorAddress
     gather: int = 0
 
 
@@ -212,8 +222,8 @@ class TimerConfig:
     """Supervisor -> Timer (its first message): the clock to read, and the alarm to arm when a driver owns
     time (None: Thespian wakeups)."""
 
-    clock: Optional[Clock] = None
-    alarm: Optional[Alarm] = None
+    clock: Clock | None = None
+    alarm: Alarm | None = None
 
 
 @dataclass(frozen=True, slots=True)

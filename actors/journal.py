@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from protocol.errors import UnsafeRedis
 from protocol.values import OpenEntry, QueueItem, SeenId
@@ -94,7 +94,7 @@ class ReplaceIds:
     ids: tuple[SeenId, ...]
 
 
-Op = Union[AppendOpen, PushTail, PushHead, TakeHead, FinishInFlight, ClearQueue, ReplaceWaiting, AppendIds, ReplaceIds]
+Op = AppendOpen | PushTail | PushHead | TakeHead | FinishInFlight | ClearQueue | ReplaceWaiting | AppendIds | ReplaceIds
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +124,10 @@ class OpenStore:
     url: str
     allow_volatile: bool = False
     lease_seconds: float = LEASE_SECONDS
-    io: Optional["Io"] = None  # where its Redis calls run (None: inline, blocking the actor)
+    io: Io | None = None  # where its Redis calls run (None: inline, blocking the actor)
     # Called (on the actors' thread) with the seconds each write took on Redis, or an address that gets them
     # in RedisWriteTimes twice a second (a callable cannot cross processes); None: not measured.
-    metrics: Union[Callable[[float], None], "ActorAddress", None] = None
+    metrics: Callable[[float], None] | ActorAddress | None = None
     poll_control: bool = True  # answer admin commands sent through Redis (protocol.keys.CONTROL)
 
 
@@ -173,14 +173,14 @@ class Persist:
     empty."""
 
     ops: tuple[Op, ...]
-    then: tuple[tuple["ActorAddress", object], ...] = ()
+    then: tuple[tuple[ActorAddress, object], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Durable:
     """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
 
-    then: tuple[tuple["ActorAddress", object], ...]
+    then: tuple[tuple[ActorAddress, object], ...]
 
 
 # -- the durability rule --------------------------------------------------------------------------------------

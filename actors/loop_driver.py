@@ -31,7 +31,7 @@ import asyncio
 import enum
 import logging
 import time
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemMessage
 
@@ -52,7 +52,7 @@ from protocol.values import BatchSettings, QueuedMessage
 
 log = logging.getLogger(__name__)
 
-Output = Union[BatchReady, CancelProcessing, QueueChanged, ChannelPassivated]
+Output = BatchReady | CancelProcessing | QueueChanged | ChannelPassivated
 _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged, ChannelPassivated)
 
 _CHUNK_CHANNELS = 256  # channels per EnqueueChecked: the Supervisor sends each one EnqueueStamped
@@ -151,7 +151,7 @@ class LoopDriver:
         reply: object = None
         try:
             reply = await asyncio.wait_for(self.call(configure), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         try:
             self.restored = restored_channels(reply, timeout)

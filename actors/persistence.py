@@ -47,14 +47,14 @@ from actors.base import Dispatcher
 from actors.control_stream import ControlRequest
 from actors.internal import Io, Outcome, Submission
 from actors.journal import (
+    MAX_REPORTED_WRITES,
     ChannelsLoaded,
     Durable,
-    MAX_REPORTED_WRITES,
     LoadChannels,
-    OpenStore,
-    RedisWriteTimes,
     Op,
+    OpenStore,
     Persist,
+    RedisWriteTimes,
     StoreFailed,
     StoreOpened,
 )

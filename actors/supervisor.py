@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
 
@@ -32,8 +32,8 @@ from actors.internal import (
     TimerConfig,
 )
 from actors.journal import (
-    ChannelSnapshot,
     ChannelsLoaded,
+    ChannelSnapshot,
     LoadChannels,
     OpenStore,
     StoreFailed,
@@ -49,6 +49,7 @@ from protocol.messages import (
     Cancelled,
     ChannelConfigured,
     ChannelPassivated,
+    ChannelPaused,
     ChannelStopped,
     Clear,
     Cleared,
@@ -64,19 +65,18 @@ from protocol.messages import (
     HoldBatch,
     Observe,
     Observing,
+    PauseChannel,
     ProcessingDone,
     ProcessingFailed,
     ProcessingStarted,
     QueueChanged,
     Rejected,
+    ResumeChannel,
     Retract,
     Retracted,
     StartProcessing,
     Statistics,
     StopChannel,
-    PauseChannel,
-    ResumeChannel,
-    ChannelPaused,
     Taken,
     TakeWaiting,
 )
@@ -153,20 +153,20 @@ class Supervisor(Dispatcher):
         super().__init__()
         self._settings = BatchSettings()
         self._idle_timeout = 60.0
-        self._timer: Optional[ActorAddress] = None
+        self._timer: ActorAddress | None = None
         self._routes: dict[str, _Route] = {}  # live channels; changed only by _add_route and _drop_route
         self._channel_of_actor: dict[str, str] = {}  # _actor_key of a live route's address -> channel id
         self._overrides: dict[str, BatchSettings] = {}
         self._processors: dict[str, ActorAddress] = {}
-        self._default_processor: Optional[ActorAddress] = None
+        self._default_processor: ActorAddress | None = None
         self._stopped: set[str] = set()
         self._paused: set[str] = set()  # channels whose deliveries are paused (PauseChannel)
-        self._observer: Optional[ActorAddress] = None  # gets every channel's QueueChanged facts
+        self._observer: ActorAddress | None = None  # gets every channel's QueueChanged facts
         self._retired: dict[str, _Counters] = {}  # counters of passivated channels, see _pack_counters
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
         self._stopping = False  # asked to exit: children exit with it, which is no error
-        self._persistence: Optional[ActorAddress] = None  # RedisPersistence, when the system persists
+        self._persistence: ActorAddress | None = None  # RedisPersistence, when the system persists
         self._starting: tuple[ActorAddress, list[tuple[object, ActorAddress]]] | None = None
         self._clock: Clock = time.monotonic
         self._configure: ConfigureSystem | None = None
@@ -521,7 +521,7 @@ class Supervisor(Dispatcher):
         if key is not None:
             del self._channel_of_actor[key]
 
-    def _live_channel_of(self, address: ActorAddress) -> Optional[str]:
+    def _live_channel_of(self, address: ActorAddress) -> str | None:
         """The live channel whose actor is at ``address``, or None: found by key in O(1); compared with every
         live route only when some of them have no key (the TCP base, where each channel is a process)."""
         key = _actor_key(address)
@@ -570,7 +570,7 @@ class Supervisor(Dispatcher):
         self.send(route.address, msg)
         route.sent += 1
 
-    def _processor_for(self, channel_id: str) -> Optional[ActorAddress]:
+    def _processor_for(self, channel_id: str) -> ActorAddress | None:
         if channel_id in self._stopped:
             return None
         return self._processors.get(channel_id, self._default_processor)

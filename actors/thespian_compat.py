@@ -42,14 +42,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import queue
+import time
 import traceback
 import types
 from collections import deque
-from typing import Any
-
-import queue
-import time
-from typing import Callable
+from typing import Any, Callable
 
 from thespian.actors import ActorAddress, ActorSystemMessage, ChildActorExited
 from thespian.system import isInternalActorSystemMessage, simpleSystemBase

@@ -49,12 +49,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from actors.driver import InProcessDriver  # noqa: E402
 from asyncio_baseline import FULL, AsyncioBatcher, Batch  # noqa: E402
+
+from actors.driver import InProcessDriver  # noqa: E402
 from protocol.limits import MAX_BATCH_SIZE  # noqa: E402
 from protocol.messages import (  # noqa: E402
-    EnqueueMany,
     BatchReady,
+    EnqueueMany,
     GetStatistics,
     ProcessingDone,
     StartProcessing,
@@ -302,7 +303,7 @@ async def _baseline_bursts(wl: Bursts) -> dict[str, Any]:
                 enqueue(channel, msgs[seq])
         try:
             await asyncio.wait_for(done.wait(), wait_timeout(wl))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         cpu = time.thread_time() - cpu0
         await batcher.aclose()

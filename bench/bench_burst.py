@@ -173,7 +173,7 @@ async def _baseline(b: Burst, order: str) -> dict[str, Any]:
         await _produce(plan, msgs, sent, enqueue)
         try:
             await asyncio.wait_for(done.wait(), _timeout(b))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         cpu = time.process_time() - cpu0
         await batcher.aclose()
@@ -212,7 +212,7 @@ async def _facade(b: Burst, order: str) -> dict[str, Any]:
             await _produce(plan, msgs, sent, mq.enqueue)
             try:
                 await asyncio.wait_for(done.wait(), _timeout(b))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             cpu = time.process_time() - cpu0
         finally:
@@ -249,7 +249,7 @@ async def _original(b: Burst, order: str) -> dict[str, Any]:
         await _produce(plan, msgs, sent, queue.enqueue)
         try:
             await asyncio.wait_for(done.wait(), _timeout(b))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         cpu = time.process_time() - cpu0
         await queue.close()

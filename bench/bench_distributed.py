@@ -56,7 +56,6 @@ dist_cluster = _load("dist_cluster")
 
 import redis  # noqa: E402
 
-
 CHANNELS = 1000
 # Commands the nodes send themselves; every other command in INFO commandstats ran inside a script.
 _SENT = {"evalsha", "hgetall", "script|load", "config|get", "hello", "ping", "client|setinfo", "select"}

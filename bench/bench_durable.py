@@ -53,12 +53,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_actors as ba  # noqa: E402
+import redis  # noqa: E402
+import redis.asyncio  # noqa: E402
 from bench_actors import channel_name, check_order, environment, median, percentiles_ms, seq_of  # noqa: E402
 from bench_persistence import _OWN_COMMANDS, _load_redis_support, commandstats, leftover_keys  # noqa: E402
 from loop_support import StallProbe, stall_summary  # noqa: E402
-
-import redis  # noqa: E402
-import redis.asyncio  # noqa: E402
 
 from message_queue import MessageQueue  # noqa: E402
 from protocol.values import Payload, QueuedMessage, payload_messages  # noqa: E402
@@ -180,7 +179,7 @@ class Run:
                 stats.append(commandstats(self.client))  # a blocking call: the loop waits a round trip
             try:
                 await asyncio.wait_for(self.done.wait(), 60.0 + self.total / 500)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delivered_s = mono() - t0
             cpu = time.process_time() - cpu0

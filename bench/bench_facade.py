@@ -72,8 +72,15 @@ from bench_actors import (  # noqa: E402
     summarize,
     wait_timeout,
 )
-from loop_support import OutputTap, StallProbe, call_counts, loop_driver, stall_summary, top_functions  # noqa: E402
-from loop_support import total_tottime  # noqa: E402
+from loop_support import (  # noqa: E402
+    OutputTap,
+    StallProbe,
+    call_counts,
+    loop_driver,
+    stall_summary,
+    top_functions,
+    total_tottime,  # noqa: E402
+)
 
 from message_queue import MessageQueue  # noqa: E402
 from protocol.values import Payload, payload_messages  # noqa: E402
@@ -124,7 +131,7 @@ async def _baseline_bursts(wl: Bursts, probe: bool) -> dict[str, Any]:
                 enqueue(channel, msgs[seq])
         try:
             await asyncio.wait_for(done.wait(), wait_timeout(wl))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         cpu = time.process_time() - cpu0
         await stalls.stop()
@@ -187,7 +194,7 @@ async def _facade_bursts(
             cpu0 = time.process_time()
             enqueue = mq.enqueue
             t0 = mono() + 0.001
-            for offset, channel, seqs in plan:
+            for offset, _channel, seqs in plan:
                 delay = t0 + offset - mono()
                 await asyncio.sleep(delay if delay > 0 else 0)  # yield between bursts, as the baseline does
                 for seq in seqs:
@@ -195,7 +202,7 @@ async def _facade_bursts(
                     await enqueue(msgs[seq])
             try:
                 await asyncio.wait_for(done.wait(), wait_timeout(wl))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             cpu = time.process_time() - cpu0
             if profile is not None:

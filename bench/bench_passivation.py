@@ -14,7 +14,8 @@ its own item and goes out at once) and a processor actor that answers ``Processi
       an hour), run after it.
     * ``passivate_s``: from the moment the first channels became due to passivate (start + idle timeout)
       until no channel is live any more; ``bars.passivation_le_2x_creation`` compares it with twice
-      ``create_without_passivation_s``. Live channels are counted by looking at the Supervisor's routes (a benchmark-only peek:
+      ``create_without_passivation_s``. Live channels are counted by looking at the Supervisor's routes (a
+      benchmark-only peek:
       ``GetStatistics()`` would ask every live channel each time); the end is confirmed with
       ``GetStatistics()``, which must list none.
     * ``command_ms``: answer time of commands (``GetStatistics`` of a passivated channel, ``StartProcessing``
@@ -50,9 +51,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import bench_actors as ba  # noqa: E402
 from thespian.actors import ActorAddress, ActorTypeDispatcher  # noqa: E402
 
-import bench_actors as ba  # noqa: E402
 from actors.system import SIMPLE_BASE, RunningSystem, start_system  # noqa: E402
 from protocol.messages import (  # noqa: E402
     BatchReady,
@@ -227,7 +228,9 @@ def reference_run(messages: list[QueuedMessage], chunk: int) -> float:
         running.shutdown()
 
 
-def churn_run(messages: list[QueuedMessage], chunk: int, idle_timeout: float, log: Callable[[str], None]) -> dict[str, Any]:
+def churn_run(
+    messages: list[QueuedMessage], chunk: int, idle_timeout: float, log: Callable[[str], None]
+) -> dict[str, Any]:
     """Create the channels with ``idle_timeout``, then keep sending commands until none is live."""
     channels = len(messages)
     names = [m.channel_id for m in messages]

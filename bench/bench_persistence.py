@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_actors as ba  # noqa: E402
+import redis  # noqa: E402
 from bench_actors import (  # noqa: E402
     Bursts,
     Params,
@@ -58,8 +59,6 @@ from bench_actors import (  # noqa: E402
     run_actor_bursts,
     summarize,
 )
-
-import redis  # noqa: E402
 
 from actors.driver import InProcessDriver  # noqa: E402
 from protocol import keys  # noqa: E402
@@ -84,11 +83,11 @@ def _load_redis_support() -> Any:
 def persistent_drivers(url: str) -> Iterator[None]:
     """Make ``bench_actors.run_actor_bursts`` build its driver with ``redis_url=url`` (it names
     ``InProcessDriver`` through its module's globals), so the persistent run is that very function."""
-    setattr(ba, "InProcessDriver", functools.partial(InProcessDriver, redis_url=url))
+    ba.InProcessDriver = functools.partial(InProcessDriver, redis_url=url)
     try:
         yield
     finally:
-        setattr(ba, "InProcessDriver", InProcessDriver)
+        ba.InProcessDriver = InProcessDriver
 
 
 def commandstats(client: redis.Redis) -> dict[str, int]:

@@ -86,7 +86,9 @@ class StallProbe:
         }
 
 
-def stall_summary(per_run: list[dict[str, Any]], median: Callable[[list[float | None]], float | None]) -> dict[str, Any]:
+def stall_summary(
+    per_run: list[dict[str, Any]], median: Callable[[list[float | None]], float | None]
+) -> dict[str, Any]:
     """Medians over runs of each probe's p50/p99/max (ms), and each run's worst p99 of the two probes."""
     out: dict[str, Any] = {}
     for probe in ("sleep", "call_later"):

@@ -79,7 +79,7 @@ class OriginalDesignQueue:
         while True:
             try:
                 item = await asyncio.wait_for(queue.get(), 60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             try:
                 await callback(item)

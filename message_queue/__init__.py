@@ -10,12 +10,21 @@ finished batches to the event bus: :class:`RedisStreamEventBus` (a Redis stream 
 :func:`decode_entry`) or any object with ``async publish_inbound(batch)``.
 """
 
-from protocol.errors import RedisDataLost, StoreLocked, StoreUnavailable, UnsafeRedis
 from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbound
 from message_queue.facade import Callback, MessageQueue
 from message_queue.local import current_item
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
-from protocol.errors import ChannelBusy, DecodeError, InvalidInput, InvalidSettings, MessageQueueError
+from protocol.errors import (
+    ChannelBusy,
+    DecodeError,
+    InvalidInput,
+    InvalidSettings,
+    MessageQueueError,
+    RedisDataLost,
+    StoreLocked,
+    StoreUnavailable,
+    UnsafeRedis,
+)
 from protocol.stream import InboundBatch, decode_entry
 from protocol.values import MessageBatch, QueuedMessage
 

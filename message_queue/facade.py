@@ -87,8 +87,9 @@ class MessageQueue:
               the client's host, port, db, username, password, Unix socket path and TLS settings), so items
               survive a restart. ``await enqueue()`` (also ``enqueue_many``, ``enqueue_front``, ``clear``)
               returns once what it did is stored in Redis: a message whose ``enqueue`` returned is delivered
-              even if the process is killed right after. When the queue's actor system starts (on first use: the first awaited call
-              such as ``enqueue`` or ``start_processing``) it restores every stored channel. A restored
+              even if the process is killed right after. When the queue's actor system starts (on first use:
+              the first awaited call such as ``enqueue`` or ``start_processing``) it restores every stored
+              channel. A restored
               channel's items are delivered, in order, once ``start_processing`` is called for that channel;
               until then they wait, and a channel never started keeps its items in Redis for a later queue.
               Open batches keep their messages' arrival times, so their windows run from before the

@@ -41,9 +41,9 @@ from protocol.limits import validate_channel_id, validate_message, validate_mess
 from protocol.messages import (
     BatchHeld,
     BatchReady,
-    ChannelConfigured,
     CancelCurrent,
     CancelProcessing,
+    ChannelConfigured,
     ChannelPassivated,
     ChannelStopped,
     Clear,
@@ -74,9 +74,9 @@ from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMes
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from thespian.actors import ActorAddress
 
     from message_queue.metrics import QueueMetrics
-    from thespian.actors import ActorAddress
 
 log = logging.getLogger("message_queue.facade")  # the public API's logger
 
@@ -104,7 +104,8 @@ def check_callback(callback: object) -> Callback:
     Raises:
         InvalidInput: naming what was given instead.
     """
-    if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None)):
+    call = getattr(callback, "__call__", None)  # noqa: B004 - the method itself, to ask whether it is async
+    if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(call):
         return callback  # type: ignore[return-value]
     if asyncio.iscoroutinefunction(callback):  # objects marked as such (unittest.mock.AsyncMock)
         return callback

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Final, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Final, Iterable, Sequence
 
 from protocol.keys import DIST_DEADLINES, DIST_SEQ_FLOOR
 from protocol.values import BatchSettings
@@ -43,8 +43,8 @@ batch published on it; see ``common.lua``)."""
 NODE_KEY_TTL_MS: Final = 24 * 3600 * 1000
 """Milliseconds a node's operation counter (``protocol.keys.dist_node_key``) outlives its last operation."""
 
-Arg = Union[str, bytes, int]
-Key = Union[str, bytes]
+Arg = str | bytes | int
+Key = str | bytes
 
 AppendEntry = tuple[Key, Key, bytes, Arg, Arg, Arg]
 """One message of an append call: its channel's messages key and state key, the message's codec frame, the

@@ -58,7 +58,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
-from typing import Any, Callable, Final, Mapping, Sequence, TypeVar, Union, overload
+from typing import Any, Callable, Final, Mapping, Sequence, TypeVar, overload
 
 import msgpack  # msgpack ships no type information (setup.cfg ignores its imports)
 
@@ -72,14 +72,15 @@ from protocol.limits import (
     validate_channel_id,
 )
 from protocol.messages import (
+    BatchFlushed,
     BatchHeld,
     BatchReady,
     CancelCurrent,
-    CancelProcessing,
     Cancelled,
-    BatchFlushed,
+    CancelProcessing,
     ChannelConfigured,
     ChannelPassivated,
+    ChannelPaused,
     ChannelStopped,
     Clear,
     Cleared,
@@ -87,34 +88,33 @@ from protocol.messages import (
     Edit,
     Edited,
     Enqueue,
+    Enqueued,
     EnqueueFront,
     EnqueueMany,
-    Enqueued,
     FlushBatch,
     GetStatistics,
     HoldBatch,
     Observing,
+    PauseChannel,
     ProcessingDone,
     ProcessingFailed,
     ProcessingStarted,
     QueueChanged,
     Rejected,
+    ResumeChannel,
     Retract,
     Retracted,
     Statistics,
     StopChannel,
-    PauseChannel,
-    ResumeChannel,
-    ChannelPaused,
-    TakeWaiting,
     Taken,
+    TakeWaiting,
 )
 from protocol.values import (
     BatchSettings,
     ChannelStatistics,
+    DeadLetter,
     MessageBatch,
     OpenEntry,
-    DeadLetter,
     QueuedMessage,
     QueueItem,
     SeenId,
@@ -146,52 +146,52 @@ _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_US: Final = timedelta(microseconds=1)
 
-Encodable = Union[
-    QueuedMessage,
-    MessageBatch,
-    QueueItem,
-    BatchSettings,
-    ChannelStatistics,
-    OpenEntry,
-    DeadLetter,
-    Enqueue,
-    EnqueueMany,
-    EnqueueFront,
-    StopChannel,
-    CancelCurrent,
-    Clear,
-    HoldBatch,
-    ConfigureChannel,
-    GetStatistics,
-    Enqueued,
-    Rejected,
-    ProcessingStarted,
-    ChannelStopped,
-    Cancelled,
-    Cleared,
-    BatchHeld,
-    ChannelConfigured,
-    FlushBatch,
-    BatchFlushed,
-    ChannelPassivated,
-    Statistics,
-    Observing,
-    BatchReady,
-    CancelProcessing,
-    ProcessingDone,
-    ProcessingFailed,
-    QueueChanged,
-    PauseChannel,
-    ResumeChannel,
-    ChannelPaused,
-    Edit,
-    Edited,
-    Retract,
-    Retracted,
-    TakeWaiting,
-    Taken,
-    SeenId,
-]
+Encodable = (
+    QueuedMessage |
+    MessageBatch |
+    QueueItem |
+    BatchSettings |
+    ChannelStatistics |
+    OpenEntry |
+    DeadLetter |
+    Enqueue |
+    EnqueueMany |
+    EnqueueFront |
+    StopChannel |
+    CancelCurrent |
+    Clear |
+    HoldBatch |
+    ConfigureChannel |
+    GetStatistics |
+    Enqueued |
+    Rejected |
+    ProcessingStarted |
+    ChannelStopped |
+    Cancelled |
+    Cleared |
+    BatchHeld |
+    ChannelConfigured |
+    FlushBatch |
+    BatchFlushed |
+    ChannelPassivated |
+    Statistics |
+    Observing |
+    BatchReady |
+    CancelProcessing |
+    ProcessingDone |
+    ProcessingFailed |
+    QueueChanged |
+    PauseChannel |
+    ResumeChannel |
+    ChannelPaused |
+    Edit |
+    Edited |
+    Retract |
+    Retracted |
+    TakeWaiting |
+    Taken |
+    SeenId
+)
 """Every type :func:`encode` accepts and :func:`decode` returns."""
 
 _T = TypeVar("_T")

@@ -14,7 +14,7 @@ A message refused by its channel's busy policy ``reject`` is answered ``Rejected
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
 
@@ -63,7 +63,7 @@ class StartProcessing:
     ``ProcessingStarted``."""
 
     channel_id: str = ""
-    processor: Optional["ActorAddress"] = None
+    processor: ActorAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class Observe:
     None), replacing any earlier observer. Each live channel reports its current counts at once. Reply
     ``Observing``."""
 
-    observer: Optional["ActorAddress"] = None
+    observer: ActorAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +296,7 @@ class BatchReady:
     reason: str = ""
     lateness: float = 0.0
     queued: int = -1
-    reply_to: Optional["ActorAddress"] = field(default=None, compare=False)
+    reply_to: ActorAddress | None = field(default=None, compare=False)
     interrupted: bool = field(default=False, kw_only=True)  # as item.interrupted
 
 

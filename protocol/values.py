@@ -6,7 +6,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any
 
 from protocol.errors import InvalidSettings
 from protocol.limits import MAX_BATCH_SIZE
@@ -81,7 +81,7 @@ class MessageBatch:
         return list(dict.fromkeys(m.user_id for m in self.messages))
 
 
-Payload = Union[QueuedMessage, MessageBatch]
+Payload = QueuedMessage | MessageBatch
 
 
 def payload_messages(payload: Payload) -> tuple[QueuedMessage, ...]:

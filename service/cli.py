@@ -11,17 +11,18 @@ from typing import Sequence
 from actors.system import SIMPLE_BASE, SUPPORTED_BASES, TCP_BASE
 from protocol.errors import InvalidSettings
 from protocol.values import BatchSettings
-from service.demo import run_demo
-from service.distributed_serve import run_serve_distributed
 from service.admin import add_parser as add_admin_parser
 from service.admin import check_args as check_admin_args
 from service.admin import run_admin
-from service.top import add_parser as add_top_parser
-from service.top import check_args as check_top_args
+from service.demo import run_demo
+from service.distributed_serve import run_serve_distributed
 from service.logs import FORMATS as LOG_FORMATS
 from service.logs import configure as configure_logs
 from service.process import EXIT_FAILED, silence_stdout
 from service.serve import redacted, run_serve
+from service.top import add_parser as add_top_parser
+from service.top import check_args as check_top_args
+
 
 def _positive_float(text: str) -> float:
     value = float(text)

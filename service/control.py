@@ -3,8 +3,9 @@
 The node listens on a Unix socket created with mode 0600 (nothing on TCP). Each connection carries one
 request and one answer, each one JSON object on a line:
 
-    request: {"command": "channels", "limit": 20, "counters": false} | {"command": "show" | "pause" | "resume" | "flush" |
-             "clear" | "dead-letters", "channel": "...", "replay": false, "purge": false}
+    request: {"command": "channels", "limit": 20, "counters": false}
+             | {"command": "show" | "pause" | "resume" | "flush" | "clear" | "dead-letters", "channel": "...",
+                "replay": false, "purge": false}
     answer:  {"ok": true, "result": {...}} or {"ok": false, "error": "..."}
 
 The node checks the peer's credentials (``SO_PEERCRED``) and refuses a connection from another user id than

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import IO, Iterator
-
-from typing import Any, Union
+from typing import IO, Any, Iterator
 
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id, validate_message, validate_message_id
@@ -19,7 +17,7 @@ MAX_LINE_BYTES = 1024 * 1024  # an input line longer than this is rejected unrea
 _REQUIRED = ("platform", "channel_id", "user_id", "user_name", "text")
 _OPTIONAL = ("extra", "queued_at", "message_id")
 
-Command = Union[QueuedMessage, Edit, Retract]
+Command = QueuedMessage | Edit | Retract
 
 
 def parse_line(data: bytes) -> QueuedMessage:
@@ -27,8 +25,9 @@ def parse_line(data: bytes) -> QueuedMessage:
 
     Rules: a UTF-8 JSON object with the string fields platform, channel_id, user_id, user_name and text,
     optionally extra (an object), queued_at (ISO 8601; without a UTC offset it is taken as UTC) and
-    message_id (a string, the platform's id of the message), and no other field; strict JSON (the tokens ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is a
-    number too large for a float, such as ``1e999``); every limit of
+    message_id (a string, the platform's id of the message), and no other field; strict JSON (the tokens
+    ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is a number too large for a float, such as
+    ``1e999``); every limit of
     :func:`protocol.limits.validate_message` holds. A blank line (empty or whitespace only) is refused too.
 
     Raises:

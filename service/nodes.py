@@ -12,8 +12,8 @@ from typing import Callable, Iterator, Protocol, Sequence, TypeVar
 from thespian.actors import ActorAddress
 
 from actors.driver import STOP, Command, Inbox, InProcessDriver, Output
-from actors.system import TCP_BASE, RunningSystem, start_system
 from actors.journal import RedisWriteTimes
+from actors.system import TCP_BASE, RunningSystem, start_system
 from protocol.errors import Timeout
 from protocol.messages import BatchReady, CancelProcessing, Enqueue, EnqueueMany, ProcessingStarted, StartProcessing
 from protocol.values import BatchSettings, QueuedMessage

@@ -99,8 +99,8 @@ def lease_problem(redis_url: str, timeout: float = 2.0) -> str | None:
     its descendants (the TCP base's persistence actor); else why not."""
     import redis
 
-    from actors.procfs import parent
     from actors.lease import LeaseHolder
+    from actors.procfs import parent
     from protocol.keys import LEASE
 
     client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -7,7 +7,7 @@ these messages and create :class:`RecordingProcessor` actors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING
 
 from thespian.actors import ActorTypeDispatcher
 
@@ -17,7 +17,7 @@ from protocol.values import payload_messages
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
 
-Event = Union[BatchReady, CancelProcessing]
+Event = BatchReady | CancelProcessing
 
 DONE = "done"  # answer every BatchReady with ProcessingDone at once
 FAIL = "fail"  # answer every BatchReady with ProcessingFailed at once
@@ -30,7 +30,7 @@ class Behave:
     (the sender of the BatchReady when None). Reply ``Behaving``."""
 
     mode: str
-    reply_to: Optional["ActorAddress"] = None
+    reply_to: ActorAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ class RecordingProcessor(ActorTypeDispatcher):  # type: ignore[misc]
         super().__init__()
         self._events: list[Event] = []
         self._mode = DONE
-        self._reply_to: Optional[ActorAddress] = None
+        self._reply_to: ActorAddress | None = None
         self._held: list[tuple[BatchReady, ActorAddress]] = []
         self._waiters: list[tuple[WaitFor, ActorAddress]] = []
         self._messages = 0

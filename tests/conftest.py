@@ -7,7 +7,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from typing import Iterator
 
 import pytest
-
 from redis_support import REDIS_SERVER, RedisServer, redis_server  # noqa: E402
 
 

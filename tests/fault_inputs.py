@@ -125,5 +125,9 @@ def field_value(rng: random.Random, kind: str) -> Any:
         pool += [{"n": float("nan")}, {"d": _deep(10)}, {1: "int key"}, {"big": "x" * 20_000}, {"ok": [1, "a"]},
                  {"s": {1, 2}}, {"b": b"\x00"}, {"t": aware}]
     if kind == "time":
-        pool += [aware, datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-12))), datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=-1)))]
+        pool += [
+            aware,
+            datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-12))),
+            datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=-1))),
+        ]
     return rng.choice(pool)

@@ -28,10 +28,10 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from fault_inputs import field_value  # noqa: E402
 from thespian.actors import ActorSystem  # noqa: E402
 
 from actors.supervisor import Supervisor  # noqa: E402
-from fault_inputs import field_value  # noqa: E402
 from protocol.messages import (  # noqa: E402
     SUPERVISOR_NAME,
     CancelCurrent,
@@ -189,7 +189,8 @@ def main() -> int:
     every = asys.ask(supervisor, GetStatistics(), ASK_TIMEOUT)
     busy = [repr(c)[:300] for c in every.channels if c.open_batch_size or c.queued or c.in_flight] \
         if isinstance(every, Statistics) else [repr(every)]
-    print(json.dumps({"busy": busy, "replies": dict(replies), "good": good, "good_acked": good_acked, "answering": answering,
+    print(json.dumps({"busy": busy, "replies": dict(replies), "good": good, "good_acked": good_acked,
+                      "answering": answering,
                       "replies_total": sum(replies.values()), "silent_before_probe": silent,
                       "unanswered": unanswered, "seconds": round(time.monotonic() - start, 3)}))
     # no asys.shutdown(): it would stop the node's actor system

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import pytest
-
 from actor_support import DONE, Behave, Behaving, Recorded, RecordingProcessor, Release, Released, WaitFor
+
 from actors.system import SIMPLE_BASE, TCP_BASE, RunningSystem, alive, descendants
 from protocol.messages import (
     BatchReady,
@@ -51,7 +51,7 @@ def texts(event: BatchReady) -> list[str]:
     return [m.text for m in payload_messages(event.item.payload)]
 
 
-def deliveries(events: tuple[Any, ...], channel: Optional[str] = None) -> list[BatchReady]:
+def deliveries(events: tuple[Any, ...], channel: str | None = None) -> list[BatchReady]:
     return [e for e in events if isinstance(e, BatchReady) and channel in (None, e.channel_id)]
 
 
@@ -64,7 +64,7 @@ def port_accepts(port: int) -> bool:
 class Harness:
     """A running system seen from the test: typed asks, processors, and waits without sleeps."""
 
-    def __init__(self, running: RunningSystem, admin_port: Optional[int]) -> None:
+    def __init__(self, running: RunningSystem, admin_port: int | None) -> None:
         self.running = running
         self.asys = running.asys
         self.supervisor = running.supervisor
@@ -72,7 +72,7 @@ class Harness:
         self.simple = running.base == SIMPLE_BASE
 
     def ask(
-        self, msg: object, expected: type[T], to: Optional[ActorAddress] = None, timeout: float = ASK
+        self, msg: object, expected: type[T], to: ActorAddress | None = None, timeout: float = ASK
     ) -> T:
         reply = self.asys.ask(to or self.supervisor, msg, timeout)
         assert isinstance(reply, expected), f"{msg!r} was answered with {reply!r}, not a {expected.__name__}"
@@ -86,13 +86,13 @@ class Harness:
         assert isinstance(reply, expected), f"expected a {expected.__name__}, got {reply!r}"
         return reply
 
-    def processor(self, mode: str = DONE, reply_to: Optional[ActorAddress] = None) -> ActorAddress:
+    def processor(self, mode: str = DONE, reply_to: ActorAddress | None = None) -> ActorAddress:
         address = self.asys.createActor(RecordingProcessor)
         if mode != DONE or reply_to is not None:
             self.ask(Behave(mode, reply_to), Behaving, to=address)
         return address
 
-    def attach(self, processor: Optional[ActorAddress], channel: str = "") -> None:
+    def attach(self, processor: ActorAddress | None, channel: str = "") -> None:
         assert self.ask(StartProcessing(channel, processor), ProcessingStarted).channel_id == channel
 
     def enqueue(self, *messages: QueuedMessage) -> None:

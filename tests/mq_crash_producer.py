@@ -37,7 +37,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import redis.asyncio  # noqa: E402
 
 from message_queue import MessageQueue, current_item  # noqa: E402
-from protocol.values import Payload, QueuedMessage, QueueItem, payload_messages  # noqa: E402
+from protocol.values import Payload, QueuedMessage, payload_messages  # noqa: E402
 
 log = logging.getLogger("mq_crash_producer")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,8 +12,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
-
-import contextlib
 
 REDIS_SERVER = shutil.which("redis-server")
 

@@ -8,10 +8,9 @@ On the TCP base every system is checked, after its shutdown, to have left no pro
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
-
 from actor_support import (
     DONE,
     FAIL,
@@ -29,6 +28,7 @@ from harness import (
     port_accepts,
     texts,
 )
+
 from actors.system import (
     SIMPLE_BASE,
     TCP_BASE,
@@ -77,7 +77,7 @@ def launch(base: str) -> Iterator[Launch]:
     def launch_(
         window: float = LONG,
         max_batch_size: int = 10,
-        max_wait: Optional[float] = None,
+        max_wait: float | None = None,
         batching: bool = True,
         idle_timeout: float = 60.0,
     ) -> Harness:

@@ -14,9 +14,9 @@ import time
 from typing import Any, Callable, Iterator
 
 import pytest
+from test_run_system import REPO, SCRIPT, TIMEOUT, Running, launch, message
 
 from service.control import request
-from test_run_system import REPO, SCRIPT, TIMEOUT, Running, launch, message
 
 __all__ = ["launch"]  # the fixture, used by name
 

@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 import pytest
 import redis
-
-from protocol import codec, keys
-from protocol.values import DeadLetter
 from redis_support import RedisServer
 from test_admin_control import admin
 from test_run_system import TIMEOUT, Running, launch, message
+
+from protocol import codec, keys
+from protocol.values import DeadLetter
 
 pytestmark = pytest.mark.redis
 

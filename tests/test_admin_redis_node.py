@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 import pytest
 import redis
-
-from actors.system import SIMPLE_BASE, TCP_BASE
-from protocol import keys
 from redis_support import RedisServer
 from test_admin_control import admin
 from test_run_system import TIMEOUT, Running, launch, message
+
+from actors.system import SIMPLE_BASE, TCP_BASE
+from protocol import keys
 
 pytestmark = pytest.mark.redis
 

@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import pytest
-
 from actor_support import HOLD
+from harness import LONG, Harness, Launch, deliveries, texts
+from test_actors import launch  # noqa: F401 - a fixture
+
 from actors.system import SIMPLE_BASE
 from protocol.messages import (
     BatchReady,
@@ -26,8 +28,6 @@ from protocol.messages import (
     TakeWaiting,
 )
 from protocol.values import BatchSettings, QueuedMessage
-from harness import LONG, Harness, Launch, deliveries, texts
-from test_actors import launch  # noqa: F401 - a fixture
 
 __all__ = ["launch"]
 
@@ -70,7 +70,9 @@ def test_edit_retract_and_take_waiting_act_on_messages_not_delivered_yet(launch:
 def test_edit_and_retract_without_a_message_id_are_rejected_naming_the_rule(launch: Launch) -> None:
     mq = launch()
     rejected = mq.ask(Edit(message("c1", "x")), Rejected)
-    assert (rejected.command, rejected.error, rejected.reason) == ("Edit", "InvalidInput", "message_id must not be empty")
+    assert (rejected.command, rejected.error, rejected.reason) == (
+        "Edit", "InvalidInput", "message_id must not be empty"
+    )
     rejected = mq.ask(Retract("c1", "y" * 300), Rejected)
     assert "message_id must be at most 256 bytes of UTF-8, got 300 bytes" in rejected.reason
 

@@ -17,6 +17,20 @@ from typing import Any, Sequence
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, precondition, rule
+from test_batching_model import (
+    CHANNELS,
+    QUARTER,
+    BatchingMachine,
+    History,
+    ModelBatch,
+    ModelChannel,
+    ModelItem,
+    channel_index,
+    counting_ids,
+    quarters,
+    texts_of,
+    windows,
+)
 
 from actors.batching import (
     ChannelCore,
@@ -32,20 +46,6 @@ from actors.batching import (
     WaitingChanged,
 )
 from protocol.values import BatchSettings, ChannelStatistics, FlushReason, QueuedMessage, payload_messages
-from test_batching_model import (
-    CHANNELS,
-    QUARTER,
-    BatchingMachine,
-    History,
-    ModelBatch,
-    ModelChannel,
-    ModelItem,
-    channel_index,
-    counting_ids,
-    quarters,
-    texts_of,
-    windows,
-)
 
 USERS = ("ann", "bob")
 

@@ -8,8 +8,11 @@ from typing import Iterator
 
 import pytest
 import redis
-
 from actor_support import HOLD
+from redis_support import RedisServer, as_bytes
+from test_message_queue_api import Recorder, run
+from test_persistence import Node
+
 from actors.system import SIMPLE_BASE
 from message_queue import MessageQueue
 from protocol import codec, keys
@@ -27,9 +30,6 @@ from protocol.messages import (
     TakeWaiting,
 )
 from protocol.values import BatchSettings, OpenEntry, QueuedMessage, QueueItem, SeenId
-from redis_support import RedisServer, as_bytes
-from test_message_queue_api import Recorder, run
-from test_persistence import Node
 
 pytestmark = pytest.mark.redis
 

@@ -31,19 +31,19 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 import pytest
 import redis
-
 from actor_support import Recorded, RecordingProcessor, WaitFor
+from redis_support import RedisServer
+
 from actors.journal import FinishInFlight, PushTail, TakeHead
 from actors.store import RedisStore
 from actors.system import SIMPLE_BASE, start_system
 from protocol import keys
 from protocol.messages import BatchReady, ProcessingStarted, StartProcessing
 from protocol.values import BatchSettings, QueuedMessage, QueueItem, payload_messages
-from redis_support import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -85,7 +85,9 @@ class Node:
     """One ``crash_node.py`` process; its stdout lines go to ``sink`` as ``(generation, line)``, then
     ``(generation, None)`` at end of file."""
 
-    def __init__(self, generation: int, url: str, log_dir: pathlib.Path, sink: queue.SimpleQueue[tuple[int, Optional[str]]]) -> None:
+    def __init__(
+        self, generation: int, url: str, log_dir: pathlib.Path, sink: queue.SimpleQueue[tuple[int, str | None]]
+    ) -> None:
         self.generation = generation
         self.log_path = log_dir / f"node-{generation}.log"
         with open(self.log_path, "wb") as log:
@@ -105,7 +107,7 @@ class Node:
                                         daemon=True)
         self._reader.start()
 
-    def _read(self, sink: queue.SimpleQueue[tuple[int, Optional[str]]]) -> None:
+    def _read(self, sink: queue.SimpleQueue[tuple[int, str | None]]) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             sink.put((self.generation, raw.decode("utf-8").rstrip("\n")))
@@ -186,7 +188,7 @@ class Ledger:
     ended: set[int] = field(default_factory=set)
     garbage: list[str] = field(default_factory=list)
 
-    def record(self, generation: int, line: Optional[str]) -> None:
+    def record(self, generation: int, line: str | None) -> None:
         if line is None:
             self.ended.add(generation)
             return
@@ -257,14 +259,14 @@ class CrashRun:
         self.log_dir = log_dir
         self.rng = random.Random(seed)
         self.ledger = Ledger()
-        self.sink: queue.SimpleQueue[tuple[int, Optional[str]]] = queue.SimpleQueue()
+        self.sink: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
         self.nodes: list[Node] = []
-        self._current: Optional[Node] = None
+        self._current: Node | None = None
         self._lock = threading.Lock()
         self._stop_producing = threading.Event()
-        self._producer: Optional[threading.Thread] = None
+        self._producer: threading.Thread | None = None
         self._producer_rng = random.Random(seed + 1)
-        self._producer_error: Optional[BaseException] = None
+        self._producer_error: BaseException | None = None
 
     # nodes
 

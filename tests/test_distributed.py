@@ -1,9 +1,9 @@
 """Distributed mode in one process: nodes (``DistributedBatcher``), the scripts, the event buses, the relay and
 ``MessageQueue(redis=..., event_bus=...)``, each on a private redis-server.
 
-Waits for behaviour are ``XREAD BLOCK`` polls of the stream, or polls of a condition, with timeouts; no sleeps. Several "nodes" here are
-batchers on one event loop with clients of their own: to Redis they are as separate as processes (the
-multi-process tests are in ``test_distributed_nodes.py``).
+Waits for behaviour are ``XREAD BLOCK`` polls of the stream, or polls of a condition, with timeouts; no sleeps.
+Several "nodes" here are batchers on one event loop with clients of their own: to Redis they are as separate as
+processes (the multi-process tests are in ``test_distributed_nodes.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any, Awaitable, Callable, Coroutine
 
 import pytest
 import redis.asyncio as aioredis
+from redis_support import RedisServer, redis_server, reply
 
-from message_queue import InvalidSettings, MessageBatch, MessageQueue, QueuedMessage, UnsafeRedis
-from message_queue import scripts
+from message_queue import InvalidSettings, MessageBatch, MessageQueue, QueuedMessage, UnsafeRedis, scripts
 from message_queue.distributed import (
     DistributedBatcher,
     DistributedQueue,
@@ -30,7 +30,6 @@ from protocol import keys
 from protocol.errors import InvalidInput
 from protocol.stream import InboundBatch, decode_entry
 from protocol.values import BatchSettings, ChannelStatistics
-from redis_support import RedisServer, redis_server, reply
 
 pytestmark = pytest.mark.redis
 

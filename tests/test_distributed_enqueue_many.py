@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis_support import RedisServer
+from test_distributed import read_stream, texts
 
 from message_queue import MessageQueue, QueuedMessage
 from message_queue.event_bus import RedisStreamEventBus
-from redis_support import RedisServer
-from test_distributed import read_stream, texts
+
 
 def test_enqueue_many_stores_every_message_in_order_and_they_are_batched(redis_srv: RedisServer) -> None:
     async def main() -> None:

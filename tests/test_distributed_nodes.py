@@ -19,10 +19,10 @@ from typing import Iterator
 
 import pytest
 import redis
-
 from dist_cluster import NodeProcess, StreamReader, message_line, open_deadlines, percentile, start_nodes
-from protocol.keys import channel_tag
 from redis_support import RedisServer
+
+from protocol.keys import channel_tag
 
 pytestmark = pytest.mark.redis
 

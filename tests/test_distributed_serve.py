@@ -12,10 +12,10 @@ from typing import Iterator
 
 import pytest
 import redis
-
 from dist_cluster import ROOT, NodeProcess, StreamReader, message_line, open_deadlines
-from protocol.keys import DIST_DEADLINES, INBOUND_STREAM, channel_tag
 from redis_support import RedisServer
+
+from protocol.keys import DIST_DEADLINES, INBOUND_STREAM, channel_tag
 from service.cli import parse_args
 from service.lines import LineSplitter
 

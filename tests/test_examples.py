@@ -36,11 +36,11 @@ from typing import IO, Any, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis_support import RedisServer
+from test_run_system import MARKER, Running, accepts_connections, launch, texts_by_channel  # noqa: F401
 
 from actors.system import free_port
 from message_queue import InboundBatch, MessageBatch, QueuedMessage, RedisStreamEventBus, decode_entry
-from redis_support import RedisServer
-from test_run_system import MARKER, Running, accepts_connections, launch, texts_by_channel  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -470,8 +470,9 @@ def test_readme_consumer_prints_entries_and_survives_an_idle_stream(
 
 
 @pytest.mark.tcp
-def test_external_sender_and_readme_sender_enqueue_into_a_tcp_node(launch: Callable[..., Running],
-                                                                   tmp_path: Path) -> None:
+def test_external_sender_and_readme_sender_enqueue_into_a_tcp_node(
+    launch: Callable[..., Running], tmp_path: Path  # noqa: F811 - the fixture imported above
+) -> None:
     port = free_port()
     node = launch("serve", "--base", "multiprocTCPBase", "--admin-port", str(port), "--window", "0.05")
     node.stderr_line(lambda line: f"admin port {port}" in line)

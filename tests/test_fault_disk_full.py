@@ -30,7 +30,6 @@ from typing import Callable, Iterator
 
 import pytest
 import redis
-
 from redis_support import REDIS_SERVER, RedisServer, tmpfs
 from test_crash import CrashRun, assert_sound
 from test_faults import FULL, RECOVERY_TIMEOUT, SEED, START_TIMEOUT, epoch_of, figures, poll

@@ -17,9 +17,9 @@ import textwrap
 from typing import Callable
 
 import pytest
+from test_run_system import REPO, TIMEOUT, Running, launch, message
 
 from actors.system import free_port
-from test_run_system import REPO, TIMEOUT, Running, launch, message
 
 __all__ = ["launch"]  # the fixture, used by name
 

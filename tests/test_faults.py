@@ -23,17 +23,14 @@ Environment (CI uses the defaults; the README's figures used the larger settings
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import pathlib
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -42,17 +39,17 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import redis
-
-from actors.system import free_port
 from dist_cluster import NodeProcess, StreamReader, message_line
 from fault_inputs import serve_line
-from protocol import codec
-from protocol.errors import DecodeError
-from protocol.values import BatchSettings, MessageBatch, OpenEntry, QueuedMessage, QueueItem
-from redis_support import REDIS_SERVER, RedisServer, as_bytes
+from redis_support import RedisServer, as_bytes
 from test_crash import CrashRun, assert_sound
 from test_mq_crash import CrashLoop
 from test_run_system import Running, launch, message
+
+from actors.system import free_port
+from protocol import codec
+from protocol.errors import DecodeError
+from protocol.values import BatchSettings, MessageBatch, OpenEntry, QueuedMessage, QueueItem
 
 __all__ = ["launch"]  # the fixture, used by name
 
@@ -462,10 +459,10 @@ def test_serve_stdin_rejects_every_malformed_line_and_delivers_every_good_one_in
         skipped[int(match[1])] = match[2]
     delivered: dict[str, list[int]] = defaultdict(list)
     for out in done.stdout.splitlines():
-        for message in _strict(out)["messages"]:
+        for record in _strict(out)["messages"]:
             # a corrupted line that still parses may carry a junk character inside its text (never a digit)
-            number = int(re.sub(r"\D", "", message["text"].split(" ", 1)[0]))
-            delivered[message["channel_id"]].append(number)
+            number = int(re.sub(r"\D", "", record["text"].split(" ", 1)[0]))
+            delivered[record["channel_id"]].append(number)
     delivered_lines = Counter(n for numbers in delivered.values() for n in numbers)
 
     problems = []
@@ -583,5 +580,6 @@ def test_a_tcp_node_rejects_random_protocol_messages_and_keeps_delivering_in_ord
     replies = summary["replies"]
     rejected = sum(n for name, n in replies.items() if name.startswith("Rejected/"))
     figures("random and malformed input", "TCP base, external sender", inputs=TCP_INPUTS, good=summary["good"],
-            delivered=len(texts["fuzz:good"]), rejected=rejected, answering=summary["answering"], seconds=round(seconds, 2),
+            delivered=len(texts["fuzz:good"]), rejected=rejected, answering=summary["answering"],
+            seconds=round(seconds, 2),
             replies=replies)

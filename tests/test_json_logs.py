@@ -8,10 +8,11 @@ import io
 import json
 import logging
 
+from test_run_system import run
+
 from message_queue import MessageQueue, QueuedMessage
 from protocol.values import Payload
 from service.logs import JsonFormatter, configure
-from test_run_system import run
 
 
 def test_a_failing_callback_is_logged_as_json_with_its_item() -> None:

@@ -79,7 +79,9 @@ async def start(clock: FakeClock, settings: BatchSettings, turn_seconds: float) 
     return driver, delivered
 
 
-def reference(sent: list[tuple[QueuedMessage, float]], settings: BatchSettings) -> dict[str, list[tuple[list[str], str]]]:
+def reference(
+    sent: list[tuple[QueuedMessage, float]], settings: BatchSettings
+) -> dict[str, list[tuple[list[str], str]]]:
     """What the pure core makes of the messages at their acceptance times, per channel."""
     cores: dict[str, ChannelCore] = {}
     items: dict[str, list[tuple[list[str], str]]] = {}

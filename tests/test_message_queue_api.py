@@ -16,9 +16,9 @@ from collections import defaultdict
 from typing import Any, Coroutine
 
 import pytest
+from mq_support import Waitable
 
 import message_queue
-from mq_support import Waitable
 from message_queue import InvalidInput, MessageBatch, MessageQueue, QueuedMessage
 from protocol.errors import InvalidSettings
 from protocol.keys import config_key

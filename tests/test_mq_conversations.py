@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_message_queue_api import QUIET, TIMEOUT, Recorder, run, texts
 
 from message_queue import ChannelBusy, InvalidInput, InvalidSettings, MessageQueue, QueuedMessage, current_item
 from protocol.values import Payload, QueueItem
-from test_message_queue_api import QUIET, TIMEOUT, Recorder, run, texts
 
 
 def msg(channel: str, text: str, mid: str = "", user: str = "u1") -> QueuedMessage:

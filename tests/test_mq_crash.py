@@ -33,19 +33,19 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from mq_crash_producer import RUN_STRIDE
+from redis_support import RedisServer, as_bytes
+from test_crash import children_of
 
 from actors import write_script
 from message_queue import MessageQueue
-from mq_crash_producer import RUN_STRIDE
 from protocol import codec, keys
 from protocol.values import OpenEntry, QueuedMessage
-from redis_support import RedisServer, as_bytes
-from test_crash import children_of
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PRODUCER_SCRIPT = pathlib.Path(__file__).with_name("mq_crash_producer.py")
@@ -334,7 +334,9 @@ def test_kill_9_loop_of_asyncio_producers_loses_no_acknowledged_message(crash_lo
     assert counts["acked"] > 0, f"nothing was acknowledged: {counts}"
     assert counts["lost"] == 0, f"acknowledged messages never delivered: {counts}"
     assert counts["order_inversions"] == 0, f"first deliveries out of sequence order: {counts}"
-    assert counts["unflagged_duplicates"] == 0, f"messages delivered again without the same item id and a higher attempt: {counts}"
+    assert counts["unflagged_duplicates"] == 0, (
+        f"messages delivered again without the same item id and a higher attempt: {counts}"
+    )
     bad = {name: counts[name] for name in ("holes", "not_from_start", "wrong_channel", "garbage_lines") if counts[name]}
     assert not bad, f"{bad} in {counts}; garbage {ledger.garbage[:5]}"
 

@@ -17,6 +17,7 @@ from protocol.messages import (
     BatchReady,
     Clear,
     Cleared,
+    GetStatistics,
     Observe,
     Observing,
     ProcessingDone,
@@ -24,7 +25,6 @@ from protocol.messages import (
     Rejected,
     StartProcessing,
     Statistics,
-    GetStatistics,
 )
 from protocol.values import BatchSettings, QueuedMessage
 

@@ -14,11 +14,11 @@ import threading
 from typing import Any, Awaitable
 
 import pytest
+from test_message_queue_api import NO_COUNTS, TIMEOUT, WINDOW, Recorder, msg, run, texts
 
 import message_queue.local
-from message_queue import InvalidInput, MessageBatch, MessageQueue, QueuedMessage
+from message_queue import InvalidInput, MessageBatch, MessageQueue
 from protocol.values import Payload
-from test_message_queue_api import NO_COUNTS, TIMEOUT, WINDOW, Recorder, msg, run, texts
 
 
 async def _awaited(awaitable: Awaitable[object]) -> None:

@@ -16,14 +16,14 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 from redis.connection import parse_url
+from redis_support import RedisServer
+from test_message_queue_api import Recorder, msg
 
 from actors.system import free_port
 from message_queue import MessageQueue, StoreUnavailable, UnsafeRedis
 from message_queue.redis_url import url_of_client
 from protocol import keys
 from protocol.errors import InvalidSettings
-from redis_support import RedisServer
-from test_message_queue_api import Recorder, msg
 
 WINDOW = 0.05
 

@@ -8,9 +8,10 @@ from collections import defaultdict
 from typing import Any, Coroutine
 
 from mq_support import Waitable
+from test_message_queue_api import NO_COUNTS
+
 from message_queue import MessageBatch, MessageQueue, QueuedMessage
 from protocol.values import Payload
-from test_message_queue_api import NO_COUNTS
 
 TIMEOUT = 40.0
 

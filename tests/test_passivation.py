@@ -12,15 +12,15 @@ import time
 from typing import Any, Callable, Iterator
 
 import pytest
+from actor_support import DONE, FAIL, HOLD, Behave, Behaving, Recorded, RecordingProcessor, WaitFor
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
-from actor_support import DONE, FAIL, HOLD, Behave, Behaving, Recorded, RecordingProcessor, WaitFor
 from actors.supervisor import Supervisor
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
 from protocol.messages import (
     CancelCurrent,
-    ChannelStopped,
     Cancelled,
+    ChannelStopped,
     Clear,
     Cleared,
     Enqueue,

@@ -8,21 +8,21 @@ import logging
 import os
 import socket
 import time
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 import redis
-
 from actor_support import HOLD
-from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
+from harness import Harness, message, texts
+from redis_support import RedisServer, as_bytes
+
 from actors.journal import OpenStore, StoreOpened
 from actors.lease import LeaseHolder
 from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
-from protocol.messages import BatchReady, Cleared, Clear, Enqueued, EnqueueFront, EnqueueMany
+from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
+from protocol.messages import BatchReady, Clear, Cleared, Enqueued, EnqueueFront, EnqueueMany
 from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
-from redis_support import RedisServer, as_bytes
-from harness import Harness, message, texts
 
 pytestmark = pytest.mark.redis
 
@@ -38,7 +38,7 @@ class Node:
     def __init__(self, base: str, server: RedisServer) -> None:
         self.base = base
         self.server = server
-        self.current: Optional[Harness] = None
+        self.current: Harness | None = None
 
     def start(self, window: float = 30.0, max_batch_size: int = 10) -> Harness:
         self.stop()
@@ -223,7 +223,7 @@ def test_a_call_gets_its_own_reply_while_an_earlier_acknowledgement_waits_for_re
 # -- one persisting node per database: the writer lease ---------------------------------------------------------
 
 
-def lease_of(client: redis.Redis) -> Optional[LeaseHolder]:
+def lease_of(client: redis.Redis) -> LeaseHolder | None:
     raw = client.get(keys.LEASE)
     assert raw is None or isinstance(raw, bytes)
     return LeaseHolder.decode(raw) if raw is not None else None

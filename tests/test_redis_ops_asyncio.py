@@ -10,13 +10,13 @@ from typing import Any, Coroutine
 import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
+from redis_support import RedisServer
+from test_metrics_facade import value
 
 from actors import control_stream
 from message_queue import MessageQueue, QueuedMessage
 from message_queue.event_bus import RedisStreamEventBus
 from protocol import keys
-from redis_support import RedisServer
-from test_metrics_facade import value
 
 TIMEOUT = 10.0
 

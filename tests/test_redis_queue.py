@@ -202,7 +202,7 @@ def test_gets_that_time_out_while_items_arrive_lose_nothing(redis_srv: Any) -> N
             while len(received) < total:
                 try:
                     item = await asyncio.wait_for(consumer.get(), 0.002)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     timeouts += 1
                     continue
                 received.append(text_of(item))

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Iterator
 
 import pytest
 import redis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from redis_support import REDIS_SERVER, redis_server, reply
 
 from actors.batching import ChannelCore, Deliver, Effect
 from message_queue import scripts
@@ -46,7 +47,6 @@ from protocol import codec
 from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
 from protocol.stream import decode_entry
 from protocol.values import BatchSettings, FlushReason, MessageBatch, Payload, QueuedMessage, payload_messages
-from redis_support import REDIS_SERVER, redis_server, reply
 
 pytestmark = pytest.mark.redis
 
@@ -108,7 +108,7 @@ class FlushDue:
     pass
 
 
-Action = Union[Messages, Front, Configure, FlushDue]
+Action = Messages | Front | Configure | FlushDue
 Step = tuple[int, Action]  # (ms since the previous step, action)
 
 channel_index = st.integers(0, len(CHANNELS) - 1)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_run_system import message, run
 
 from protocol.errors import InvalidInput
 from protocol.messages import Edit, Retract
 from protocol.values import QueuedMessage
 from service.lines import parse_command, parse_line
-from test_run_system import message, run
 
 
 def test_serve_drops_duplicates_applies_edits_and_retractions_and_reports_each() -> None:

@@ -12,7 +12,6 @@ from typing import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
 from redis_support import RedisServer
 from test_run_system import TIMEOUT, Running, launch, message
 

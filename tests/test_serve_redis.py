@@ -18,14 +18,14 @@ from typing import IO, Any, Callable, Iterator
 
 import pytest
 import redis
+from redis_support import RedisServer
+from test_run_system import TIMEOUT, Running, batches_of, launch, message, run, texts_by_channel
 
 from actors.system import free_port
 from protocol import codec, keys
 from protocol.values import QueueItem
-from redis_support import RedisServer
 from service.cli import parse_args
 from service.serve import redacted
-from test_run_system import TIMEOUT, Running, batches_of, launch, message, run, texts_by_channel
 
 pytestmark = pytest.mark.redis
 

@@ -13,14 +13,22 @@ from typing import Any, Callable
 
 import pytest
 import redis
+from test_run_system import (
+    REPO,
+    TIMEOUT,
+    Running,
+    accepts_connections,
+    launch,
+    message,
+    run,
+    texts_by_channel,
+)
 
 from actors.system import free_port
 from protocol.messages import BatchReady
 from protocol.values import MessageBatch, QueuedMessage, QueueItem
 from service.lines import MAX_LINE_BYTES
 from service.serve import batch_record, record_line
-from test_run_system import REPO, TIMEOUT, Running, accepts_connections, batches_of, launch, message, run
-from test_run_system import texts_by_channel
 
 __all__ = ["launch"]  # the fixture, used by name
 

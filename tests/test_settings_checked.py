@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from harness import Harness, message, texts
+
 from actors.system import SIMPLE_BASE, start_system
 from protocol.messages import ChannelConfigured, ConfigureChannel, Rejected
 from protocol.values import BatchSettings

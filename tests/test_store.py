@@ -16,14 +16,14 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis_support import RedisServer, as_bytes, redis_server
 
 from actors.journal import AppendOpen, ClearQueue, FinishInFlight, PushHead, PushTail, TakeHead
 from actors.lease import LeaseHolder
 from actors.store import RedisStore
-from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
 from protocol import codec, keys
+from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
 from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem
-from redis_support import RedisServer, as_bytes, redis_server
 
 pytestmark = pytest.mark.redis
 
@@ -348,7 +348,8 @@ def test_a_store_whose_lease_was_taken_writes_nothing_more(
         store.apply([PushTail("c", item("c", "i2", "b"), False), TakeHead("c")])  # for good
     with pytest.raises(StoreLocked):
         store.renew_lease()
-    assert [codec.decode(as_bytes(raw), QueueItem).item_id for raw in client.lrange(keys.queue_key("c"), 0, -1)] == ["i1"]
+    stored = client.lrange(keys.queue_key("c"), 0, -1)
+    assert [codec.decode(as_bytes(raw), QueueItem).item_id for raw in stored] == ["i1"]
     assert client.llen(keys.channel_key(keys.PROCESSING, "c")) == 0
     store.close()  # releases nothing that is not its own
     assert client.get(keys.LEASE) == other.encode()

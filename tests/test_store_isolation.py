@@ -11,12 +11,12 @@ from datetime import datetime, timezone
 from typing import Iterator
 
 import pytest
+from redis_support import RedisServer
 
 from actors.journal import AppendOpen, FinishInFlight, PushHead, PushTail, TakeHead
 from actors.store import RedisStore
 from protocol import codec, keys
 from protocol.values import DeadLetter, MessageBatch, OpenEntry, QueuedMessage, QueueItem, payload_messages
-from redis_support import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -167,9 +167,9 @@ def test_a_bad_queued_at_is_refused_by_enqueue_and_every_other_channel_is_stored
     import asyncio
 
     import redis.asyncio as aioredis
+    from test_message_queue_api import Recorder, msg
 
     from message_queue import InvalidInput, MessageQueue
-    from test_message_queue_api import Recorder, msg
 
     async def main() -> None:
         client = aioredis.Redis.from_url(redis_srv.url)

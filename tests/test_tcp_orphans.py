@@ -13,11 +13,11 @@ import time
 from typing import Callable
 
 import pytest
+from test_run_system import Running, accepts_connections, batches_of, launch, message, texts_by_channel
 
 from actors.procfs import alive, children, session_members
 from actors.system import free_port
 from service.process import EXIT_FAILED
-from test_run_system import Running, accepts_connections, batches_of, launch, message, texts_by_channel
 
 __all__ = ["launch"]  # the fixture, used by name
 

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from typing import Callable
 
-from service.top import Snapshot, rate, render_text
 from test_admin_control import control_path, start_node
 from test_run_system import REPO, SCRIPT, TIMEOUT, Running, launch, message
+
+from service.top import Snapshot, rate, render_text
 
 __all__ = ["control_path", "launch"]  # fixtures, used by name
 

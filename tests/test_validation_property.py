@@ -15,10 +15,10 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Iterator
 
 import pytest
+from actor_support import Recorded, RecordingProcessor, WaitFor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actor_support import Recorded, RecordingProcessor, WaitFor
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
 from protocol.errors import InvalidInput
 from protocol.limits import MAX_BATCH_SIZE, MAX_TEXT_BYTES, validate_message, validate_payload
@@ -292,7 +292,9 @@ def recorded_until_probes(system: System, wanted: int) -> tuple[object, ...]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(steps=st.lists(st.one_of(commands, st.just("good")), min_size=1, max_size=6))
-def test_any_command_is_accepted_or_rejected_and_good_messages_still_flow(make_system: Any, steps: list[object]) -> None:
+def test_any_command_is_accepted_or_rejected_and_good_messages_still_flow(
+    make_system: Any, steps: list[object]
+) -> None:
     system = make_system()
     good: list[str] = []
     for step in steps:

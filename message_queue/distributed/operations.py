@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Sequence
 
 from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
 from protocol.values import MessageBatch, QueuedMessage
@@ -23,8 +23,8 @@ class Names:
     @classmethod
     def of(cls, channel: str) -> Names:
         tag = channel_tag(channel)
-        return cls(tag, channel.encode("utf-8"), tag.encode("ascii"),
-                   dist_key_of_tag(DIST_MESSAGES, tag).encode("ascii"), dist_key_of_tag(DIST_STATE, tag).encode("ascii"))
+        messages, state = dist_key_of_tag(DIST_MESSAGES, tag), dist_key_of_tag(DIST_STATE, tag)
+        return cls(tag, channel.encode("utf-8"), tag.encode("ascii"), messages.encode("ascii"), state.encode("ascii"))
 
     @classmethod
     def of_tag(cls, tag: str) -> Names:
@@ -63,7 +63,7 @@ class Flush:
         return Names.of_tag(self.tag)
 
 
-Op = Union[Append, Publish, Flush]
+Op = Append | Publish | Flush
 
 
 @dataclass(eq=False, slots=True)

@@ -116,7 +116,7 @@ class DistributedQueue:
         if batcher is not None:
             try:
                 await asyncio.wait_for(batcher.drain(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("distributed node %s: closing with deadlines still armed; other nodes' sweepers "
                             "will publish them", batcher.node_id)
             if self._relay is not None:
