@@ -44,7 +44,7 @@ import pathlib
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Protocol
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -180,11 +180,41 @@ async def _baseline(b: Burst, order: str) -> dict[str, Any]:
     return _record(b, plan, sent, deliveries, cpu)
 
 
+class _Queue(Protocol):
+    """What the burst needs of a queue with the original API."""
+
+    async def start_processing(self, channel: str, callback: Callable[[Payload], Awaitable[object]]) -> None: ...
+
+    async def enqueue(self, msg: QueuedMessage) -> None: ...
+
+
 def run_facade(b: Burst, order: str) -> dict[str, Any]:
-    return asyncio.run(_facade(b, order))
+    async def run() -> dict[str, Any]:
+        mq = MessageQueue(default_batch_window=b.window, max_batch_size=b.max_batch_size)
+        try:
+            return await _through_callbacks(b, order, mq, barrier=lambda: mq.statistics(channel_name(0)))
+        finally:
+            await mq.close()
+
+    return asyncio.run(run())
 
 
-async def _facade(b: Burst, order: str) -> dict[str, Any]:
+def run_original(b: Burst, order: str) -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        queue = OriginalDesignQueue(b.window, b.max_batch_size)
+        try:
+            return await _through_callbacks(b, order, queue)
+        finally:
+            await queue.close()
+
+    return asyncio.run(run())
+
+
+async def _through_callbacks(
+    b: Burst, order: str, queue: _Queue, barrier: Callable[[], Awaitable[object]] | None = None
+) -> dict[str, Any]:
+    """The burst through ``queue``: one ``start_processing`` per channel before the clock starts (then
+    ``barrier``, if any, to let the setup finish), then every ``await enqueue``, until all is delivered."""
     plan = b.plan(order)
     msgs = make_messages(plan)
     sent = [0.0] * len(msgs)
@@ -203,48 +233,10 @@ async def _facade(b: Burst, order: str) -> dict[str, Any]:
             done.set()
 
     with frozen_heap():
-        mq = MessageQueue(default_batch_window=b.window, max_batch_size=b.max_batch_size)
-        try:
-            for c in range(b.channels):
-                await mq.start_processing(channel_name(c), callback)
-            await mq.statistics(channel_name(0))  # a barrier: the setup is done
-            cpu0 = time.process_time()
-            await _produce(plan, msgs, sent, mq.enqueue)
-            try:
-                await asyncio.wait_for(done.wait(), _timeout(b))
-            except TimeoutError:
-                pass
-            cpu = time.process_time() - cpu0
-        finally:
-            await mq.close()
-    return _record(b, plan, sent, deliveries, cpu)
-
-
-def run_original(b: Burst, order: str) -> dict[str, Any]:
-    return asyncio.run(_original(b, order))
-
-
-async def _original(b: Burst, order: str) -> dict[str, Any]:
-    plan = b.plan(order)
-    msgs = make_messages(plan)
-    sent = [0.0] * len(msgs)
-    deliveries: list[tuple[float, str, list[int], str, float]] = []
-    done = asyncio.Event()
-    total = len(msgs)
-    state = {"count": 0}
-
-    async def callback(payload: Payload) -> None:
-        batch = payload_messages(payload)
-        reason = "full" if len(batch) >= b.max_batch_size else "window"
-        deliveries.append((mono(), batch[0].channel_id, [seq_of(m) for m in batch], reason, 0.0))
-        state["count"] += len(batch)
-        if state["count"] >= total:
-            done.set()
-
-    with frozen_heap():
-        queue = OriginalDesignQueue(b.window, b.max_batch_size)
         for c in range(b.channels):
             await queue.start_processing(channel_name(c), callback)
+        if barrier is not None:
+            await barrier()
         cpu0 = time.process_time()
         await _produce(plan, msgs, sent, queue.enqueue)
         try:
@@ -252,7 +244,6 @@ async def _original(b: Burst, order: str) -> dict[str, Any]:
         except TimeoutError:
             pass
         cpu = time.process_time() - cpu0
-        await queue.close()
     return _record(b, plan, sent, deliveries, cpu)
 
 
