@@ -113,7 +113,7 @@ class LoopDriver:
         self._alarm_at: float | None = None  # the Timer's next deadline
         self._timer: ActorAddress | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._handle_at = 0.0  # the loop time of ``_handle``
+        self._armed_alarm: float | None = None  # the alarm ``_handle`` was armed for
         self.restored = 0
         # Metrics hook: called with the number of messages handed over in a turn (None: no metrics).
         self.on_accepted: Callable[[int], None] | None = None
@@ -323,10 +323,13 @@ class LoopDriver:
         """One loop.call_at for the earliest of the Timer's alarm and Thespian's pending wakeups."""
         if self._state is not _State.RUNNING:
             return
+        thespian = self._required_base().next_wakeup_in()
+        if thespian is None and self._alarm_at == self._armed_alarm and self._handle is not None:
+            return  # nothing changed since the last arming
+        self._armed_alarm = self._alarm_at
         delay: float | None = None
         if self._alarm_at is not None:
             delay = self._alarm_at - self._clock()
-        thespian = self._required_base().next_wakeup_in()
         if thespian is not None:
             delay = thespian if delay is None else min(delay, thespian)
         if delay is None:

@@ -197,6 +197,8 @@ class LeanSimpleBase(_Original):  # type: ignore[misc]
 
     def next_wakeup_in(self) -> float | None:
         """Seconds until the earliest pending Thespian wakeup is due (None: none is pending)."""
+        if not self._wakeUps:
+            return None
         dues = [timer._time_to_quit for _, timer, _ in self._wakeUps if timer._time_to_quit is not None]
         return min(dues) - currentTime() if dues else None
 
