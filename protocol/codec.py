@@ -520,6 +520,19 @@ def _nested(name: str, *schemas: _Schema) -> _Field:
     return _Field(name, encode, decode)
 
 
+def _optional_nested(name: str, *schemas: _Schema) -> _Field:
+    """A field holding nil or one of ``schemas`` as a nested tagged array."""
+    inner = _nested(name, *schemas)
+
+    def encode(value: Any) -> object:
+        return None if value is None else inner.encode(value)
+
+    def decode(value: Any) -> object:
+        return None if value is None else inner.decode(value)
+
+    return _Field(name, encode, decode)
+
+
 def _sequence(name: str, container: type[list[Any]] | type[tuple[Any, ...]], item: _Field) -> _Field:
     """A list or tuple (exactly ``container``) of nested values, at most MAX_SEQUENCE_ITEMS long."""
 
@@ -851,6 +864,12 @@ _SETTINGS = _schema(
     _text("busy_policy", MAX_NAME_BYTES),
     _bool("split_on_author"),
     _number("dedupe_ttl"),
+    _int("max_attempts", 1),
+    _number("retry_backoff"),
+    _optional_number("processing_timeout"),
+    _int("max_queued", 1),
+    _text("overflow", MAX_NAME_BYTES),
+    _optional_number("max_age"),
     required=4,
 )
 _CHANNEL_STATISTICS = _schema(
@@ -869,6 +888,15 @@ _CHANNEL_STATISTICS = _schema(
     _int("retractions"),
     _int("interruptions"),
     _int("rejections"),
+    _int("attempts"),
+    _int("retries"),
+    _int("timeouts"),
+    _int("dead_lettered"),
+    _int("dead_letters"),
+    _int("dead_letters_dropped"),
+    _int("dropped_stale"),
+    _int("dropped_overflow"),
+    _int("rejected_full"),
     required=8,
 )
 
@@ -886,6 +914,11 @@ _SCHEMAS: Final = (
         _text("reason", MAX_TEXT_BYTES),
         _bytes("data", MAX_FRAME_BYTES // 2),
         _number("at"),
+        _optional_nested("item", _ITEM),
+        _int("attempts"),
+        _number("first_failed_at"),
+        _number("last_failed_at"),
+        required=4,
     ),
     _schema("enqueue", Enqueue, _nested("message", _MESSAGE), _bool("ack")),
     _schema(
