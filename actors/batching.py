@@ -1012,6 +1012,9 @@ class ChannelCore:
                 if head is self._retry:
                     self._retry = self._retry_due = None
             effects.append(MessagesDropped(messages[:1], "overflow", head=True, rest=rest))
+            if self._added_effects:
+                # an owner that journals rewrites the waiting items (the item in flight is not among them)
+                effects.append(self._waiting_changed())
             return
         current = self._open
         assert current is not None, "a full channel holds a waiting message"

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from protocol.messages import (
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     CancelCurrent,
     Clear,
     ConfigureChannel,
@@ -168,7 +171,7 @@ class Ack:
 
 ChannelCommand = Union[
     CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, PauseChannel,
-    ResumeChannel, Edit, Retract, TakeWaiting,
+    ResumeChannel, Edit, Retract, TakeWaiting, GetDeadLetters, ReplayDeadLetters, PurgeDeadLetters,
 ]
 
 

@@ -60,6 +60,12 @@ from protocol.messages import (
     EnqueueFront,
     EnqueueMany,
     FlushBatch,
+    GetDeadLetters,
+    DeadLetters,
+    ReplayDeadLetters,
+    DeadLettersReplayed,
+    PurgeDeadLetters,
+    DeadLettersPurged,
     GetStatistics,
     HoldBatch,
     Observe,
@@ -340,6 +346,15 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_FlushBatch(self, msg: FlushBatch, sender: ActorAddress) -> None:
         self._command(msg, sender, BatchFlushed(msg.channel_id, False))
+
+    def receiveMsg_GetDeadLetters(self, msg: GetDeadLetters, sender: ActorAddress) -> None:
+        self._command(msg, sender, DeadLetters(msg.channel_id, ()))
+
+    def receiveMsg_ReplayDeadLetters(self, msg: ReplayDeadLetters, sender: ActorAddress) -> None:
+        self._command(msg, sender, DeadLettersReplayed(msg.channel_id, 0))
+
+    def receiveMsg_PurgeDeadLetters(self, msg: PurgeDeadLetters, sender: ActorAddress) -> None:
+        self._command(msg, sender, DeadLettersPurged(msg.channel_id, 0))
 
     def receiveMsg_PauseChannel(self, msg: PauseChannel, sender: ActorAddress) -> None:
         if self._valid_channel(msg, msg.channel_id, sender):

@@ -72,6 +72,12 @@ from protocol.limits import (
     validate_channel_id,
 )
 from protocol.messages import (
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     BatchHeld,
     BatchReady,
     CancelCurrent,
@@ -900,6 +906,20 @@ _CHANNEL_STATISTICS = _schema(
     required=8,
 )
 
+_DEAD_LETTER = _schema(
+    "dead_letter",
+    DeadLetter,
+    _text("role", MAX_NAME_BYTES),
+    _text("reason", MAX_TEXT_BYTES),
+    _bytes("data", MAX_FRAME_BYTES // 2),
+    _number("at"),
+    _optional_nested("item", _ITEM),
+    _int("attempts"),
+    _number("first_failed_at"),
+    _number("last_failed_at"),
+    required=4,
+)
+
 _SCHEMAS: Final = (
     _MESSAGE,
     _BATCH,
@@ -907,19 +927,7 @@ _SCHEMAS: Final = (
     _SETTINGS,
     _CHANNEL_STATISTICS,
     _schema(_OPEN_ENTRY_TAG, OpenEntry, _nested("message", _MESSAGE), _number("arrived_at")),
-    _schema(
-        "dead_letter",
-        DeadLetter,
-        _text("role", MAX_NAME_BYTES),
-        _text("reason", MAX_TEXT_BYTES),
-        _bytes("data", MAX_FRAME_BYTES // 2),
-        _number("at"),
-        _optional_nested("item", _ITEM),
-        _int("attempts"),
-        _number("first_failed_at"),
-        _number("last_failed_at"),
-        required=4,
-    ),
+    _DEAD_LETTER,
     _schema("enqueue", Enqueue, _nested("message", _MESSAGE), _bool("ack")),
     _schema(
         "enqueue_many", EnqueueMany, _sequence("messages", tuple, _nested("message", _MESSAGE)), _bool("ack")
@@ -979,6 +987,12 @@ _SCHEMAS: Final = (
     _schema("take_waiting", TakeWaiting, _CHANNEL),
     _schema("taken", Taken, _CHANNEL, _sequence("messages", tuple, _nested("message", _MESSAGE))),
     _schema("seen_id", SeenId, _text("message_id", MAX_NAME_BYTES), _number("at")),
+    _schema("get_dead_letters", GetDeadLetters, _CHANNEL),
+    _schema("dead_letters", DeadLetters, _CHANNEL, _sequence("letters", tuple, _nested("letter", _DEAD_LETTER))),
+    _schema("replay_dead_letters", ReplayDeadLetters, _CHANNEL),
+    _schema("dead_letters_replayed", DeadLettersReplayed, _CHANNEL, _int("count")),
+    _schema("purge_dead_letters", PurgeDeadLetters, _CHANNEL),
+    _schema("dead_letters_purged", DeadLettersPurged, _CHANNEL, _int("count")),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})
