@@ -440,10 +440,14 @@ class ChannelActor(Dispatcher):
                     extra={"channel": core.channel_id, "attempt": letter.attempts},
                 )
             elif isinstance(effect, MessagesDropped):
-                log.warning(
-                    "channel %r: %d message(s) dropped by rule %s",
-                    core.channel_id, len(effect.messages), effect.rule, extra={"channel": core.channel_id},
-                )
+                stats = core.statistics()
+                total = stats.dropped_overflow if effect.rule == "overflow" else stats.dropped_stale
+                if total & (total - 1) == 0:  # a flood logs at the 1st, 2nd, 4th, 8th ... drop, not at each
+                    log.warning(
+                        "channel %r: %d message(s) dropped by rule %s (%d so far)",
+                        core.channel_id, len(effect.messages), effect.rule, total,
+                        extra={"channel": core.channel_id},
+                    )
             elif isinstance(effect, DeliveryFinished) and effect.error is not None:
                 log.warning(
                     "channel %r: processor failed item %s (%d messages): %s",
