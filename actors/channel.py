@@ -15,6 +15,7 @@ from thespian.actors import ActorSystemMessage
 
 from actors.base import Dispatcher
 from actors.batching import (
+    FAILURE_COUNTS,
     MAX_REMEMBERED_IDS,
     ChannelCore,
     Deliver,
@@ -158,6 +159,7 @@ class ChannelActor(Dispatcher):
             failed=msg.failed,
             added_effects=msg.persistence is not None,  # only the journal needs each added message
             conversation=msg.conversation,
+            failures=msg.failures,
         )
         # Every delivery of an earlier actor of this channel ended done or cancelled before it passivated:
         # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
@@ -363,6 +365,7 @@ class ChannelActor(Dispatcher):
                     stats.cancelled,
                     stats.failed,
                     (stats.duplicates, stats.edits, stats.retractions, stats.interruptions, stats.rejections),
+                    tuple(getattr(stats, name) for name in FAILURE_COUNTS),
                 ),
             )
         else:

@@ -152,6 +152,7 @@ class ChannelInit:
     paused: bool = False  # deliveries paused (PauseChannel) before this actor was spawned
     # duplicates, edits, retractions, interruptions, rejections of its earlier actors
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    failures: tuple[int, ...] = ()  # actors.batching.FAILURE_COUNTS of its earlier actors
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,7 @@ class Passivate:
     cancelled: int
     failed: int
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # as in ChannelInit
+    failures: tuple[int, ...] = ()  # as in ChannelInit
 
 
 class WakeKind(enum.Enum):
