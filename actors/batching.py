@@ -33,6 +33,31 @@ Conversation rules (settings of the channel's current ``BatchSettings``):
       ``interrupted``); ``reject`` refuses it (``MessageRejected``, counted in ``rejections``).
     * ``split_on_author`` closes the open batch (``author``) before a message from another ``user_id``.
     * Take-waiting removes and returns every message not delivered yet: waiting items, then the open batch.
+
+Failure and flood rules (settings of the channel's current ``BatchSettings``; ``now`` is monotonic, the
+injected ``wall`` clock gives Unix time for message ages and dead letters):
+    * Retries: an attempt fails when the processor answers with an error or does not answer within
+      ``processing_timeout`` (the delivery is then cancelled, counted in ``timeouts``). With attempts left
+      (``item.attempt < max_attempts``) the item goes back to the head of the FIFO with ``attempt + 1``, same
+      ``item_id``, and nothing is delivered until its backoff has passed: a delay drawn (by the injected
+      ``uniform``) from ``0 .. min(MAX_RETRY_DELAY, retry_backoff * 2 ** (attempt - 1))``. The backoff and
+      the processing timeout are deadlines like the open batch's: :attr:`ChannelCore.deadline` is the
+      earliest of the three and :meth:`ChannelCore.tick` acts on each. Only enqueue-front can put an item
+      before a waiting retry. Cancel, stop and an interrupt abandon an item without failing it.
+    * Dead letters: with ``max_attempts`` > 1, an item whose last attempt failed becomes a ``DeadLetter``
+      (last error, attempts, first and last failure times), kept in memory, at most
+      :data:`MAX_DEAD_LETTERS` per channel (oldest dropped first, counted in ``dead_letters_dropped``).
+      Replay puts them back at the tail of the FIFO with ``attempt`` 1 and their ids; purge forgets them.
+      With ``max_attempts`` 1 a failure is counted in ``failed`` and the channel moves on.
+    * Caps: a channel holds at most ``max_queued`` messages waiting (FIFO plus open batch; the item in
+      flight does not count). A message beyond it is refused (``overflow="reject"``: ``MessageRejected``
+      with error ``QueueFull``, counted in ``rejected_full``), or the oldest waiting message
+      (``"drop_oldest"``, the head item's first message, else the open batch's) or the new one
+      (``"drop_newest"``) is dropped, counted in ``dropped_overflow``. Enqueue-front, restore, a returned
+      interrupted item and replay are not refused.
+    * Stale messages: when an item is about to be delivered, its messages whose ``queued_at`` is more than
+      ``max_age`` seconds before the wall clock are dropped (``dropped_stale``); an item left empty is
+      skipped.
 """
 
 from __future__ import annotations
@@ -40,14 +65,18 @@ from __future__ import annotations
 import enum
 import itertools
 import os
+import random
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from protocol.errors import InvalidInput, ProtocolViolation
 from protocol.values import (
+    MAX_RETRY_DELAY,
     BatchSettings,
     ChannelStatistics,
+    DeadLetter,
     FlushReason,
     MessageBatch,
     Payload,
@@ -58,6 +87,22 @@ from protocol.values import (
 
 MAX_REMEMBERED_IDS = 1000
 """Most message ids one channel remembers for duplicate detection; beyond it the oldest is forgotten first."""
+
+MAX_DEAD_LETTERS = 1000
+"""Most dead letters one channel keeps; beyond it the oldest is dropped first (counted)."""
+
+FAILURE_COUNTS = (
+    "attempts",
+    "retries",
+    "timeouts",
+    "dead_lettered",
+    "dead_letters_dropped",
+    "dropped_stale",
+    "dropped_overflow",
+    "rejected_full",
+)
+"""The failure and flood counts a core starts from (``failures=``), in this order: ``ChannelStatistics``
+fields of the same names."""
 
 
 class ChannelState(enum.Enum):
@@ -125,9 +170,50 @@ class QueueCleared:
 
 @dataclass(frozen=True, slots=True)
 class MessageRejected:
-    """``message`` arrived while an item was in flight and the busy policy is ``reject``: it was refused."""
+    """``message`` was refused: it arrived while an item was in flight and the busy policy is ``reject``
+    (``error`` ``ChannelBusy``), or the channel held ``max_queued`` messages and overflow is ``reject``
+    (``error`` ``QueueFull``)."""
 
     message: QueuedMessage
+    error: str = "ChannelBusy"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    """Attempt ``item.attempt - 1`` of ``item`` failed with ``error``: ``item`` (``attempt`` + 1) is at the
+    head of the FIFO and is delivered once ``due`` (the core's clock) has passed."""
+
+    item: QueueItem
+    error: str
+    due: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemDead:
+    """An item failed its last attempt and became ``letter``; ``dropped`` is the oldest kept letter dropped
+    to make room (None if none was)."""
+
+    letter: DeadLetter
+    dropped: DeadLetter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersCleared:
+    """Every dead letter the channel kept was replayed or purged."""
+
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesDropped:
+    """``messages`` were dropped by ``rule``: ``"overflow"`` (max_queued with drop_oldest / drop_newest) or
+    ``"stale"`` (max_age). ``head``: they came off the head item of the FIFO, which is now ``rest`` (None:
+    it was left empty and is gone); else from the open batch or (drop_newest) never joined."""
+
+    messages: tuple[QueuedMessage, ...]
+    rule: str
+    head: bool = False
+    rest: QueueItem | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,17 +237,21 @@ class IdRemembered:
     at: float
 
 
-Effect = (
-    MessageAdded |
-    ItemQueued |
-    Deliver |
-    DeliveryCancelled |
-    DeliveryFinished |
-    QueueCleared |
-    MessageRejected |
-    WaitingChanged |
-    IdRemembered
-)
+Effect = Union[
+    MessageAdded,
+    ItemQueued,
+    Deliver,
+    DeliveryCancelled,
+    DeliveryFinished,
+    QueueCleared,
+    MessageRejected,
+    WaitingChanged,
+    IdRemembered,
+    RetryScheduled,
+    ItemDead,
+    DeadLettersCleared,
+    MessagesDropped,
+]
 
 
 @dataclass(slots=True)
@@ -169,6 +259,7 @@ class _Waiting:
     item: QueueItem
     reason: FlushReason
     lateness: float
+    first_failed: float = 0.0  # wall time of its first failed attempt (0.0: none failed)
 
 
 @dataclass(slots=True)
@@ -240,6 +331,15 @@ class ChannelCore:
         "_retractions",
         "_interruptions",
         "_rejections",
+        "_wall",
+        "_uniform",
+        "_count",
+        "_retry",
+        "_retry_due",
+        "_flight",
+        "_flight_due",
+        "_dead",
+        "_counts",
     )
 
     def __init__(
@@ -253,10 +353,15 @@ class ChannelCore:
         failed: int = 0,
         added_effects: bool = True,
         conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
+        failures: Sequence[int] = (),
+        wall: Callable[[], float] = time.time,
+        uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         """``added_effects``: report every message that joins the open batch (``MessageAdded``); only an
         owner that journals the open batch needs them. ``conversation``: the counts of duplicates, edits,
-        retractions, interruptions and rejections to start from."""
+        retractions, interruptions and rejections to start from; ``failures``: the :data:`FAILURE_COUNTS`
+        to start from. ``wall``: Unix time, for message ages and dead letters; ``uniform(a, b)``: the random
+        draw of retry delays."""
         self.channel_id = channel_id
         self._settings = settings or BatchSettings()
         self._new_id = new_id
@@ -272,6 +377,17 @@ class ChannelCore:
         self._paused = False
         self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> when accepted, oldest first
         self._duplicates, self._edits, self._retractions, self._interruptions, self._rejections = conversation
+        self._wall = wall
+        self._uniform = uniform
+        self._count = 0  # messages waiting: FIFO plus open batch
+        self._retry: _Waiting | None = None  # the item waiting out its backoff (in the FIFO)
+        self._retry_due: float | None = None
+        self._flight: _Waiting | None = None  # the in-flight item's record
+        self._flight_due: float | None = None  # when the in-flight item times out
+        self._dead: deque[DeadLetter] = deque()
+        counts = dict.fromkeys(FAILURE_COUNTS, 0)
+        counts.update(zip(FAILURE_COUNTS, failures))
+        self._counts = counts
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -288,11 +404,31 @@ class ChannelCore:
 
     @property
     def deadline(self) -> float | None:
-        """When the open batch must close (None when no batch is open, or it is held)."""
+        """The earliest of: when the open batch must close (none when no batch is open, or it is held),
+        when a waiting retry's backoff ends, and when the item in flight times out; None if none applies."""
+        due = self._retry_due
+        flight_due = self._flight_due
+        if flight_due is not None and (due is None or flight_due < due):
+            due = flight_due
         current = self._open
         if current is None or current.held or self._collecting(current):
-            return None
-        return current.deadline
+            return due
+        batch_due = current.deadline
+        return batch_due if due is None or batch_due < due else due
+
+    @property
+    def waiting_messages(self) -> int:
+        """Messages waiting: in the FIFO and the open batch (what ``max_queued`` caps)."""
+        return self._count
+
+    @property
+    def retry_due(self) -> float | None:
+        """When the waiting retry at the head of the FIFO may be delivered (None: no retry is waiting)."""
+        return self._retry_due
+
+    def dead_letters(self) -> tuple[DeadLetter, ...]:
+        """The dead letters kept, oldest first."""
+        return tuple(self._dead)
 
     @property
     def in_flight(self) -> tuple[int, QueueItem] | None:
@@ -332,6 +468,8 @@ class ChannelCore:
             retractions=self._retractions,
             interruptions=self._interruptions,
             rejections=self._rejections,
+            dead_letters=len(self._dead),
+            **self._counts,
         )
 
     def remembered_ids(self, now: float) -> tuple[tuple[str, float], ...]:
@@ -384,6 +522,7 @@ class ChannelCore:
                 raise InvalidInput(f"restored state of channel {channel!r} sent to channel {self.channel_id!r}")
         for item in waiting:
             self._fifo.append(_Waiting(item, FlushReason.RESTORED, 0.0))
+        self._count = len(stored)
         effects: list[Effect] = []
         cap = self._settings.max_batch_size
         for start in range(0, len(open_messages), cap):
@@ -421,6 +560,14 @@ class ChannelCore:
         if busy and settings.busy_policy == "reject":
             self._rejections += 1
             return [MessageRejected(msg)]
+        if self._count >= settings.max_queued:
+            if settings.overflow == "reject":
+                self._counts["rejected_full"] += 1
+                return [MessageRejected(msg, "QueueFull")]
+            self._counts["dropped_overflow"] += 1
+            if settings.overflow == "drop_newest":
+                return [MessagesDropped((msg,), "overflow")]
+            self._drop_oldest(effects)
         if message_id and settings.dedupe_ttl > 0:
             self._seen[message_id] = now
             self._seen.move_to_end(message_id)
@@ -439,6 +586,7 @@ class ChannelCore:
             self._cancel(effects)
             self._interruptions += 1
             carried = payload_messages(flight[1].payload)
+        self._count += 1 + len(carried)
         if not settings.batching:
             if current is not None:
                 self._close(FlushReason.SETTINGS, now, effects)
@@ -450,7 +598,7 @@ class ChannelCore:
             else:
                 item = QueueItem(self._new_id(), self.channel_id, msg)
             self._push_tail(item, FlushReason.UNBATCHED, 0.0, effects)
-            self._deliver_next(effects)
+            self._deliver_next(effects, now)
             return effects
         if carried:
             batch = MessageBatch()
@@ -483,16 +631,32 @@ class ChannelCore:
         if self._added_effects:
             effects.append(MessageAdded(msg, current.batch.size, now))
         self._cut_full(now, effects)
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return effects
 
     def tick(self, now: float) -> list[Effect]:
-        """Close the open batch if its deadline has passed."""
+        """Act on every deadline that has passed: time out the item in flight, end a retry's backoff, close
+        the open batch."""
         effects: list[Effect] = []
+        flight = self._in_flight
+        if flight is not None and self._flight_due is not None and now >= self._flight_due:
+            timeout = self._flight_due_after()
+            self._counts["timeouts"] += 1
+            record = self._flight
+            self._in_flight = None
+            self._flight = None
+            self._flight_due = None
+            effects.append(DeliveryCancelled(flight[1], flight[0]))
+            self._failed += 1
+            self._attempt_failed(flight[1], record, f"processing_timeout: no answer within {timeout:g} s", now, effects)
+            self._close_collected(now, effects)
+        if self._retry_due is not None and now >= self._retry_due:
+            self._retry = None
+            self._retry_due = None
         current = self._open
         if current is not None and self._due(current, now):
             self._close(current.timed_reason(), now, effects)
-            self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return effects
 
     def flush(self, now: float) -> tuple[bool, list[Effect]]:
@@ -501,7 +665,7 @@ class ChannelCore:
         if self._open is None:
             return False, effects
         self._close(FlushReason.FLUSHED, now, effects)
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return True, effects
 
     def hold(self) -> bool:
@@ -522,15 +686,17 @@ class ChannelCore:
                 )
         item = QueueItem(self._new_id(), self.channel_id, payload)
         self._fifo.appendleft(_Waiting(item, FlushReason.FRONT, 0.0))
+        self._count += item.size
         effects: list[Effect] = [ItemQueued(item, FlushReason.FRONT, 0.0)]
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return effects
 
-    def attach(self) -> list[Effect]:
-        """A processor is ready: deliver the head item if nothing is in flight. Idempotent."""
+    def attach(self, now: float = 0.0) -> list[Effect]:
+        """A processor is ready: deliver the head item if nothing is in flight. Idempotent. (``now``: when,
+        for a processing timeout.)"""
         self._attached = True
         effects: list[Effect] = []
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return effects
 
     def finish(self, delivery_id: int, error: str | None = None, now: float = 0.0) -> list[Effect]:
@@ -551,12 +717,16 @@ class ChannelCore:
         if flight is None or flight[0] != delivery_id:
             return []
         self._in_flight = None
+        record = self._flight
+        self._flight = None
+        self._flight_due = None
         self._processed += 1
+        effects: list[Effect] = [DeliveryFinished(flight[1], delivery_id, error)]
         if error is not None:
             self._failed += 1
-        effects: list[Effect] = [DeliveryFinished(flight[1], delivery_id, error)]
+            self._attempt_failed(flight[1], record, error, now, effects)
         self._close_collected(now, effects)
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return effects
 
     def cancel_current(self, now: float = 0.0) -> tuple[bool, list[Effect]]:
@@ -566,7 +736,7 @@ class ChannelCore:
         cancelled = self._cancel(effects)
         if cancelled:
             self._close_collected(now, effects)
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return cancelled, effects
 
     def edit(self, msg: QueuedMessage) -> tuple[bool, list[Effect]]:
@@ -612,6 +782,7 @@ class ChannelCore:
             current = self._open
             assert current is not None
             del current.batch.messages[index]
+            self._count -= 1
             if index < current.carried:
                 current.carried -= 1
             if not current.batch.messages:
@@ -626,6 +797,9 @@ class ChannelCore:
                 )
             else:
                 self._fifo.remove(waiting)
+                if waiting is self._retry:
+                    self._retry = self._retry_due = None
+            self._count -= 1
         self._retractions += 1
         return True, [self._waiting_changed()]
 
@@ -639,12 +813,16 @@ class ChannelCore:
             return [], []
         self._fifo.clear()
         self._open = None
+        self._count = 0
+        self._retry = self._retry_due = None
         return taken, [self._waiting_changed()]
 
     def clear(self) -> tuple[int, list[Effect]]:
-        """Discard every waiting item; return how many."""
+        """Discard every waiting item (a retry waiting out its backoff too); return how many."""
         items = tuple(w.item for w in self._fifo)
         self._fifo.clear()
+        self._count = self._open.batch.size if self._open is not None else 0
+        self._retry = self._retry_due = None
         return len(items), ([QueueCleared(items)] if items else [])
 
     def stop(self) -> tuple[bool, list[Effect]]:
@@ -727,6 +905,8 @@ class ChannelCore:
         if flight is None:
             return False
         self._in_flight = None
+        self._flight = None
+        self._flight_due = None
         self._cancelled += 1
         effects.append(DeliveryCancelled(flight[1], flight[0]))
         return True
@@ -747,13 +927,139 @@ class ChannelCore:
         self._fifo.append(_Waiting(item, reason, lateness))
         effects.append(ItemQueued(item, reason, lateness))
 
-    def _deliver_next(self, effects: list[Effect]) -> None:
-        if self._paused or not self._attached or self._in_flight is not None or not self._fifo:
+    def _deliver_next(self, effects: list[Effect], now: float) -> None:
+        if self._paused or not self._attached or self._in_flight is not None or self._retry is not None:
             return
-        head = self._fifo.popleft()
-        self._last_delivery_id += 1
-        self._in_flight = (self._last_delivery_id, head.item)
-        effects.append(Deliver(head.item, self._last_delivery_id, head.reason, head.lateness))
+        fifo = self._fifo
+        settings = self._settings
+        while fifo:
+            head = fifo.popleft()
+            item = head.item
+            messages = payload_messages(item.payload)
+            self._count -= len(messages)
+            if settings.max_age is not None:
+                cutoff = self._wall() - settings.max_age
+                kept = tuple(m for m in messages if m.queued_at.timestamp() >= cutoff)
+                if len(kept) < len(messages):
+                    stale = tuple(m for m in messages if m.queued_at.timestamp() < cutoff)
+                    self._counts["dropped_stale"] += len(stale)
+                    if not kept:
+                        effects.append(MessagesDropped(stale, "stale", head=True))
+                        continue
+                    item = replace(item, payload=_rebatched(item.payload, kept))
+                    head.item = item
+                    effects.append(MessagesDropped(stale, "stale", head=False))
+            self._last_delivery_id += 1
+            self._in_flight = (self._last_delivery_id, item)
+            self._flight = head
+            self._counts["attempts"] += 1
+            if item.attempt > 1:
+                self._counts["retries"] += 1
+            timeout = settings.processing_timeout
+            self._flight_due = None if timeout is None else now + timeout
+            effects.append(Deliver(item, self._last_delivery_id, head.reason, head.lateness))
+            return
+
+    def _flight_due_after(self) -> float:
+        return self._settings.processing_timeout or 0.0
+
+    def _attempt_failed(
+        self, item: QueueItem, record: _Waiting | None, error: str, now: float, effects: list[Effect]
+    ) -> None:
+        """Attempt ``item.attempt`` of ``item`` failed: retry it after its backoff, or make it a dead letter."""
+        settings = self._settings
+        wall = self._wall()
+        first = record.first_failed if record is not None and record.first_failed else wall
+        if item.attempt < settings.max_attempts:
+            again = replace(item, attempt=item.attempt + 1)
+            ceiling = min(MAX_RETRY_DELAY, settings.retry_backoff * 2 ** (item.attempt - 1))
+            delay = max(0.0, self._uniform(0.0, ceiling)) if ceiling > 0 else 0.0
+            waiting = _Waiting(again, FlushReason.RETRY, 0.0, first)
+            self._fifo.appendleft(waiting)
+            self._count += again.size
+            if delay > 0:
+                self._retry = waiting
+                self._retry_due = now + delay
+            effects.append(RetryScheduled(again, error, now + delay))
+            return
+        if settings.max_attempts == 1:
+            return  # counted in failed; the channel moves on
+        letter = DeadLetter(
+            "item", error, b"", wall, item=item, attempts=item.attempt, first_failed_at=first, last_failed_at=wall
+        )
+        dropped = None
+        if len(self._dead) >= MAX_DEAD_LETTERS:
+            dropped = self._dead.popleft()
+            self._counts["dead_letters_dropped"] += 1
+        self._dead.append(letter)
+        self._counts["dead_lettered"] += 1
+        effects.append(ItemDead(letter, dropped))
+
+    def _drop_oldest(self, effects: list[Effect]) -> None:
+        """Drop the oldest waiting message: the head item's first, else the open batch's first."""
+        self._count -= 1
+        fifo = self._fifo
+        if fifo:
+            head = fifo[0]
+            messages = payload_messages(head.item.payload)
+            rest: QueueItem | None = None
+            if len(messages) > 1:
+                rest = replace(head.item, payload=_rebatched(head.item.payload, messages[1:]))
+                head.item = rest
+            else:
+                fifo.popleft()
+                if head is self._retry:
+                    self._retry = self._retry_due = None
+            effects.append(MessagesDropped(messages[:1], "overflow", head=True, rest=rest))
+            if self._added_effects:
+                # an owner that journals rewrites the waiting items (the item in flight is not among them)
+                effects.append(self._waiting_changed())
+            return
+        current = self._open
+        assert current is not None, "a full channel holds a waiting message"
+        dropped = current.batch.messages.pop(0)
+        current.carried = max(0, current.carried - 1)
+        if not current.batch.messages:
+            self._open = None
+        effects.append(MessagesDropped((dropped,), "overflow"))
+        effects.append(self._waiting_changed())
+
+    # -- dead letters (appended: failures) --------------------------------------------------------------
+
+    def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Keep ``letters`` (oldest first) as this channel's dead letters, e.g. after a restart; beyond
+        :data:`MAX_DEAD_LETTERS` the oldest are dropped (counted)."""
+        for letter in letters:
+            if len(self._dead) >= MAX_DEAD_LETTERS:
+                self._dead.popleft()
+                self._counts["dead_letters_dropped"] += 1
+            self._dead.append(letter)
+
+    def replay_dead_letters(self, now: float) -> tuple[int, list[Effect]]:
+        """Put every dead letter's item back at the tail of the FIFO (``attempt`` 1, ``item_id`` kept, reason
+        ``replayed``), oldest first, and forget the letters; return how many items. Not refused by
+        ``max_queued``."""
+        letters = tuple(self._dead)
+        if not letters:
+            return 0, []
+        self._dead.clear()
+        effects: list[Effect] = [DeadLettersCleared(letters)]
+        count = 0
+        for letter in letters:
+            if letter.item is None:
+                continue
+            item = replace(letter.item, attempt=1)
+            self._count += item.size
+            self._push_tail(item, FlushReason.REPLAYED, 0.0, effects)
+            count += 1
+        self._deliver_next(effects, now)
+        return count, effects
+
+    def purge_dead_letters(self) -> tuple[int, list[Effect]]:
+        """Forget every dead letter; return how many."""
+        letters = tuple(self._dead)
+        self._dead.clear()
+        return len(letters), ([DeadLettersCleared(letters)] if letters else [])
 
     # -- pause (appended: operations) -------------------------------------------------------------------
 
@@ -770,11 +1076,18 @@ class ChannelCore:
         self._paused = True
         return True
 
-    def resume(self) -> tuple[bool, list[Effect]]:
+    def resume(self, now: float = 0.0) -> tuple[bool, list[Effect]]:
         """Deliver again, starting with the head of the FIFO; False when the channel was not paused."""
         effects: list[Effect] = []
         if not self._paused:
             return False, effects
         self._paused = False
-        self._deliver_next(effects)
+        self._deliver_next(effects, now)
         return True, effects
+
+
+def _rebatched(payload: Payload, messages: Sequence[QueuedMessage]) -> Payload:
+    """``payload`` carrying only ``messages`` (a subset of its own, in order)."""
+    if isinstance(payload, MessageBatch):
+        return MessageBatch(list(messages), payload.first_at, payload.last_at)
+    return messages[0]

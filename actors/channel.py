@@ -15,17 +15,22 @@ from thespian.actors import ActorSystemMessage
 
 from actors.base import Dispatcher
 from actors.batching import (
+    FAILURE_COUNTS,
     MAX_REMEMBERED_IDS,
     ChannelCore,
     Deliver,
     DeliveryCancelled,
     DeliveryFinished,
     Effect,
+    DeadLettersCleared,
     IdRemembered,
+    ItemDead,
     ItemQueued,
     MessageAdded,
     MessageRejected,
+    MessagesDropped,
     QueueCleared,
+    RetryScheduled,
     WaitingChanged,
 )
 from actors.internal import (
@@ -90,6 +95,12 @@ from protocol.messages import (
     StopChannel,
     Taken,
     TakeWaiting,
+    GetDeadLetters,
+    DeadLetters,
+    ReplayDeadLetters,
+    DeadLettersReplayed,
+    PurgeDeadLetters,
+    DeadLettersPurged,
 )
 from protocol.values import FlushReason, OpenEntry, SeenId
 
@@ -148,6 +159,7 @@ class ChannelActor(Dispatcher):
             failed=msg.failed,
             added_effects=msg.persistence is not None,  # only the journal needs each added message
             conversation=msg.conversation,
+            failures=msg.failures,
         )
         # Every delivery of an earlier actor of this channel ended done or cancelled before it passivated:
         # numbering on from there, a late reply routed by the Supervisor cannot finish a new delivery.
@@ -160,7 +172,7 @@ class ChannelActor(Dispatcher):
         if msg.paused:
             self._core.pause()
         if msg.processor is not None:
-            effects += self._core.attach()
+            effects += self._core.attach(self.clock())
         self._settle(effects)
         early, self._early = self._early, []
         for message, origin in early:
@@ -199,7 +211,7 @@ class ChannelActor(Dispatcher):
     def receiveMsg_AttachProcessor(self, msg: AttachProcessor, sender: ActorAddress) -> None:
         self._received += 1
         self._processor = msg.processor
-        self._settle(self._channel.attach())
+        self._settle(self._channel.attach(self.clock()))
 
     def receiveMsg_Observe(self, msg: Observe, sender: ActorAddress) -> None:
         self._received += 1
@@ -218,15 +230,20 @@ class ChannelActor(Dispatcher):
         for message, arrived in zip(msg.messages, msg.arrived):
             effects += enqueue(message, arrived)
         then: list[tuple[ActorAddress, object]] = []
-        refused = [e.message for e in effects if isinstance(e, MessageRejected)]
+        refused = [e for e in effects if isinstance(e, MessageRejected)]
         reply_to = msg.reply_to
-        for message in refused:
+        for rejection in refused:
+            message = rejection.message
+            why = (
+                "is busy and its busy_policy is reject"
+                if rejection.error == "ChannelBusy"
+                else f"holds max_queued={self._channel.settings.max_queued} messages and its overflow is reject"
+            )
             reason = (
-                f"channel {message.channel_id!r} is busy and its busy_policy is reject: message "
-                f"{message.message_id or message.text[:40]!r} refused"
+                f"channel {message.channel_id!r} {why}: message {message.message_id or message.text[:40]!r} refused"
             )
             if reply_to is not None:
-                then.append((reply_to, Rejected("Enqueue", message.channel_id, "ChannelBusy", reason)))
+                then.append((reply_to, Rejected("Enqueue", message.channel_id, rejection.error, reason)))
             else:
                 log.warning("%s", reason)
         if msg.ack and reply_to is not None and not refused:
@@ -298,14 +315,22 @@ class ChannelActor(Dispatcher):
             core.pause()
             reply = ChannelPaused(core.channel_id, True)
         elif isinstance(command, ResumeChannel):
-            _, effects = core.resume()
+            _, effects = core.resume(self.clock())
             reply = ChannelPaused(core.channel_id, False)
+        elif isinstance(command, GetDeadLetters):
+            reply = DeadLetters(core.channel_id, core.dead_letters())
+        elif isinstance(command, ReplayDeadLetters):
+            count, effects = core.replay_dead_letters(self.clock())
+            reply = DeadLettersReplayed(core.channel_id, count)
+        elif isinstance(command, PurgeDeadLetters):
+            count, effects = core.purge_dead_letters()
+            reply = DeadLettersPurged(core.channel_id, count)
         else:  # pragma: no cover - Routed only carries the commands above
             raise TypeError(f"cannot route {type(command).__name__}")
         # a statistics query is not activity: polling must not keep an idle channel from passivating
         self._settle(
             effects,
-            active=not isinstance(command, GetStatistics),
+            active=not isinstance(command, (GetStatistics, GetDeadLetters)),
             then=[(msg.reply_to, Gathered(msg.gather, reply) if msg.gather else reply)],
         )
 
@@ -321,8 +346,8 @@ class ChannelActor(Dispatcher):
         if msg.at == self._idle_wake:
             self._idle_wake = None
         core = self._channel
-        if not core.is_quiescent or self._awaiting_durable:
-            return
+        if not core.is_quiescent or self._awaiting_durable or core.dead_letters():
+            return  # dead letters live here (and in Redis when persisting): the channel stays
         idle_until = self._last_activity + self._idle_timeout
         # The ids it remembers for duplicate detection live only here: it stays until the last is forgotten.
         ids_until = core.ids_expire_at(now)
@@ -340,6 +365,7 @@ class ChannelActor(Dispatcher):
                     stats.cancelled,
                     stats.failed,
                     (stats.duplicates, stats.edits, stats.retractions, stats.interruptions, stats.rejections),
+                    tuple(getattr(stats, name) for name in FAILURE_COUNTS),
                 ),
             )
         else:
@@ -401,6 +427,29 @@ class ChannelActor(Dispatcher):
                             self._flight_processor,
                             CancelProcessing(core.channel_id, effect.delivery_id + self._delivery_base),
                         )
+                    )
+            elif isinstance(effect, RetryScheduled):
+                log.warning(
+                    "channel %r: attempt %d of item %s failed (%s); retrying in %.3f s",
+                    core.channel_id, effect.item.attempt - 1, effect.item.item_id, effect.error,
+                    max(0.0, effect.due - self.clock()),
+                    extra={"channel": core.channel_id, "item_id": effect.item.item_id, "attempt": effect.item.attempt},
+                )
+            elif isinstance(effect, ItemDead):
+                letter = effect.letter
+                log.error(
+                    "channel %r: item %s failed its last attempt (%d) and is a dead letter: %s",
+                    core.channel_id, letter.item.item_id if letter.item else "?", letter.attempts, letter.reason,
+                    extra={"channel": core.channel_id, "attempt": letter.attempts},
+                )
+            elif isinstance(effect, MessagesDropped):
+                stats = core.statistics()
+                total = stats.dropped_overflow if effect.rule == "overflow" else stats.dropped_stale
+                if total & (total - 1) == 0:  # a flood logs at the 1st, 2nd, 4th, 8th ... drop, not at each
+                    log.warning(
+                        "channel %r: %d message(s) dropped by rule %s (%d so far)",
+                        core.channel_id, len(effect.messages), effect.rule, total,
+                        extra={"channel": core.channel_id},
                     )
             elif isinstance(effect, DeliveryFinished) and effect.error is not None:
                 log.warning(
@@ -480,6 +529,13 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         ops.append(ClearQueue(channel_id))
     elif isinstance(effect, IdRemembered):
         ops.append(AppendIds(channel_id, (SeenId(effect.message_id, effect.at + wall),)))
+    elif isinstance(effect, RetryScheduled):
+        ops.append(PushHead(channel_id, effect.item))  # the stored queue keeps the attempt, not the backoff
+    elif isinstance(effect, MessagesDropped):
+        if effect.head and effect.rule == "stale":  # skipped at delivery: nothing is in flight
+            assert effect.rest is None
+            ops.append(TakeHead(channel_id))
+            ops.append(FinishInFlight(channel_id))
     elif isinstance(effect, WaitingChanged):
         # the open batch keeps its deadline across a restart: its first message opened it, its last slid it
         messages = effect.open_messages

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from actors.journal import ChannelSnapshot
 from protocol.messages import (
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     CancelCurrent,
     Clear,
     ConfigureChannel,
@@ -149,6 +152,7 @@ class ChannelInit:
     paused: bool = False  # deliveries paused (PauseChannel) before this actor was spawned
     # duplicates, edits, retractions, interruptions, rejections of its earlier actors
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    failures: tuple[int, ...] = ()  # actors.batching.FAILURE_COUNTS of its earlier actors
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,20 +170,10 @@ class Ack:
     reply: object
 
 
-ChannelCommand = (
-    CancelCurrent |
-    Clear |
-    StopChannel |
-    ConfigureChannel |
-    GetStatistics |
-    HoldBatch |
-    FlushBatch |
-    PauseChannel |
-    ResumeChannel |
-    Edit |
-    Retract |
-    TakeWaiting
-)
+ChannelCommand = Union[
+    CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, PauseChannel,
+    ResumeChannel, Edit, Retract, TakeWaiting, GetDeadLetters, ReplayDeadLetters, PurgeDeadLetters,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +204,7 @@ class Passivate:
     cancelled: int
     failed: int
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # as in ChannelInit
+    failures: tuple[int, ...] = ()  # as in ChannelInit
 
 
 class WakeKind(enum.Enum):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
 
 from actors.base import Dispatcher
+from actors.batching import FAILURE_COUNTS
 from actors.channel import ChannelActor
 from actors.internal import (
     Ack,
@@ -61,6 +62,12 @@ from protocol.messages import (
     EnqueueFront,
     EnqueueMany,
     FlushBatch,
+    GetDeadLetters,
+    DeadLetters,
+    ReplayDeadLetters,
+    DeadLettersReplayed,
+    PurgeDeadLetters,
+    DeadLettersPurged,
     GetStatistics,
     HoldBatch,
     Observe,
@@ -117,8 +124,14 @@ _NO_CONVERSATION: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
 def _pack_counters(
-    processed: int, cancelled: int, failed: int, conversation: tuple[int, int, int, int, int] = _NO_CONVERSATION
+    processed: int,
+    cancelled: int,
+    failed: int,
+    conversation: tuple[int, int, int, int, int] = _NO_CONVERSATION,
+    failures: tuple[int, ...] = (),
 ) -> _Counters | None:
+    if any(failures):
+        return (processed, cancelled, failed, *conversation, *failures)
     if cancelled or failed or any(conversation):
         return (processed, cancelled, failed, *conversation)
     return processed or None
@@ -126,13 +139,14 @@ def _pack_counters(
 
 def _unpack_counters(
     counters: _Counters | None,
-) -> tuple[int, int, int, tuple[int, int, int, int, int]]:
+) -> tuple[int, int, int, tuple[int, int, int, int, int], tuple[int, ...]]:
+    """processed, cancelled, failed, the conversation counts and the failure counts (FAILURE_COUNTS)."""
     if counters is None:
-        return (0, 0, 0, _NO_CONVERSATION)
+        return (0, 0, 0, _NO_CONVERSATION, ())
     if isinstance(counters, int):
-        return (counters, 0, 0, _NO_CONVERSATION)
-    processed, cancelled, failed, duplicates, edits, retractions, interruptions, rejections = counters
-    return (processed, cancelled, failed, (duplicates, edits, retractions, interruptions, rejections))
+        return (counters, 0, 0, _NO_CONVERSATION, ())
+    processed, cancelled, failed, duplicates, edits, retractions, interruptions, rejections = counters[:8]
+    return (processed, cancelled, failed, (duplicates, edits, retractions, interruptions, rejections), counters[8:])
 
 
 def _actor_key(address: ActorAddress) -> str | None:
@@ -341,6 +355,15 @@ class Supervisor(Dispatcher):
     def receiveMsg_FlushBatch(self, msg: FlushBatch, sender: ActorAddress) -> None:
         self._command(msg, sender, BatchFlushed(msg.channel_id, False))
 
+    def receiveMsg_GetDeadLetters(self, msg: GetDeadLetters, sender: ActorAddress) -> None:
+        self._command(msg, sender, DeadLetters(msg.channel_id, ()))
+
+    def receiveMsg_ReplayDeadLetters(self, msg: ReplayDeadLetters, sender: ActorAddress) -> None:
+        self._command(msg, sender, DeadLettersReplayed(msg.channel_id, 0))
+
+    def receiveMsg_PurgeDeadLetters(self, msg: PurgeDeadLetters, sender: ActorAddress) -> None:
+        self._command(msg, sender, DeadLettersPurged(msg.channel_id, 0))
+
     def receiveMsg_PauseChannel(self, msg: PauseChannel, sender: ActorAddress) -> None:
         if self._valid_channel(msg, msg.channel_id, sender):
             self._paused.add(msg.channel_id)
@@ -448,7 +471,7 @@ class Supervisor(Dispatcher):
         if route is None or route.address != sender or route.sent != msg.received:
             return  # it has been sent more since; it will offer again when idle
         self._drop_route(msg.channel_id)
-        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed, msg.conversation)
+        counters = _pack_counters(msg.processed, msg.cancelled, msg.failed, msg.conversation, msg.failures)
         if counters is not None:  # a channel re-spawned without an entry starts from zero, as it should
             self._retired[msg.channel_id] = counters
         self.send(sender, ActorExitRequest())
@@ -536,7 +559,7 @@ class Supervisor(Dispatcher):
 
     def _spawn(self, channel_id: str, restore: ChannelSnapshot | None = None) -> _Route:
         route = self._add_route(channel_id, self.createActor(ChannelActor))
-        processed, cancelled, failed, conversation = _unpack_counters(self._retired.pop(channel_id, None))
+        processed, cancelled, failed, conversation, failures = _unpack_counters(self._retired.pop(channel_id, None))
         self.send(
             route.address,
             ChannelInit(
@@ -553,6 +576,7 @@ class Supervisor(Dispatcher):
                 self._configure.clock if self._configure is not None else None,
                 channel_id in self._paused,
                 conversation,
+                failures,
             ),
         )
         route.sent += 1
@@ -584,10 +608,11 @@ class Supervisor(Dispatcher):
         return self._timer
 
     def _idle_statistics(self, channel_id: str) -> ChannelStatistics:
-        processed, cancelled, failed, conversation = _unpack_counters(self._retired.get(channel_id))
+        processed, cancelled, failed, conversation, failures = _unpack_counters(self._retired.get(channel_id))
         return ChannelStatistics(
             channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None,
             *conversation,
+            **dict(zip(FAILURE_COUNTS, failures)),
         )
 
     def _reject(

@@ -14,23 +14,14 @@ from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbou
 from message_queue.facade import Callback, MessageQueue
 from message_queue.local import current_item
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
-from protocol.errors import (
-    ChannelBusy,
-    DecodeError,
-    InvalidInput,
-    InvalidSettings,
-    MessageQueueError,
-    RedisDataLost,
-    StoreLocked,
-    StoreUnavailable,
-    UnsafeRedis,
-)
+from protocol.errors import ChannelBusy, DecodeError, InvalidInput, InvalidSettings, MessageQueueError, QueueFull
 from protocol.stream import InboundBatch, decode_entry
-from protocol.values import MessageBatch, QueuedMessage
+from protocol.values import DeadLetter, MessageBatch, QueuedMessage
 
 __all__ = [
     "Callback",
     "ChannelBusy",
+    "DeadLetter",
     "DecodeError",
     "EventBus",
     "InMemoryRedisQueue",
@@ -40,6 +31,7 @@ __all__ = [
     "MessageBatch",
     "MessageQueue",
     "MessageQueueError",
+    "QueueFull",
     "QueuedMessage",
     "RedisDataLost",
     "RedisQueue",

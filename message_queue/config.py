@@ -7,6 +7,9 @@ The hash ``message_queue:config:<channel>`` (:func:`protocol.keys.config_key`) m
     * ``max_batch_size``: an int in 1..100; ``max_wait``: seconds > 0, or empty for none;
     * ``busy_policy``: ``queue``, ``collect``, ``interrupt`` or ``reject``;
     * ``split_on_author``: ``"1"`` or ``"0"``; ``dedupe_ttl``: seconds >= 0 (0: no duplicate detection).
+    * ``max_attempts``, ``max_queued``: ints >= 1; ``retry_backoff``: seconds >= 0;
+      ``processing_timeout``, ``max_age``: seconds > 0, or empty for none; ``overflow``: ``reject``,
+      ``drop_oldest`` or ``drop_newest``.
 
 A missing hash or field means the default. An invalid value is logged as a warning naming the key, the field
 and the value (once per distinct bad value and channel), and the default is used for that field. Other fields
@@ -34,7 +37,8 @@ WINDOW_FIELD = "window"
 DISABLED_FIELD = "disabled"
 
 SETTING_FIELDS = (
-    "window", "max_batch_size", "max_wait", "busy_policy", "split_on_author", "disabled", "dedupe_ttl"
+    "window", "max_batch_size", "max_wait", "busy_policy", "split_on_author", "disabled", "dedupe_ttl",
+    "max_attempts", "retry_backoff", "processing_timeout", "max_queued", "overflow", "max_age",
 )
 """The per-channel settings ``MessageQueue.configure`` and the settings hash accept."""
 
@@ -66,11 +70,11 @@ def _parse_text(name: str, text: str) -> object:
         if flag not in ("1", "0", ""):
             raise ValueError('"1" or "0"')
         return flag == "1"
-    if name == "max_batch_size":
+    if name in ("max_batch_size", "max_attempts", "max_queued"):
         return int(flag)
-    if name == "max_wait":
+    if name in ("max_wait", "processing_timeout", "max_age"):
         return float(flag) if flag else None
-    if name == "busy_policy":
+    if name in ("busy_policy", "overflow"):
         return flag
     return float(flag)
 

@@ -20,7 +20,7 @@ from message_queue.local import Callback, LocalQueue, check_callback
 from message_queue.redis_url import url_of_client
 from protocol.errors import InvalidSettings
 from protocol.limits import check_seconds, validate_channel_id, validate_message, validate_payload
-from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage
+from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -70,6 +70,12 @@ class QueueBackend(Protocol):
     def take_waiting(self, channel: str) -> Awaitable[list[QueuedMessage]]: ...
 
     def configure(self, channel: str, settings: dict[str, object]) -> Awaitable[None]: ...
+
+    def dead_letters(self, channel: str) -> Awaitable[list[DeadLetter]]: ...
+
+    def replay_dead_letters(self, channel: str) -> Awaitable[int]: ...
+
+    def purge_dead_letters(self, channel: str) -> Awaitable[int]: ...
 
 
 class MessageQueue:
@@ -173,6 +179,12 @@ class MessageQueue:
         busy_policy: str = "queue",
         split_on_author: bool = False,
         dedupe_ttl: float = 600.0,
+        max_attempts: int = 1,
+        retry_backoff: float = 1.0,
+        processing_timeout: float | None = None,
+        max_queued: int = 10_000,
+        overflow: str = "reject",
+        max_age: float | None = None,
     ) -> None:
         self._settings = BatchSettings(
             window=default_batch_window,
@@ -181,6 +193,12 @@ class MessageQueue:
             busy_policy=busy_policy,
             split_on_author=split_on_author,
             dedupe_ttl=dedupe_ttl,
+            max_attempts=max_attempts,
+            retry_backoff=retry_backoff,
+            processing_timeout=processing_timeout,
+            max_queued=max_queued,
+            overflow=overflow,
+            max_age=max_age,
         )
         self._config_ttl = check_seconds("config_ttl", config_ttl, positive=False)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout, positive=True)
@@ -401,6 +419,23 @@ class MessageQueue:
         self._used = True
         return self._backend.retract(channel, message_id)
 
+    def dead_letters(self, channel: str) -> Awaitable[list[DeadLetter]]:
+        """The channel's dead letters (items that failed their last attempt, ``max_attempts`` > 1), oldest
+        first, at most 1,000 (``stats`` counts those dropped beyond)."""
+        self._used = True
+        return self._backend.dead_letters(channel)
+
+    def replay_dead_letters(self, channel: str) -> Awaitable[int]:
+        """Put the channel's dead letters back at the tail of its queue (``attempt`` 1, item ids kept) and
+        forget them; return how many items went back."""
+        self._used = True
+        return self._backend.replay_dead_letters(channel)
+
+    def purge_dead_letters(self, channel: str) -> Awaitable[int]:
+        """Forget the channel's dead letters; return how many."""
+        self._used = True
+        return self._backend.purge_dead_letters(channel)
+
     def take_waiting(self, channel: str) -> Awaitable[list[QueuedMessage]]:
         """Remove and return, in order, every message of ``channel`` not delivered yet: the waiting items',
         then the open batch's. The item being processed is not among them.
@@ -520,6 +555,15 @@ class DistributedBackend:
 
     def cancel_current(self, channel: str) -> bool:
         return False
+
+    async def dead_letters(self, channel: str) -> list[DeadLetter]:
+        raise NotImplementedError("dead letters are not available in distributed mode")
+
+    async def replay_dead_letters(self, channel: str) -> int:
+        raise NotImplementedError("dead letters are not available in distributed mode")
+
+    async def purge_dead_letters(self, channel: str) -> int:
+        raise NotImplementedError("dead letters are not available in distributed mode")
 
     async def statistics(self, channel: str = "") -> tuple[ChannelStatistics, ...]:
         if channel:

@@ -36,9 +36,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from actors.loop_driver import DriverStopped, LoopDriver, Output
 from message_queue.config import ChannelConfigReader, apply_settings
-from protocol.errors import ChannelBusy, InvalidInput, InvalidSettings, UnsafeRedis
+from protocol.errors import ChannelBusy, InvalidInput, InvalidSettings, QueueFull, UnsafeRedis
 from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
 from protocol.messages import (
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     BatchHeld,
     BatchReady,
     CancelCurrent,
@@ -70,7 +76,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
-from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
+from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage, QueueItem
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -131,6 +137,7 @@ class _Channel:
     backlog: deque[_Delivery] = field(default_factory=deque)  # delivered while ``active`` still unwinds
     queued: int = 0  # waiting items, from the last report
     in_flight: bool = False  # from the last report
+    sent: int = 0  # messages sent unanswered since the last report (overflow reject: see _refuses_when_busy)
 
     @property
     def busy(self) -> bool:
@@ -243,7 +250,21 @@ class LocalQueue:
         return state.settings if state is not None else self._settings
 
     def _refuses_when_busy(self, channel: str) -> bool:
-        return self._settings_of(channel).busy_policy == "reject"
+        """True when the channel may refuse a message, so its enqueue waits for the answer: busy policy
+        reject, or overflow reject once the channel's last reported count is near ``max_queued``."""
+        settings = self._settings_of(channel)
+        if settings.busy_policy == "reject":
+            return True
+        if settings.overflow != "reject":
+            return False
+        chan = self._channel(channel)
+        # The report counts items, each up to max_batch_size messages (plus an open batch), and trails the
+        # messages sent since: answers are awaited once these could make half the cap.
+        size = settings.max_batch_size if settings.batching else 1
+        if 2 * ((chan.queued + 1) * size + chan.sent) >= settings.max_queued:
+            return True
+        chan.sent += 1
+        return False
 
     async def _enqueue_answered(self, msg: QueuedMessage) -> None:
         """Enqueue ``msg`` and wait for its channel's answer: with busy policy reject, it may refuse it."""
@@ -275,6 +296,24 @@ class LocalQueue:
         reply = await self._call(TakeWaiting(channel))
         assert isinstance(reply, Taken), reply
         return list(reply.messages)
+
+    async def dead_letters(self, channel: str) -> list[DeadLetter]:
+        validate_channel_id(channel)
+        reply = await self._call(GetDeadLetters(channel))
+        assert isinstance(reply, DeadLetters), reply
+        return list(reply.letters)
+
+    async def replay_dead_letters(self, channel: str) -> int:
+        validate_channel_id(channel)
+        reply = await self._call(ReplayDeadLetters(channel))
+        assert isinstance(reply, DeadLettersReplayed), reply
+        return reply.count
+
+    async def purge_dead_letters(self, channel: str) -> int:
+        validate_channel_id(channel)
+        reply = await self._call(PurgeDeadLetters(channel))
+        assert isinstance(reply, DeadLettersPurged), reply
+        return reply.count
 
     async def configure(self, channel: str, settings: dict[str, object]) -> None:
         validate_channel_id(channel)
@@ -592,6 +631,8 @@ class LocalQueue:
                 self._metrics.rejected()
             if reply.error == "ChannelBusy":
                 raise ChannelBusy(reply.reason)
+            if reply.error == "QueueFull":
+                raise QueueFull(reply.reason)
             if reply.error == "InvalidSettings":
                 raise InvalidSettings(reply.reason)
             raise InvalidInput(reply.reason)
@@ -610,6 +651,7 @@ class LocalQueue:
             chan = self._channel(output.channel_id)
             chan.queued = output.queued
             chan.in_flight = output.in_flight
+            chan.sent = 0
         elif isinstance(output, BatchReady):
             self._ready(output)
         elif isinstance(output, CancelProcessing):
@@ -629,6 +671,7 @@ class LocalQueue:
         if ready.queued >= 0:  # the delivery doubles as the channel's QueueChanged
             chan.queued = ready.queued
             chan.in_flight = True
+            chan.sent = 0
         callback = self._callbacks.get(ready.channel_id)
         if callback is None or self._closed:
             # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.

@@ -72,7 +72,12 @@ from protocol.limits import (
     validate_channel_id,
 )
 from protocol.messages import (
-    BatchFlushed,
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     BatchHeld,
     BatchReady,
     CancelCurrent,
@@ -520,6 +525,19 @@ def _nested(name: str, *schemas: _Schema) -> _Field:
     return _Field(name, encode, decode)
 
 
+def _optional_nested(name: str, *schemas: _Schema) -> _Field:
+    """A field holding nil or one of ``schemas`` as a nested tagged array."""
+    inner = _nested(name, *schemas)
+
+    def encode(value: Any) -> object:
+        return None if value is None else inner.encode(value)
+
+    def decode(value: Any) -> object:
+        return None if value is None else inner.decode(value)
+
+    return _Field(name, encode, decode)
+
+
 def _sequence(name: str, container: type[list[Any]] | type[tuple[Any, ...]], item: _Field) -> _Field:
     """A list or tuple (exactly ``container``) of nested values, at most MAX_SEQUENCE_ITEMS long."""
 
@@ -851,6 +869,12 @@ _SETTINGS = _schema(
     _text("busy_policy", MAX_NAME_BYTES),
     _bool("split_on_author"),
     _number("dedupe_ttl"),
+    _int("max_attempts", 1),
+    _number("retry_backoff"),
+    _optional_number("processing_timeout"),
+    _int("max_queued", 1),
+    _text("overflow", MAX_NAME_BYTES),
+    _optional_number("max_age"),
     required=4,
 )
 _CHANNEL_STATISTICS = _schema(
@@ -869,7 +893,30 @@ _CHANNEL_STATISTICS = _schema(
     _int("retractions"),
     _int("interruptions"),
     _int("rejections"),
+    _int("attempts"),
+    _int("retries"),
+    _int("timeouts"),
+    _int("dead_lettered"),
+    _int("dead_letters"),
+    _int("dead_letters_dropped"),
+    _int("dropped_stale"),
+    _int("dropped_overflow"),
+    _int("rejected_full"),
     required=8,
+)
+
+_DEAD_LETTER = _schema(
+    "dead_letter",
+    DeadLetter,
+    _text("role", MAX_NAME_BYTES),
+    _text("reason", MAX_TEXT_BYTES),
+    _bytes("data", MAX_FRAME_BYTES // 2),
+    _number("at"),
+    _optional_nested("item", _ITEM),
+    _int("attempts"),
+    _number("first_failed_at"),
+    _number("last_failed_at"),
+    required=4,
 )
 
 _SCHEMAS: Final = (
@@ -879,14 +926,7 @@ _SCHEMAS: Final = (
     _SETTINGS,
     _CHANNEL_STATISTICS,
     _schema(_OPEN_ENTRY_TAG, OpenEntry, _nested("message", _MESSAGE), _number("arrived_at")),
-    _schema(
-        "dead_letter",
-        DeadLetter,
-        _text("role", MAX_NAME_BYTES),
-        _text("reason", MAX_TEXT_BYTES),
-        _bytes("data", MAX_FRAME_BYTES // 2),
-        _number("at"),
-    ),
+    _DEAD_LETTER,
     _schema("enqueue", Enqueue, _nested("message", _MESSAGE), _bool("ack")),
     _schema(
         "enqueue_many", EnqueueMany, _sequence("messages", tuple, _nested("message", _MESSAGE)), _bool("ack")
@@ -946,6 +986,12 @@ _SCHEMAS: Final = (
     _schema("take_waiting", TakeWaiting, _CHANNEL),
     _schema("taken", Taken, _CHANNEL, _sequence("messages", tuple, _nested("message", _MESSAGE))),
     _schema("seen_id", SeenId, _text("message_id", MAX_NAME_BYTES), _number("at")),
+    _schema("get_dead_letters", GetDeadLetters, _CHANNEL),
+    _schema("dead_letters", DeadLetters, _CHANNEL, _sequence("letters", tuple, _nested("letter", _DEAD_LETTER))),
+    _schema("replay_dead_letters", ReplayDeadLetters, _CHANNEL),
+    _schema("dead_letters_replayed", DeadLettersReplayed, _CHANNEL, _int("count")),
+    _schema("purge_dead_letters", PurgeDeadLetters, _CHANNEL),
+    _schema("dead_letters_purged", DeadLettersPurged, _CHANNEL, _int("count")),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

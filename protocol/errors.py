@@ -23,6 +23,11 @@ class ChannelBusy(MessageQueueError):
     """The channel's busy policy is ``reject`` and its processor holds an item: the message was refused."""
 
 
+class QueueFull(MessageQueueError):
+    """The channel holds ``max_queued`` waiting messages and its overflow policy is ``reject``: the message
+    was refused."""
+
+
 class DecodeError(MessageQueueError, ValueError):
     """Bytes could not be decoded into a protocol value (malformed, unknown tag, or over a limit)."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from protocol.values import BatchSettings, ChannelStatistics, Payload, QueuedMessage, QueueItem
+from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage, QueueItem
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -375,3 +375,53 @@ class ChannelPaused:
 
     channel_id: str
     paused: bool
+
+
+# -- failures: dead letters ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GetDeadLetters:
+    """Anyone -> Supervisor: the channel's dead letters (items that failed their last attempt), oldest first.
+    Reply ``DeadLetters``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """Supervisor (or channel) -> sender of ``GetDeadLetters``."""
+
+    channel_id: str
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayDeadLetters:
+    """Anyone -> Supervisor: put the channel's dead letters back at the tail of its FIFO (``attempt`` 1, ids
+    kept) and forget them. Reply ``DeadLettersReplayed``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersReplayed:
+    """Supervisor (or channel) -> sender of ``ReplayDeadLetters``: how many items went back."""
+
+    channel_id: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeDeadLetters:
+    """Anyone -> Supervisor: forget the channel's dead letters. Reply ``DeadLettersPurged``."""
+
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersPurged:
+    """Supervisor (or channel) -> sender of ``PurgeDeadLetters``: how many were forgotten."""
+
+    channel_id: str
+    count: int

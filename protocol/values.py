@@ -122,12 +122,18 @@ class FlushReason(str, enum.Enum):
     FRONT = "front"  # inserted at the head of the queue by enqueue-front
     SETTINGS = "settings"  # batching was turned off while the batch was open
     RESTORED = "restored"  # loaded from persistent storage after a restart
+    RETRY = "retry"  # a failed item delivered again after its backoff (max_attempts)
+    REPLAYED = "replayed"  # a dead letter put back at the tail of the FIFO
     FLUSHED = "flushed"  # closed on request (FlushBatch), before its window or size would have closed it
     COLLECTED = "collected"  # busy policy collect: closed when the processor answered the item in flight
     AUTHOR = "author"  # split_on_author: a message from another author arrived
 
 
 BUSY_POLICIES = ("queue", "collect", "interrupt", "reject")
+OVERFLOW_POLICIES = ("reject", "drop_oldest", "drop_newest")
+"""What a channel holding ``max_queued`` messages does with one more: see ``BatchSettings``."""
+MAX_RETRY_DELAY = 60.0
+"""The longest backoff before a retry, in seconds, however many attempts failed."""
 """What a channel does with messages that arrive while its processor holds an item: see ``BatchSettings``."""
 
 
@@ -142,6 +148,16 @@ class BatchSettings:
     ``split_on_author``: a message from another ``user_id`` closes the open batch first. ``dedupe_ttl``:
     seconds a channel remembers the ``message_id`` of an accepted message and drops a message with the same
     id (0: off).
+
+    When processing fails or input floods: ``max_attempts`` deliveries per item (1: a failure is logged and
+    the channel moves on); after a failed attempt the item is delivered again, same ``item_id``, ``attempt``
+    + 1, after a delay drawn uniformly from ``0 .. min(60, retry_backoff * 2 ** (attempt - 1))`` seconds,
+    the channel's later items waiting behind it; after its last attempt it becomes a dead letter.
+    ``processing_timeout``: seconds a processor may hold an item before it is cancelled and the attempt
+    counts as failed (None: wait forever). ``max_queued``: messages the channel holds waiting (FIFO plus
+    open batch); one more is refused with ``QueueFull`` (``overflow="reject"``), or the oldest waiting one
+    (``"drop_oldest"``) or the new one (``"drop_newest"``) is dropped and counted. ``max_age``: seconds
+    after its ``queued_at`` a message is dropped (counted) instead of delivered (None: never).
     """
 
     window: float = 5.0
@@ -151,6 +167,12 @@ class BatchSettings:
     busy_policy: str = "queue"
     split_on_author: bool = False
     dedupe_ttl: float = 600.0
+    max_attempts: int = 1
+    retry_backoff: float = 1.0
+    processing_timeout: float | None = None
+    max_queued: int = 10_000
+    overflow: str = "reject"
+    max_age: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, (int, float)):
@@ -180,6 +202,32 @@ class BatchSettings:
             raise InvalidSettings(f"dedupe_ttl must be a number of seconds, got {self.dedupe_ttl!r}")
         if not math.isfinite(self.dedupe_ttl) or self.dedupe_ttl < 0:
             raise InvalidSettings(f"dedupe_ttl must be >= 0 and finite, got {self.dedupe_ttl!r}")
+        _check_count("max_attempts", self.max_attempts)
+        _check_seconds("retry_backoff", self.retry_backoff, optional=False, zero=True)
+        _check_seconds("processing_timeout", self.processing_timeout, optional=True, zero=False)
+        _check_count("max_queued", self.max_queued)
+        if self.overflow not in OVERFLOW_POLICIES or type(self.overflow) is not str:
+            raise InvalidSettings(
+                f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.overflow!r}"
+            )
+        _check_seconds("max_age", self.max_age, optional=True, zero=False)
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSettings(f"{name} must be an int, got {value!r}")
+    if not 1 <= value <= 2**31:
+        raise InvalidSettings(f"{name} must be in 1..{2**31}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object, *, optional: bool, zero: bool) -> None:
+    if value is None and optional:
+        return
+    kind = "a number of seconds or None" if optional else "a number of seconds"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidSettings(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise InvalidSettings(f"{name} must be {'>= 0' if zero else '> 0'} and finite, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +247,15 @@ class ChannelStatistics:
     retractions: int = 0  # waiting messages removed by retract
     interruptions: int = 0  # in-flight items cancelled by a message (busy policy interrupt)
     rejections: int = 0  # messages refused with ChannelBusy (busy policy reject)
+    attempts: int = 0  # deliveries begun (first attempts and retries)
+    retries: int = 0  # deliveries of an item that had failed before
+    timeouts: int = 0  # deliveries cancelled by processing_timeout (each a failed attempt)
+    dead_lettered: int = 0  # items that failed their last attempt and became dead letters
+    dead_letters: int = 0  # dead letters the channel keeps now
+    dead_letters_dropped: int = 0  # kept dead letters dropped, oldest first, beyond MAX_DEAD_LETTERS
+    dropped_stale: int = 0  # messages dropped at delivery because they were older than max_age
+    dropped_overflow: int = 0  # messages dropped by overflow drop_oldest / drop_newest at max_queued
+    rejected_full: int = 0  # messages refused with QueueFull (overflow reject at max_queued)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +276,23 @@ class SeenId:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A stored entry that could not be decoded, or a value that could not be encoded for storage: where it
+    """Something set aside instead of lost.
+
+    A stored entry that could not be decoded, or a value that could not be encoded for storage: where it
     was or was bound (the key's role), why, the bytes (for a value that could not be encoded, which has none:
-    its ``repr`` in UTF-8), and when it was set aside (Unix seconds)."""
+    its ``repr`` in UTF-8), and when it was set aside (Unix seconds).
+
+    An item that failed its last attempt (role ``"item"``): ``reason`` is the last error, ``item`` the item
+    (its ``attempt`` the last one), ``attempts`` how many deliveries failed, ``first_failed_at`` and
+    ``last_failed_at`` (Unix seconds) when the first and the last failed; ``data`` is empty and ``at`` is
+    ``last_failed_at``.
+    """
 
     role: str
     reason: str
     data: bytes
     at: float
+    item: QueueItem | None = None
+    attempts: int = 0
+    first_failed_at: float = 0.0
+    last_failed_at: float = 0.0

@@ -852,6 +852,7 @@ def test_statistics_are_a_snapshot_of_every_count() -> None:
         cancelled=1,
         failed=1,
         has_processor=True,
+        attempts=4,
     )
     core.finish(4)
     assert snapshot.processed == 2  # the snapshot does not change afterwards

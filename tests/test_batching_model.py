@@ -530,6 +530,7 @@ class BatchingMachine(RuleBasedStateMachine):
                 cancelled=model.cancelled,
                 failed=model.failed,
                 has_processor=model.attached,
+                attempts=model.last_delivery_id,
             )
 
     @invariant()

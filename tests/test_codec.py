@@ -29,6 +29,12 @@ from protocol.limits import (
     validate_message,
 )
 from protocol.messages import (
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     BatchFlushed,
     BatchHeld,
     BatchReady,
@@ -206,6 +212,9 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     DeadLetter: st.builds(
         DeadLetter, role=st.sampled_from(["redis", "open", "processing"]), reason=st.text(max_size=50),
         data=st.binary(max_size=200), at=finite,
+    ) | st.builds(
+        DeadLetter, role=st.just("item"), reason=st.text(max_size=50), data=st.just(b""), at=finite,
+        item=st.none() | items, attempts=st.integers(0, 9), first_failed_at=finite, last_failed_at=finite,
     ),
     Enqueue: st.builds(Enqueue, message=messages, ack=st.booleans()),
     EnqueueMany: st.builds(
@@ -257,6 +266,16 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     TakeWaiting: st.builds(TakeWaiting, channel_id=channel_ids),
     Taken: st.builds(Taken, channel_id=channel_ids, messages=st.lists(messages, max_size=4).map(tuple)),
     SeenId: st.builds(SeenId, message_id=names, at=finite),
+    GetDeadLetters: st.builds(GetDeadLetters, channel_id=channel_ids),
+    DeadLetters: st.builds(
+        DeadLetters, channel_id=channel_ids,
+        letters=st.lists(st.builds(DeadLetter, role=st.just("item"), reason=names, data=st.just(b""), at=finite,
+                                   item=items, attempts=st.integers(1, 9)), max_size=3).map(tuple),
+    ),
+    ReplayDeadLetters: st.builds(ReplayDeadLetters, channel_id=channel_ids),
+    DeadLettersReplayed: st.builds(DeadLettersReplayed, channel_id=channel_ids, count=st.integers(0, 2**40)),
+    PurgeDeadLetters: st.builds(PurgeDeadLetters, channel_id=channel_ids),
+    DeadLettersPurged: st.builds(DeadLettersPurged, channel_id=channel_ids, count=st.integers(0, 2**40)),
 }
 any_value = st.one_of(*STRATEGIES.values())
 
@@ -404,6 +423,12 @@ def test_tags_are_pinned() -> None:
         "take_waiting": "TakeWaiting",
         "taken": "Taken",
         "seen_id": "SeenId",
+        "get_dead_letters": "GetDeadLetters",
+        "dead_letters": "DeadLetters",
+        "replay_dead_letters": "ReplayDeadLetters",
+        "dead_letters_replayed": "DeadLettersReplayed",
+        "purge_dead_letters": "PurgeDeadLetters",
+        "dead_letters_purged": "DeadLettersPurged",
     }
 
 

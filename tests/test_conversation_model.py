@@ -508,6 +508,7 @@ class ConversationMachine(BatchingMachine):
                 retractions=model.retractions,
                 interruptions=model.interruptions,
                 rejections=model.rejections,
+                attempts=model.last_delivery_id,
             )
 
     @invariant()
