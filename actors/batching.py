@@ -237,21 +237,21 @@ class IdRemembered:
     at: float
 
 
-Effect = Union[
-    MessageAdded,
-    ItemQueued,
-    Deliver,
-    DeliveryCancelled,
-    DeliveryFinished,
-    QueueCleared,
-    MessageRejected,
-    WaitingChanged,
-    IdRemembered,
-    RetryScheduled,
-    ItemDead,
-    DeadLettersCleared,
-    MessagesDropped,
-]
+Effect = (
+    MessageAdded |
+    ItemQueued |
+    Deliver |
+    DeliveryCancelled |
+    DeliveryFinished |
+    QueueCleared |
+    MessageRejected |
+    WaitingChanged |
+    IdRemembered |
+    RetryScheduled |
+    ItemDead |
+    DeadLettersCleared |
+    MessagesDropped
+)
 
 
 @dataclass(slots=True)

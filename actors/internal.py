@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from actors.journal import ChannelSnapshot
 from protocol.messages import (
-    GetDeadLetters,
-    PurgeDeadLetters,
-    ReplayDeadLetters,
     CancelCurrent,
     Clear,
     ConfigureChannel,
     Edit,
     FlushBatch,
+    GetDeadLetters,
     GetStatistics,
     HoldBatch,
     PauseChannel,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
     ResumeChannel,
     Retract,
     StopChannel,
@@ -170,10 +170,23 @@ class Ack:
     reply: object
 
 
-ChannelCommand = Union[
-    CancelCurrent, Clear, StopChannel, ConfigureChannel, GetStatistics, HoldBatch, FlushBatch, PauseChannel,
-    ResumeChannel, Edit, Retract, TakeWaiting, GetDeadLetters, ReplayDeadLetters, PurgeDeadLetters,
-]
+ChannelCommand = (
+    CancelCurrent |
+    Clear |
+    StopChannel |
+    ConfigureChannel |
+    GetStatistics |
+    HoldBatch |
+    FlushBatch |
+    PauseChannel |
+    ResumeChannel |
+    Edit |
+    Retract |
+    TakeWaiting |
+    GetDeadLetters |
+    ReplayDeadLetters |
+    PurgeDeadLetters
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,18 @@ from message_queue.event_bus import EventBus, RedisStreamEventBus, current_inbou
 from message_queue.facade import Callback, MessageQueue
 from message_queue.local import current_item
 from message_queue.queues import InMemoryRedisQueue, RedisQueue
-from protocol.errors import ChannelBusy, DecodeError, InvalidInput, InvalidSettings, MessageQueueError, QueueFull
+from protocol.errors import (
+    ChannelBusy,
+    DecodeError,
+    InvalidInput,
+    InvalidSettings,
+    MessageQueueError,
+    QueueFull,
+    RedisDataLost,
+    StoreLocked,
+    StoreUnavailable,
+    UnsafeRedis,
+)
 from protocol.stream import InboundBatch, decode_entry
 from protocol.values import DeadLetter, MessageBatch, QueuedMessage
 

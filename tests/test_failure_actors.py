@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from actor_support import FAIL, HOLD, Behave, Behaving
+from harness import Harness, Launch, deliveries, texts
+from test_actors import launch  # noqa: F401 - a fixture
+
 from actors.system import SIMPLE_BASE
 from protocol.messages import (
     BatchReady,
@@ -25,9 +27,6 @@ from protocol.messages import (
     ReplayDeadLetters,
 )
 from protocol.values import BatchSettings, QueuedMessage
-
-from harness import Harness, Launch, deliveries, texts
-from test_actors import launch  # noqa: F401 - a fixture
 
 __all__ = ["launch"]
 

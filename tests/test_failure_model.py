@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st

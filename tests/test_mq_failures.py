@@ -7,10 +7,10 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from test_message_queue_api import TIMEOUT, run
 
 from message_queue import DeadLetter, InvalidSettings, MessageQueue, QueuedMessage, QueueFull, current_item
 from protocol.values import Payload, payload_messages
-from test_message_queue_api import TIMEOUT, run
 
 
 def msg(channel: str, text: str, age: float = 0.0) -> QueuedMessage:

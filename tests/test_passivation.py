@@ -137,7 +137,8 @@ def test_cancelled_and_failed_counts_survive_passivation(node: Node) -> None:
     node.wait_for(2)
     assert node.ask(CancelCurrent("cancels"), Cancelled).cancelled
     node.eventually(lambda: node.live() == (), "both channels passivated")
-    assert node.stats("fails") == ChannelStatistics("fails", 0, 0, False, 1, 0, 1, True, attempts=1)  # a failure is processed
+    # a failure is processed
+    assert node.stats("fails") == ChannelStatistics("fails", 0, 0, False, 1, 0, 1, True, attempts=1)
     assert node.stats("cancels") == ChannelStatistics("cancels", 0, 0, False, 0, 1, 0, True, attempts=1)
 
     node.behave(DONE)
