@@ -4,9 +4,10 @@
 
 A fresh ``MessageQueue(default_batch_window=10, max_batch_size=10, max_queued=..., overflow="drop_oldest")``
 with no processor receives ``--messages`` messages on one channel through ``enqueue_many`` in chunks of
-1,000, yielding to the loop after each. Reported: the process's RSS after the first ``max_queued`` messages (the
-channel full) and at the end (after a full collection), their difference, the channel's counts (what is waiting must be ``max_queued``
-and ``dropped_overflow`` the rest), and the rate. Memory should stay flat once the channel is full.
+1,000, yielding to the loop after each. Reported: the process's RSS after the first ``max_queued`` messages
+(the channel full) and at the end (after a full collection), their difference, the channel's counts (what is
+waiting must be ``max_queued`` and ``dropped_overflow`` the rest), and the rate. Memory should stay flat once
+the channel is full.
 ``--quick`` (50,000 messages, cap 1,000) is a smoke test of the script, not a measurement.
 """
 
