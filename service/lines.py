@@ -72,7 +72,7 @@ def channel_of(data: bytes | None) -> str | None:
         return None
     try:
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep (the line was refused for it)
         return None
     channel = record.get("channel_id") if isinstance(record, dict) else None
     try:
