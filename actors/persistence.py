@@ -37,7 +37,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import redis
 from thespian.actors import ActorAddress, WakeupMessage
@@ -80,6 +80,18 @@ _POLL = "poll the control stream"
 CONTROL_POLL_SECONDS = 0.5  # how often the lease holder looks for admin commands
 CONTROL_REPLY_SECONDS = 5.0  # how long a command may wait for the Supervisor before it is answered as failed
 _MAX_BACKOFF = 2.0
+_LOGGED_CHANNELS = 20  # channel ids a log line of a write names at most
+
+
+def ops_context(ops: Sequence[Op]) -> dict[str, object]:
+    """The log context of a write of ``ops``: ``channels`` (the first few distinct channel ids, in order)
+    and ``channel`` when they are all of one channel."""
+    channels = list(dict.fromkeys(op.channel_id for op in ops))
+    context: dict[str, object] = {"channels": channels[:_LOGGED_CHANNELS]}
+    if len(channels) == 1:
+        context["channel"] = channels[0]
+    return context
+
 
 # What its Redis calls hand back to the actor (to itself).
 
@@ -305,15 +317,16 @@ class RedisPersistence(Dispatcher):
     def _failed(self, exc: BaseException, op_count: int) -> None:
         """A write failed: keep every operation and reply, and try again after a backoff. The retry begins
         with the same operations, as :meth:`RedisStore.apply` requires."""
+        context = ops_context(self._ops[:op_count])
         if isinstance(exc, (RedisDataLost, StoreLocked)):
             log.critical("%s; holding %d operations and every acknowledgement until an operator acts", exc,
-                         op_count)
+                         op_count, extra=context)
         elif isinstance(exc, redis.RedisError):
             log.error("Redis write of %d operations failed (%s); retrying in %.2f s", op_count, exc,
-                      self._next_backoff())
+                      self._next_backoff(), extra=context)
         else:
             log.error("write of %d operations failed; retrying in %.2f s", op_count, self._next_backoff(),
-                      exc_info=exc)
+                      exc_info=exc, extra=context)
         self._backoff = self._next_backoff()
         self._arm_flush()
 
@@ -429,7 +442,8 @@ class RedisPersistence(Dispatcher):
 
     def receiveMsg_Rejected(self, msg: Rejected, sender: ActorAddress) -> None:
         if self._restoring > 0 and msg.command == "PauseChannel":
-            log.warning("a stored pause of %r was refused: %s", msg.channel_id, msg.reason)
+            log.warning("a stored pause of %r was refused: %s", msg.channel_id, msg.reason,
+                        extra={"channel": msg.channel_id})
             self.receiveMsg_ChannelPaused(ChannelPaused(msg.channel_id, False), sender)
             return
         self._reply(msg.channel_id, _NODE_COMMANDS_OF.get(msg.command, ()), None, error=msg.reason)

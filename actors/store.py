@@ -459,10 +459,10 @@ class RedisStore:
                 bad = True
                 if is_set_aside(data):
                     log.warning("channel %r: skipped a %s entry that was set aside in its dead letters when it "
-                                "could not be encoded", channel, role)
+                                "could not be encoded", channel, role, extra={"channel": channel})
                     continue
                 log.error("channel %r: a stored %s entry could not be decoded (%s); moved to dead letters",
-                          channel, role, exc)
+                          channel, role, exc, extra={"channel": channel})
                 letter = DeadLetter(role, str(exc)[:4096], data[: codec.MAX_FRAME_BYTES // 2], time.time())
                 fix.rpush(keys.channel_key(keys.DEAD_LETTER, channel), codec.encode(letter))
         if bad:

@@ -7,7 +7,9 @@ Two ways to a node's state:
       Redis, read directly: ``channels``, ``show``, ``dead-letters`` (and ``--purge``, which only touches the
       dead-letter list, which no node reads back). Commands that change what a node holds (``pause``,
       ``resume``, ``flush``, ``clear``) go to the node holding the database's writer lease through the
-      control stream (:mod:`actors.control_stream`), and its answer comes back the same way.
+      control stream (:mod:`actors.control_stream`), and its answer comes back the same way. Channels of
+      distributed mode (``serve --distributed``) are read from their own keys (:mod:`service.admin_distributed`):
+      ``channels`` lists those with an open batch, ``show`` any, and the mutations refuse with exit 1.
 
 Every command prints a table, or one JSON object with ``--json``. Exit status: 0 done, 1 when no node answers
 (within ``--timeout``), the node refused the command, or Redis cannot be reached, 2 on a usage error.
@@ -125,22 +127,37 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
         raise AdminError("dead-letters --replay is not available through Redis yet: the dead letters stay where "
                          "they are")
     # The socket timeout outlasts the wait for the node's answer (BLPOP blocks up to --timeout).
+    from protocol import keys
+    from service import admin_distributed as dist
+
     client = redis.Redis.from_url(args.redis, socket_timeout=args.timeout + 5.0,
                                   socket_connect_timeout=args.timeout)
     try:
-        if command in MUTATIONS:
-            return node_command(client, build_request(args), args.timeout)
         if command == "channels":
-            from protocol import keys
-
             members = client.sunion([keys.CHANNEL_INDEX, keys.PAUSED])
             names = sorted(m.decode("utf-8", "replace") for m in members)  # type: ignore[union-attr]
             rows = [stored_channel(client, name) for name in names]
+            distributed, distributed_total = dist.channel_rows(client)
+            rows += distributed
             rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
-            return {"channels": rows[: args.limit], "total": len(rows)}
+            return {"channels": rows[: args.limit], "total": len(names) + distributed_total}
+        stored = command == "dead-letters" or bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
+            bool(client.sismember(keys.PAUSED, args.channel))
+        distributed_row = None if command == "dead-letters" else dist.channel_row(client, args.channel)
+        if command in MUTATIONS:
+            if distributed_row is None or stored:
+                return node_command(client, build_request(args), args.timeout)
+            dist.refuse(command)
         if command == "show":
-            return stored_channel(client, args.channel)
+            if distributed_row is not None and not stored:
+                return distributed_row
+            row = stored_channel(client, args.channel)
+            if distributed_row is not None:
+                row["distributed"] = distributed_row
+            return row
         return dead_letters(client, args.channel, purge=args.purge)
+    except dist.Refused as exc:
+        raise AdminError(str(exc)) from exc
     except redis.RedisError as exc:
         raise AdminError(f"Redis at {_redacted(args.redis)}: {exc}") from exc
     finally:
@@ -209,6 +226,7 @@ def stored_channel(client: Any, channel: str) -> dict[str, Any]:
             pass
     return {
         "channel": channel,
+        "mode": "stored",
         "open_batch_size": int(open_size),
         "waiting": int(waiting),
         "in_flight": bool(flying),
@@ -247,6 +265,7 @@ def dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, Any]:
 
 COLUMNS = (("channel", "CHANNEL"), ("open_batch_size", "OPEN"), ("waiting", "WAITING"), ("in_flight", "IN FLIGHT"),
            ("attempt", "ATTEMPT"), ("oldest_age_s", "OLDEST (s)"), ("dead_letters", "DEAD"), ("paused", "PAUSED"))
+DISTRIBUTED_COLUMNS = (("mode", "MODE"), ("deadline_in_s", "DEADLINE IN (s)"), ("batches_published", "PUBLISHED"))
 
 
 def _cell(value: object) -> str:
@@ -262,15 +281,19 @@ def _cell(value: object) -> str:
 def render(command: str, result: dict[str, Any]) -> str:
     """``result`` as the human-readable text of ``command``."""
     if command == "channels":
-        rows = [[_cell(r.get(key)) for key, _ in COLUMNS] for r in result["channels"]]
-        header = [title for _, title in COLUMNS]
+        columns: tuple[tuple[str, str], ...] = COLUMNS
+        if any(r.get("mode") == "distributed" for r in result["channels"]):
+            columns = COLUMNS + DISTRIBUTED_COLUMNS
+        rows = [[_cell(r.get(key)) for key, _ in columns] for r in result["channels"]]
+        header = [title for _, title in columns]
         widths = [max(len(x) for x in column) for column in zip(header, *rows)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in [header, *rows]]
         shown = len(rows)
         lines.append(f"{shown} of {result['total']} channel(s)")
         return "\n".join(lines)
     if command == "show":
-        return "\n".join(f"{key}: {_cell(value)}" for key, value in result.items())
+        return "\n".join(f"{key}: {_cell(value)}" for key, value in result.items() if key != "distributed") + \
+            ("\ndistributed: " + render("flush", result["distributed"]) if "distributed" in result else "")
     if command == "dead-letters":
         lines = [f"{len(result['dead_letters'])} dead letter(s) on {result['channel']!r}"]
         lines += [f"  {d['role']}: {d['reason']} ({d['bytes']} bytes)" for d in result["dead_letters"]]

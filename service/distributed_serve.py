@@ -14,7 +14,8 @@ from typing import IO, TYPE_CHECKING, Iterable
 
 from protocol.errors import InvalidInput, StoreUnavailable, UnsafeRedis
 from protocol.values import BatchSettings
-from service.lines import MAX_LINE_BYTES, LineSplitter, parse_line
+from service.lines import MAX_LINE_BYTES, LineSplitter, channel_of, parse_line
+from service.logs import report
 from service.process import EXIT_FAILED, EXIT_OK, signal_handlers_restored, silence_stdout
 from service.serve import redacted
 
@@ -207,7 +208,7 @@ class _Node:
                 message = parse_line(data)
             except InvalidInput as exc:
                 self.counts["skipped"] += 1
-                print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
+                report(f"serve: line {number} skipped: {exc}", line=number, channel=channel_of(data))
                 continue
             if not batcher.has_room:
                 await batcher.wait_for_room()

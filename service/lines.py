@@ -65,6 +65,22 @@ def parse_command(data: bytes) -> Command:
     raise InvalidInput(f"op must be \"edit\" or \"retract\", got {str(op)[:40]!r}")
 
 
+def channel_of(data: bytes | None) -> str | None:
+    """The valid channel id a refused line names (its JSON object's ``channel_id``), for the report of why it
+    was refused; None when it names none."""
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep (the line was refused for it)
+        return None
+    channel = record.get("channel_id") if isinstance(record, dict) else None
+    try:
+        return validate_channel_id(channel)
+    except InvalidInput:
+        return None
+
+
 def _load(data: bytes) -> dict[str, Any]:
     if not data.strip():
         raise InvalidInput("blank line: expected a JSON object")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import logging
 import math
 import signal
 import sys
@@ -35,7 +36,8 @@ from protocol.messages import (
     Statistics,
 )
 from protocol.values import BatchSettings, QueuedMessage, payload_messages
-from service.lines import MAX_LINE_BYTES, parse_command, read_lines
+from service.lines import MAX_LINE_BYTES, channel_of, parse_command, read_lines
+from service.logs import report
 from service.nodes import InProcessNode, Node, TcpNode, expect
 from service.process import (
     EXIT_FAILED,
@@ -167,6 +169,10 @@ class BatchWriter:
                 self._out.write(line)
                 self._out.flush()
         except OSError as exc:
+            report(f"serve: could not write the batch of channel {output.channel_id!r} (delivery "
+                   f"{output.delivery_id}, attempt {output.item.attempt}): {exc}", logging.ERROR,
+                   channel=output.channel_id, item_id=output.item.item_id, delivery_id=output.delivery_id,
+                   attempt=output.item.attempt)
             with self._changed:
                 self.broken = exc
                 self._changed.notify_all()
@@ -226,10 +232,12 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
     metrics = writer.metrics
     for number, data in lines:
         _check(node, writer)
+        channel: str | None = None
         try:
             if data is None:
                 raise InvalidInput(f"line longer than {MAX_LINE_BYTES} bytes")
             command = parse_command(data)
+            channel = command.channel_id
             if isinstance(command, QueuedMessage):
                 node.enqueue(command)
                 accepted += 1
@@ -252,7 +260,7 @@ def _feed(node: Node, writer: BatchWriter, lines: Iterator[tuple[int, bytes | No
             skipped += 1
             if metrics is not None:
                 metrics.rejected()
-            print(f"serve: line {number} skipped: {exc}", file=sys.stderr, flush=True)
+            report(f"serve: line {number} skipped: {exc}", line=number, channel=channel or channel_of(data))
     return accepted, skipped
 
 

@@ -2,7 +2,8 @@
 delivery rates, lateness, dead letters.
 
 Reads the same sources as ``admin`` (:mod:`service.admin`): a running node's control socket (``--control``),
-or the state a persisting node stores in Redis (``--redis``; rates need the control socket). On a terminal it
+or the state a persisting node stores in Redis (``--redis``; rates need the control socket), with the channels
+of distributed mode that hold an open batch (their deadline and batches published as two more columns). On a terminal it
 draws with ``rich`` (Live + Table) and quits on ``q`` or Ctrl-C; when stdout is not a terminal it prints the
 same table as plain text once per refresh (``--iterations`` bounds how many).
 """
@@ -63,13 +64,21 @@ def render(now: Snapshot, before: Snapshot | None, source: str) -> Table:
     for name, justify in (("channel", "left"), ("waiting", "right"), ("open", "right"), ("in flight", "center"),
                           ("attempt", "right"), ("oldest (s)", "right"), ("dead", "right"), ("paused", "center")):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    distributed = any(r.get("mode") == "distributed" for r in now.channels)
+    if distributed:
+        for name in ("due (s)", "published"):
+            table.add_column(name, justify="right")
     for r in now.channels:
-        table.add_row(
+        cells = [
             str(r["channel"]), str(r["waiting"]), str(r["open_batch_size"]), "yes" if r["in_flight"] else "",
             "-" if r.get("attempt") is None else str(r["attempt"]),
             "-" if r.get("oldest_age_s") is None else f"{r['oldest_age_s']:.1f}",
             str(r.get("dead_letters") or 0), "yes" if r.get("paused") else "",
-        )
+        ]
+        if distributed:
+            cells += ["-" if r.get("deadline_in_s") is None else f"{r['deadline_in_s']:.1f}",
+                      "-" if r.get("batches_published") is None else str(r["batches_published"])]
+        table.add_row(*cells)
     return table
 
 

@@ -134,7 +134,7 @@ class OutboxRelay:
                 break
             except Exception:
                 log.exception("relay: publish_inbound failed for batch %s of channel %r; retrying in %.1f s",
-                              inbound.batch_id, inbound.channel_id, delay)
+                              inbound.batch_id, inbound.channel_id, delay, extra={"channel": inbound.channel_id})
             finally:
                 reset_current_inbound(token)
             await asyncio.sleep(delay)
