@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Final, Iterable, Sequence
 
+from actors.batching import MAX_REMEMBERED_IDS
 from protocol.keys import DIST_DEADLINES, DIST_SEQ_FLOOR
 from protocol.values import BatchSettings
 
@@ -46,9 +47,10 @@ NODE_KEY_TTL_MS: Final = 24 * 3600 * 1000
 Arg = str | bytes | int
 Key = str | bytes
 
-AppendEntry = tuple[Key, Key, bytes, Arg, Arg, Arg]
-"""One message of an append call: its channel's messages key and state key, the message's codec frame, the
-channel id, the channel's tag, and the settings argument ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0>``."""
+AppendEntry = tuple[Key, Key, Key, bytes, Arg, Arg, Arg, Arg]
+"""One message of an append call: its channel's messages key, state key and ids key, the message's codec frame,
+the channel id, the channel's tag, the settings argument (:func:`settings_argument`) and the message's
+``message_id`` (empty: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,23 +97,26 @@ async def run(redis: Redis, name: str, keys: Sequence[Key], args: Sequence[Arg])
 
 
 def settings_argument(settings: BatchSettings) -> bytes:
-    """``settings`` as the append script takes them: ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>``
-    (times rounded to the ms; a max_wait below 1 ms counts as 1 ms)."""
+    """``settings`` as the append script takes them:
+    ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>`` (times rounded to the
+    ms; a max_wait or dedupe_ttl above 0 but below 1 ms counts as 1 ms)."""
     window_ms = round(settings.window * 1000)
     max_wait_ms = max(1, round(settings.max_wait * 1000)) if settings.max_wait is not None else 0
+    dedupe_ms = max(1, round(settings.dedupe_ttl * 1000)) if settings.dedupe_ttl > 0 else 0
     batching = "1" if settings.batching else "0"
-    return f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}".encode()
+    return f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}:{dedupe_ms}".encode()
 
 
 def append_call(stream: str, node_key: str, maxlen: int, by: Arg, first: int, idle_ms: int,
-                entries: Iterable[AppendEntry], now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
+                entries: Iterable[AppendEntry], now_ms: int | None = None,
+                max_ids: int = MAX_REMEMBERED_IDS) -> tuple[list[Key], list[Arg]]:
     """KEYS and ARGV of one ``append`` call: the messages of ``entries`` in order, as the node's operations
-    ``first``, ``first + 1``, ..."""
+    ``first``, ``first + 1``, ...; ``max_ids``: the most message ids a channel remembers."""
     keys: list[Key] = [DIST_DEADLINES, stream, node_key, DIST_SEQ_FLOOR]
-    args: list[Arg] = [maxlen, by, first, NODE_KEY_TTL_MS, idle_ms]
-    for messages_key, state_key, frame, channel, tag, settings in entries:
-        keys += (messages_key, state_key)
-        args += (frame, channel, tag, settings)
+    args: list[Arg] = [maxlen, by, first, NODE_KEY_TTL_MS, idle_ms, max_ids]
+    for messages_key, state_key, ids_key, frame, channel, tag, settings, message_id in entries:
+        keys += (messages_key, state_key, ids_key)
+        args += (frame, channel, tag, settings, message_id)
     if now_ms is not None:
         args.append(now_ms)
     return keys, args

@@ -106,8 +106,9 @@ DIST = "dist"
 DIST_MESSAGES = "msgs"  # list: codec frames (QueuedMessage) of the channel's open batch, oldest first
 DIST_STATE = "state"  # hash: the open batch's times and settings, and the channel's batch counter ``seq``;
 #                       expires after the node's idle_ttl once nothing is open
+DIST_IDS = "ids"  # sorted set: message ids the channel accepted -> when (ms), for duplicate detection
 
-DIST_ROLES = (DIST_MESSAGES, DIST_STATE)
+DIST_ROLES = (DIST_MESSAGES, DIST_STATE, DIST_IDS)
 
 DIST_DEADLINES = f"{PREFIX}:{DIST}:deadlines"  # sorted set: channel tag -> deadline (Redis server time, ms)
 DIST_OUTBOX = f"{PREFIX}:{DIST}:outbox"  # stream: finished batches waiting for a custom event bus's relay

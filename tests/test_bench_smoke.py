@@ -319,3 +319,44 @@ def test_the_passivation_bars_are_booleans(passivation_report: dict[str, Any]) -
     for name in ("passivation_le_2x_creation", "commands_le_100ms"):
         assert isinstance(bars[name]["pass"], bool), name
     assert isinstance(bars["all_pass"], bool)
+
+
+# -- bench/bench_conversations.py --quick: what the conversation features cost -------------------------------
+
+CONVERSATIONS_SCRIPT = ROOT / "bench" / "bench_conversations.py"
+CONVERSATION_VARIANTS = ("default", "dedupe", "collect", "interrupt", "reject", "split_on_author")
+
+
+@pytest.fixture(scope="module")
+def conversations_report() -> dict[str, Any]:
+    return run_quick(CONVERSATIONS_SCRIPT)
+
+
+def test_the_conversations_report_has_every_variant_and_ratio(conversations_report: dict[str, Any]) -> None:
+    assert conversations_report["env"]["quick"] is True
+    for name in ("baseline", *CONVERSATION_VARIANTS):
+        assert conversations_report[name]["cpu_us_per_msg"] > 0, name
+        assert conversations_report[name]["msgs_per_s"] > 0, name
+    ratios = conversations_report["ratios"]
+    for name in CONVERSATION_VARIANTS[1:]:
+        assert set(ratios[name]) == {"cpu_per_msg_vs_default", "throughput_vs_default"}, name
+    assert {"throughput", "msgs_per_cpu_s"} <= set(ratios["default_vs_baseline"])
+
+
+def test_every_conversation_variant_settles_every_message(conversations_report: dict[str, Any]) -> None:
+    saturated = conversations_report["params"]["saturated"]
+    total = saturated["channels"] * saturated["rounds"] * saturated["burst"]
+    for name in CONVERSATION_VARIANTS:
+        result = conversations_report[name]
+        assert result["expected"] == total, name
+        assert result["all_settled"] is True, name
+        assert result["delivered"] + result["refused"] == total, name
+        if name != "reject":
+            assert result["refused"] == 0 and result["delivered"] == total, name
+        if name != "interrupt":
+            assert result["redelivered"] == 0, name
+    reject = conversations_report["reject"]
+    assert reject["refused"] == reject["rejections"]  # how many depends on timing
+    assert conversations_report["baseline"]["all_delivered"] is True
+    # split_on_author with alternating authors: every message is a batch of its own
+    assert conversations_report["split_on_author"]["batches"] == total

@@ -293,13 +293,13 @@ def test_a_replayed_append_is_applied_once(redis_srv: RedisServer) -> None:
         async with Cluster(redis_srv.url) as cluster:
             admin = cluster.client()
             tag = keys.channel_tag("c")
-            call_keys = [keys.DIST_DEADLINES, keys.INBOUND_STREAM, keys.dist_node_key("n1"), keys.DIST_SEQ_FLOOR,
-                         keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag)]
             from protocol import codec
 
-            args: list[str | bytes | int] = [
-                0, "n1/append", 7, 60_000, 60_000, codec.encode(msg("c", "once")), "c", tag, "30000:0:10:1"
-            ]
+            entry = (keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag),
+                     keys.dist_key_of_tag(keys.DIST_IDS, tag), codec.encode(msg("c", "once")), "c", tag,
+                     "30000:0:10:1:0", "")
+            call_keys, args = scripts.append_call(keys.INBOUND_STREAM, keys.dist_node_key("n1"), 0, "n1/append", 7,
+                                                  60_000, [entry])
             first = reply(await scripts.run(admin, scripts.APPEND, call_keys, args))
             again = reply(await scripts.run(admin, scripts.APPEND, call_keys, args))
             assert int(first.split(b",")[1]) > 0

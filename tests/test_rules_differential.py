@@ -6,12 +6,17 @@ messages (several at one instant go in one append call, as a node sends them), e
 for a channel, and "flush what is due". Each step runs on both sides at the same fake time, which the scripts
 take as their ``now`` argument instead of Redis server time (see ``message_queue/lua/common.lua``), so the run
 is deterministic. Both must publish the same batches (the same messages), in the same order, for the same
-reasons, equally late; the scripts' replies (a deadline, published, nothing open) must match the core's
-deadline after the step, and each channel's open batch must hold as many messages on both sides.
+reasons, equally late; the scripts' replies (a deadline, published, nothing open, a duplicate dropped) must
+match the core's deadline after the step, each channel's open batch must hold as many messages on both sides,
+and each channel must have dropped as many duplicates.
+
+Message ids are drawn from a few values (and none), so that ids repeat on a channel, within and beyond its
+``dedupe_ttl`` (0: off); the gaps between steps sometimes cross it.
 
 Correspondence of operations:
     * ``append`` of a message at t  = ``core.enqueue(msg, t)`` then ``core.tick(t)`` (a deadline already
-      reached when the message lands closes the batch at once: the shell's timer would fire immediately);
+      reached when the message lands closes the batch at once: the shell's timer would fire immediately); the
+      script answers -3 exactly when the core counted the message as a duplicate;
     * ``flush`` at t                = ``core.tick(t)``;
     * ``publish`` (enqueue_front)   = ``core.enqueue_front(payload, t)``;
     * the stream                    = the deliveries of a core whose processor is attached and answers every
@@ -26,7 +31,9 @@ core's ``lateness`` equals the entry's ``published - deadline``; for every other
 
 Units: the core takes any monotonic unit, so it runs in ms here (a window of 20 ms is ``window=20``); its
 rules only add and compare times, which is exact on integers, so a message exactly one window after the
-previous hits the boundary on both sides.
+previous hits the boundary on both sides. The ids key of a channel expires (in Redis's real time) dedupe_ttl
+after its newest id, so the drawn ttls are seconds long: no key expires while an example runs, and the fake
+clock alone decides what is forgotten.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from redis_support import REDIS_SERVER, redis_server, reply
 from actors.batching import ChannelCore, Deliver, Effect
 from message_queue import scripts
 from protocol import codec
-from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
+from protocol.keys import DIST_IDS, DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
 from protocol.stream import decode_entry
 from protocol.values import BatchSettings, FlushReason, MessageBatch, Payload, QueuedMessage, payload_messages
 
@@ -67,26 +74,30 @@ REASONS: dict[FlushReason, str] = {
 
 @dataclass(frozen=True)
 class Rules:
-    """Settings in ms: ``max_wait`` 0 for none."""
+    """Settings in ms: ``max_wait`` 0 for none, ``dedupe`` (dedupe_ttl) 0 for off."""
 
     window: int
     max_wait: int
     cap: int
     batching: bool = True
+    dedupe: int = 0
 
     def core(self) -> BatchSettings:
-        return BatchSettings(self.window, self.cap, self.max_wait or None, self.batching)
+        return BatchSettings(self.window, self.cap, self.max_wait or None, self.batching, dedupe_ttl=self.dedupe)
 
     def argument(self) -> bytes:
-        seconds = BatchSettings(self.window / 1000, self.cap, self.max_wait / 1000 or None, self.batching)
+        seconds = BatchSettings(self.window / 1000, self.cap, self.max_wait / 1000 or None, self.batching,
+                                dedupe_ttl=self.dedupe / 1000)
         return scripts.settings_argument(seconds)
 
 
 @dataclass(frozen=True)
 class Messages:
-    """One message per listed channel, at one instant, in one append call."""
+    """One message per listed channel, at one instant, in one append call; ``ids``: their message ids, in the
+    same order (missing: none)."""
 
     channels: tuple[int, ...]
+    ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,15 +131,27 @@ rules = st.builds(
     max_wait=st.sampled_from([0, 0, 10, 20, 30]) | st.integers(1, 90),
     cap=st.integers(1, 5),
     batching=st.sampled_from([True, True, True, True, False]),
+    dedupe=st.sampled_from([0, 2000, 2000, 3000, 600_000]),
 )
+message_ids = st.sampled_from(["", "", "a", "b", "c", "d"])
+
+
+def sent(count: int) -> st.SearchStrategy[Messages]:
+    """Messages to up to ``count`` channels, with drawn ids."""
+    pairs = st.lists(st.tuples(channel_index, message_ids), min_size=1, max_size=count)
+    return pairs.map(lambda p: Messages(tuple(c for c, _ in p), tuple(i for _, i in p)))
+
+
 actions: st.SearchStrategy[Action] = st.one_of(
-    st.builds(Messages, st.lists(channel_index, min_size=1, max_size=4).map(tuple)),
-    st.builds(Messages, st.lists(channel_index, min_size=1, max_size=1).map(tuple)),
+    sent(4),
+    sent(1),
     st.builds(Front, channel_index, st.integers(1, 3)),
     st.builds(Configure, channel_index, rules),
     st.just(FlushDue()),
 )
-steps = st.lists(st.tuples(round_ms | st.integers(0, 70), actions), max_size=40)
+# Now and then a gap of seconds, which may cross a channel's dedupe_ttl (exactly, too).
+gaps = st.one_of(round_ms, st.integers(0, 70), round_ms, st.integers(0, 70), st.sampled_from([1000, 2000, 3000]))
+steps = st.lists(st.tuples(gaps, actions), max_size=40)
 initial_rules = st.lists(rules, min_size=len(CHANNELS), max_size=len(CHANNELS)).map(tuple)
 
 
@@ -165,11 +188,16 @@ class CoreSide:
                 pending.extend(core.finish(effect.delivery_id))
 
     def append(self, msg: QueuedMessage, now: int) -> int:
-        """enqueue then tick; returns what the append script answers: the deadline, or -1 (published)."""
+        """enqueue then tick; returns what the append script answers: the deadline, -1 (published), or -3 (a
+        duplicate, dropped)."""
         core = self.cores[CHANNELS.index(msg.channel_id)]
+        duplicates = core.statistics().duplicates
         self.take(core, core.enqueue(msg, now))
+        dropped = core.statistics().duplicates > duplicates
         self.take(core, core.tick(now))
         deadline = core.deadline
+        if dropped:
+            return -3
         return -1 if deadline is None else int(deadline)
 
     def front(self, index: int, payload: Payload, now: int) -> None:
@@ -191,6 +219,9 @@ class CoreSide:
     def open_sizes(self) -> list[int]:
         return [core.open_batch.size if core.open_batch is not None else 0 for core in self.cores]
 
+    def duplicates(self) -> list[int]:
+        return [core.statistics().duplicates for core in self.cores]
+
 
 class ScriptSide:
     """The scripts on a real Redis, called as a node calls them, with the fake time as their clock."""
@@ -207,12 +238,15 @@ class ScriptSide:
         tag = self.tags[index]
         return dist_key_of_tag(DIST_MESSAGES, tag), dist_key_of_tag(DIST_STATE, tag)
 
+    def ids_key(self, index: int) -> str:
+        return dist_key_of_tag(DIST_IDS, self.tags[index])
+
     def run(self, name: str, keys: list[scripts.Key], args: list[scripts.Arg]) -> object:
         return self.client.evalsha(scripts.SCRIPTS[name].sha, len(keys), *keys, *args)
 
     def append(self, messages: list[tuple[int, QueuedMessage]], now: int) -> list[int]:
-        entries = [(*self.keys_of(i), codec.encode(m), m.channel_id, self.tags[i], self.arguments[i])
-                   for i, m in messages]
+        entries = [(*self.keys_of(i), self.ids_key(i), codec.encode(m), m.channel_id, self.tags[i],
+                    self.arguments[i], m.message_id) for i, m in messages]
         keys, args = scripts.append_call(STREAM, self.node_key, 0, f"{NODE}/append", self.next_op, IDLE_MS,
                                          entries, now_ms=now)
         self.next_op += len(messages)
@@ -260,6 +294,12 @@ class ScriptSide:
             pipe.llen(self.keys_of(i)[0])
         return [int(n) for n in pipe.execute()]
 
+    def duplicates(self) -> list[int]:
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(len(CHANNELS)):
+            pipe.hget(self.keys_of(i)[1], "d")
+        return [int(n or 0) for n in pipe.execute()]
+
 
 # -- the test ------------------------------------------------------------------------------------------------
 
@@ -288,7 +328,9 @@ def run_both(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) 
         now += gap
         where = f"step {number} at +{now - START_MS} ms: {action}"
         if isinstance(action, Messages):
-            messages = [(i, QueuedMessage("test", CHANNELS[i], "u", "U", next(texts))) for i in action.channels]
+            ids = action.ids or ("",) * len(action.channels)
+            messages = [(i, QueuedMessage("test", CHANNELS[i], "u", "U", next(texts), message_id=mid))
+                        for i, mid in zip(action.channels, ids)]
             expected = [core.append(m, now) for _, m in messages]
             assert lua.append(messages, now) == expected, where
         elif isinstance(action, Front):
@@ -304,6 +346,7 @@ def run_both(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) 
         published, core.published = core.published, []
         assert lua.new_entries() == published, where
         assert lua.open_sizes() == core.open_sizes(), where
+        assert lua.duplicates() == core.duplicates(), where
     assert core.open_sizes() == [0] * len(CHANNELS)
 
 
@@ -330,6 +373,24 @@ def run_both(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) 
 @example(
     initial=(Rules(window=0, max_wait=0, cap=5),) * 3,
     plan=[(0, Messages((0, 0))), (0, Front(0, 2)), (0, FlushDue())],
+)
+# A retried message within dedupe_ttl is dropped; at exactly dedupe_ttl after the first it is accepted again.
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5, dedupe=2000),) * 3,
+    plan=[(0, Messages((0, 0, 1), ("a", "a", "a"))), (1000, Messages((0,), ("a",))),
+          (1000, Messages((0, 0), ("a", "a")))],
+)
+# A duplicate landing on an overdue batch: the batch closes (by time, late) and the duplicate is dropped.
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5, dedupe=2000),) * 3,
+    plan=[(0, Messages((0,), ("a",))), (30, Messages((0,), ("a",))), (0, FlushDue())],
+)
+# dedupe_ttl 0 keeps every message; turned on again, the ids remembered before count again.
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5, dedupe=2000),) * 3,
+    plan=[(0, Messages((0,), ("a",))), (0, Configure(0, Rules(window=10, max_wait=0, cap=5))),
+          (5, Messages((0,), ("a",))), (0, Configure(0, Rules(window=10, max_wait=0, cap=5, dedupe=2000))),
+          (5, Messages((0,), ("a",)))],
 )
 def test_the_scripts_batch_as_the_core_does(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) -> None:
     run_both(client, initial, plan)

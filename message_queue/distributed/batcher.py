@@ -85,6 +85,7 @@ class DistributedBatcher:
         self._published_by_sweep = 0
         self._published_front = 0
         self._failed = 0
+        self._duplicates = 0
         self.on_progress: Callable[[], None] | None = None  # called on the loop after each answered pipeline
         # Called on the loop with the seconds each script pipeline took (metrics); None: not measured.
         self.on_script_seconds: Callable[[float], None] | None = None
@@ -156,6 +157,7 @@ class DistributedBatcher:
             failed=self._failed,
             pending=len(self._ops) + self._in_flight,
             armed=len(self._armed),
+            duplicates=self._duplicates,
         )
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ class DistributedBatcher:
         if names is None:
             names = self._names[channel] = Names.of(channel)
         future: asyncio.Future[None] = loop.create_future()
-        self._ops.append(Append(channel, names, codec.encode(msg), future))
+        self._ops.append(Append(channel, names, codec.encode(msg), msg.message_id.encode("utf-8"), future))
         self._queued()
         return future
 
@@ -391,8 +393,8 @@ class DistributedBatcher:
         for op in ops:
             assert isinstance(op, Append)
             names = op.names
-            yield names.messages_key, names.state_key, op.frame, names.channel, names.tag_bytes, \
-                settings.argument(op.channel)
+            yield names.messages_key, names.state_key, names.ids_key, op.frame, names.channel, names.tag_bytes, \
+                settings.argument(op.channel), op.message_id
 
     def _fail(self, ops: Sequence[Append | Publish], exc: BaseException) -> None:
         for op in ops:
@@ -432,7 +434,10 @@ class DistributedBatcher:
             elif outcome == -1:
                 self._armed.pop(op.tag, None)
                 self._published_on_append += 1
-            self._appended += 1  # -2: stored by an earlier send of this call, whose answer was lost
+            if outcome == -3:  # a duplicate: dropped, nothing stored
+                self._duplicates += 1
+            else:
+                self._appended += 1  # -2: stored by an earlier send of this call, whose answer was lost
             if not op.future.done():
                 op.future.set_result(None)
 

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from protocol.keys import DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
+from protocol.keys import DIST_IDS, DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
 from protocol.values import MessageBatch, QueuedMessage
 
 
@@ -19,17 +19,18 @@ class Names:
     tag_bytes: bytes
     messages_key: bytes
     state_key: bytes
+    ids_key: bytes
 
     @classmethod
     def of(cls, channel: str) -> Names:
-        tag = channel_tag(channel)
-        messages, state = dist_key_of_tag(DIST_MESSAGES, tag), dist_key_of_tag(DIST_STATE, tag)
-        return cls(tag, channel.encode("utf-8"), tag.encode("ascii"), messages.encode("ascii"), state.encode("ascii"))
+        names = cls.of_tag(channel_tag(channel))
+        return cls(names.tag, channel.encode("utf-8"), names.tag_bytes, names.messages_key, names.state_key,
+                   names.ids_key)
 
     @classmethod
     def of_tag(cls, tag: str) -> Names:
         return cls(tag, b"", tag.encode("ascii"), dist_key_of_tag(DIST_MESSAGES, tag).encode("ascii"),
-                   dist_key_of_tag(DIST_STATE, tag).encode("ascii"))
+                   dist_key_of_tag(DIST_STATE, tag).encode("ascii"), dist_key_of_tag(DIST_IDS, tag).encode("ascii"))
 
 
 @dataclass(eq=False, slots=True)
@@ -37,6 +38,7 @@ class Append:
     channel: str
     names: Names
     frame: bytes
+    message_id: bytes  # the platform's id (UTF-8), empty: none
     future: asyncio.Future[None]
 
     @property

@@ -86,3 +86,4 @@ class NodeStatistics:
     failed: int  # operations that failed (Redis unreachable for retry_for, or a script error)
     pending: int  # operations accepted and not answered yet
     armed: int  # deadlines this node's timers wait for
+    duplicates: int = 0  # appended messages dropped: their message_id was accepted within dedupe_ttl

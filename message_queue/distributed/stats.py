@@ -36,8 +36,10 @@ async def channel_statistics(redis: Redis, channel: str = "",
     Fields: ``open_batch_size``, the messages of the channel's open batch; ``processed``, the batches published
     on the channel since its state was made in Redis (``enqueue_front`` and an event bus's own batches
     included; it counts from 0 again for a channel whose state expired, see :class:`NodeOptions`
-    ``idle_ttl``); ``has_processor``, whether the channel is in ``processors``; ``queued``, ``cancelled`` and
-    ``failed`` are 0 and ``in_flight`` False: published batches belong to the event bus's consumers.
+    ``idle_ttl``); ``duplicates``, the messages dropped since then because their ``message_id`` was accepted
+    on the channel within ``dedupe_ttl``; ``has_processor``, whether the channel is in ``processors``;
+    ``queued``, ``cancelled`` and ``failed`` are 0 and ``in_flight`` False: published batches belong to the
+    event bus's consumers.
 
     Raises:
         InvalidInput: for an invalid channel id.
@@ -49,10 +51,10 @@ async def channel_statistics(redis: Redis, channel: str = "",
     else:
         affixes = (*dist_key_affixes(DIST_MESSAGES), *dist_key_affixes(DIST_STATE))
         reply = await scripts.run(redis, scripts.STATS, [DIST_DEADLINES], [*affixes, _STATS_LIMIT])
-    if not isinstance(reply, list) or len(reply) % 4:
+    if not isinstance(reply, list) or len(reply) % 5:
         raise ValueError(f"the stats script answered {reply!r:.200}")
     snapshots = []
-    for i in range(0, len(reply), 4):
+    for i in range(0, len(reply), 5):
         if channel:
             channel_id = channel
         else:
@@ -62,8 +64,9 @@ async def channel_statistics(redis: Redis, channel: str = "",
                 log.warning("deadline index %s holds a member that is no channel tag (%s)", DIST_DEADLINES, exc)
                 continue
         size, seq, base = reply_int(reply[i + 1]), reply_int(reply[i + 2]), reply_int(reply[i + 3])
+        duplicates = reply_int(reply[i + 4])
         snapshots.append(ChannelStatistics(
             channel_id=channel_id, queued=0, open_batch_size=size, in_flight=False, processed=max(0, seq - base),
-            cancelled=0, failed=0, has_processor=channel_id in processors,
+            cancelled=0, failed=0, has_processor=channel_id in processors, duplicates=duplicates,
         ))
     return tuple(snapshots)

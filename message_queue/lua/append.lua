@@ -1,12 +1,13 @@
 -- Append messages to their channels' open batches, in order: for each, slide the channel's deadline, and
 -- publish the batch at once when it reaches its cap (or when batching is off for the channel).
--- KEYS: deadlines, stream, node, seq floor, then per message: msgs, state (of its channel)
--- ARGV: maxlen, by, number of the first operation, node key ttl ms, idle ttl ms (of a channel's state),
---       then per message: frame, channel id, tag, settings "<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>",
---       [then the time now in ms (a test's fake clock; see common.lua)]
+-- KEYS: deadlines, stream, node, seq floor, then per message: msgs, state, ids (of its channel)
+-- ARGV: maxlen, by, number of the first operation, node key ttl ms, idle ttl ms (of a channel's state), most
+--       message ids a channel remembers, then per message: frame, channel id, tag, settings
+--       "<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>", message id (empty:
+--       none), [then the time now in ms (a test's fake clock; see common.lua)]
 -- Returns "<now>,<r1>,<r2>,..." (server ms), one r per message: a deadline (> 0): the batch stays open until
 -- then (the caller arms a timer for it); -1: the message was published (cap reached, batching off, or no
--- window); -2: this operation was applied before (a replayed pipeline), nothing done.
+-- window); -2: this operation was applied before (a replayed pipeline), nothing done; -3: a duplicate, dropped.
 --
 -- Operations of one node are numbered 1, 2, 3, ... and sent in order; the node's key holds the last number
 -- applied. A pipeline sent again after a lost connection (the client cannot know whether it ran) is then
@@ -14,22 +15,59 @@
 --
 -- The rules are those of ChannelCore.enqueue followed by ChannelCore.tick at the same moment (a deadline
 -- already reached closes the batch at once): an open batch whose deadline has passed closes first (by time),
--- then the message joins the open batch or opens one.
+-- then the message is dropped as a duplicate, or joins the open batch or opens one.
+--
+-- Duplicates: the ids key of a channel (sorted set: message id -> when accepted, ms) holds the ids it accepted
+-- less than dedupe_ttl ago. A message whose non-empty id is there is dropped and counted in the state's "d";
+-- otherwise its id is added, the oldest beyond the bound are forgotten (among ids accepted in the same ms, in
+-- the set's member order), and the key expires dedupe_ttl after its newest id.
 local deadlines, stream, node, floor = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, by, first_op, ttl, idle = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local count = (#KEYS - 4) / 2
-local now = now_ms(5 + 4 * count + 1)
+local max_ids = tonumber(ARGV[6])
+local count = (#KEYS - 4) / 3
+local now = now_ms(6 + 5 * count + 1)
 local out = {int(now)}
 local last_op = tonumber(redis.call('GET', node) or '0')
 
-local function append(msgs, state, frame, channel, tag, settings)
-  local w, mw, cap, batching = string.match(settings, '^(%d+):(%d+):(%d+):([01])$')
+-- True when ``id`` was accepted on the channel less than ``dedupe`` ms ago (then it is counted as a
+-- duplicate); otherwise remember it as accepted now. Nothing is checked for an empty id or dedupe 0.
+local function duplicate(ids, state, id, dedupe)
+  if id == '' or dedupe == 0 then
+    return false
+  end
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', int(now - dedupe))
+  if redis.call('ZSCORE', ids, id) then
+    redis.call('HINCRBY', state, 'd', 1)
+    if redis.call('HEXISTS', state, 'o') == 0 then
+      redis.call('PEXPIRE', state, idle)  -- the count may have made the state hash: it must expire
+    end
+    return true
+  end
+  redis.call('ZADD', ids, int(now), id)
+  local n = redis.call('ZCARD', ids)
+  if n > max_ids then
+    redis.call('ZREMRANGEBYRANK', ids, 0, n - max_ids - 1)
+  end
+  redis.call('PEXPIRE', ids, int(dedupe))
+  return false
+end
+
+local function append(msgs, state, ids, frame, channel, tag, settings, id)
+  local w, mw, cap, batching, dedupe = string.match(settings, '^(%d+):(%d+):(%d+):([01]):(%d+)$')
   -- A batch past its deadline (its node's timer has not fired yet, or the node is gone) does not take this
   -- message: it closes now, and the message opens the next batch.
   local due = redis.call('ZSCORE', deadlines, tag)
+  local closed, closed_seq = false, nil
   if due and tonumber(due) <= now then
     due = tonumber(due)
-    flush(msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil, due)
+    closed_seq = select(2, flush(msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil, due))
+    closed = true
+  end
+  if duplicate(ids, state, id, tonumber(dedupe)) then
+    if closed then
+      rest(state, floor, closed_seq, idle)  -- nothing is left open
+    end
+    return -3
   end
   if batching ~= '1' then
     -- Batching is off: what is open goes first, then the message alone.
@@ -78,8 +116,10 @@ for i = 1, count do
   if op <= last_op then
     out[i + 1] = '-2'
   else
-    local a = 5 + (i - 1) * 4
-    out[i + 1] = int(append(KEYS[3 + 2 * i], KEYS[4 + 2 * i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]))
+    local a = 6 + (i - 1) * 5
+    local k = 4 + (i - 1) * 3
+    out[i + 1] = int(append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+                            ARGV[a + 5]))
     last_op = op
   end
 end
