@@ -148,8 +148,8 @@ class MessageQueue:
         dedupe_ttl: seconds a channel remembers the ``message_id`` of each message it accepted; a message
             with a remembered id is dropped (``enqueue`` returns normally). 0 turns it off.
 
-        The conversation settings (``busy_policy``, ``split_on_author``, ``dedupe_ttl``), ``edit``,
-        ``retract``, ``take_waiting`` and ``configure`` are not available in distributed mode.
+        Distributed mode drops duplicates by ``dedupe_ttl`` too (inside its append script); ``busy_policy``,
+        ``split_on_author``, ``edit``, ``retract``, ``take_waiting`` and ``configure`` are not available there.
 
     Raises:
         InvalidSettings: for a batch window < 0 or not finite, ``max_batch_size`` out of range, ``config_ttl``

@@ -36,11 +36,11 @@ from protocol import codec
 from protocol.errors import DecodeError
 from protocol.keys import channel_tag
 from protocol.limits import MAX_BATCH_SIZE
-from protocol.values import MessageBatch
+from protocol.values import FlushReason, MessageBatch
 
 FIELDS: Final = ("id", "channel", "seq", "reason", "count", "deadline", "published", "by", "batch")
 
-REASONS: Final = frozenset({"window", "full", "max_wait", "unbatched", "settings", "front", "published"})
+REASONS: Final = frozenset(reason.value for reason in FlushReason)  # one vocabulary: the core's
 
 _MAX_FIELD_TEXT = 1024  # bytes of any field but ``batch``
 

@@ -127,6 +127,7 @@ class FlushReason(str, enum.Enum):
     FLUSHED = "flushed"  # closed on request (FlushBatch), before its window or size would have closed it
     COLLECTED = "collected"  # busy policy collect: closed when the processor answered the item in flight
     AUTHOR = "author"  # split_on_author: a message from another author arrived
+    PUBLISHED = "published"  # distributed mode: an event bus published a batch of its own (publish_inbound)
 
 
 BUSY_POLICIES = ("queue", "collect", "interrupt", "reject")

@@ -31,10 +31,9 @@ UNAVAILABLE: Final = {
     "resume": "the nodes batch in Redis scripts, which have no pause",
     "clear": "the published batches belong to the event bus's consumers, and an open batch is only ever "
              "published",
-    # A batch published early would need a stream entry reason of its own ("flushed"), which the stream's
-    # readers (protocol.stream.REASONS) do not accept yet: they would set such an entry aside as undecodable.
-    "flush": "a batch published early would carry a stream entry reason its readers do not accept yet; it "
-             "closes at its deadline",
+    # The stream's readers accept the reason "flushed" (protocol.stream.REASONS is the core's vocabulary), but
+    # no script publishes an open batch early yet.
+    "flush": "no script publishes an open batch before its deadline yet; it closes at its deadline",
     "dead-letters": "a distributed channel keeps no dead letters (a relay's undecodable outbox entries are in "
                     "message_queue:dist:dead)",
 }
