@@ -181,11 +181,13 @@ class MessageRejected:
 @dataclass(frozen=True, slots=True)
 class RetryScheduled:
     """Attempt ``item.attempt - 1`` of ``item`` failed with ``error``: ``item`` (``attempt`` + 1) is at the
-    head of the FIFO and is delivered once ``due`` (the core's clock) has passed."""
+    head of the FIFO and is delivered once ``due`` (the core's clock) has passed; its first attempt failed
+    at ``first_failed_at`` (Unix seconds)."""
 
     item: QueueItem
     error: str
     due: float
+    first_failed_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,10 +499,18 @@ class ChannelCore:
     # -- events -----------------------------------------------------------------------------------------
 
     def restore(
-        self, waiting: Sequence[QueueItem], open_messages: Sequence[tuple[QueuedMessage, float]], now: float
+        self,
+        waiting: Sequence[QueueItem],
+        open_messages: Sequence[tuple[QueuedMessage, float]],
+        now: float,
+        retry: tuple[str, float, float] | None = None,
     ) -> list[Effect]:
         """Resume from stored state: ``waiting`` items head first, and the open batch's messages with the
         (monotonic) times they arrived, so the batch keeps its original deadline. Only on a fresh core.
+
+        ``retry``: (item id, due, first failed at) of a retry waiting out its backoff, ``due`` on this clock
+        and ``first failed at`` in Unix seconds. When the head item has that id it keeps when its first
+        attempt failed (for its dead letter) and, if ``due`` is still ahead, is delivered only then.
 
         Open messages beyond ``max_batch_size`` (the cap shrank across the restart) are closed into full
         batches, as enqueue would have; those are the returned effects.
@@ -522,6 +532,12 @@ class ChannelCore:
                 raise InvalidInput(f"restored state of channel {channel!r} sent to channel {self.channel_id!r}")
         for item in waiting:
             self._fifo.append(_Waiting(item, FlushReason.RESTORED, 0.0))
+        if retry is not None and self._fifo and self._fifo[0].item.item_id == retry[0]:
+            head = self._fifo[0]
+            head.first_failed = retry[2]
+            head.reason = FlushReason.RETRY
+            if retry[1] > now:
+                self._retry, self._retry_due = head, retry[1]
         self._count = len(stored)
         effects: list[Effect] = []
         cap = self._settings.max_batch_size
@@ -980,7 +996,7 @@ class ChannelCore:
             if delay > 0:
                 self._retry = waiting
                 self._retry_due = now + delay
-            effects.append(RetryScheduled(again, error, now + delay))
+            effects.append(RetryScheduled(again, error, now + delay, first))
             return
         if settings.max_attempts == 1:
             return  # counted in failed; the channel moves on

@@ -16,8 +16,10 @@ from thespian.actors import ActorSystemMessage
 from actors.base import Dispatcher
 from actors.batching import (
     FAILURE_COUNTS,
+    MAX_DEAD_LETTERS,
     MAX_REMEMBERED_IDS,
     ChannelCore,
+    DeadLettersCleared,
     Deliver,
     DeliveryCancelled,
     DeliveryFinished,
@@ -54,10 +56,14 @@ from actors.journal import (
     FinishInFlight,
     Op,
     Persist,
+    PushDead,
     PushHead,
     PushTail,
+    RemoveDead,
     ReplaceIds,
     ReplaceWaiting,
+    RetryWait,
+    SetRetry,
     TakeHead,
 )
 from protocol.errors import ProtocolViolation
@@ -185,15 +191,27 @@ class ChannelActor(Dispatcher):
         if snapshot.ids:
             core.remember_ids([(seen.message_id, now - (wall - seen.at)) for seen in snapshot.ids], now)
             self._stored_ids = len(snapshot.ids)
-        effects = core.restore(snapshot.waiting, [(e.message, now - (wall - e.arrived_at)) for e in entries], now)
-        if effects and self._persistence is not None:
+        retry = snapshot.retry
+        effects = core.restore(
+            snapshot.waiting,
+            [(e.message, now - (wall - e.arrived_at)) for e in entries],
+            now,
+            None if retry is None else (retry.item_id, now - (wall - retry.due_at), retry.first_failed_at),
+        )
+        ops: list[Op] = []
+        letters = snapshot.dead_letters
+        if letters:
+            core.restore_dead_letters(letters)
+            if len(letters) > MAX_DEAD_LETTERS:  # the bound shrank, or entries set aside since: trim the store
+                ops.append(RemoveDead(core.channel_id, letters[: len(letters) - MAX_DEAD_LETTERS]))
+        if effects:
             # The cap shrank across the restart and full batches were cut from the stored open batch: store
             # them, then the stored open batch again as what is still open.
-            ops: list[Op] = []
             for effect in effects:
                 _journal(core.channel_id, effect, ops, wall - now)
             still_open = entries[len(entries) - (core.statistics().open_batch_size) :]
             ops.extend(AppendOpen(core.channel_id, entry) for entry in still_open)
+        if ops and self._persistence is not None:
             self.send(self._persistence, Persist(tuple(ops)))
         return []
 
@@ -519,7 +537,9 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         if effect.reason is FlushReason.FRONT:
             ops.append(PushHead(channel_id, effect.item))
         else:
-            ops.append(PushTail(channel_id, effect.item, closes_open=effect.reason is not FlushReason.UNBATCHED))
+            # an unbatched or replayed item joins the tail without closing the open batch
+            closes = effect.reason is not FlushReason.UNBATCHED and effect.reason is not FlushReason.REPLAYED
+            ops.append(PushTail(channel_id, effect.item, closes_open=closes))
     elif isinstance(effect, Deliver):
         ops.append(TakeHead(channel_id))
     elif isinstance(effect, (DeliveryFinished, DeliveryCancelled)):
@@ -529,7 +549,15 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
     elif isinstance(effect, IdRemembered):
         ops.append(AppendIds(channel_id, (SeenId(effect.message_id, effect.at + wall),)))
     elif isinstance(effect, RetryScheduled):
-        ops.append(PushHead(channel_id, effect.item))  # the stored queue keeps the attempt, not the backoff
+        ops.append(PushHead(channel_id, effect.item))
+        # a restarted channel waits out the rest of the backoff; a wait whose item is gone is ignored
+        ops.append(SetRetry(channel_id, RetryWait(effect.item.item_id, effect.due + wall, effect.first_failed_at)))
+    elif isinstance(effect, ItemDead):
+        ops.append(PushDead(channel_id, effect.letter))
+        if effect.dropped is not None:
+            ops.append(RemoveDead(channel_id, (effect.dropped,)))
+    elif isinstance(effect, DeadLettersCleared):
+        ops.append(RemoveDead(channel_id, effect.letters))
     elif isinstance(effect, MessagesDropped):
         if effect.head and effect.rule == "stale":  # skipped at delivery: nothing is in flight
             assert effect.rest is None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from protocol.errors import UnsafeRedis
-from protocol.values import OpenEntry, QueueItem, SeenId
+from protocol.values import DeadLetter, OpenEntry, QueueItem, SeenId
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -94,18 +94,61 @@ class ReplaceIds:
     ids: tuple[SeenId, ...]
 
 
-Op = AppendOpen | PushTail | PushHead | TakeHead | FinishInFlight | ClearQueue | ReplaceWaiting | AppendIds | ReplaceIds
+@dataclass(frozen=True, slots=True)
+class PushDead:
+    """An item failed its last attempt: ``letter`` joins the tail of the channel's dead letters."""
+
+    channel_id: str
+    letter: DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveDead:
+    """These dead letters were replayed, purged or dropped past the bound: remove each one's stored entry
+    (the first entry equal to its frame; one that is not stored is skipped)."""
+
+    channel_id: str
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryWait:
+    """The item ``item_id`` at the head of a channel's queue waits out its retry backoff until ``due_at``;
+    its first attempt failed at ``first_failed_at`` (both Unix seconds)."""
+
+    item_id: str
+    due_at: float
+    first_failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetRetry:
+    """A failed item went back to the head of the queue (a ``PushHead`` before it) to wait as ``wait`` says;
+    it replaces the channel's stored wait."""
+
+    channel_id: str
+    wait: RetryWait
+
+
+Op = (
+    AppendOpen | PushTail | PushHead | TakeHead | FinishInFlight | ClearQueue | ReplaceWaiting | AppendIds |
+    ReplaceIds | PushDead | RemoveDead | SetRetry
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelSnapshot:
     """What a restarted channel resumes with: waiting items head first (a redelivered in-flight item at the
-    head with its attempt raised) and the open batch's entries."""
+    head with its attempt raised), the open batch's entries, its dead letters (oldest first: items that
+    failed their last attempt, and stored entries that could not be decoded or encoded) and, when its head
+    item is a retry, that item's wait (``retry.item_id`` is the head's; its ``due_at`` may have passed)."""
 
     channel_id: str
     waiting: tuple[QueueItem, ...]
     open_entries: tuple[OpenEntry, ...]
     ids: tuple[SeenId, ...] = ()  # message ids it accepted, oldest first (expired ones included)
+    dead_letters: tuple[DeadLetter, ...] = ()
+    retry: RetryWait | None = None
 
 
 # -- messages -----------------------------------------------------------------------------------------------

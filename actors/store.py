@@ -4,7 +4,10 @@ Per channel (keys from :mod:`protocol.keys`):
     * ``message_queue:open:<ch>``: list of the open batch's messages (``OpenEntry``: message + arrival time);
     * ``message_queue:redis:<ch>``: list of finished items (``QueueItem``), head first;
     * ``message_queue:processing:<ch>``: list holding the one item in flight until its processor answers;
-    * ``message_queue:dead:<ch>``: list of stored entries that could not be decoded, with the reason.
+    * ``message_queue:dead:<ch>``: list of ``DeadLetter`` frames, oldest first: items that failed their last
+      attempt, and stored entries that could not be decoded (or values that could not be encoded);
+    * ``message_queue:retry:<ch>``: JSON of the head item's retry wait (``RetryWait``: item id, when its
+      backoff ends and when its first attempt failed, Unix seconds), stale once that item is gone.
 The set ``message_queue:index:channels`` lists every channel that may hold state (no ``KEYS`` scans), and
 ``message_queue:index:epoch`` is written once: if it disappears while we run, Redis lost data.
 
@@ -45,11 +48,12 @@ from actors.journal import (
     LEASE_SECONDS,
     ChannelSnapshot,
     Op,
+    RetryWait,
     durability_problems,
     refuse_unsafe,
 )
 from actors.lease import RELEASE, RENEW, TAKE, LeaseHolder, expiry
-from actors.write_script import APPLY, OpenFrames, is_set_aside, script_operations
+from actors.write_script import APPLY, OpenFrames, decode_retry, is_set_aside, script_operations
 from protocol import codec, keys
 from protocol.errors import DecodeError, RedisDataLost, StoreLocked
 from protocol.values import DeadLetter, OpenEntry, QueueItem, SeenId
@@ -408,7 +412,9 @@ class RedisStore:
 
     def load(self) -> list[ChannelSnapshot]:
         """Load every persisted channel, putting each item in flight back at its queue's head with its
-        attempt raised. Entries that fail to decode move to the channel's dead-letter list.
+        attempt raised. Entries that fail to decode move to the channel's dead-letter list; the dead letters
+        (an entry there that does not decode is rewritten as a dead letter holding it) and a retry wait come
+        back with the channel.
 
         Raises:
             StoreLocked: if another node took the writer lease (the repairs are not written).
@@ -421,35 +427,87 @@ class RedisStore:
             pipe.lrange(keys.queue_key(channel), 0, -1)
             pipe.lrange(keys.channel_key(keys.OPEN_BATCH, channel), 0, -1)
             pipe.lrange(keys.channel_key(keys.SEEN_IDS, channel), 0, -1)
+            pipe.lrange(keys.channel_key(keys.DEAD_LETTER, channel), 0, -1)
+            pipe.get(keys.channel_key(keys.RETRY, channel))
         raw = pipe.execute()
+        per = 6
         snapshots = []
         with self._redis.pipeline(transaction=True) as fix:
             self._watch_lease(fix)
             empty = []
             for index, channel in enumerate(channels):
-                in_flight_raw, queue_raw, open_raw, ids_raw = raw[4 * index : 4 * index + 4]
-                in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix)
-                waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix)
-                entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix)
-                ids = self._decode_all(channel, keys.SEEN_IDS, ids_raw, SeenId, fix)
+                in_flight_raw, queue_raw, open_raw, ids_raw, dead_raw, retry_raw = raw[per * index : per * index + per]
+                # first: a dead list rewritten here must not drop the entries set aside below
+                dead = self._decode_dead(channel, dead_raw, fix)
+                in_flight = self._decode_all(channel, keys.PROCESSING, in_flight_raw, QueueItem, fix, dead)
+                waiting = self._decode_all(channel, keys.QUEUE, queue_raw, QueueItem, fix, dead)
+                entries = self._decode_all(channel, keys.OPEN_BATCH, open_raw, OpenEntry, fix, dead)
+                ids = self._decode_all(channel, keys.SEEN_IDS, ids_raw, SeenId, fix, dead)
                 if in_flight:
                     redelivered = [replace(item, attempt=item.attempt + 1) for item in in_flight]
                     fix.delete(keys.channel_key(keys.PROCESSING, channel))
                     for item in reversed(redelivered):
                         fix.lpush(keys.queue_key(channel), codec.encode(item))
                     waiting = redelivered + waiting
-                if not waiting and not entries and not ids:
+                retry = self._decode_retry(channel, retry_raw, waiting)
+                if retry is None and retry_raw is not None:
+                    fix.delete(keys.channel_key(keys.RETRY, channel))
+                if not waiting and not entries and not ids and not dead:
                     empty.append(channel)
                     continue
-                snapshots.append(ChannelSnapshot(channel, tuple(waiting), tuple(entries), tuple(ids)))
+                snapshots.append(
+                    ChannelSnapshot(channel, tuple(waiting), tuple(entries), tuple(ids), tuple(dead), retry)
+                )
             if empty:
                 fix.srem(keys.CHANNEL_INDEX, *empty)
             fix.execute()
         return snapshots
 
+    def _decode_dead(self, channel: str, entries: list[bytes], fix: redis.client.Pipeline) -> list[DeadLetter]:
+        """The channel's dead letters, oldest first; an entry that does not decode stays listed as a dead
+        letter holding its bytes (and is stored so, that replay and purge can remove it)."""
+        letters: list[DeadLetter] = []
+        bad = False
+        for data in entries:
+            try:
+                letters.append(codec.decode(data, DeadLetter))
+            except DecodeError as exc:
+                bad = True
+                log.error("channel %r: a stored dead letter could not be decoded (%s); kept as a dead letter "
+                          "holding its bytes", channel, exc, extra={"channel": channel})
+                letters.append(
+                    DeadLetter(keys.DEAD_LETTER, str(exc)[:4096], data[: codec.MAX_FRAME_BYTES // 2], time.time())
+                )
+        if bad:
+            key = keys.channel_key(keys.DEAD_LETTER, channel)
+            fix.delete(key)
+            fix.rpush(key, *(codec.encode(letter) for letter in letters))
+        return letters
+
+    @staticmethod
+    def _decode_retry(channel: str, data: bytes | None, waiting: list[QueueItem]) -> RetryWait | None:
+        """The stored retry wait, if it is the head item's (else it is stale: None)."""
+        if data is None:
+            return None
+        try:
+            wait = decode_retry(data)
+        except DecodeError as exc:
+            log.error("channel %r: its stored retry wait is dropped: %s", channel, exc, extra={"channel": channel})
+            return None
+        if not waiting or waiting[0].item_id != wait.item_id:
+            return None
+        return wait
+
     def _decode_all(
-        self, channel: str, role: str, entries: list[bytes], kind: type[_V], fix: redis.client.Pipeline
+        self,
+        channel: str,
+        role: str,
+        entries: list[bytes],
+        kind: type[_V],
+        fix: redis.client.Pipeline,
+        dead: list[DeadLetter],
     ) -> list[_V]:
+        """The entries that decode; each that does not is appended to the dead-letter list (and to ``dead``)."""
         decoded: list[_V] = []
         bad = False
         for data in entries:
@@ -465,6 +523,7 @@ class RedisStore:
                           channel, role, exc, extra={"channel": channel})
                 letter = DeadLetter(role, str(exc)[:4096], data[: codec.MAX_FRAME_BYTES // 2], time.time())
                 fix.rpush(keys.channel_key(keys.DEAD_LETTER, channel), codec.encode(letter))
+                dead.append(letter)
         if bad:
             key = keys.channel_key(role, channel)
             fix.delete(key)

@@ -8,6 +8,7 @@ the open batch) and setting aside, alone, a value that cannot be encoded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Callable, Sequence
@@ -18,10 +19,14 @@ from actors.journal import (
     ClearQueue,
     FinishInFlight,
     Op,
+    PushDead,
     PushHead,
     PushTail,
+    RemoveDead,
     ReplaceIds,
     ReplaceWaiting,
+    RetryWait,
+    SetRetry,
     TakeHead,
 )
 from protocol import codec, keys
@@ -40,6 +45,7 @@ OpenFrames = dict[str, dict[int, tuple[QueuedMessage, bytes]]]
 # ARGV: our lease value, the epoch, a fresh marker token, the marker's TTL (s), the lease (ms), then the
 # operations, each a code and its arguments (k: a key's index in KEYS), last 's' and the channel ids:
 #   r k n v1..vn: RPUSH    l k v: LPUSH    m k1 k2: LMOVE k1 LEFT -> k2 RIGHT    d k: DEL
+#   x k v: LREM k 1 v (the first entry equal to v)    v k v: SET
 #   s id1..idn: SADD to the index (every argument after 's' is a channel id, whatever it reads)
 # Returns {'ok'}, {'taken back'} (the lease had expired with nobody else taking it: taken back, then
 # applied), {'epoch', the marker found} or {'lost', the lease's value, its PTTL}: then nothing was written.
@@ -78,6 +84,12 @@ while i <= n do
     elseif op == 'm' then
         redis.call('LMOVE', KEYS[tonumber(ARGV[i + 1])], KEYS[tonumber(ARGV[i + 2])], 'LEFT', 'RIGHT')
         i = i + 3
+    elseif op == 'x' then
+        redis.call('LREM', KEYS[tonumber(ARGV[i + 1])], 1, ARGV[i + 2])
+        i = i + 3
+    elseif op == 'v' then
+        redis.call('SET', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+        i = i + 3
     elseif op == 'd' then
         redis.call('DEL', KEYS[tonumber(ARGV[i + 1])])
         i = i + 2
@@ -93,7 +105,7 @@ return {outcome}
 """
 
 # Operation codes of the APPLY script (one byte each; see its comment for their arguments).
-_RPUSH, _LPUSH, _LMOVE, _DEL, _INDEX = b"r", b"l", b"m", b"d", b"s"
+_RPUSH, _LPUSH, _LMOVE, _DEL, _INDEX, _LREM, _SET = b"r", b"l", b"m", b"d", b"s", b"x", b"v"
 
 
 def script_operations(
@@ -173,6 +185,13 @@ def script_operations(
             push(keys.channel_key(keys.SEEN_IDS, channel))
             values.extend(codec.encode(seen) for seen in op.ids)
             continue
+        if isinstance(op, PushDead):
+            push(keys.channel_key(keys.DEAD_LETTER, channel))
+            try:
+                values.append(codec.encode(op.letter))
+            except Exception as exc:  # caller data: its item fails alone, set aside as its own repr
+                values.append(_set_aside(channel, keys.DEAD_LETTER, op.letter, exc))
+            continue
         push(None)
         if isinstance(op, ReplaceIds):
             ids_key = key(keys.channel_key(keys.SEEN_IDS, channel))
@@ -208,6 +227,16 @@ def script_operations(
             args.extend((_DEL, key(keys.channel_key(keys.PROCESSING, channel))))
         elif isinstance(op, ClearQueue):
             args.extend((_DEL, key(keys.queue_key(channel))))
+        elif isinstance(op, RemoveDead):
+            dead_key = key(keys.channel_key(keys.DEAD_LETTER, channel))
+            for gone in op.letters:
+                try:
+                    frame = codec.encode(gone)
+                except Exception:  # it was stored as its set-aside placeholder, which stays
+                    continue
+                args.extend((_LREM, dead_key, frame))
+        elif isinstance(op, SetRetry):
+            args.extend((_SET, key(keys.channel_key(keys.RETRY, channel)), encode_retry(op.wait)))
         else:  # pragma: no cover - Op is a closed union
             raise TypeError(f"unknown operation {type(op).__name__}")
     for channel, letter in dead:
@@ -216,6 +245,27 @@ def script_operations(
     push(None)
     args.append(_INDEX)
     args.extend(channels)
+
+
+def encode_retry(wait: RetryWait) -> bytes:
+    """The stored form of a retry's wait: JSON, readable with ``redis-cli``."""
+    return json.dumps(
+        {"item_id": wait.item_id, "due_at": wait.due_at, "first_failed_at": wait.first_failed_at}
+    ).encode("utf-8")
+
+
+def decode_retry(data: bytes) -> RetryWait:
+    """The wait :func:`encode_retry` stored.
+
+    Raises:
+        DecodeError: naming what is wrong with ``data``.
+    """
+    try:
+        fields = json.loads(data)
+        wait = RetryWait(str(fields["item_id"]), float(fields["due_at"]), float(fields["first_failed_at"]))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError(f"a stored retry wait must be JSON with item_id, due_at, first_failed_at: {exc}") from exc
+    return wait
 
 
 def is_set_aside(data: bytes) -> bool:

@@ -24,10 +24,11 @@ QUEUE = "redis"  # list: the channel's finished items, head first
 CONFIG = "config"  # hash: per-channel settings (window, disabled)
 PROCESSING = "processing"  # the item in flight, until its processor answers
 OPEN_BATCH = "open"  # the batch still collecting
-DEAD_LETTER = "dead"  # list: stored items that could not be decoded, with the reason
+DEAD_LETTER = "dead"  # list: DeadLetter frames: items that failed their last attempt, entries that failed to decode
 SEEN_IDS = "ids"  # list: message ids the channel accepted (SeenId), for duplicate detection across restarts
+RETRY = "retry"  # string (JSON): the head item waiting out its retry backoff, and until when (RetryWait)
 
-ROLES = (QUEUE, CONFIG, PROCESSING, OPEN_BATCH, DEAD_LETTER, SEEN_IDS)
+ROLES = (QUEUE, CONFIG, PROCESSING, OPEN_BATCH, DEAD_LETTER, SEEN_IDS, RETRY)
 
 CHANNEL_INDEX = f"{PREFIX}:index:channels"  # set of channel ids holding persisted state
 EPOCH = f"{PREFIX}:index:epoch"  # written once; its absence after data was seen means Redis lost data
