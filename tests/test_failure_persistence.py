@@ -23,7 +23,7 @@ from protocol.messages import (
     PurgeDeadLetters,
     ReplayDeadLetters,
 )
-from protocol.values import BatchSettings, DeadLetter, QueuedMessage
+from protocol.values import BatchSettings, DeadLetter, QueuedMessage, QueueItem
 
 pytestmark = pytest.mark.redis
 
@@ -71,7 +71,7 @@ def texts_of(letter: DeadLetter) -> list[str]:
 
 def stored_letters(client: redis.Redis, channel: str) -> list[DeadLetter]:
     raws = client.lrange(keys.channel_key(keys.DEAD_LETTER, channel), 0, -1)
-    return [codec.decode(as_bytes(raw), DeadLetter) for raw in raws]  # type: ignore[union-attr]
+    return [codec.decode(as_bytes(raw), DeadLetter) for raw in raws]
 
 
 def test_dead_letters_survive_a_restart_and_replay_after_it(
@@ -144,8 +144,8 @@ def test_a_retry_waits_out_the_rest_of_its_backoff_after_a_restart(
     mq.enqueue(message("c1", "a"))
     mq.stats_when("c1", lambda s: s.failed == 1, "the first attempt failed")
     stored = json.loads(as_bytes(client.get(keys.channel_key(keys.RETRY, "c1"))))
-    (head,) = [codec.decode(as_bytes(raw)) for raw in client.lrange(keys.queue_key("c1"), 0, -1)]
-    assert stored["item_id"] == head.item_id and head.attempt == 2  # type: ignore[attr-defined]
+    (head,) = [codec.decode(as_bytes(raw), QueueItem) for raw in client.lrange(keys.queue_key("c1"), 0, -1)]
+    assert stored["item_id"] == head.item_id and head.attempt == 2
     assert stored["first_failed_at"] <= time.time() < stored["due_at"] + 1e-3
     node.stop()  # a clean stop while the item waits out its backoff
 
