@@ -19,7 +19,7 @@ from service.distributed_serve import run_serve_distributed
 from service.logs import FORMATS as LOG_FORMATS
 from service.logs import configure as configure_logs
 from service.process import EXIT_FAILED, silence_stdout
-from service.serve import redacted, run_serve
+from service.serve import channel_settings, redacted, run_serve
 from service.top import add_parser as add_top_parser
 from service.top import check_args as check_top_args
 
@@ -36,6 +36,32 @@ def _batch_options(parser: argparse.ArgumentParser, window: float, max_batch_siz
                         help=f"quiet time that closes a batch; it restarts with each message (default {window:g})")
     parser.add_argument("--max-batch-size", type=int, default=max_batch_size, metavar="N",
                         help=f"a batch closes at once when it holds N messages (default {max_batch_size})")
+
+
+def _channel_options(parser: argparse.ArgumentParser, defaults: BatchSettings) -> None:
+    """The conversation and failure settings every channel gets (``BatchSettings``), as serve's flags."""
+    group = parser.add_argument_group("channel settings (see the README: Conversations, and When processing "
+                                      "fails or input floods)")
+    group.add_argument("--busy-policy", choices=("queue", "collect", "interrupt", "reject"),
+                       default=defaults.busy_policy, help="messages arriving while a batch is being written "
+                       f"(default {defaults.busy_policy})")
+    group.add_argument("--split-on-author", action="store_true",
+                       help="a message from another user_id closes the open batch first")
+    group.add_argument("--dedupe-ttl", type=float, default=defaults.dedupe_ttl, metavar="SECONDS",
+                       help="drop a message whose message_id its channel accepted this recently; 0: off "
+                       f"(default {defaults.dedupe_ttl:g})")
+    group.add_argument("--max-attempts", type=int, default=defaults.max_attempts, metavar="N",
+                       help=f"deliveries of a batch before it becomes a dead letter (default {defaults.max_attempts})")
+    group.add_argument("--retry-backoff", type=float, default=defaults.retry_backoff, metavar="SECONDS",
+                       help=f"base of the jittered backoff between attempts (default {defaults.retry_backoff:g})")
+    group.add_argument("--processing-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="a delivery not acknowledged this long counts as a failed attempt (default: none)")
+    group.add_argument("--max-queued", type=int, default=defaults.max_queued, metavar="N",
+                       help=f"messages a channel holds waiting (default {defaults.max_queued})")
+    group.add_argument("--overflow", choices=("reject", "drop_oldest", "drop_newest"), default=defaults.overflow,
+                       help=f"what a full channel does with a new message (default {defaults.overflow})")
+    group.add_argument("--max-age", type=_positive_float, default=None, metavar="SECONDS",
+                       help="drop a message this old (by queued_at) instead of delivering it (default: never)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_options(serve, window=defaults.window, max_batch_size=defaults.max_batch_size)
     serve.add_argument("--max-wait", type=_positive_float, default=None, metavar="SECONDS",
                        help="a batch closes when its first message is this old, however busy (default: no cap)")
+    _channel_options(serve, defaults)
     serve.add_argument("--admin-port", type=int, default=None, metavar="PORT",
                        help=f"TCP port of the Thespian admin, with --base {TCP_BASE} only (default: a free port, "
                        "printed on stderr)")
@@ -154,7 +181,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         check_top_args(parser, namespace)
         return namespace
     try:
-        BatchSettings(namespace.window, namespace.max_batch_size, namespace.max_wait)
+        if namespace.command == "serve":
+            channel_settings(namespace)
+        else:
+            BatchSettings(namespace.window, namespace.max_batch_size, namespace.max_wait)
     except InvalidSettings as exc:
         parser.error(str(exc))
     if namespace.command == "demo" and namespace.channels < 1:
@@ -184,6 +214,12 @@ def _check_distributed(parser: argparse.ArgumentParser, namespace: argparse.Name
         parser.error("--distributed needs --redis URL")
     if namespace.base != SIMPLE_BASE or namespace.admin_port is not None:
         parser.error("--distributed runs no actor system: --base and --admin-port do not apply")
+    local_only = [f"--{name.replace('_', '-')}" for name in (
+        "busy_policy", "split_on_author", "max_attempts", "retry_backoff", "processing_timeout", "max_queued",
+        "overflow", "max_age") if getattr(namespace, name) != getattr(defaults, name)]
+    if local_only:
+        parser.error(f"{', '.join(local_only)} do(es) not apply to --distributed (the nodes batch in Redis "
+                     "scripts and publish to a stream: only --dedupe-ttl does)")
     if not namespace.stream:
         parser.error("--stream must not be empty")
     if namespace.stream_maxlen < 0:

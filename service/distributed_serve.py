@@ -75,7 +75,7 @@ async def _serve_distributed(args: argparse.Namespace) -> int:
     stopped = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
-    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait)
+    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait, dedupe_ttl=args.dedupe_ttl)
     options = NodeOptions(stream=args.stream, maxlen=args.stream_maxlen, sweep_interval=args.sweep_interval,
                           grace=args.grace, **({"node_id": args.node_id} if args.node_id else {}))
     client = Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)

@@ -319,7 +319,7 @@ def _await(future: Future[object], node: Node, writer: BatchWriter) -> object:
 
 
 def _make_node(args: argparse.Namespace, writer: BatchWriter) -> Node:
-    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait)
+    settings = channel_settings(args)
     redis_url: str = args.redis or ""
     allow_volatile: bool = args.allow_volatile_redis
     node: Node
@@ -456,6 +456,28 @@ def _start_control(node: Node, writer: BatchWriter, args: argparse.Namespace) ->
     print(f"serve: admin commands on {args.control} (run_system.py admin --control {args.control} ...)",
           file=sys.stderr, flush=True)
     return server
+
+
+def channel_settings(args: argparse.Namespace) -> BatchSettings:
+    """The settings serve's flags give every channel.
+
+    Raises:
+        InvalidSettings: naming the setting and the value.
+    """
+    return BatchSettings(
+        args.window,
+        args.max_batch_size,
+        args.max_wait,
+        busy_policy=args.busy_policy,
+        split_on_author=args.split_on_author,
+        dedupe_ttl=args.dedupe_ttl,
+        max_attempts=args.max_attempts,
+        retry_backoff=args.retry_backoff,
+        processing_timeout=args.processing_timeout,
+        max_queued=args.max_queued,
+        overflow=args.overflow,
+        max_age=args.max_age,
+    )
 
 
 def _serve(node: Node, writer: BatchWriter, args: argparse.Namespace) -> int:
