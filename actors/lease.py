@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote, unquote
 
+from actors import procfs
+
 # KEYS: lease, holder. ARGV: the value expected in the lease ('' for none), the new value, the lease in ms.
 # Returns {1, '', 0} when taken, else {0, the lease's value ('' for none), its PTTL}.
 TAKE = """
@@ -124,13 +126,9 @@ def utc(timestamp: float) -> str:
 
 def _process_state(pid: int) -> tuple[bool, int] | None:
     """(runs: neither zombie nor dead, start time in clock ticks after boot) of ``pid``, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    fields = procfs.stat_fields(pid)
+    if fields is None:
         return None
-    # the command name may hold spaces and parentheses: the other fields follow the last ')'
-    fields = stat[stat.rfind(b")") + 2 :].split()
     try:
         return fields[0] not in (b"Z", b"X"), int(fields[19])
     except (IndexError, ValueError):

@@ -7,7 +7,7 @@ import os
 import select
 
 
-def _stat(pid: int) -> list[bytes] | None:
+def stat_fields(pid: int) -> list[bytes] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, pgrp, session...), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -22,7 +22,7 @@ def _all_stats() -> list[tuple[int, list[bytes]]]:
     found = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
         if entry.isdigit():
-            fields = _stat(int(entry))
+            fields = stat_fields(int(entry))
             if fields is not None and len(fields) > 3:
                 found.append((int(entry), fields))
     return found
@@ -35,7 +35,7 @@ def children(pid: int) -> list[int]:
 
 def parent(pid: int) -> int:
     """The parent of ``pid``, or 0 if ``pid`` is gone."""
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return int(fields[1]) if fields is not None else 0
 
 
@@ -55,7 +55,7 @@ def _running(pid: int, fields: list[bytes]) -> bool:
 
 def alive(pid: int) -> bool:
     """True while ``pid`` runs; a process that exited but was not yet reaped (a zombie) counts as gone."""
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return fields is not None and _running(pid, fields)
 
 

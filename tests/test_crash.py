@@ -38,6 +38,7 @@ import redis
 from actor_support import Recorded, RecordingProcessor, WaitFor
 from redis_support import RedisServer
 
+from actors import procfs
 from actors.journal import FinishInFlight, PushTail, TakeHead
 from actors.store import RedisStore
 from actors.system import SIMPLE_BASE, start_system
@@ -62,23 +63,6 @@ DRAIN_TIMEOUT = 60.0  # a final node delivering every acknowledged message
 
 
 # -- processes ----------------------------------------------------------------------------------------------
-
-
-def children_of(pid: int) -> list[int]:
-    """Pids of the live processes whose parent is ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return found
 
 
 class Node:
@@ -131,7 +115,7 @@ class Node:
     def kill9(self) -> None:
         """SIGKILL the node by pid and reap it; it must have no child process (simpleSystemBase: one process)."""
         if self.proc.poll() is None:
-            children = children_of(self.proc.pid)
+            children = procfs.children(self.proc.pid)
             assert children == [], f"node {self.proc.pid} has child processes {children}"
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)

@@ -40,9 +40,8 @@ import redis
 import redis.asyncio as aioredis
 from mq_crash_producer import RUN_STRIDE
 from redis_support import RedisServer, as_bytes
-from test_crash import children_of
 
-from actors import write_script
+from actors import procfs, write_script
 from message_queue import MessageQueue
 from protocol import codec, keys
 from protocol.values import OpenEntry, QueuedMessage
@@ -99,7 +98,7 @@ class Producer:
     def kill9(self) -> None:
         """SIGKILL the process by pid and reap it; it must have no child process."""
         if self.proc.poll() is None:
-            children = children_of(self.proc.pid)
+            children = procfs.children(self.proc.pid)
             assert children == [], f"producer {self.proc.pid} has child processes {children}"
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from actors.procfs import _stat, alive, session_members
+from actors.procfs import alive, session_members, stat_fields
 
 # The exit(2) system call, which ends only the calling thread (not exit_group(2), which ends them all).
 SYS_EXIT = {"x86_64": 60, "aarch64": 93}.get(platform.machine())
@@ -34,7 +34,7 @@ def _poll(condition: Callable[[], bool], deadline: float = 10.0) -> bool:
 
 
 def _state(pid: int) -> bytes | None:
-    fields = _stat(pid)
+    fields = stat_fields(pid)
     return fields[0] if fields is not None else None
 
 
