@@ -66,9 +66,9 @@ from protocol.errors import DecodeError, InvalidInput
 from protocol.limits import (
     MAX_CHANNEL_ID_BYTES,
     MAX_EXTRA_BYTES,
-    MAX_EXTRA_DEPTH,
     MAX_NAME_BYTES,
     MAX_TEXT_BYTES,
+    check_extra,
     validate_channel_id,
 )
 from protocol.messages import (
@@ -145,8 +145,6 @@ MAX_SEQUENCE_ITEMS: Final = 65_536
 """Most values in one list field (messages of a batch or of ``EnqueueMany``, channels of ``Statistics``)."""
 
 _MAX_INT: Final = 2**63 - 1
-_MIN_EXTRA_INT: Final = -(2**63)
-_MAX_EXTRA_INT: Final = 2**64 - 1
 _DAY_US: Final = 86_400 * 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1100,70 +1098,3 @@ def decode(
             f"expected {' or '.join(t.__name__ for t in wanted)}, got {type(value).__name__}"
         )
     return value
-
-
-_EXTRA_SCALARS: Final = frozenset({type(None), bool, float, str, bytes})
-_EXTRA_CONTAINERS: Final = frozenset({dict, list, tuple})
-
-
-def check_extra(extra: object, *, finite: bool = False) -> None:
-    """Check that ``extra`` can be stored: a dict of plain msgpack values within the limits; with ``finite``,
-    also that every float in it is finite (the rule for input: strict JSON has no NaN or Infinity). The
-    codec itself carries non-finite floats, so that entries stored before that rule still decode.
-
-    Rules:
-        * ``extra`` is a ``dict`` whose keys, and the keys of every dict inside it, are ``str``;
-        * values are exactly ``None``, ``bool``, ``int`` in -2**63..2**64-1, ``float``, ``str``, ``bytes``,
-          ``list``, ``tuple`` or ``dict`` (no subclasses, sets, datetimes or other objects);
-        * nesting depth at most ``MAX_EXTRA_DEPTH`` (4): ``extra`` itself is depth 1, a list or dict
-          directly inside it is depth 2, and so on; scalars add no depth, an empty container counts;
-        * at most ``MAX_EXTRA_BYTES`` (16 KiB) once encoded as msgpack; strings must be valid UTF-8;
-        * with ``finite``: no float is NaN, Infinity or -Infinity.
-
-    Tuples are accepted but decode as lists.
-
-    Raises:
-        InvalidInput: naming the broken rule and where in ``extra`` it broke.
-    """
-    if type(extra) is not dict:
-        raise InvalidInput(f"extra must be a dict, got {_kind(extra)}")
-    if not extra:
-        return
-    pending: list[tuple[dict[Any, Any] | list[Any] | tuple[Any, ...], int, str]] = [(extra, 1, "extra")]
-    while pending:
-        container, depth, where = pending.pop()
-        if type(container) is dict:
-            for key in container:
-                if type(key) is not str:
-                    raise InvalidInput(f"extra keys must be str, got {_kind(key)} {key!r:.40} in {where}")
-            items: Any = container.items()
-        else:
-            items = enumerate(container)
-        for key, value in items:
-            kind = type(value)
-            if kind in _EXTRA_SCALARS:
-                if finite and kind is float and not math.isfinite(value):
-                    raise InvalidInput(f"extra floats must be finite, got {value!r} at {where}[{key!r}]")
-                continue
-            if kind is int:
-                if not _MIN_EXTRA_INT <= value <= _MAX_EXTRA_INT:
-                    raise InvalidInput(f"extra ints must fit in 64 bits, got {value} at {where}[{key!r}]")
-                continue
-            if kind in _EXTRA_CONTAINERS:
-                if depth + 1 > MAX_EXTRA_DEPTH:
-                    raise InvalidInput(
-                        f"extra nesting depth must be at most {MAX_EXTRA_DEPTH}, got {depth + 1} "
-                        f"at {where}[{key!r}]"
-                    )
-                pending.append((value, depth + 1, f"{where}[{key!r}]"))
-                continue
-            raise InvalidInput(
-                "extra values must be None, bool, int, float, str, bytes, list, tuple or dict, "
-                f"got {kind.__name__} at {where}[{key!r}]"
-            )
-    try:
-        size = len(msgpack.packb(extra, use_bin_type=True))
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"extra strings must be valid UTF-8 text, got {exc.object[:40]!r}") from exc
-    if size > MAX_EXTRA_BYTES:
-        raise InvalidInput(f"extra must be at most {MAX_EXTRA_BYTES} bytes once encoded, got {size} bytes")

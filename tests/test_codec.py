@@ -42,13 +42,7 @@ import protocol.values as values_module
 from protocol import codec
 from protocol.codec import MAX_FRAME_BYTES, MAX_SEQUENCE_ITEMS, TAGS, check_extra, decode, encode
 from protocol.errors import DecodeError, InvalidInput, InvalidSettings
-from protocol.limits import (
-    MAX_CHANNEL_ID_BYTES,
-    MAX_EXTRA_BYTES,
-    MAX_NAME_BYTES,
-    MAX_TEXT_BYTES,
-    validate_message,
-)
+from protocol.limits import MAX_CHANNEL_ID_BYTES, MAX_EXTRA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES
 from protocol.messages import (
     BatchFlushed,
     BatchHeld,
@@ -95,6 +89,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
+from protocol.validation import validate_message
 from protocol.values import (
     BatchSettings,
     ChannelStatistics,

@@ -29,7 +29,7 @@ from strategies import arbitrary_strings as strings
 
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
 from protocol.errors import InvalidInput
-from protocol.limits import MAX_BATCH_SIZE, MAX_TEXT_BYTES, validate_message, validate_payload
+from protocol.limits import MAX_BATCH_SIZE, MAX_TEXT_BYTES
 from protocol.messages import (
     BatchHeld,
     BatchReady,
@@ -52,6 +52,7 @@ from protocol.messages import (
     StartProcessing,
     Statistics,
 )
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, MessageBatch, QueuedMessage, payload_messages
 
 ASK = 5.0  # seconds; never reached when things work

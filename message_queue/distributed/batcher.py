@@ -48,7 +48,7 @@ class DistributedBatcher:
     and finally :meth:`drain` (wait until this node's work is done) and :meth:`close`.
 
     Messages given to :meth:`submit`/:meth:`append` must already be checked
-    (:func:`protocol.limits.validate_message`).
+    (:func:`protocol.validation.validate_message`).
     """
 
     def __init__(self, redis: Redis, settings: BatchSettings, options: NodeOptions | None = None) -> None:
