@@ -52,6 +52,7 @@ from actors.journal import (
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
+    ClearRetry,
     Durable,
     FinishInFlight,
     Op,
@@ -544,6 +545,8 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         ops.append(TakeHead(channel_id))
     elif isinstance(effect, (DeliveryFinished, DeliveryCancelled)):
         ops.append(FinishInFlight(channel_id))
+        if effect.item.attempt > 1:  # a retried item may have a stored wait (a RetryScheduled after sets it again)
+            ops.append(ClearRetry(channel_id))
     elif isinstance(effect, QueueCleared):
         ops.append(ClearQueue(channel_id))
     elif isinstance(effect, IdRemembered):

@@ -162,3 +162,6 @@ def test_a_retry_waits_out_the_rest_of_its_backoff_after_a_restart(
     (got,) = deliveries(mq.wait_for(done, count=1))
     assert time.time() >= due - 0.05
     assert (texts(got), got.item.attempt, got.item.item_id, got.reason) == (["a"], 2, stored["item_id"], "retry")
+    # Answered: the stored wait goes with it (written with the answer, so a stats read after it sees it gone).
+    mq.stats_when("c1", lambda s: s.processed == 1, "the retry was answered")
+    assert not client.exists(keys.channel_key(keys.RETRY, "c1"))
