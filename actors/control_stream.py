@@ -31,7 +31,7 @@ import redis
 
 from protocol import codec, keys
 from protocol.errors import DecodeError
-from protocol.values import DeadLetter, OpenEntry, QueueItem
+from protocol.values import OpenEntry, QueueItem
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def read_dead_letters(client: redis.Redis, channel: str) -> Replayable:
     skipped = 0
     for raw in raws:
         try:
-            letter = codec.decode(raw, DeadLetter)
+            letter = codec.decode_dead_letter(raw)
             if letter.role == keys.OPEN_BATCH:
                 entry = codec.decode(letter.data, OpenEntry)
                 if entry.message.channel_id != channel:

@@ -133,6 +133,7 @@ __all__ = [
     "Encodable",
     "check_extra",
     "decode",
+    "decode_dead_letter",
     "encode",
     "encode_item_of_frames",
     "encode_open_entry",
@@ -145,6 +146,7 @@ MAX_SEQUENCE_ITEMS: Final = 65_536
 """Most values in one list field (messages of a batch or of ``EnqueueMany``, channels of ``Statistics``)."""
 
 _MAX_INT: Final = 2**63 - 1
+_LEGACY_DEAD_ROLE: Final = "redis"  # protocol.keys.QUEUE: the list RedisQueue takes items from
 _DAY_US: Final = 86_400 * 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1098,3 +1100,27 @@ def decode(
             f"expected {' or '.join(t.__name__ for t in wanted)}, got {type(value).__name__}"
         )
     return value
+
+
+def decode_dead_letter(data: bytes | bytearray | memoryview) -> DeadLetter:
+    """A stored dead letter: a :class:`DeadLetter` frame, or the msgpack map ``{"key", "reason", "data", "at"}``
+    that ``RedisQueue`` wrote for an undecodable item before it wrote frames (read as role ``redis``: the queue
+    list it was taken from).
+
+    Raises:
+        DecodeError: when ``data`` is neither.
+    """
+    try:
+        return decode(data, DeadLetter)
+    except DecodeError as exc:
+        error = exc
+    try:
+        legacy = msgpack.unpackb(bytes(data), raw=False, max_str_len=MAX_TEXT_BYTES, max_bin_len=MAX_FRAME_BYTES,
+                                 max_array_len=0, max_map_len=4, max_ext_len=0)
+    except Exception:  # not msgpack at all: the frame's error says more
+        raise error from None
+    if (type(legacy) is not dict or set(legacy) != {"key", "reason", "data", "at"}
+            or type(legacy["reason"]) is not str or type(legacy["data"]) is not bytes
+            or type(legacy["at"]) not in (int, float)):
+        raise error
+    return DeadLetter(_LEGACY_DEAD_ROLE, legacy["reason"], legacy["data"], float(legacy["at"]))

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from protocol import codec
 from protocol.errors import DecodeError, InvalidInput
 from protocol.limits import validate_channel_id
-from protocol.values import DeadLetter, OpenEntry, QueueItem, payload_messages
+from protocol.values import OpenEntry, QueueItem, payload_messages
 from service.control import NoNode, request
 from service.process import EXIT_FAILED, EXIT_OK
 
@@ -245,7 +245,7 @@ def dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, Any]:
     letters = []
     for raw in raws:
         try:
-            letter = codec.decode(raw, DeadLetter)
+            letter = codec.decode_dead_letter(raw)
             letters.append({"role": letter.role, "reason": letter.reason, "at": letter.at,
                             "bytes": len(letter.data)})
         except DecodeError as exc:
