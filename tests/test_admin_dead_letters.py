@@ -20,6 +20,7 @@ from test_admin_control import admin
 from test_run_system import TIMEOUT, Running, launch
 
 from actors.driver import Output
+from actors.system import SIMPLE_BASE, TCP_BASE
 from protocol import codec, keys
 from protocol.messages import BatchReady, GetDeadLetters, ProcessingDone, ProcessingFailed
 from protocol.values import BatchSettings, DeadLetter, QueuedMessage, payload_messages
@@ -161,8 +162,9 @@ def test_control_route_lists_replays_and_purges_the_actors_dead_letters(
         assert lines[2] == "    [id-f1] 'f1'"
 
         node.failing.clear()
-        replayed = admin_json("--control", socket_path, "dead-letters", CHANNEL, "--replay")
-        assert replayed == {"channel": CHANNEL, "source": "node", "replayed": 2}
+        replayed = admin("--control", socket_path, "dead-letters", CHANNEL, "--replay")
+        assert replayed.returncode == 0, replayed.stderr
+        assert replayed.stdout.strip() == f"replayed 2 item(s) of {CHANNEL!r} to the tail of its queue"
         check_replayed(node, ids)
         assert node.letters() == ()
 
@@ -266,9 +268,10 @@ def test_with_no_lease_holder_the_stored_list_is_read_and_purged_and_a_replay_re
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("base", [SIMPLE_BASE, TCP_BASE])
 def test_serve_restores_dead_letters_and_replays_them_onto_its_output(
         nodes: Callable[..., FailingNode], launch: Callable[..., Running], redis_srv: RedisServer,
-        socket_path: str) -> None:
+        socket_path: str, base: str) -> None:
     url = redis_srv.url
     node = nodes(url)
     ids = node.dead_letter("f1", "f2")
@@ -279,7 +282,7 @@ def test_serve_restores_dead_letters_and_replays_them_onto_its_output(
     finally:
         client.close()
 
-    served = launch("serve", "--redis", url, "--control", socket_path, "--window", "30")
+    served = launch("serve", "--base", base, "--redis", url, "--control", socket_path, "--window", "30")
     served.stderr_line(lambda line: "ready" in line)
     through_redis = admin_json("--redis", url, "dead-letters", CHANNEL)
     through_socket = admin_json("--control", socket_path, "dead-letters", CHANNEL)
@@ -299,3 +302,91 @@ def test_serve_restores_dead_letters_and_replays_them_onto_its_output(
     assert admin_json("--redis", url, "dead-letters", CHANNEL, "--purge")["purged"] == 0
     served.close_stdin()
     assert served.wait() == 0
+
+
+@pytest.mark.redis
+def test_an_asyncio_message_queue_answers_through_redis(redis_srv: RedisServer) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from message_queue import MessageQueue, current_item
+
+    url = redis_srv.url
+
+    async def main() -> None:
+        seen: list[tuple[str, str, int]] = []
+        failing = {"f1"}
+
+        async def callback(payload: Any) -> None:
+            item = current_item()
+            assert item is not None
+            (text,) = [m.text for m in payload_messages(payload)]
+            seen.append((text, item.item_id, item.attempt))
+            if text in failing:
+                raise RuntimeError(f"cannot process {text}")
+
+        async def until(check: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + TIMEOUT
+            while not check():
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.01)  # polling the callback's record
+
+        client = aioredis.Redis.from_url(url)
+        try:
+            async with MessageQueue(default_batch_window=0.0, max_batch_size=1, max_attempts=2, retry_backoff=0.0,
+                                    redis=client) as mq:
+                await mq.start_processing(CHANNEL, callback)
+                await mq.enqueue(QueuedMessage("slack", CHANNEL, "U1", "ann", "f1", message_id="id-f1"))
+                await until(lambda: len(seen) == 2, "two attempts")
+                deadline = time.monotonic() + TIMEOUT
+                while not await mq.dead_letters(CHANNEL):  # the last failure is handled after the callback
+                    assert time.monotonic() < deadline, "the dead letter"
+                    await asyncio.sleep(0.01)
+                item_id = seen[0][1]
+
+                listed = await asyncio.to_thread(admin_json, "--redis", url, "dead-letters", CHANNEL)
+                assert (listed["source"], listed["undecodable"]) == ("node", 0)
+                (row,) = listed["dead_letters"]
+                assert (row["item_id"], row["attempts"], row["messages"]) == \
+                    (item_id, 2, [{"message_id": "id-f1", "text": "f1"}])
+                assert row["error"].endswith("cannot process f1")
+
+                failing.clear()
+                replayed = await asyncio.to_thread(admin_json, "--redis", url, "dead-letters", CHANNEL, "--replay")
+                assert replayed == {"channel": CHANNEL, "source": "node", "replayed": 1}
+                await until(lambda: len(seen) == 3, "the replayed item")
+                assert seen[2] == ("f1", item_id, 1)
+                assert await mq.dead_letters(CHANNEL) == []
+        finally:
+            await client.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT * 2))
+
+
+# -- the pieces every route shares ------------------------------------------------------------------------
+
+
+def test_a_request_names_one_action_and_a_listed_text_is_cut() -> None:
+    from actors.control_stream import MAX_LISTED_TEXT, dead_letter_row, dead_letters_message
+    from protocol.errors import InvalidInput
+    from protocol.messages import PurgeDeadLetters, ReplayDeadLetters
+    from protocol.values import QueueItem
+
+    assert dead_letters_message(CHANNEL, {}) == GetDeadLetters(CHANNEL)
+    assert dead_letters_message(CHANNEL, {"replay": True, "purge": False}) == ReplayDeadLetters(CHANNEL)
+    assert dead_letters_message(CHANNEL, {"purge": True}) == PurgeDeadLetters(CHANNEL)
+    with pytest.raises(InvalidInput, match="^dead-letters: replay and purge cannot both be asked$"):
+        dead_letters_message(CHANNEL, {"replay": True, "purge": True})
+    with pytest.raises(InvalidInput, match="^dead-letters: purge must be true or false, got 1$"):
+        dead_letters_message(CHANNEL, {"purge": 1})
+
+    long = "x" * (MAX_LISTED_TEXT + 1)
+    item = QueueItem("i1", CHANNEL, QueuedMessage("slack", CHANNEL, "U1", "ann", long))
+    row = dead_letter_row(DeadLetter("item", "boom", b"", 2.0, item=item, attempts=3, first_failed_at=1.0,
+                                     last_failed_at=2.0))
+    assert row["messages"] == [{"message_id": "", "text": long[:MAX_LISTED_TEXT], "truncated": True}]
+    assert (row["item_id"], row["attempts"], row["first_failed_at"], row["last_failed_at"]) == ("i1", 3, 1.0, 2.0)
+    aside = dead_letter_row(DeadLetter("redis", "could not encode", b"abc", 5.0))
+    assert (aside["item_id"], aside["messages"], aside["first_failed_at"], aside["undecodable"], aside["bytes"]) == \
+        (None, [], None, False, 3)
