@@ -364,7 +364,8 @@ def render_dead_letters(result: dict[str, Any]) -> str:
     if "replayed" in result:
         return f"replayed {result['replayed']} item(s) of {channel!r} to the tail of its queue"
     if "purged" in result:
-        return f"purged {result['purged']} dead letter(s) of {channel!r} (from {source})"
+        where = "on the node" if result["source"] == "node" else "from Redis (no node holds the lease)"
+        return f"purged {result['purged']} dead letter(s) of {channel!r} {where}"
     letters = result["dead_letters"]
     lines = [f"{len(letters)} dead letter(s) on {channel!r} ({result['undecodable']} undecodable), from {source}"]
     for letter in letters:
