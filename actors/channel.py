@@ -134,7 +134,7 @@ class ChannelActor(Dispatcher):
         self._last_activity = 0.0
         self._observer: ActorAddress | None = None
         self._reported: int | None = None  # the waiting count last sent to the observer
-        self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
+        self._early: list[tuple[object, ActorAddress]] | None = None  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: ActorAddress | None = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
@@ -146,6 +146,8 @@ class ChannelActor(Dispatcher):
         if self._core is None and not isinstance(message, (ChannelInit, ActorSystemMessage)):
             # On the TCP base, ChannelInit waits until every address it carries (the Timer's, just created)
             # is usable, and the Supervisor's next messages can overtake it: keep them until it comes.
+            if self._early is None:
+                self._early = []
             self._early.append((message, sender))
             return
         super().receiveMessage(message, sender)
@@ -180,8 +182,8 @@ class ChannelActor(Dispatcher):
         if msg.processor is not None:
             effects += self._core.attach(self.clock())
         self._settle(effects)
-        early, self._early = self._early, []
-        for message, origin in early:
+        early, self._early = self._early, None
+        for message, origin in early or ():
             self.receiveMessage(message, origin)
 
     def _restore(self, snapshot: ChannelSnapshot) -> list[Effect]:
