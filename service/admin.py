@@ -8,8 +8,10 @@ Two ways to a node's state:
       dead-letter list, which no node reads back). Commands that change what a node holds (``pause``,
       ``resume``, ``flush``, ``clear``) go to the node holding the database's writer lease through the
       control stream (:mod:`actors.control_stream`), and its answer comes back the same way. Channels of
-      distributed mode (``serve --distributed``) are read from their own keys (:mod:`service.admin_distributed`):
-      ``channels`` lists those with an open batch, ``show`` any, and the mutations refuse with exit 1.
+      distributed mode (``serve --distributed``) are read from their own keys and changed by an atomic script
+      (:mod:`service.admin_distributed`): ``channels`` lists those with an open batch or paused, ``show`` any,
+      the mutations act at once (no node needs to answer), and ``dead-letters`` refuses with exit 1 (they keep
+      none).
 
 Every command prints a table, or one JSON object with ``--json``. Exit status: 0 done, 1 when no node answers
 (within ``--timeout``), the node refused the command, or Redis cannot be reached, 2 on a usage error.
@@ -141,12 +143,14 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
             rows += distributed
             rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
             return {"channels": rows[: args.limit], "total": len(names) + distributed_total}
-        stored = command == "dead-letters" or bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
+        stored = bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
             bool(client.sismember(keys.PAUSED, args.channel))
-        distributed_row = None if command == "dead-letters" else dist.channel_row(client, args.channel)
+        distributed_row = dist.channel_row(client, args.channel)
         if command in MUTATIONS:
             if distributed_row is None or stored:
                 return node_command(client, build_request(args), args.timeout)
+            return dist.MUTATIONS[command](client, args.channel)
+        if command == "dead-letters" and distributed_row is not None and not stored:
             dist.refuse(command)
         if command == "show":
             if distributed_row is not None and not stored:

@@ -1,13 +1,14 @@
 -- Append messages to their channels' open batches, in order: for each, slide the channel's deadline, and
 -- publish the batch at once when it reaches its cap (or when batching is off for the channel).
--- KEYS: deadlines, stream, node, seq floor, then per message: msgs, state, ids (of its channel)
+-- KEYS: deadlines, stream, node, seq floor, then per message: msgs, state, ids, config, held (of its channel)
 -- ARGV: maxlen, by, number of the first operation, node key ttl ms, idle ttl ms (of a channel's state), most
 --       message ids a channel remembers, then per message: frame, channel id, tag, settings
 --       "<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>", message id (empty:
 --       none), [then the time now in ms (a test's fake clock; see common.lua)]
 -- Returns "<now>,<r1>,<r2>,..." (server ms), one r per message: a deadline (> 0): the batch stays open until
 -- then (the caller arms a timer for it); -1: the message was published (cap reached, batching off, or no
--- window); -2: this operation was applied before (a replayed pipeline), nothing done; -3: a duplicate, dropped.
+-- window; or held: the channel is paused, see common.lua); -2: this operation was applied before (a replayed
+-- pipeline), nothing done; -3: a duplicate, dropped.
 --
 -- Operations of one node are numbered 1, 2, 3, ... and sent in order; the node's key holds the last number
 -- applied. A pipeline sent again after a lost connection (the client cannot know whether it ran) is then
@@ -24,7 +25,7 @@
 local deadlines, stream, node, floor = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, by, first_op, ttl, idle = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local max_ids = tonumber(ARGV[6])
-local count = (#KEYS - 4) / 3
+local count = (#KEYS - 4) / 5
 local now = now_ms(6 + 5 * count + 1)
 local out = {int(now)}
 local last_op = tonumber(redis.call('GET', node) or '0')
@@ -52,7 +53,7 @@ local function duplicate(ids, state, id, dedupe)
   return false
 end
 
-local function append(msgs, state, ids, frame, channel, tag, settings, id)
+local function append(msgs, state, ids, hold, frame, channel, tag, settings, id)
   local w, mw, cap, batching, dedupe = string.match(settings, '^(%d+):(%d+):(%d+):([01]):(%d+)$')
   -- A batch past its deadline (its node's timer has not fired yet, or the node is gone) does not take this
   -- message: it closes now, and the message opens the next batch.
@@ -60,7 +61,7 @@ local function append(msgs, state, ids, frame, channel, tag, settings, id)
   local closed, closed_seq = false, nil
   if due and tonumber(due) <= now then
     due = tonumber(due)
-    closed_seq = select(2, flush(msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil, due))
+    closed_seq = select(2, flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil, due))
     closed = true
   end
   if duplicate(ids, state, id, tonumber(dedupe)) then
@@ -71,10 +72,10 @@ local function append(msgs, state, ids, frame, channel, tag, settings, id)
   end
   if batching ~= '1' then
     -- Batching is off: what is open goes first, then the message alone.
-    flush(msgs, state, floor, deadlines, stream, maxlen, tag, 'settings', 0, now, by, nil)
+    flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, 'settings', 0, now, by, nil)
     redis.call('HSET', state, 'ch', channel)
-    local _, seq = publish(state, floor, stream, maxlen, tag, channel, 'unbatched', 1, batch_frame({frame}, now, now),
-                           0, now, by)
+    local _, seq = deliver(hold, state, floor, stream, maxlen, tag, channel, 'unbatched', 1,
+                           batch_frame({frame}, now, now), 0, now, by)
     rest(state, floor, seq, idle)
     return -1
   end
@@ -90,17 +91,18 @@ local function append(msgs, state, ids, frame, channel, tag, settings, id)
     end
   else
     o = {first = now, w = tonumber(w), mw = tonumber(mw), cap = tonumber(cap)}
-    redis.call('HSET', state, 'o', int(now) .. ':' .. w .. ':' .. mw .. ':' .. cap, 'ch', channel)
+    redis.call('HSET', state, 'o', int(now) .. ':' .. w .. ':' .. mw .. ':' .. cap, 'ch', channel, 'st',
+               int(maxlen) .. ':' .. stream)
     opened = true
   end
   if n >= o.cap then
-    local _, seq = flush(msgs, state, floor, deadlines, stream, maxlen, tag, 'full', 0, now, by, now)
+    local _, seq = flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, 'full', 0, now, by, now)
     rest(state, floor, seq, idle)
     return -1
   end
   local deadline, reason = due_at(o, now)
   if deadline <= now then
-    local _, seq = flush(msgs, state, floor, deadlines, stream, maxlen, tag, reason, deadline, now, by, now)
+    local _, seq = flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, reason, deadline, now, by, now)
     rest(state, floor, seq, idle)
     return -1
   end
@@ -117,9 +119,9 @@ for i = 1, count do
     out[i + 1] = '-2'
   else
     local a = 6 + (i - 1) * 5
-    local k = 4 + (i - 1) * 3
-    out[i + 1] = int(append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-                            ARGV[a + 5]))
+    local k = 4 + (i - 1) * 5
+    out[i + 1] = int(append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], {KEYS[k + 4], KEYS[k + 5]}, ARGV[a + 1],
+                            ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]))
     last_op = op
   end
 end
