@@ -11,7 +11,7 @@ Two ways to a node's state:
       distributed mode (``serve --distributed``) are read from their own keys and changed by an atomic script
       (:mod:`service.admin_distributed`): ``channels`` lists those with an open batch or paused, ``show`` any,
       the mutations act at once (no node needs to answer), and ``dead-letters`` refuses with exit 1 (they keep
-      none).
+      none). ``--distributed`` treats a channel Redis holds no state of as a distributed one.
 
 Every command prints a table, or one JSON object with ``--json``. Exit status: 0 done, 1 when no node answers
 (within ``--timeout``), the node refused the command, or Redis cannot be reached, 2 on a usage error.
@@ -46,10 +46,15 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "dead-letters)",
         description="Look at and act on a node's channels: through a running node's control socket "
         "(serve --control PATH; every command), or the state a persisting node keeps in Redis (--redis URL: "
-        "channels, show, dead-letters). Exit status 0 done, 1 when no node answers or the command failed.")
+        "channels, show, dead-letters; pause, resume, flush and clear go to the node holding the writer lease, "
+        "or act at once on a channel of distributed mode). Exit status 0 done, 1 when no node answers or the "
+        "command failed.")
     where = admin.add_mutually_exclusive_group(required=True)
     where.add_argument("--control", metavar="PATH", help="the control socket of a running serve node")
     where.add_argument("--redis", metavar="URL", help="the Redis a persisting node stores its channels in")
+    admin.add_argument("--distributed", action="store_true",
+                       help="with --redis: act on CHANNEL as a channel of distributed mode even when Redis holds "
+                       "no state of it yet (e.g. pause it before its first message)")
     admin.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     admin.add_argument("--timeout", type=float, default=6.0, metavar="SECONDS",
                        help="how long to wait for the node's answer (default 6)")
@@ -74,6 +79,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.timeout > 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
+    if args.distributed and args.redis is None:
+        parser.error("--distributed needs --redis URL")
     if args.admin_command == "channels" and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
     channel = getattr(args, "channel", None)
@@ -146,11 +153,12 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
         stored = bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
             bool(client.sismember(keys.PAUSED, args.channel))
         distributed_row = dist.channel_row(client, args.channel)
+        is_distributed = getattr(args, "distributed", False) or (distributed_row is not None and not stored)
         if command in MUTATIONS:
-            if distributed_row is None or stored:
+            if not is_distributed:
                 return node_command(client, build_request(args), args.timeout)
             return dist.MUTATIONS[command](client, args.channel)
-        if command == "dead-letters" and distributed_row is not None and not stored:
+        if command == "dead-letters" and is_distributed:
             dist.refuse(command)
         if command == "show":
             if distributed_row is not None and not stored:

@@ -114,8 +114,12 @@ def channel_rows(client: Any) -> tuple[list[dict[str, Any]], int]:
     tags = [raw.decode("ascii", "replace") for raw, _ in entries]
     listed = set(tags)
     paused = sorted(raw.decode("ascii", "replace") for raw in client.smembers(DIST_PAUSED))
-    tags += [tag for tag in paused if tag not in listed][:max(0, MAX_ROWS - len(tags))]
-    total = int(client.zcard(DIST_DEADLINES)) + sum(1 for tag in paused if tag not in listed)
+    pipe = client.pipeline(transaction=False)
+    for tag in paused:
+        pipe.zscore(DIST_DEADLINES, tag)
+    closed = [tag for tag, score in zip(paused, pipe.execute()) if score is None]  # paused, no open batch
+    tags += [tag for tag in closed if tag not in listed][:max(0, MAX_ROWS - len(tags))]
+    total = int(client.zcard(DIST_DEADLINES)) + len(closed)
     channels = []
     for tag in tags:
         try:

@@ -177,6 +177,20 @@ def test_a_paused_channel_holds_its_batches_until_resumed(redis_srv: RedisServer
         node.send(message_line("c", "c5"), 1)  # published again as usual
         reader.read_until(lambda: len(reader.entries) == 4, TIMEOUT)
         assert texts(reader.entries[3]) == ["c5"] and reader.entries[3].by == "solo/timer"
+
+        # a channel Redis knows nothing of goes to the (absent) lease holder, unless --distributed says
+        refused = run("admin", "--redis", redis_srv.url, "pause", "d")
+        assert refused.returncode == 1 and "no node holds the writer lease" in refused.stderr
+        assert admin_json(redis_srv.url, "--distributed", "pause", "d") == {"channel": "d", "paused": True}
+        node.send(message_line("d", "d0"), 1)
+        node.wait_acked(7)
+        deadline = time.monotonic() + TIMEOUT
+        while client.llen(keys.dist_key(keys.DIST_HELD, "d")) < 1:
+            assert time.monotonic() < deadline, "the batch was not held"
+            reader.poll(block_ms=50)
+        assert admin_json(redis_srv.url, "resume", "d") == {"channel": "d", "paused": False, "published": 1}
+        reader.read_until(lambda: len(reader.entries) == 5, TIMEOUT)
+        assert texts(reader.entries[4]) == ["d0"]
         assert node.finish() == 0
     finally:
         node.end()
@@ -223,6 +237,11 @@ def test_pause_and_resume_while_two_nodes_append_lose_and_reorder_nothing(redis_
         for node in nodes:
             node.end()
         client.close()
+
+
+def test_distributed_needs_redis() -> None:
+    done = run("admin", "--control", "/nonexistent.sock", "--distributed", "pause", "d")
+    assert done.returncode == 2 and "--distributed needs --redis URL" in done.stderr
 
 
 def test_show_of_a_channel_with_no_state_is_a_stored_row_of_zeros(redis_srv: RedisServer) -> None:
