@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis_support import RedisServer, reply
 
 from message_queue import scripts
-from message_queue.distributed import DistributedBatcher, NodeOptions
+from message_queue.distributed import DistributedBatcher, NodeOptions, channel_statistics
 from message_queue.distributed.operations import Names
 from message_queue.event_bus import RedisStreamEventBus
 from protocol import codec, keys
@@ -192,6 +192,8 @@ def test_a_node_holds_enqueue_front_and_bus_batches_first_and_drains_while_pause
             assert await bus.publish_inbound(MessageBatch([msg("bus")])) == ""
             assert await client.llen(keys.dist_key(keys.DIST_HELD, "c")) == 3
             assert await client.xlen(keys.INBOUND_STREAM) == 1
+            (stats,) = await channel_statistics(client, "c")
+            assert (stats.queued, stats.processed, stats.open_batch_size) == (3, 1, 0)
         finally:
             await node.close()
             await client.aclose()

@@ -61,7 +61,8 @@ local function append(msgs, state, ids, hold, frame, channel, tag, settings, id)
   local closed, closed_seq = false, nil
   if due and tonumber(due) <= now then
     due = tonumber(due)
-    closed_seq = select(2, flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil, due))
+    closed_seq = select(2, flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil,
+                                 due))
     closed = true
   end
   if duplicate(ids, state, id, tonumber(dedupe)) then
