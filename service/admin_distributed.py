@@ -193,13 +193,17 @@ def resume(client: Any, channel: str, now_ms: int | None = None) -> dict[str, An
     """Publish ``channel``'s held batches in order and publish again as usual.
 
     Raises:
-        Refused: if the held batches kept changing while they were read.
+        Refused: if the held batches kept changing while they were read, or one cannot be read.
     """
     import msgpack
 
     names = Names.of(channel)
     for _ in range(_ATTEMPTS):
-        streams = {msgpack.unpackb(entry, raw=True)[0] for entry in client.lrange(names.held_key, 0, -1)}
+        try:
+            streams = {msgpack.unpackb(entry, raw=True)[0] for entry in client.lrange(names.held_key, 0, -1)}
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            raise Refused(f"distributed mode: a held batch of channel {channel!r} cannot be read ({exc}); "
+                          f"nothing published") from exc
         result = _call(client, "resume", names, tuple(sorted(streams)), now_ms=now_ms)
         if result >= 0:
             return {"channel": channel, "paused": False, "published": result}

@@ -207,3 +207,14 @@ def test_a_node_holds_enqueue_front_and_bus_batches_first_and_drains_while_pause
         assert [e.seq for e in published] == [1, 2, 3, 4]
     finally:
         sync.close()
+
+
+def test_resume_refuses_a_held_list_it_cannot_read_and_publishes_nothing(client: redis.Redis) -> None:
+    load(client)
+    admin_distributed.pause(client, "c")
+    Node(client).append(START, "a", "b", "c")
+    client.rpush(keys.dist_key(keys.DIST_HELD, "c"), b"\xc1")  # 0xc1: never valid msgpack
+    with pytest.raises(admin_distributed.Refused, match="a held batch of channel 'c' cannot be read"):
+        admin_distributed.resume(client, "c")
+    assert client.exists(keys.INBOUND_STREAM) == 0
+    assert client.hget(keys.config_key("c"), "paused") == b"1"
