@@ -290,7 +290,8 @@ class MessageQueue:
 
     def enqueue_front(self, item: Payload) -> Awaitable[None]:
         """Put a message or a batch at the head of its channel's queue, behind the item in flight; returns once
-        the channel holds it (with ``redis``: once stored). In distributed mode it is published at once.
+        the channel holds it (with ``redis``: once stored). In distributed mode it is published at once (held first
+        while the channel is paused).
 
         Raises:
             InvalidInput: for an empty batch, a batch mixing channels, or a message breaking a limit.

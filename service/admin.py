@@ -11,8 +11,10 @@ Two ways to a node's state:
       ``message_queue:dead:{channel}`` directly and ``--purge`` deletes it (no node holds those letters in
       memory; the deletion is refused if a node takes the lease meanwhile), while ``--replay`` fails: only a
       running node can put items back into a channel's queue. Channels of distributed mode (``serve
-      --distributed``) are read from their own keys (:mod:`service.admin_distributed`): ``channels`` lists
-      those with an open batch, ``show`` any, and the mutations refuse with exit 1.
+      --distributed``) are read from their own keys and changed by an atomic script
+      (:mod:`service.admin_distributed`): ``channels`` lists those with an open batch or paused, ``show`` any,
+      the mutations act at once (no node needs to answer), and ``dead-letters`` refuses with exit 1 (they keep
+      none). ``--distributed`` treats a channel Redis holds no state of as a distributed one.
 
 ``dead-letters CHANNEL`` gives the same result on every route: ``{"channel", "source", "dead_letters": [...],
 "undecodable"}`` (``source`` is ``node`` when the node's actors answered, ``redis`` when the stored list was
@@ -56,11 +58,15 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "dead-letters)",
         description="Look at and act on a node's channels: through a running node's control socket "
         "(serve --control PATH; every command), or the state a persisting node keeps in Redis (--redis URL: "
-        "channels and show read directly; the other commands go to the node holding the writer lease). Exit status "
-        "0 done, 1 when no node answers or the command failed, 2 on a usage error.")
+        "channels and show read directly; dead-letters and pause, resume, flush and clear go to the node holding "
+        "the writer lease, or act at once on a channel of distributed mode). Exit status 0 done, 1 when no node "
+        "answers or the command failed, 2 on a usage error.")
     where = admin.add_mutually_exclusive_group(required=True)
     where.add_argument("--control", metavar="PATH", help="the control socket of a running serve node")
     where.add_argument("--redis", metavar="URL", help="the Redis a persisting node stores its channels in")
+    admin.add_argument("--distributed", action="store_true",
+                       help="with --redis: act on CHANNEL as a channel of distributed mode even when Redis holds "
+                       "no state of it yet (e.g. pause it before its first message)")
     admin.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     admin.add_argument("--timeout", type=float, default=6.0, metavar="SECONDS",
                        help="how long to wait for the node's answer (default 6)")
@@ -87,6 +93,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.timeout > 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
+    if args.distributed and args.redis is None:
+        parser.error("--distributed needs --redis URL")
     if args.admin_command == "channels" and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
     channel = getattr(args, "channel", None)
@@ -154,15 +162,18 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
             rows += distributed
             rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
             return {"channels": rows[: args.limit], "total": len(names) + distributed_total}
-        if command == "dead-letters":
-            return dead_letters_command(client, args)
         stored = bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
             bool(client.sismember(keys.PAUSED, args.channel))
         distributed_row = dist.channel_row(client, args.channel)
+        is_distributed = getattr(args, "distributed", False) or (distributed_row is not None and not stored)
+        if command == "dead-letters":
+            if is_distributed:
+                dist.refuse(command)
+            return dead_letters_command(client, args)
         if command in MUTATIONS:
-            if distributed_row is None or stored:
+            if not is_distributed:
                 return node_command(client, build_request(args), args.timeout)
-            dist.refuse(command)
+            return dist.MUTATIONS[command](client, args.channel)
         # show
         if distributed_row is not None and not stored:
             return distributed_row

@@ -28,7 +28,7 @@ from message_queue.distributed.replies import connection_errors, reply_bytes, re
 from message_queue.distributed.settings import ChannelSettings
 from protocol import codec
 from protocol.errors import QueueFull, StoreUnavailable
-from protocol.keys import DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
+from protocol.keys import channel_of_tag, channel_tag, dist_node_key
 from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
 
 if TYPE_CHECKING:
@@ -174,9 +174,7 @@ class DistributedBatcher:
         """
         loop = self._running_loop()
         channel = msg.channel_id
-        names = self._names.get(channel)
-        if names is None:
-            names = self._names[channel] = Names.of(channel)
+        names = self._names_of(channel)
         future: asyncio.Future[None] = loop.create_future()
         self._ops.append(Append(channel, names, codec.encode(msg), msg.message_id.encode("utf-8"), future))
         self._queued()
@@ -206,7 +204,9 @@ class DistributedBatcher:
 
     async def publish_now(self, payload: Payload) -> str:
         """Publish ``payload`` at once as a batch of its own (reason ``front``), ahead of the channel's open
-        batch; return its batch id. ``payload`` must be checked (non-empty, one channel, within limits)."""
+        batch; return its batch id, or "" when the channel is paused: the batch is then held ahead of the
+        channel's other held batches, and resume publishes it first. ``payload`` must be checked (non-empty,
+        one channel, within limits)."""
         loop = self._running_loop()
         batch = payload if isinstance(payload, MessageBatch) else single(payload)
         channel = batch.messages[0].channel_id
@@ -215,6 +215,12 @@ class DistributedBatcher:
         self._ops.append(Publish(channel, channel_tag(channel), frame, len(batch.messages), future))
         self._queued()
         return await future
+
+    def _names_of(self, channel: str) -> Names:
+        names = self._names.get(channel)
+        if names is None:
+            names = self._names[channel] = Names.of(channel)
+        return names
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._closed:
@@ -378,9 +384,10 @@ class DistributedBatcher:
             else:
                 (op,) = call.ops
                 assert isinstance(op, Publish)
-                keys, args = scripts.publish_call(dist_key_of_tag(DIST_STATE, op.tag), stream, maxlen, op.channel,
-                                                  op.tag, op.frame, op.count, "front", self._by_front, idle,
-                                                  node=(self._node_key, call.first))
+                names = self._names_of(op.channel)
+                keys, args = scripts.publish_call(names.state_key, names.config_key, names.held_key, stream, maxlen,
+                                                  op.channel, op.tag, op.frame, op.count, "front", self._by_front,
+                                                  idle, node=(self._node_key, call.first))
             pipe.evalsha(sha, len(keys), *keys, *args)
         self._channel_settings.add_refresh(pipe, refresh)
         observe = self.on_script_seconds
@@ -397,8 +404,8 @@ class DistributedBatcher:
         for op in ops:
             assert isinstance(op, Append)
             names = op.names
-            yield names.messages_key, names.state_key, names.ids_key, op.frame, names.channel, names.tag_bytes, \
-                settings.argument(op.channel), op.message_id
+            yield names.messages_key, names.state_key, names.ids_key, names.config_key, names.held_key, op.frame, \
+                names.channel, names.tag_bytes, settings.argument(op.channel), op.message_id
 
     def _fail(self, ops: Sequence[Append | Publish], exc: BaseException) -> None:
         for op in ops:
@@ -556,6 +563,12 @@ class DistributedBatcher:
             for raw in due:
                 tag = reply_str(raw)
                 if tag in self._flushing:
+                    continue
+                try:
+                    channel_of_tag(tag)
+                except ValueError:
+                    log.warning("distributed node %s: the deadline index holds %r, not a channel's tag; left "
+                                "alone", self.node_id, tag[:80])
                     continue
                 self._flushing.add(tag)
                 self._flushes.append(Flush(tag, "sweep"))

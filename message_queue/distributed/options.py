@@ -79,6 +79,7 @@ class NodeStatistics:
 
     node_id: str
     appended: int  # messages stored in Redis, in the order submitted
+    # The published_* counts include batches held instead, on a paused channel.
     published_on_append: int  # batches published by an append (full, batching off, zero window)
     published_by_timer: int  # batches this node's timers published
     published_by_sweep: int  # overdue batches its sweeper published (usually another node's)
