@@ -16,10 +16,11 @@ What feeds them:
 Cost and threads: facts are added to plain integers and per-bucket counts (no lock and no
 ``prometheus_client`` object on the hot path); :meth:`QueueMetrics.collect` builds the metric families from
 them when the registry is scraped. This relies on CPython's GIL and on one rule: **each fact method is called
-from one thread at a time**. Different methods may run on different threads: the asyncio API calls
-:meth:`~QueueMetrics.redis_written` on the persistence I/O thread and the others on the loop; serve counts
-input on its main thread and deliveries on the thread that receives the actors' outputs. A single writer's
-``+=`` is never lost, and a scrape from any thread reads each value either before or after a concurrent
+from one thread at a time**. Different methods may run on different threads: the asyncio API calls them all
+on its loop (a persistence write is timed on the I/O thread, but its time is observed when the result comes
+back to the loop); serve counts input on its main thread and everything else on the thread that receives the
+actors' outputs. Scrapes come from any thread (an application's HTTP server, serve's handler threads).
+A single writer's ``+=`` is never lost, and a scrape reads each value either before or after a concurrent
 update. A histogram is read as a whole: its buckets, count and sum always come from the same observations.
 
 Without a registry nothing is created and the queue does no metrics work at all.

@@ -286,18 +286,18 @@ def test_scrapes_from_another_thread_see_whole_observations_and_lose_none() -> N
     rounds = 30_000
     start = threading.Barrier(3)
 
-    def persistence_io() -> None:  # the asyncio API's I/O thread: one writer of redis_write
+    def outputs() -> None:  # serve's thread that receives the actors' outputs
         start.wait()
         for _ in range(rounds):
+            metrics.delivered(item(1), "full", 1.0)
             metrics.redis_written(0.25)
 
-    def loop() -> None:  # the loop: the writer of the others
+    def input_lines() -> None:  # serve's main thread, reading input
         start.wait()
         for _ in range(rounds):
             metrics.accepted(2)
-            metrics.delivered(item(1), "full", 1.0)
 
-    writers = [threading.Thread(target=persistence_io), threading.Thread(target=loop)]
+    writers = [threading.Thread(target=outputs), threading.Thread(target=input_lines)]
     for thread in writers:
         thread.start()
     start.wait()
