@@ -67,6 +67,9 @@ METRICS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+SNAPSHOT_RETRIES = 10_000  # a scrape waits at most this many thread switches for an observation to finish
+
+
 class HistogramCounts:
     """Observations counted per bucket, and their sum: one histogram's state, written by one thread at a time.
 
@@ -99,8 +102,9 @@ class HistogramCounts:
 
     def snapshot(self) -> tuple[list[int], float]:
         """Counts per bucket (``+Inf`` last, not cumulative) and the sum, all of the same observations.
-        Safe from any thread."""
-        while True:
+        Safe from any thread. If an observation stays half written (its thread was interrupted inside
+        :meth:`observe`), gives up waiting after ``SNAPSHOT_RETRIES`` tries and returns what it read."""
+        for _ in range(SNAPSHOT_RETRIES):
             version = self._version
             if not version & 1:
                 counts = self._counts[:]
@@ -108,6 +112,7 @@ class HistogramCounts:
                 if self._version == version:
                     return counts, total
             time.sleep(0)  # an observation is half written on another thread: let it finish
+        return self._counts[:], self._sum
 
 
 class QueueMetrics:

@@ -352,3 +352,11 @@ def test_a_scrape_waits_out_an_observation_half_written_on_another_thread(monkey
     histogram._version += 1
     reader.join(10.0)
     assert got == [([1, 1, 0], 2.0)]
+
+
+def test_a_scrape_gives_up_on_an_observation_that_never_finishes() -> None:
+    histogram = HistogramCounts((1.0,))
+    histogram.observe(0.5)
+    histogram._version += 1  # its writer was interrupted inside observe() and never came back
+    histogram._counts[1] += 1
+    assert histogram.snapshot() == ([1, 1], 0.5)
