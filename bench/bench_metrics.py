@@ -9,8 +9,9 @@ too). Reported per mode: delivered messages per second and CPU microseconds per 
 run), ``overhead``: 1 - on/off throughput, per repeat, then the median, and ``cpu_overhead``: on/off - 1 of
 the process CPU per message, per repeat, then the median (the goal for both is below 5 %; the CPU ratio is
 the steadier one on a shared machine, since other processes' load slows the wall clock of both modes more
-than their CPU time). With metrics on, the registry is scraped (``generate_latest``) once at the end to check
-the counts.
+than their CPU time); ``cpu_overhead.gauge_snapshots`` says, per repeat, how many of the queue's gauge
+snapshots (one every 5 s, each asking every live channel for its statistics) fell in the on run's timed part.
+With metrics on, the registry is scraped (``generate_latest``) once at the end to check the counts.
 
 ``facts``: the metrics' own hot-path cost, steadier than the end-to-end difference. After each pair of runs, the
 facts that run fed (per delivered batch: ``accepted``, ``delivered``, ``processed``) are replayed into a fresh
@@ -27,7 +28,7 @@ import pathlib
 import statistics
 import sys
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,7 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from message_queue import MessageQueue  # noqa: E402
 from message_queue.metrics import BATCH_SIZE_BUCKETS, LATENESS_BUCKETS, PROCESSING_BUCKETS, QueueMetrics  # noqa: E402
-from protocol.values import MessageBatch, QueuedMessage, QueueItem  # noqa: E402
+from protocol.values import ChannelStatistics, MessageBatch, QueuedMessage, QueueItem  # noqa: E402
 
 OVERHEAD_GOAL = 0.05
 
@@ -99,15 +100,31 @@ def replay(make: Callable[[CollectorRegistry], Facts], batches: int, size: int) 
 
 
 def one_run(wl: ba.Bursts, metrics: bool) -> tuple[dict[str, Any], float | None]:
-    """A facade run of ``wl``; with ``metrics``, also the delivered count the registry exposes."""
+    """A facade run of ``wl``; with ``metrics``, also the delivered count the registry exposes, and in the
+    record ``gauge_snapshots``: how many of the queue's periodic gauge snapshots finished in the timed part."""
     registry = CollectorRegistry() if metrics else None
+    window: list[float] = []
+    taken: list[float] = []
+    observe = QueueMetrics.observe_statistics
+
+    def counted(self: QueueMetrics, snapshots: Iterable[ChannelStatistics]) -> None:
+        taken.append(time.monotonic())
+        observe(self, snapshots)
+
+    def on_start(_driver: Any) -> Callable[[], None]:
+        window.append(time.monotonic())
+        return lambda: window.append(time.monotonic())
+
     bf.MessageQueue = functools.partial(MessageQueue, metrics_registry=registry)  # type: ignore[misc]
+    QueueMetrics.observe_statistics = counted  # type: ignore[method-assign]
     try:
-        record = bf.run_facade_bursts(wl)
+        record = bf.run_facade_bursts(wl, on_start=on_start)
     finally:
         bf.MessageQueue = MessageQueue  # type: ignore[misc]
+        QueueMetrics.observe_statistics = observe  # type: ignore[method-assign]
     exposed = None
     if registry is not None:
+        record["gauge_snapshots"] = sum(window[0] <= t <= window[-1] for t in taken)
         for family in text_string_to_metric_families(generate_latest(registry).decode()):
             for sample in family.samples:
                 if sample.name == "message_queue_messages_delivered_total":
@@ -135,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             cpu[mode] = record["cpu_us_per_msg"]
             if mode == "on":
                 exposed.append(seen)
-            log(f"repeat {i + 1}: {mode} {record['msgs_per_s']:.0f} msg/s, {record['cpu_us_per_msg']:.1f} us/msg")
+            snapshots = f", {record['gauge_snapshots']} gauge snapshot(s)" if mode == "on" else ""
+            log(f"repeat {i + 1}: {mode} {record['msgs_per_s']:.0f} msg/s, {record['cpu_us_per_msg']:.1f} us/msg"
+                + snapshots)
         overheads.append(1 - rates["on"] / rates["off"])
         cpu_overheads.append(cpu["on"] / cpu["off"] - 1)
         batches = runs["on"][-1]["batches"]
@@ -167,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "overhead": {"median": round(overhead, 4), "runs": [round(o, 4) for o in overheads],
                      "goal": OVERHEAD_GOAL, "met": overhead < OVERHEAD_GOAL},
         "cpu_overhead": {"median": round(cpu_overhead, 4), "runs": [round(o, 4) for o in cpu_overheads],
-                         "goal": OVERHEAD_GOAL, "met": cpu_overhead < OVERHEAD_GOAL},
+                         "goal": OVERHEAD_GOAL, "met": cpu_overhead < OVERHEAD_GOAL,
+                         "gauge_snapshots": [r["gauge_snapshots"] for r in runs["on"]]},
         "facts": {
             name: {"us_per_msg": round(statistics.median(values), 4),
                    "share_of_cpu_off": round(statistics.median(shares[name]), 4),
