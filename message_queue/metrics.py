@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from protocol.values import ChannelStatistics, FlushReason, QueueItem
+from protocol.values import ChannelStatistics, FlushReason, MessageBatch, QueueItem
 
 PREFIX = "message_queue_"
 
@@ -153,7 +153,8 @@ class QueueMetrics:
 
     def delivered(self, item: QueueItem, reason: str, lateness: float) -> None:
         """``item`` was handed to its processor, closed for ``reason`` ``lateness`` seconds after its deadline."""
-        size = item.size
+        payload = item.payload
+        size = len(payload.messages) if isinstance(payload, MessageBatch) else 1  # item.size, without a copy
         self.delivered_messages += size
         by_reason = self._by_reason
         if reason in by_reason:
@@ -162,8 +163,22 @@ class QueueMetrics:
             label = str(reason)
             self._reason_created.setdefault(label, time.time())
             by_reason[label] = by_reason.get(label, 0) + 1
-        self.batch_size.observe(size)
-        self.lateness.observe(lateness)
+        # HistogramCounts.observe twice, written out: this runs once per delivered batch, and the two calls
+        # were half of its cost.
+        sizes = self.batch_size
+        index = bisect_left(sizes.bounds, size)
+        total = sizes._sum + size
+        sizes._version += 1
+        sizes._counts[index] += 1
+        sizes._sum = total
+        sizes._version += 1
+        late = self.lateness
+        index = bisect_left(late.bounds, lateness)
+        total = late._sum + lateness
+        late._version += 1
+        late._counts[index] += 1
+        late._sum = total
+        late._version += 1
 
     def cancelled(self) -> None:
         """An item in flight was abandoned."""
