@@ -218,6 +218,8 @@ class QueueMetrics:
         return self._families(samples=True)
 
     def _families(self, samples: bool) -> Iterator[Metric]:
+        # ``_created`` samples follow prometheus_client's own switch (PROMETHEUS_DISABLE_CREATED_SERIES,
+        # disable_created_metrics()), as its Counter and Histogram objects do
         created = self.created if _prometheus_metrics._use_created else None
         for name, documentation, value in (
             ("messages_enqueued", "Messages accepted by enqueue.", self.enqueued),

@@ -360,3 +360,18 @@ def test_a_scrape_gives_up_on_an_observation_that_never_finishes() -> None:
     histogram._version += 1  # its writer was interrupted inside observe() and never came back
     histogram._counts[1] += 1
     assert histogram.snapshot() == ([1, 1], 0.5)
+
+
+def test_created_samples_follow_prometheus_clients_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prometheus_client.metrics
+
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", False)  # what disable_created_metrics() sets
+    registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    QueueMetrics(registry).delivered(item(2), "full", 0.01)
+    reference = Reference(reference_registry)
+    reference.delivered.inc(2)
+    reference.batches.labels("full").inc()
+    reference.batch_size.observe(2)
+    reference.lateness.observe(0.01)
+    assert not [name for name, _ in samples(registry, created=True) if name.endswith("_created")]
+    assert exposition(registry) == exposition(reference_registry)
