@@ -339,7 +339,8 @@ def test_a_scrape_waits_out_an_observation_half_written_on_another_thread(monkey
     real_sleep = time.sleep
 
     def sleep(seconds: float) -> None:
-        waiting.set()
+        if threading.current_thread() is reader:
+            waiting.set()
         real_sleep(seconds)
 
     monkeypatch.setattr(time, "sleep", sleep)
