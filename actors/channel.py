@@ -393,7 +393,7 @@ class ChannelActor(Dispatcher):
         if self._persistence is not None and self._stored_ids and (
             not self._ids_exact or self._stored_ids != len(remembered)
         ):
-            # The stored list holds ids that expired: it becomes what is handed over, before the offer goes
+            # The stored list may hold ids that expired: it becomes what is handed over before the offer goes
             # out, so that the next actor's appends follow it and a restart loads no more than that.
             wall = time.time() - now
             ids = tuple(SeenId(i, at + wall) for i, at in remembered)

@@ -40,12 +40,13 @@ class Node:
         self.server = server
         self.current: Harness | None = None
 
-    def start(self, window: float = 30.0, max_batch_size: int = 10) -> Harness:
+    def start(self, window: float = 30.0, max_batch_size: int = 10, idle_timeout: float = 60.0) -> Harness:
         self.stop()
         port = free_port() if self.base == TCP_BASE else None
         running = start_system(
             self.base,
             BatchSettings(window=window, max_batch_size=max_batch_size),
+            idle_timeout=idle_timeout,
             admin_port=port,
             redis_url=self.server.url,
             timeout=20,
