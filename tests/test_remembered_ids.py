@@ -95,6 +95,26 @@ def test_prune_keeps_exactly_the_unexpired_ids(handed: dict[str, list[float]], n
     assert next_empty == (min(ids[-1][1] + TTL for ids in expected.values()) if expected else None)
 
 
+message_ids = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=64).filter(
+    lambda text: len(text.encode("utf-8")) <= 256
+)
+
+
+@given(st.lists(st.tuples(message_ids, st.floats(0.0, 1e6)), min_size=1, max_size=20))
+def test_any_valid_ids_and_times_come_back_exactly_as_handed_over(handed: list[tuple[str, float]]) -> None:
+    kept = RememberedIds()
+    kept.keep("c", tuple(handed), 0.0, 1e9)
+    assert kept.peek("c") == tuple(handed) and kept.ids == len(handed)
+    assert kept.take("c") == tuple(handed) and kept.ids == 0
+
+
+def test_ids_at_the_length_limit_and_beyond_ascii_come_back_intact() -> None:
+    kept = RememberedIds()
+    ids = (("é" * 128, 1.0), ("✓ done", 2.0), ("\x00", 3.0), ("x" * 256, 4.0))
+    kept.keep("c", ids, 5.0, TTL)
+    assert kept.take("c") == ids
+
+
 def test_the_ids_of_a_passivation_are_checked_naming_the_rule() -> None:
     assert _checked_ids((("m1", 1.5), ("m2", 2))) == (("m1", 1.5), ("m2", 2))
     cases: list[tuple[object, str]] = [
