@@ -95,7 +95,7 @@ def test_prune_keeps_exactly_the_unexpired_ids(handed: dict[str, list[float]], n
     assert next_empty == (min(ids[-1][1] + TTL for ids in expected.values()) if expected else None)
 
 
-message_ids = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=64).filter(
+message_ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=64).filter(
     lambda text: len(text.encode("utf-8")) <= 256
 )
 
