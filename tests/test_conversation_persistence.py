@@ -78,30 +78,6 @@ def stored_ids(client: redis.Redis, channel: str) -> list[str]:
     return [s.message_id for s in stored(client, keys.SEEN_IDS, channel) if isinstance(s, SeenId)]
 
 
-def test_a_passivated_channels_stored_ids_are_neither_lost_nor_stored_twice(node: Node, client: redis.Redis) -> None:
-    h = node.start(window=0.01, idle_timeout=0.1)
-    p = h.processor()
-    h.attach(p)
-    h.enqueue(msg("c", "a", "m1"), msg("c", "b", "m2"))
-    h.wait_for(p, count=1)
-    h.eventually(lambda: "c" not in h.live_channels(), "the channel passivated holding its ids")
-    assert stored_ids(client, "c") == ["m1", "m2"]
-    # its next actor got them back from the Supervisor: it drops the duplicate and stores only the new id
-    h.enqueue(msg("c", "a (retry)", "m1"), msg("c", "c", "m3"))
-    h.wait_for(p, count=2)
-    assert h.stats("c").duplicates == 1
-    h.eventually(lambda: "c" not in h.live_channels(), "the channel passivated again")
-    assert stored_ids(client, "c") == ["m1", "m2", "m3"]
-    h = node.start(window=0.01)  # a restart loads them from Redis
-    p = h.processor()
-    h.attach(p)
-    h.enqueue(msg("c", "b (retry)", "m2"), msg("c", "d", "m4"))
-    events = [e for e in h.wait_for(p, count=1) if isinstance(e, BatchReady)]
-    assert [[m.text for m in e.item.payload.messages] for e in events] == [["d"]]  # type: ignore[union-attr]
-    assert h.stats("c").duplicates == 1
-    assert stored_ids(client, "c") == ["m1", "m2", "m3", "m4"]
-
-
 def test_a_passivating_channel_leaves_only_its_unexpired_ids_in_redis(node: Node, client: redis.Redis) -> None:
     h = node.start(window=0.01, idle_timeout=0.1)
     assert h.ask(ConfigureChannel("c", BatchSettings(window=0.01, dedupe_ttl=0.3)), ChannelConfigured)
