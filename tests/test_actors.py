@@ -8,6 +8,7 @@ On the TCP base every system is checked, after its shutdown, to have left no pro
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
@@ -453,6 +454,22 @@ def test_a_channel_that_remembers_message_ids_passivates_and_its_next_actor_drop
     events = deliveries(mq.wait_for(proc, count=2))
     assert [texts(e) for e in events] == [["a", "b"], ["c"]]
     mq.stats_when("c1", lambda s: (s.duplicates, s.processed) == (2, 2), "two duplicates dropped and counted")
+
+
+def test_an_id_that_expired_while_its_channel_was_passivated_is_accepted_again(launch: Launch) -> None:
+    mq = launch(window=0.05, idle_timeout=0.1)
+    assert mq.ask(ConfigureChannel("c1", BatchSettings(window=0.05, dedupe_ttl=0.5)), ChannelConfigured)
+    proc = mq.processor()
+    mq.attach(proc)
+    accepted = time.monotonic()
+    mq.enqueue(message("c1", "a", message_id="m1"))
+    mq.wait_for(proc, count=1)
+    mq.eventually(lambda: "c1" not in mq.live_channels(), "c1 passivated")
+    mq.eventually(lambda: time.monotonic() > accepted + 0.5, "the id's dedupe_ttl passed")
+    mq.enqueue(message("c1", "a again", message_id="m1"))
+    events = deliveries(mq.wait_for(proc, count=2))
+    assert [texts(e) for e in events] == [["a"], ["a again"]]
+    assert mq.stats("c1").duplicates == 0
 
 
 def test_a_channel_with_work_does_not_passivate(launch: Launch) -> None:

@@ -105,22 +105,6 @@ def test_a_channel_holding_ids_passivates_and_its_next_actor_still_drops_a_dupli
     assert mq.stats("c1").duplicates == 2
 
 
-def test_an_id_that_expired_while_its_channel_was_passivated_is_accepted_again(launch: Launch) -> None:
-    mq = launch(window=0.01, idle_timeout=0.05)
-    configure(mq, "c1", window=0.01, dedupe_ttl=0.3)
-    proc = mq.processor()
-    mq.attach(proc)
-    accepted = time.monotonic()
-    mq.enqueue(message("c1", "hello", "m1"))
-    mq.wait_for(proc, count=1)
-    mq.eventually(lambda: "c1" not in mq.live_channels(), "the channel passivated")
-    mq.eventually(lambda: time.monotonic() > accepted + 0.3, "the id's dedupe_ttl passed")
-    mq.enqueue(message("c1", "hello again", "m1"))
-    events = deliveries(mq.wait_for(proc, count=2))
-    assert [texts(e) for e in events] == [["hello"], ["hello again"]]
-    assert mq.stats("c1").duplicates == 0
-
-
 def test_interrupt_cancels_the_item_in_flight_and_delivers_its_messages_first(launch: Launch) -> None:
     mq = launch(window=0.02)
     configure(mq, "c1", window=0.02, busy_policy="interrupt")
