@@ -53,6 +53,7 @@ from actors.journal import (
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
+    ClearRetry,
     Durable,
     FinishInFlight,
     Op,
@@ -134,7 +135,7 @@ class ChannelActor(Dispatcher):
         self._last_activity = 0.0
         self._observer: ActorAddress | None = None
         self._reported: int | None = None  # the waiting count last sent to the observer
-        self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
+        self._early: list[tuple[object, ActorAddress]] | None = None  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: ActorAddress | None = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
@@ -149,6 +150,8 @@ class ChannelActor(Dispatcher):
         if self._core is None and not isinstance(message, (ChannelInit, ActorSystemMessage)):
             # On the TCP base, ChannelInit waits until every address it carries (the Timer's, just created)
             # is usable, and the Supervisor's next messages can overtake it: keep them until it comes.
+            if self._early is None:
+                self._early = []
             self._early.append((message, sender))
             return
         super().receiveMessage(message, sender)
@@ -186,8 +189,8 @@ class ChannelActor(Dispatcher):
         if msg.processor is not None:
             effects += self._core.attach(self.clock())
         self._settle(effects)
-        early, self._early = self._early, []
-        for message, origin in early:
+        early, self._early = self._early, None
+        for message, origin in early or ():
             self.receiveMessage(message, origin)
 
     def _restore(self, snapshot: ChannelSnapshot) -> list[Effect]:
@@ -559,6 +562,8 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         ops.append(TakeHead(channel_id))
     elif isinstance(effect, (DeliveryFinished, DeliveryCancelled)):
         ops.append(FinishInFlight(channel_id))
+        if effect.item.attempt > 1:  # a retried item may have a stored wait (a RetryScheduled after sets it again)
+            ops.append(ClearRetry(channel_id))
     elif isinstance(effect, QueueCleared):
         ops.append(ClearQueue(channel_id))
     elif isinstance(effect, IdRemembered):

@@ -75,7 +75,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class EnqueueChecked:
-    """In-process driver -> Supervisor: messages already checked with ``protocol.limits.validate_message``, in
+    """In-process driver -> Supervisor: messages already checked with ``protocol.validation.validate_message``, in
     order, each with the time it was accepted (``arrived``, on the system's clock: its batching window counts
     from then). Routed without checking them again, so it cannot be pickled: it never comes from another
     process. With ``ack``, the Supervisor answers ``Enqueued`` once they are all durable (at once without

@@ -49,7 +49,7 @@ from actors.journal import (
 from actors.remembered import RememberedIds
 from actors.timer import Timer
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
+from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import (
     BatchFlushed,
     BatchHeld,
@@ -94,6 +94,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, QueuedMessage
 
 if TYPE_CHECKING:

@@ -21,8 +21,8 @@ from message_queue import scripts
 from protocol import codec
 from protocol.errors import InvalidInput, InvalidSettings
 from protocol.keys import DIST_SEQ_FLOOR, DIST_STATE, INBOUND_STREAM, channel_tag, dist_key_of_tag
-from protocol.limits import validate_payload
 from protocol.stream import InboundBatch
+from protocol.validation import validate_payload
 from protocol.values import MessageBatch
 
 if TYPE_CHECKING:

@@ -19,7 +19,8 @@ from message_queue.distributed import DistributedQueue
 from message_queue.local import Callback, LocalQueue, check_callback
 from message_queue.redis_url import url_of_client
 from protocol.errors import InvalidSettings
-from protocol.limits import check_seconds, validate_channel_id, validate_message, validate_payload
+from protocol.limits import check_seconds, validate_channel_id
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage
 
 if TYPE_CHECKING:

@@ -97,14 +97,19 @@ async def run(redis: Redis, name: str, keys: Sequence[Key], args: Sequence[Arg])
 
 
 def settings_argument(settings: BatchSettings) -> bytes:
-    """``settings`` as the append script takes them:
-    ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>`` (times rounded to the
-    ms; a max_wait or dedupe_ttl above 0 but below 1 ms counts as 1 ms)."""
+    """``settings`` as the append script takes them: ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0
+    batching>:<dedupe_ttl ms, 0: off>:<max_queued>:<overflow: r, o or n>`` (times rounded to the ms; a
+    max_wait or dedupe_ttl above 0 but below 1 ms counts as 1 ms; overflow reject, drop_oldest, drop_newest)."""
     window_ms = round(settings.window * 1000)
     max_wait_ms = max(1, round(settings.max_wait * 1000)) if settings.max_wait is not None else 0
     dedupe_ms = max(1, round(settings.dedupe_ttl * 1000)) if settings.dedupe_ttl > 0 else 0
     batching = "1" if settings.batching else "0"
-    return f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}:{dedupe_ms}".encode()
+    overflow = _OVERFLOW_CODES[settings.overflow]
+    return (f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}:{dedupe_ms}:{settings.max_queued}:"
+            f"{overflow}").encode()
+
+
+_OVERFLOW_CODES = {"reject": "r", "drop_oldest": "o", "drop_newest": "n"}
 
 
 def append_call(stream: str, node_key: str, maxlen: int, by: Arg, first: int, idle_ms: int,

@@ -9,7 +9,7 @@ import pytest
 from actors.batching import MAX_REMEMBERED_IDS, ChannelCore, Deliver, MessageRejected
 from protocol.codec import decode, encode
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.limits import validate_message
+from protocol.validation import validate_message
 from protocol.values import BatchSettings, ChannelStatistics, MessageBatch, QueuedMessage, QueueItem
 
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)

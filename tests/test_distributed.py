@@ -297,7 +297,7 @@ def test_a_replayed_append_is_applied_once(redis_srv: RedisServer) -> None:
 
             entry = (keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag),
                      keys.dist_key_of_tag(keys.DIST_IDS, tag), codec.encode(msg("c", "once")), "c", tag,
-                     "30000:0:10:1:0", "")
+                     "30000:0:10:1:0:10000:r", "")
             call_keys, args = scripts.append_call(keys.INBOUND_STREAM, keys.dist_node_key("n1"), 0, "n1/append", 7,
                                                   60_000, [entry])
             first = reply(await scripts.run(admin, scripts.APPEND, call_keys, args))

@@ -48,7 +48,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from redis_support import REDIS_SERVER, redis_server, reply
 
-from actors.batching import ChannelCore, Deliver, Effect
+from actors.batching import ChannelCore, Deliver, Effect, MessageRejected, MessagesDropped
 from message_queue import scripts
 from protocol import codec
 from protocol.keys import DIST_IDS, DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
@@ -81,13 +81,16 @@ class Rules:
     cap: int
     batching: bool = True
     dedupe: int = 0
+    max_queued: int = 10_000
+    overflow: str = "reject"
 
     def core(self) -> BatchSettings:
-        return BatchSettings(self.window, self.cap, self.max_wait or None, self.batching, dedupe_ttl=self.dedupe)
+        return BatchSettings(self.window, self.cap, self.max_wait or None, self.batching, dedupe_ttl=self.dedupe,
+                             max_queued=self.max_queued, overflow=self.overflow)
 
     def argument(self) -> bytes:
         seconds = BatchSettings(self.window / 1000, self.cap, self.max_wait / 1000 or None, self.batching,
-                                dedupe_ttl=self.dedupe / 1000)
+                                dedupe_ttl=self.dedupe / 1000, max_queued=self.max_queued, overflow=self.overflow)
         return scripts.settings_argument(seconds)
 
 
@@ -132,6 +135,8 @@ rules = st.builds(
     cap=st.integers(1, 5),
     batching=st.sampled_from([True, True, True, True, False]),
     dedupe=st.sampled_from([0, 2000, 2000, 3000, 600_000]),
+    max_queued=st.sampled_from([10_000, 10_000, 1, 2, 3, 4]),
+    overflow=st.sampled_from(["reject", "drop_oldest", "drop_newest"]),
 )
 message_ids = st.sampled_from(["", "", "a", "b", "c", "d"])
 
@@ -188,16 +193,23 @@ class CoreSide:
                 pending.extend(core.finish(effect.delivery_id))
 
     def append(self, msg: QueuedMessage, now: int) -> int:
-        """enqueue then tick; returns what the append script answers: the deadline, -1 (published), or -3 (a
-        duplicate, dropped)."""
+        """enqueue then tick; returns what the append script answers: the deadline, -1 (published), -3 (a
+        duplicate, dropped), -4 (refused: max_queued, overflow reject) or -5 (dropped: overflow drop_newest)."""
         core = self.cores[CHANNELS.index(msg.channel_id)]
         duplicates = core.statistics().duplicates
-        self.take(core, core.enqueue(msg, now))
+        effects = core.enqueue(msg, now)
         dropped = core.statistics().duplicates > duplicates
+        refused = any(isinstance(e, MessageRejected) and e.error == "QueueFull" for e in effects)
+        newest = any(isinstance(e, MessagesDropped) and e.messages == (msg,) for e in effects)
+        self.take(core, effects)
         self.take(core, core.tick(now))
         deadline = core.deadline
         if dropped:
             return -3
+        if refused:
+            return -4
+        if newest:
+            return -5
         return -1 if deadline is None else int(deadline)
 
     def front(self, index: int, payload: Payload, now: int) -> None:
@@ -221,6 +233,9 @@ class CoreSide:
 
     def duplicates(self) -> list[int]:
         return [core.statistics().duplicates for core in self.cores]
+
+    def overflow_counts(self) -> list[tuple[int, int]]:
+        return [(s.rejected_full, s.dropped_overflow) for s in (core.statistics() for core in self.cores)]
 
 
 class ScriptSide:
@@ -300,6 +315,12 @@ class ScriptSide:
             pipe.hget(self.keys_of(i)[1], "d")
         return [int(n or 0) for n in pipe.execute()]
 
+    def overflow_counts(self) -> list[tuple[int, int]]:
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(len(CHANNELS)):
+            pipe.hmget(self.keys_of(i)[1], "rf", "do")
+        return [(int(rf or 0), int(do or 0)) for rf, do in pipe.execute()]
+
 
 # -- the test ------------------------------------------------------------------------------------------------
 
@@ -347,6 +368,7 @@ def run_both(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) 
         assert lua.new_entries() == published, where
         assert lua.open_sizes() == core.open_sizes(), where
         assert lua.duplicates() == core.duplicates(), where
+        assert lua.overflow_counts() == core.overflow_counts(), where
     assert core.open_sizes() == [0] * len(CHANNELS)
 
 
@@ -391,6 +413,25 @@ def run_both(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) 
     plan=[(0, Messages((0,), ("a",))), (0, Configure(0, Rules(window=10, max_wait=0, cap=5))),
           (5, Messages((0,), ("a",))), (0, Configure(0, Rules(window=10, max_wait=0, cap=5, dedupe=2000))),
           (5, Messages((0,), ("a",)))],
+)
+# max_queued: a full open batch refuses a message, or drops its first or the new one; an overdue full batch
+# still counts (the core checks the cap before it closes it), and dropping the only message of a batch opens
+# a new one.
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5, max_queued=2),) * 3,
+    plan=[(0, Messages((0, 0, 0))), (30, Messages((0,))), (0, FlushDue())],
+)
+@example(
+    initial=(Rules(window=10, max_wait=20, cap=5, max_queued=2, overflow="drop_oldest"),) * 3,
+    plan=[(0, Messages((0, 0))), (5, Messages((0,))), (30, Messages((0,))), (0, FlushDue())],
+)
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5, max_queued=1, overflow="drop_oldest"),) * 3,
+    plan=[(0, Messages((0,))), (30, Messages((0,))), (5, Messages((0,))), (0, FlushDue())],
+)
+@example(
+    initial=(Rules(window=10, max_wait=0, cap=5, max_queued=2, overflow="drop_newest"),) * 3,
+    plan=[(0, Messages((0, 0, 0))), (0, FlushDue())],
 )
 def test_the_scripts_batch_as_the_core_does(client: redis.Redis, initial: tuple[Rules, ...], plan: list[Step]) -> None:
     run_both(client, initial, plan)

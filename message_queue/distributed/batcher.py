@@ -27,7 +27,7 @@ from message_queue.distributed.options import NodeOptions, NodeStatistics
 from message_queue.distributed.replies import connection_errors, reply_bytes, reply_int, reply_str
 from message_queue.distributed.settings import ChannelSettings
 from protocol import codec
-from protocol.errors import StoreUnavailable
+from protocol.errors import QueueFull, StoreUnavailable
 from protocol.keys import DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
 from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
 
@@ -48,7 +48,7 @@ class DistributedBatcher:
     and finally :meth:`drain` (wait until this node's work is done) and :meth:`close`.
 
     Messages given to :meth:`submit`/:meth:`append` must already be checked
-    (:func:`protocol.limits.validate_message`).
+    (:func:`protocol.validation.validate_message`).
     """
 
     def __init__(self, redis: Redis, settings: BatchSettings, options: NodeOptions | None = None) -> None:
@@ -86,6 +86,8 @@ class DistributedBatcher:
         self._published_front = 0
         self._failed = 0
         self._duplicates = 0
+        self._rejected_full = 0  # appends refused: the open batch held max_queued (overflow reject)
+        self._dropped_overflow = 0  # appends dropped for the same reason (overflow drop_newest)
         self.on_progress: Callable[[], None] | None = None  # called on the loop after each answered pipeline
         # Called on the loop with the seconds each script pipeline took (metrics); None: not measured.
         self.on_script_seconds: Callable[[float], None] | None = None
@@ -158,6 +160,8 @@ class DistributedBatcher:
             pending=len(self._ops) + self._in_flight,
             armed=len(self._armed),
             duplicates=self._duplicates,
+            rejected_full=self._rejected_full,
+            dropped_overflow=self._dropped_overflow,
         )
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -436,6 +440,14 @@ class DistributedBatcher:
                 self._published_on_append += 1
             if outcome == -3:  # a duplicate: dropped, nothing stored
                 self._duplicates += 1
+            elif outcome == -4:  # the open batch holds max_queued messages: refused (overflow reject)
+                self._rejected_full += 1
+                if not op.future.done():
+                    op.future.set_exception(QueueFull(
+                        f"channel {op.channel!r} holds max_queued messages in its open batch (overflow reject)"))
+                continue
+            elif outcome == -5:  # the same, dropped (overflow drop_newest)
+                self._dropped_overflow += 1
             else:
                 self._appended += 1  # -2: stored by an earlier send of this call, whose answer was lost
             if not op.future.done():

@@ -87,3 +87,5 @@ class NodeStatistics:
     pending: int  # operations accepted and not answered yet
     armed: int  # deadlines this node's timers wait for
     duplicates: int = 0  # appended messages dropped: their message_id was accepted within dedupe_ttl
+    rejected_full: int = 0  # appends refused with QueueFull: the open batch held max_queued (overflow reject)
+    dropped_overflow: int = 0  # appends dropped because the open batch held max_queued (overflow drop_newest)

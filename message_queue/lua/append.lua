@@ -3,11 +3,14 @@
 -- KEYS: deadlines, stream, node, seq floor, then per message: msgs, state, ids (of its channel)
 -- ARGV: maxlen, by, number of the first operation, node key ttl ms, idle ttl ms (of a channel's state), most
 --       message ids a channel remembers, then per message: frame, channel id, tag, settings
---       "<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>", message id (empty:
---       none), [then the time now in ms (a test's fake clock; see common.lua)]
+--       "<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>:<max_queued>:<overflow
+--       r (reject) | o (drop_oldest) | n (drop_newest)>", message id (empty: none), [then the time now in ms (a
+--       test's fake clock; see common.lua)]
 -- Returns "<now>,<r1>,<r2>,..." (server ms), one r per message: a deadline (> 0): the batch stays open until
 -- then (the caller arms a timer for it); -1: the message was published (cap reached, batching off, or no
--- window); -2: this operation was applied before (a replayed pipeline), nothing done; -3: a duplicate, dropped.
+-- window); -2: this operation was applied before (a replayed pipeline), nothing done; -3: a duplicate, dropped;
+-- -4: refused, the open batch holds max_queued messages (overflow reject); -5: dropped for the same reason
+-- (overflow drop_newest).
 --
 -- Operations of one node are numbered 1, 2, 3, ... and sent in order; the node's key holds the last number
 -- applied. A pipeline sent again after a lost connection (the client cannot know whether it ran) is then
@@ -17,9 +20,16 @@
 -- already reached closes the batch at once): an open batch whose deadline has passed closes first (by time),
 -- then the message is dropped as a duplicate, or joins the open batch or opens one.
 --
+-- Caps: the messages waiting on a channel are those of its open batch (a published batch belongs to the
+-- stream's consumers), an overdue one included (ChannelCore counts it until it closes, which comes after the
+-- check). A message that finds max_queued of them is refused (counted in the state's "rf"), or the open
+-- batch's first message is dropped (drop_oldest; the batch keeps its deadline) or the new one
+-- (drop_newest), counted in "do".
+--
 -- Duplicates: the ids key of a channel (sorted set: message id -> when accepted, ms) holds the ids it accepted
 -- less than dedupe_ttl ago. A message whose non-empty id is there is dropped and counted in the state's "d";
--- otherwise its id is added, the oldest beyond the bound are forgotten (among ids accepted in the same ms, in
+-- otherwise, once the message is accepted (not refused or dropped by the cap), its id is added (the duplicate
+-- check comes first, as in ChannelCore.enqueue), the oldest beyond the bound are forgotten (among ids accepted in the same ms, in
 -- the set's member order), and the key expires dedupe_ttl after its newest id.
 local deadlines, stream, node, floor = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, by, first_op, ttl, idle = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -29,19 +39,33 @@ local now = now_ms(6 + 5 * count + 1)
 local out = {int(now)}
 local last_op = tonumber(redis.call('GET', node) or '0')
 
+-- Count ``field`` of the channel's state; a state hash with no open batch must keep expiring.
+local function count_in(state, field)
+  redis.call('HINCRBY', state, field, 1)
+  if redis.call('HEXISTS', state, 'o') == 0 then
+    redis.call('PEXPIRE', state, idle)
+  end
+end
+
 -- True when ``id`` was accepted on the channel less than ``dedupe`` ms ago (then it is counted as a
--- duplicate); otherwise remember it as accepted now. Nothing is checked for an empty id or dedupe 0.
+-- duplicate). Nothing is checked for an empty id or dedupe 0.
 local function duplicate(ids, state, id, dedupe)
   if id == '' or dedupe == 0 then
     return false
   end
   redis.call('ZREMRANGEBYSCORE', ids, '-inf', int(now - dedupe))
   if redis.call('ZSCORE', ids, id) then
-    redis.call('HINCRBY', state, 'd', 1)
-    if redis.call('HEXISTS', state, 'o') == 0 then
-      redis.call('PEXPIRE', state, idle)  -- the count may have made the state hash: it must expire
-    end
+    count_in(state, 'd')
     return true
+  end
+  return false
+end
+
+-- Remember ``id`` as accepted now (a message refused or dropped by max_queued is not: a retry of it is
+-- accepted); the oldest beyond the bound are forgotten.
+local function remember(ids, id, dedupe)
+  if id == '' or dedupe == 0 then
+    return
   end
   redis.call('ZADD', ids, int(now), id)
   local n = redis.call('ZCARD', ids)
@@ -49,26 +73,52 @@ local function duplicate(ids, state, id, dedupe)
     redis.call('ZREMRANGEBYRANK', ids, 0, n - max_ids - 1)
   end
   redis.call('PEXPIRE', ids, int(dedupe))
-  return false
 end
 
 local function append(msgs, state, ids, frame, channel, tag, settings, id)
-  local w, mw, cap, batching, dedupe = string.match(settings, '^(%d+):(%d+):(%d+):([01]):(%d+)$')
+  local w, mw, cap, batching, dedupe, max_queued, overflow =
+    string.match(settings, '^(%d+):(%d+):(%d+):([01]):(%d+):(%d+):([ron])$')
   -- A batch past its deadline (its node's timer has not fired yet, or the node is gone) does not take this
-  -- message: it closes now, and the message opens the next batch.
+  -- message: it closes now (after the cap is checked), and the message opens the next batch.
   local due = redis.call('ZSCORE', deadlines, tag)
+  local overdue = due and tonumber(due) <= now
+  local refused = nil
+  if duplicate(ids, state, id, tonumber(dedupe)) then
+    refused = -3
+  else
+    local waiting = redis.call('LLEN', msgs)
+    if waiting >= tonumber(max_queued) then
+      if overflow == 'r' then
+        count_in(state, 'rf')
+        refused = -4
+      else
+        count_in(state, 'do')
+        if overflow == 'n' then
+          refused = -5
+        else
+          redis.call('LPOP', msgs)
+          if waiting == 1 then  -- the open batch is gone: the message opens the next one
+            redis.call('HDEL', state, 'o', 'l')
+            redis.call('ZREM', deadlines, tag)
+            overdue = false
+          end
+        end
+      end
+    end
+  end
   local closed, closed_seq = false, nil
-  if due and tonumber(due) <= now then
+  if overdue then
     due = tonumber(due)
     closed_seq = select(2, flush(msgs, state, floor, deadlines, stream, maxlen, tag, nil, due, now, by, nil, due))
     closed = true
   end
-  if duplicate(ids, state, id, tonumber(dedupe)) then
+  if refused then
     if closed then
       rest(state, floor, closed_seq, idle)  -- nothing is left open
     end
-    return -3
+    return refused
   end
+  remember(ids, id, tonumber(dedupe))
   if batching ~= '1' then
     -- Batching is off: what is open goes first, then the message alone.
     flush(msgs, state, floor, deadlines, stream, maxlen, tag, 'settings', 0, now, by, nil)
