@@ -89,18 +89,19 @@ def test_a_message_id_seen_before_is_dropped_and_counted(launch: Launch) -> None
     assert mq.stats("c1").duplicates == 1
 
 
-def test_a_channel_holding_ids_does_not_passivate_until_they_expire(launch: Launch) -> None:
+def test_a_channel_holding_ids_passivates_and_its_next_actor_still_drops_a_duplicate(launch: Launch) -> None:
     mq = launch(window=0.01, idle_timeout=0.05)
-    configure(mq, "c1", window=0.01, dedupe_ttl=1.0)
+    configure(mq, "c1", window=0.01, dedupe_ttl=600.0)
     proc = mq.processor()
     mq.attach(proc)
-    mq.enqueue(message("c1", "hello", "m1"))
+    mq.enqueue(message("c1", "hello", "m1"), message("c1", "there", "m2"))
     mq.wait_for(proc, count=1)
-    mq.let_pass(0.2)  # four idle timeouts
-    assert "c1" in mq.live_channels(), "the channel passivated while it held an unexpired id"
-    mq.enqueue(message("c1", "hello (retry)", "m1"))
-    assert mq.stats("c1").duplicates == 1
-    mq.eventually(lambda: "c1" not in mq.live_channels(), "the channel passivated once its ids expired")
+    mq.eventually(lambda: "c1" not in mq.live_channels(), "the channel passivated holding unexpired ids")
+    assert mq.ask(Enqueue(message("c1", "hello (retry)", "m1"), ack=True), Enqueued) == Enqueued(1)
+    mq.enqueue(message("c1", "there (retry)", "m2"), message("c1", "next", "m3"))
+    events = deliveries(mq.wait_for(proc, count=2))
+    assert [texts(e) for e in events] == [["hello", "there"], ["next"]]
+    assert mq.stats("c1").duplicates == 2
 
 
 def test_interrupt_cancels_the_item_in_flight_and_delivers_its_messages_first(launch: Launch) -> None:
