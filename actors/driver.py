@@ -94,9 +94,11 @@ class InProcessDriver:
         idle_timeout: float = 60.0,
         redis_url: str = "",
         allow_volatile_redis: bool = False,
+        config_ttl: float | None = None,
     ) -> None:
         self._on_output = on_output
         self._redis_url = redis_url
+        self._config_ttl = config_ttl  # with redis_url: the settings hash is read (see ConfigureSystem)
         self._allow_volatile_redis = allow_volatile_redis
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
@@ -137,7 +139,7 @@ class InProcessDriver:
         assert self._system is not None
         configure = ConfigureSystem(
             self._settings, self._idle_timeout, self._redis_url, self._allow_volatile_redis, io=self._io,
-            redis_write_seconds=self.on_redis_write,
+            redis_write_seconds=self.on_redis_write, config_ttl=self._config_ttl,
         )
         try:
             reply = self.call(configure).result(timeout)

@@ -125,6 +125,9 @@ class ConfigureSystem:
     io: Io | None = None  # persistence runs its Redis calls here (None: inline, blocking its actor)
     redis_write_seconds: Callable[[float], None] | None = None  # gets each persistence write's duration
     report_redis_writes: bool = False  # send RedisWriteTimes to the sender (a callable cannot cross processes)
+    # With redis_url: how long a channel's settings read from its settings hash are used (seconds); a message
+    # for a channel whose last read is older waits for a fresh read. None: the hash is not read.
+    config_ttl: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from protocol.errors import UnsafeRedis
-from protocol.values import DeadLetter, OpenEntry, QueueItem, SeenId
+from protocol.values import BatchSettings, DeadLetter, OpenEntry, QueueItem, SeenId
 
 if TYPE_CHECKING:
     from thespian.actors import ActorAddress
@@ -203,6 +203,24 @@ class StoreFailed:
 
     error: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSettings:
+    """Supervisor -> RedisPersistence: read the channel's settings hash over ``base`` (its settings without
+    the hash: given with ``configure``, or the defaults). Reply ``SettingsRead``."""
+
+    channel_id: str
+    base: BatchSettings
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsRead:
+    """RedisPersistence -> Supervisor: the channel's settings with its hash applied; None when Redis could not
+    be read (the channel keeps what it has)."""
+
+    channel_id: str
+    settings: BatchSettings | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,8 +88,10 @@ class LoopDriver:
         allow_volatile_redis: bool = False,
         clock: Clock = time.monotonic,
         turn_seconds: float = _TURN_SECONDS,
+        config_ttl: float | None = None,
     ) -> None:
         self._loop = loop
+        self._config_ttl = config_ttl  # with redis_url: the settings hash is read (see ConfigureSystem)
         self._on_output = on_output
         self._settings = settings or BatchSettings()
         self._idle_timeout = idle_timeout
@@ -147,6 +149,7 @@ class LoopDriver:
             alarm=self,
             io=self._io,
             redis_write_seconds=self.on_redis_write,
+            config_ttl=self._config_ttl,
         )
         reply: object = None
         try:

@@ -55,12 +55,15 @@ from actors.journal import (
     Op,
     OpenStore,
     Persist,
+    ReadSettings,
     RedisWriteTimes,
+    SettingsRead,
     StoreFailed,
     StoreOpened,
 )
 from actors.store import RedisStore
 from protocol.errors import InvalidInput, RedisDataLost, StoreLocked
+from protocol.keys import config_key
 from protocol.limits import validate_channel_id
 from protocol.messages import (
     BatchFlushed,
@@ -75,6 +78,7 @@ from protocol.messages import (
     Rejected,
     ResumeChannel,
 )
+from protocol.settings_hash import SettingsHash, text_of
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +136,13 @@ class _Answered:
     outcome: Outcome
 
 
+@dataclass(frozen=True, slots=True)
+class _SettingsFields:
+    outcome: Outcome  # the settings hash's fields, as text
+    request: ReadSettings
+    reply_to: ActorAddress
+
+
 @dataclass(slots=True)
 class _Pending:
     """The admin request at the Supervisor: what it asked, which reply answers it, and since when."""
@@ -187,6 +198,7 @@ class RedisPersistence(Dispatcher):
         self._control_after = b"0-0"  # the control stream's id read up to
         self._polling = False  # a poll is on its way
         self._requests: deque[ControlRequest] = deque()  # admin requests waiting for the Supervisor
+        self._settings_hash: SettingsHash | None = None  # parses settings hashes (warns once per bad value)
         self._pending: _Pending | None = None  # ... and the one at the Supervisor
         self._restoring = 0  # PauseChannel replies still due for the stored pauses
 
@@ -463,6 +475,34 @@ class RedisPersistence(Dispatcher):
             self.receiveMsg_ChannelPaused(ChannelPaused(msg.channel_id, False), sender)
             return
         self._reply(msg.channel_id, _NODE_COMMANDS_OF.get(msg.command, ()), None, error=msg.reason)
+
+    # -- the settings hash --------------------------------------------------------------------------------
+
+    def receiveMsg_ReadSettings(self, msg: ReadSettings, sender: ActorAddress) -> None:
+        store = self._store
+        if store is None:
+            self.send(sender, SettingsRead(msg.channel_id, None))
+            return
+        key = config_key(msg.channel_id)
+
+        def read() -> dict[str, str]:
+            raw: dict[Any, Any] = store.client.hgetall(key)
+            return {text_of(name): text_of(value) for name, value in raw.items()}
+
+        self._submit(read, lambda outcome: _SettingsFields(outcome, msg, sender))
+
+    def receiveMsg__SettingsFields(self, msg: _SettingsFields, sender: ActorAddress) -> None:
+        channel = msg.request.channel_id
+        exc = msg.outcome.error
+        if exc is not None:
+            log.warning("could not read the settings of %r from %r (%s: %s); it keeps the current ones", channel,
+                        config_key(channel), type(exc).__name__, exc, extra={"channel": channel})
+            self.send(msg.reply_to, SettingsRead(channel, None))
+            return
+        if self._settings_hash is None:
+            self._settings_hash = SettingsHash(msg.request.base)
+        settings = self._settings_hash.parse(channel, config_key(channel), msg.outcome.value, msg.request.base)
+        self.send(msg.reply_to, SettingsRead(channel, settings))
 
     # -- helpers ------------------------------------------------------------------------------------------
 

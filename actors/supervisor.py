@@ -43,6 +43,8 @@ from actors.journal import (
     ChannelSnapshot,
     LoadChannels,
     OpenStore,
+    ReadSettings,
+    SettingsRead,
     StoreFailed,
     StoreOpened,
 )
@@ -198,6 +200,12 @@ class Supervisor(Dispatcher):
         self._starting: tuple[ActorAddress, list[tuple[object, ActorAddress]]] | None = None
         self._clock: Clock = time.monotonic
         self._configure: ConfigureSystem | None = None
+        # The settings hash (persistence with config_ttl): when each channel's was last read, the settings read
+        # from it (over its override or the defaults), and the messages of channels waiting for a read.
+        self._config_ttl: float | None = None
+        self._config_read_at: dict[str, float] = {}
+        self._hash_settings: dict[str, BatchSettings] = {}
+        self._config_waiting: dict[str, list[object]] = {}
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -213,6 +221,11 @@ class Supervisor(Dispatcher):
         self._settings = msg.settings
         self._idle_timeout = msg.idle_timeout
         self._configure = msg
+        if msg.config_ttl is not None and not (msg.config_ttl >= 0 and msg.config_ttl != float("inf")):
+            self._reject(msg, "", InvalidInput(f"config_ttl must be a finite number >= 0, got {msg.config_ttl!r}"),
+                         sender)
+            return
+        self._config_ttl = msg.config_ttl if msg.redis_url else None
         if msg.clock is not None:
             self._clock = msg.clock
         if not msg.redis_url:
@@ -426,6 +439,9 @@ class Supervisor(Dispatcher):
         if not self._valid_channel(msg, msg.channel_id, sender):
             return
         self._overrides[msg.channel_id] = settings
+        if self._config_ttl is not None:  # the hash is read again, over the new settings, by the next message
+            self._config_read_at.pop(msg.channel_id, None)
+            self._hash_settings.pop(msg.channel_id, None)
         self._command(msg, sender, ChannelConfigured(msg.channel_id))
 
     def receiveMsg_GetStatistics(self, msg: GetStatistics, sender: ActorAddress) -> None:
@@ -525,7 +541,50 @@ class Supervisor(Dispatcher):
         self.send(self._timer_address(), ScheduleWake(at, WakeKind.FORGET))
 
     def _ttl_of(self, channel_id: str) -> float:
-        return self._overrides.get(channel_id, self._settings).dedupe_ttl
+        return self._settings_of(channel_id).dedupe_ttl
+
+    def _settings_of(self, channel_id: str) -> BatchSettings:
+        """The channel's settings: read from its settings hash, else given with ``configure``, else the
+        defaults."""
+        settings = self._hash_settings.get(channel_id)
+        if settings is None:
+            settings = self._overrides.get(channel_id, self._settings)
+        return settings
+
+    # -- the settings hash (persistence with config_ttl) ------------------------------------------------------
+
+    def _reads_settings_first(self, channel_id: str, msg: object) -> bool:
+        """Hold ``msg`` when the channel waits for a read of its settings hash, or when it is a message whose
+        channel's last read is older than ``config_ttl`` (then ask for one); True when held. What the channel
+        is sent meanwhile waits behind it, in order."""
+        waiting = self._config_waiting.get(channel_id)
+        if waiting is not None:
+            waiting.append(msg)
+            return True
+        if type(msg) is not EnqueueStamped:
+            return False
+        assert self._config_ttl is not None and self._persistence is not None
+        read_at = self._config_read_at.get(channel_id)
+        if read_at is not None and self._clock() - read_at < self._config_ttl:
+            return False
+        self._config_waiting[channel_id] = [msg]
+        self.send(self._persistence, ReadSettings(channel_id, self._overrides.get(channel_id, self._settings)))
+        return True
+
+    def receiveMsg_SettingsRead(self, msg: SettingsRead, sender: ActorAddress) -> None:
+        channel_id = msg.channel_id
+        waiting = self._config_waiting.pop(channel_id, [])
+        self._config_read_at[channel_id] = self._clock()
+        settings = msg.settings
+        if settings is not None and settings != self._settings_of(channel_id):
+            self._hash_settings[channel_id] = settings
+            if channel_id in self._routes:  # a channel spawned later starts with them
+                self._send_read_channel(channel_id, Routed(ConfigureChannel(channel_id, settings), self.myAddress))
+        for held in waiting:
+            self._send_read_channel(channel_id, held)
+
+    def receiveMsg_ChannelConfigured(self, msg: ChannelConfigured, sender: ActorAddress) -> None:
+        """A channel applied settings read from its hash: nothing to answer."""
 
     def on_stop(self) -> None:
         self._stopping = True
@@ -590,6 +649,9 @@ class Supervisor(Dispatcher):
 
     def _drop_route(self, channel_id: str) -> None:
         route = self._routes.pop(channel_id)
+        if self._config_ttl is not None:  # a passivated channel's next message reads its settings hash again
+            self._config_read_at.pop(channel_id, None)
+            self._hash_settings.pop(channel_id, None)
         key = _actor_key(route.address)
         if key is not None:
             del self._channel_of_actor[key]
@@ -614,7 +676,7 @@ class Supervisor(Dispatcher):
             route.address,
             ChannelInit(
                 channel_id,
-                self._overrides.get(channel_id, self._settings),
+                self._settings_of(channel_id),
                 self._timer_address(),
                 self._processor_for(channel_id),
                 self._idle_timeout,
@@ -637,6 +699,12 @@ class Supervisor(Dispatcher):
         return route
 
     def _send_channel(self, channel_id: str, msg: object) -> None:
+        if self._config_ttl is not None and self._reads_settings_first(channel_id, msg):
+            return
+        self._send_read_channel(channel_id, msg)
+
+    def _send_read_channel(self, channel_id: str, msg: object) -> None:
+        """Send ``msg`` to the channel's actor (spawned if needed), its settings hash read or not read."""
         route = self._routes.get(channel_id)
         if route is None:
             route = self._spawn(channel_id)

@@ -138,6 +138,7 @@ def start_system(
     clock: Clock | None = None,
     alarm: Alarm | None = None,
     report_redis_writes: bool = False,
+    config_ttl: float | None = None,
 ) -> RunningSystem:
     """Start an actor system on ``base``, create (or find) the Supervisor and configure it. With
     ``report_redis_writes`` the persistence actor sends ``RedisWriteTimes`` to this endpoint (metrics).
@@ -146,7 +147,9 @@ def start_system(
     restored before this returns (``timeout`` covers the restore); persistence's Redis calls run inline, in
     its actor. ``clock`` is the clock every actor reads (default ``time.monotonic``); with ``alarm`` (simple
     base only: it is called in this process) the Timer arms it instead of Thespian wakeups, and whoever owns it
-    sends the Timer ``Tick`` when a deadline has come (a test's fake time).
+    sends the Timer ``Tick`` when a deadline has come (a test's fake time). With ``redis_url`` and
+    ``config_ttl``, each channel's settings hash is read before its first message and again when a message
+    finds the last read older than ``config_ttl`` seconds.
 
     Raises:
         InvalidSettings: for an unsupported base, settings the Supervisor refuses, or (TCP base) an
@@ -159,7 +162,7 @@ def start_system(
     running = launch_system(base, admin_port=admin_port)
     configure = ConfigureSystem(
         settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, clock=clock, alarm=alarm,
-        report_redis_writes=report_redis_writes,
+        report_redis_writes=report_redis_writes, config_ttl=config_ttl,
     )
     reply = running.asys.ask(running.supervisor, configure, timeout)
     try:

@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from protocol.errors import InvalidSettings
 from protocol.keys import config_key
+from protocol.settings_hash import (
+    DISABLED_FIELD,
+    SETTING_FIELDS,
+    WINDOW_FIELD,
+    SettingsHash,
+    apply_settings,
+    as_text,
+    text_of,
+)
 from protocol.values import BatchSettings
 
 if TYPE_CHECKING:
@@ -33,51 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WINDOW_FIELD = "window"
-DISABLED_FIELD = "disabled"
-
-SETTING_FIELDS = (
-    "window", "max_batch_size", "max_wait", "busy_policy", "split_on_author", "disabled", "dedupe_ttl",
-    "max_attempts", "retry_backoff", "processing_timeout", "max_queued", "overflow", "max_age",
-)
-"""The per-channel settings ``MessageQueue.configure`` and the settings hash accept."""
-
-
-def apply_settings(base: BatchSettings, changes: dict[str, object]) -> BatchSettings:
-    """``base`` with ``changes`` (names of :data:`SETTING_FIELDS`, typed values; ``disabled`` is the negation
-    of ``BatchSettings.batching``).
-
-    Raises:
-        InvalidSettings: for an unknown name, or a value its setting refuses (naming the field and value).
-    """
-    fields: dict[str, object] = {}
-    for name, value in changes.items():
-        if name not in SETTING_FIELDS:
-            raise InvalidSettings(f"unknown setting {name!r}: the settings are {', '.join(SETTING_FIELDS)}")
-        if name == "disabled":
-            if not isinstance(value, bool):
-                raise InvalidSettings(f"disabled must be a bool, got {value!r}")
-            fields["batching"] = not value
-        else:
-            fields[name] = value
-    return replace(base, **fields)  # type: ignore[arg-type]  # each value is checked by BatchSettings
-
-
-def _parse_text(name: str, text: str) -> object:
-    """A hash field's text as the value its setting takes; raises ValueError when it is not one."""
-    flag = text.strip()
-    if name in ("disabled", "split_on_author"):
-        if flag not in ("1", "0", ""):
-            raise ValueError('"1" or "0"')
-        return flag == "1"
-    if name in ("max_batch_size", "max_attempts", "max_queued"):
-        return int(flag)
-    if name in ("max_wait", "processing_timeout", "max_age"):
-        return float(flag) if flag else None
-    if name in ("busy_policy", "overflow"):
-        return flag
-    return float(flag)
-
+__all__ = ["DISABLED_FIELD", "SETTING_FIELDS", "WINDOW_FIELD", "ChannelConfigReader", "apply_settings"]
 
 class ChannelConfigReader:
     """Reads one channel's settings from Redis, on top of ``defaults``.
@@ -93,7 +55,7 @@ class ChannelConfigReader:
         self._defaults = defaults
         self._timeout = timeout
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
-        self._warned: dict[tuple[str, str], str] = {}  # (channel, field) -> the bad value last warned about
+        self._parser = SettingsHash(defaults)
 
     async def read(self, channel_id: str, base: BatchSettings | None = None) -> BatchSettings | None:
         """The settings the channel's next batch should use (the hash's fields over ``base``, default: the
@@ -105,7 +67,7 @@ class ChannelConfigReader:
             log.warning("could not read batch settings from %r (%s: %s); keeping the current ones", key,
                         type(exc).__name__, exc)
             return None
-        fields = {_text(name): _text(value) for name, value in raw.items()}
+        fields = {text_of(name): text_of(value) for name, value in raw.items()}
         return self.parse(channel_id, key, fields, base)
 
     async def write(self, channel_id: str, changes: dict[str, object]) -> None:
@@ -116,7 +78,7 @@ class ChannelConfigReader:
             redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
         """
         key = config_key(channel_id)
-        fields = {name: _as_text(value) for name, value in changes.items()}
+        fields = {name: as_text(value) for name, value in changes.items()}
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(key)
         if fields:
@@ -127,55 +89,5 @@ class ChannelConfigReader:
         self, channel_id: str, key: str, fields: dict[str, str], base: BatchSettings | None = None
     ) -> BatchSettings:
         """Apply the hash's ``fields`` to ``base`` (default: the defaults); invalid values are warned about
-        and ignored."""
-        settings = self._defaults if base is None else base
-        for name in SETTING_FIELDS:
-            text = fields.get(name)
-            if text is None or name in (WINDOW_FIELD, DISABLED_FIELD):
-                continue
-            try:
-                settings = apply_settings(settings, {name: _parse_text(name, text)})
-            except (ValueError, InvalidSettings) as exc:
-                self._warn(channel_id, key, name, text, str(exc) or "a valid value")
-            else:
-                self._warned.pop((channel_id, name), None)
-        window = fields.get(WINDOW_FIELD)
-        if window is not None:
-            try:
-                seconds = float(window)
-                if not math.isfinite(seconds) or seconds < 0:
-                    raise ValueError
-                settings = replace(settings, window=seconds)
-            except ValueError:
-                self._warn(channel_id, key, WINDOW_FIELD, window, "a finite number of seconds >= 0")
-            else:
-                self._warned.pop((channel_id, WINDOW_FIELD), None)
-        disabled = fields.get(DISABLED_FIELD)
-        if disabled is not None:
-            flag = disabled.strip()
-            if flag == "1":
-                settings = replace(settings, batching=False)
-            elif flag not in ("0", ""):
-                self._warn(channel_id, key, DISABLED_FIELD, disabled, '"1" (batching off) or "0"')
-                return settings
-            self._warned.pop((channel_id, DISABLED_FIELD), None)
-        return settings
-
-    def _warn(self, channel_id: str, key: str, field: str, value: str, rule: str) -> None:
-        if self._warned.get((channel_id, field)) == value:
-            return
-        self._warned[(channel_id, field)] = value
-        log.warning("invalid batch setting in Redis: key %r field %r value %r (must be %s); using the default",
-                    key, field, value, rule)
-
-
-def _as_text(value: object) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if value is None:
-        return ""
-    return str(value)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        and ignored (:class:`protocol.settings_hash.SettingsHash`)."""
+        return self._parser.parse(channel_id, key, fields, base)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from typing import Sequence
 
@@ -22,6 +23,13 @@ from service.process import EXIT_FAILED, silence_stdout
 from service.serve import channel_settings, redacted, run_serve
 from service.top import add_parser as add_top_parser
 from service.top import check_args as check_top_args
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -122,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-volatile-redis", action="store_true",
                        help="with --redis: accept a server that may lose acknowledged messages (no AOF, or an "
                        "evicting maxmemory-policy), with a warning on stderr")
+    serve.add_argument("--config-ttl", type=_non_negative_float, default=1.0, metavar="SECONDS",
+                       help="with --redis: a channel's settings hash message_queue:config:<channel> is read before "
+                       "its first message and again by a message that finds the last read older than this "
+                       "(default 1; 0: before every message)")
     ops = serve.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                      help="serve Prometheus metrics on http://HOST:PORT/metrics and a health check on /healthz "

@@ -93,8 +93,10 @@ class TcpNode:
         redis_url: str = "",
         allow_volatile_redis: bool = False,
         on_redis_writes: Callable[[tuple[float, ...]], None] | None = None,
+        config_ttl: float | None = None,
     ) -> None:
         self._on_output = on_output
+        self._config_ttl = config_ttl
         self._on_redis_writes = on_redis_writes  # metrics: the seconds of persistence writes, as reported
         self._settings = settings
         self._idle_timeout = idle_timeout
@@ -134,6 +136,7 @@ class TcpNode:
             redis_url=self._redis_url,
             allow_volatile_redis=self._allow_volatile_redis,
             report_redis_writes=self._on_redis_writes is not None,
+            config_ttl=self._config_ttl,
         )
         self._restored = system.restored
         reply = system.asys.ask(system.supervisor, StartProcessing(), REPLY_TIMEOUT)

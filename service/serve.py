@@ -326,10 +326,11 @@ def _make_node(args: argparse.Namespace, writer: BatchWriter) -> Node:
     if args.base == TCP_BASE:
         node = TcpNode(writer.on_output, settings, idle_timeout=args.idle_timeout, admin_port=args.admin_port,
                        redis_url=redis_url, allow_volatile_redis=allow_volatile,
-                       on_redis_writes=writer.on_redis_writes if args.metrics_port is not None else None)
+                       on_redis_writes=writer.on_redis_writes if args.metrics_port is not None else None,
+                       config_ttl=args.config_ttl)
     else:
         node = InProcessNode(writer.on_output, settings, idle_timeout=args.idle_timeout, redis_url=redis_url,
-                             allow_volatile_redis=allow_volatile)
+                             allow_volatile_redis=allow_volatile, config_ttl=args.config_ttl)
         if args.metrics_port is not None:
             node.on_redis_write = lambda seconds: writer.on_redis_writes((seconds,))
     writer.node = node
