@@ -104,6 +104,8 @@ FAILURE_COUNTS = (
 """The failure and flood counts a core starts from (``failures=``), in this order: ``ChannelStatistics``
 fields of the same names."""
 
+_NO_COUNTS = dict.fromkeys(FAILURE_COUNTS[1:], 0)  # the failure counts but attempts, all zero: never changed
+
 
 class ChannelState(enum.Enum):
     """Where the channel stands towards its processor."""
@@ -342,6 +344,8 @@ class ChannelCore:
         "_flight_due",
         "_dead",
         "_counts",
+        "_attempts",
+        "_plain",
     )
 
     def __init__(
@@ -387,9 +391,13 @@ class ChannelCore:
         self._flight: _Waiting | None = None  # the in-flight item's record
         self._flight_due: float | None = None  # when the in-flight item times out
         self._dead: deque[DeadLetter] = deque()
-        counts = dict.fromkeys(FAILURE_COUNTS, 0)
-        counts.update(zip(FAILURE_COUNTS, failures))
-        self._counts = counts
+        self._attempts = failures[0] if failures else 0  # counted at every delivery: a plain attribute
+        # The other failure counts move only when a rule acts: their dict is made then (None: all zero).
+        self._counts: dict[str, int] | None = None
+        if any(failures[1:]):
+            self._counts = dict(_NO_COUNTS)
+            self._counts.update(zip(FAILURE_COUNTS[1:], failures[1:]))
+        self._plain = _is_plain(self._settings)
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -408,15 +416,29 @@ class ChannelCore:
     def deadline(self) -> float | None:
         """The earliest of: when the open batch must close (none when no batch is open, or it is held),
         when a waiting retry's backoff ends, and when the item in flight times out; None if none applies."""
+        current = self._open
         due = self._retry_due
         flight_due = self._flight_due
+        if due is None and flight_due is None:  # no retry waiting, no processing timeout running
+            if current is None or current.held or (
+                current.settings.busy_policy == "collect" and self._in_flight is not None
+            ):
+                return None
+            return current.deadline
         if flight_due is not None and (due is None or flight_due < due):
             due = flight_due
-        current = self._open
         if current is None or current.held or self._collecting(current):
             return due
         batch_due = current.deadline
         return batch_due if due is None or batch_due < due else due
+
+    @property
+    def refusals(self) -> int:
+        """Messages refused so far (``MessageRejected``: busy policy reject, or overflow reject at
+        ``max_queued``): a caller that compares it before and after :meth:`enqueue` knows whether to look
+        for refusals among the effects."""
+        counts = self._counts
+        return self._rejections if counts is None else self._rejections + counts["rejected_full"]
 
     @property
     def waiting_messages(self) -> int:
@@ -471,7 +493,8 @@ class ChannelCore:
             interruptions=self._interruptions,
             rejections=self._rejections,
             dead_letters=len(self._dead),
-            **self._counts,
+            attempts=self._attempts,
+            **(self._counts or _NO_COUNTS),
         )
 
     def remembered_ids(self, now: float) -> tuple[tuple[str, float], ...]:
@@ -557,6 +580,7 @@ class ChannelCore:
     def configure(self, settings: BatchSettings) -> None:
         """Use ``settings`` from the next batch on; the open batch keeps the settings it opened with."""
         self._settings = settings
+        self._plain = _is_plain(settings)
 
     def enqueue(self, msg: QueuedMessage, now: float) -> list[Effect]:
         """Add ``msg`` to the open batch (opening one if needed), closing batches that are due or full."""
@@ -564,6 +588,40 @@ class ChannelCore:
             raise InvalidInput(
                 f"message for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
             )
+        settings = self._settings
+        current = self._open
+        # The common case takes a short path with the same outcome: settings that use no busy policy, author
+        # split or unbatched delivery (precomputed on configure), an open batch (if any) opened with them, a
+        # message without an id (nothing to look up or remember), and room below max_queued.
+        if (
+            not self._plain
+            or msg.message_id
+            or self._count >= settings.max_queued
+            or (current is not None and current.settings is not settings)
+        ):
+            return self._enqueue_by_rules(msg, now)
+        effects: list[Effect] = []
+        if current is not None and not current.held and now >= current.deadline:
+            self._close(current.timed_reason(), now, effects)
+            current = None
+        self._count += 1
+        if current is None:
+            current = self._open = _OpenBatch(MessageBatch(), settings, now, now)
+        current.batch.add(msg, msg.queued_at)
+        if current.held:
+            # the window restarts with this message; max_wait counts from it too
+            current.held = False
+            current.opened_at = now
+        current.last_at = now
+        if self._added_effects:
+            effects.append(MessageAdded(msg, current.batch.size, now))
+        if len(current.batch.messages) >= settings.max_batch_size:
+            self._cut_full(now, effects)
+        self._deliver_next(effects, now)
+        return effects
+
+    def _enqueue_by_rules(self, msg: QueuedMessage, now: float) -> list[Effect]:
+        """:meth:`enqueue` with every rule checked in turn."""
         settings = self._settings
         message_id = msg.message_id
         if message_id and settings.dedupe_ttl > 0:
@@ -578,9 +636,9 @@ class ChannelCore:
             return [MessageRejected(msg)]
         if self._count >= settings.max_queued:
             if settings.overflow == "reject":
-                self._counts["rejected_full"] += 1
+                self._add_count("rejected_full")
                 return [MessageRejected(msg, "QueueFull")]
-            self._counts["dropped_overflow"] += 1
+            self._add_count("dropped_overflow")
             if settings.overflow == "drop_newest":
                 return [MessagesDropped((msg,), "overflow")]
             self._drop_oldest(effects)
@@ -655,9 +713,10 @@ class ChannelCore:
         the open batch."""
         effects: list[Effect] = []
         flight = self._in_flight
-        if flight is not None and self._flight_due is not None and now >= self._flight_due:
+        flight_due = self._flight_due
+        if flight is not None and flight_due is not None and now >= flight_due:
             timeout = self._flight_due_after()
-            self._counts["timeouts"] += 1
+            self._add_count("timeouts")
             record = self._flight
             self._in_flight = None
             self._flight = None
@@ -666,11 +725,17 @@ class ChannelCore:
             self._failed += 1
             self._attempt_failed(flight[1], record, f"processing_timeout: no answer within {timeout:g} s", now, effects)
             self._close_collected(now, effects)
-        if self._retry_due is not None and now >= self._retry_due:
+        retry_due = self._retry_due
+        if retry_due is not None and now >= retry_due:
             self._retry = None
             self._retry_due = None
         current = self._open
-        if current is not None and self._due(current, now):
+        if (
+            current is not None
+            and not current.held
+            and now >= current.deadline
+            and not (current.settings.busy_policy == "collect" and self._in_flight is not None)
+        ):
             self._close(current.timed_reason(), now, effects)
         self._deliver_next(effects, now)
         return effects
@@ -741,7 +806,9 @@ class ChannelCore:
         if error is not None:
             self._failed += 1
             self._attempt_failed(flight[1], record, error, now, effects)
-        self._close_collected(now, effects)
+        current = self._open
+        if current is not None and current.settings.busy_policy == "collect":
+            self._close(FlushReason.COLLECTED, now, effects)
         self._deliver_next(effects, now)
         return effects
 
@@ -951,14 +1018,15 @@ class ChannelCore:
         while fifo:
             head = fifo.popleft()
             item = head.item
-            messages = payload_messages(item.payload)
-            self._count -= len(messages)
+            payload = item.payload
+            self._count -= len(payload.messages) if type(payload) is MessageBatch else 1
             if settings.max_age is not None:
+                messages = payload_messages(payload)
                 cutoff = self._wall() - settings.max_age
                 kept = tuple(m for m in messages if m.queued_at.timestamp() >= cutoff)
                 if len(kept) < len(messages):
                     stale = tuple(m for m in messages if m.queued_at.timestamp() < cutoff)
-                    self._counts["dropped_stale"] += len(stale)
+                    self._add_count("dropped_stale", len(stale))
                     if not kept:
                         effects.append(MessagesDropped(stale, "stale", head=True))
                         continue
@@ -968,13 +1036,19 @@ class ChannelCore:
             self._last_delivery_id += 1
             self._in_flight = (self._last_delivery_id, item)
             self._flight = head
-            self._counts["attempts"] += 1
+            self._attempts += 1
             if item.attempt > 1:
-                self._counts["retries"] += 1
+                self._add_count("retries")
             timeout = settings.processing_timeout
             self._flight_due = None if timeout is None else now + timeout
             effects.append(Deliver(item, self._last_delivery_id, head.reason, head.lateness))
             return
+
+    def _add_count(self, name: str, amount: int = 1) -> None:
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = dict(_NO_COUNTS)
+        counts[name] += amount
 
     def _flight_due_after(self) -> float:
         return self._settings.processing_timeout or 0.0
@@ -1006,9 +1080,9 @@ class ChannelCore:
         dropped = None
         if len(self._dead) >= MAX_DEAD_LETTERS:
             dropped = self._dead.popleft()
-            self._counts["dead_letters_dropped"] += 1
+            self._add_count("dead_letters_dropped")
         self._dead.append(letter)
-        self._counts["dead_lettered"] += 1
+        self._add_count("dead_lettered")
         effects.append(ItemDead(letter, dropped))
 
     def _drop_oldest(self, effects: list[Effect]) -> None:
@@ -1048,7 +1122,7 @@ class ChannelCore:
         for letter in letters:
             if len(self._dead) >= MAX_DEAD_LETTERS:
                 self._dead.popleft()
-                self._counts["dead_letters_dropped"] += 1
+                self._add_count("dead_letters_dropped")
             self._dead.append(letter)
 
     def replay_dead_letters(self, now: float) -> tuple[int, list[Effect]]:
@@ -1100,6 +1174,12 @@ class ChannelCore:
         self._paused = False
         self._deliver_next(effects, now)
         return True, effects
+
+
+def _is_plain(settings: BatchSettings) -> bool:
+    """True when ``settings`` use none of the rules that :meth:`ChannelCore.enqueue` checks per message
+    beyond duplicates and max_queued: busy policy ``queue``, batching on, no split on author."""
+    return settings.busy_policy == "queue" and settings.batching and not settings.split_on_author
 
 
 def _rebatched(payload: Payload, messages: Sequence[QueuedMessage]) -> Payload:
