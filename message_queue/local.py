@@ -29,6 +29,7 @@ import contextvars
 import inspect
 import logging
 import math
+import sys
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -138,6 +139,9 @@ class _Channel:
     queued: int = 0  # waiting items, from the last report
     in_flight: bool = False  # from the last report
     sent: int = 0  # messages sent unanswered since the last report (overflow reject: see _refuses_when_busy)
+    allowance: int = 0  # messages it may be sent unanswered after that report: ``base - queued * step``
+    base: int = 0  # from its settings (see _limits)
+    step: int = 0
 
     @property
     def busy(self) -> bool:
@@ -195,7 +199,10 @@ class LocalQueue:
             if self._metrics is not None:
                 self._metrics.rejected()
             raise
-        if self._refuses_when_busy(msg.channel_id):
+        chan = self._channels.get(msg.channel_id)
+        if chan is not None and chan.sent < chan.allowance:
+            chan.sent += 1  # the common case of _refuses_when_busy, inline
+        elif self._refuses_when_busy(msg.channel_id):
             await self._enqueue_answered(msg)
             return
         driver = self._driver
@@ -251,20 +258,20 @@ class LocalQueue:
 
     def _refuses_when_busy(self, channel: str) -> bool:
         """True when the channel may refuse a message, so its enqueue waits for the answer: busy policy
-        reject, or overflow reject once the channel's last reported count is near ``max_queued``."""
-        settings = self._settings_of(channel)
-        if settings.busy_policy == "reject":
-            return True
-        if settings.overflow != "reject":
-            return False
+        reject, or overflow reject once the channel's last reported count is near ``max_queued`` (see
+        :func:`_allowance`). Else the message counts as sent unanswered."""
         chan = self._channel(channel)
-        # The report counts items, each up to max_batch_size messages (plus an open batch), and trails the
-        # messages sent since: answers are awaited once these could make half the cap.
-        size = settings.max_batch_size if settings.batching else 1
-        if 2 * ((chan.queued + 1) * size + chan.sent) >= settings.max_queued:
-            return True
-        chan.sent += 1
-        return False
+        if chan.sent < chan.allowance:
+            chan.sent += 1
+            return False
+        return True
+
+    def _settings_changed(self, channel: str) -> None:
+        """The channel's settings (``_settings_of``) may have changed: its allowance follows them."""
+        chan = self._channels.get(channel)
+        if chan is not None:
+            chan.base, chan.step = _limits(self._settings_of(channel))
+            chan.allowance = chan.base - chan.queued * chan.step
 
     async def _enqueue_answered(self, msg: QueuedMessage) -> None:
         """Enqueue ``msg`` and wait for its channel's answer: with busy policy reject, it may refuse it."""
@@ -327,6 +334,7 @@ class LocalQueue:
         state = self._config_states.get(channel)
         if state is not None:
             state.settings = chosen
+        self._settings_changed(channel)
         reply = await self._call(ConfigureChannel(channel, chosen))
         assert isinstance(reply, ChannelConfigured), reply
 
@@ -642,6 +650,8 @@ class LocalQueue:
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
+            chan.base, chan.step = _limits(self._settings_of(channel))
+            chan.allowance = chan.base
         return chan
 
     # -- outputs of the actors, during a turn ----------------------------------------------------------------
@@ -652,6 +662,7 @@ class LocalQueue:
             chan.queued = output.queued
             chan.in_flight = output.in_flight
             chan.sent = 0
+            chan.allowance = chan.base - output.queued * chan.step
         elif isinstance(output, BatchReady):
             self._ready(output)
         elif isinstance(output, CancelProcessing):
@@ -665,6 +676,7 @@ class LocalQueue:
             state = self._config_states.get(output.channel_id)
             if state is not None and state.refresh is None:
                 del self._config_states[output.channel_id]
+                self._settings_changed(output.channel_id)
 
     def _ready(self, ready: BatchReady) -> None:
         chan = self._channel(ready.channel_id)
@@ -672,6 +684,7 @@ class LocalQueue:
             chan.queued = ready.queued
             chan.in_flight = True
             chan.sent = 0
+            chan.allowance = chan.base - ready.queued * chan.step
         callback = self._callbacks.get(ready.channel_id)
         if callback is None or self._closed:
             # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.
@@ -785,6 +798,7 @@ class LocalQueue:
                 if settings is not None and settings != state.settings:
                     driver.tell(ConfigureChannel(channel, settings))
                     state.settings = settings
+                    self._settings_changed(channel)
                 for waiting, acked in state.waiting:
                     if acked is None:
                         driver.enqueue(waiting)
@@ -797,6 +811,21 @@ class LocalQueue:
             state.waiting.clear()
             state.read_at = loop.time()
             state.refresh = None
+
+
+def _limits(settings: BatchSettings) -> tuple[int, int]:
+    """``(base, step)``: a channel with ``settings`` that reported ``queued`` waiting items may be sent
+    ``base - queued * step`` messages before an enqueue waits for its answer. None with busy policy reject
+    (any message may be refused); no limit when overflow is not reject (none is refused). With overflow
+    reject the report counts items, each up to max_batch_size messages (plus an open batch), and trails the
+    messages sent since: answers are awaited once these could make half of ``max_queued``, that is from the
+    first ``sent`` with ``2 * ((queued + 1) * size + sent) >= max_queued``."""
+    if settings.busy_policy == "reject":
+        return 0, 0
+    if settings.overflow != "reject":
+        return sys.maxsize, 0
+    size = settings.max_batch_size if settings.batching else 1
+    return (settings.max_queued + 1 - 2 * size) // 2, size
 
 
 def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
