@@ -393,7 +393,10 @@ class LoopDriver:
         return self._base
 
     def _send(self, to: ActorAddress, msg: object, sender: ActorAddress | None = None) -> None:
-        self._required_base().send(sender or self._address, to, msg)
+        base = self._base
+        if base is None:
+            raise DriverStopped("the actor system driver is not running")
+        base.send(sender or self._address, to, msg)
 
     def _posted(self, to: ActorAddress, msg: object) -> None:
         if self._state is not _State.RUNNING:

@@ -124,6 +124,9 @@ def _late_imports() -> tuple[Callable[..., None], type[QueuedMessage], type[Mess
     return check_extra, QueuedMessage, MessageBatch
 
 
+_NO_ID = ""  # the default message_id (the interpreter's one empty str): passes without a look at it
+
+
 def validate_message(msg: QueuedMessage) -> QueuedMessage:
     """Check every field of one inbound message against the limits (see the module docstring) and return it
     unchanged; ``raw`` is not looked at.
@@ -154,7 +157,9 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
         _check_text(platform, "platform", MAX_NAME_BYTES)
         _check_text(user_id, "user_id", MAX_NAME_BYTES)
         _check_text(user_name, "user_name", MAX_NAME_BYTES)
-    if not (type(message_id) is str and len(message_id) <= MAX_NAME_BYTES and message_id.isascii()):
+    if message_id is not _NO_ID and not (
+        type(message_id) is str and len(message_id) <= MAX_NAME_BYTES and message_id.isascii()
+    ):
         _check_text(message_id, "message_id", MAX_NAME_BYTES)
     if not (type(text) is str and len(text) <= MAX_TEXT_BYTES and text.isascii()):
         _check_text(text, "text", MAX_TEXT_BYTES)
