@@ -346,6 +346,7 @@ class ChannelCore:
         "_counts",
         "_attempts",
         "_plain",
+        "refusals",
     )
 
     def __init__(
@@ -391,13 +392,17 @@ class ChannelCore:
         self._flight: _Waiting | None = None  # the in-flight item's record
         self._flight_due: float | None = None  # when the in-flight item times out
         self._dead: deque[DeadLetter] = deque()
-        self._attempts = failures[0] if failures else 0  # counted at every delivery: a plain attribute
+        # attempts: this count plus the deliveries this core made (``_last_delivery_id``)
+        self._attempts = failures[0] if failures else 0
         # The other failure counts move only when a rule acts: their dict is made then (None: all zero).
         self._counts: dict[str, int] | None = None
         if any(failures[1:]):
             self._counts = dict(_NO_COUNTS)
             self._counts.update(zip(FAILURE_COUNTS[1:], failures[1:]))
         self._plain = _is_plain(self._settings)
+        # Messages this core refused (MessageRejected: busy policy reject, or overflow reject at max_queued):
+        # an owner that reads it before and after enqueue knows whether to look for refusals in the effects.
+        self.refusals = 0
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -431,14 +436,6 @@ class ChannelCore:
             return due
         batch_due = current.deadline
         return batch_due if due is None or batch_due < due else due
-
-    @property
-    def refusals(self) -> int:
-        """Messages refused so far (``MessageRejected``: busy policy reject, or overflow reject at
-        ``max_queued``): a caller that compares it before and after :meth:`enqueue` knows whether to look
-        for refusals among the effects."""
-        counts = self._counts
-        return self._rejections if counts is None else self._rejections + counts["rejected_full"]
 
     @property
     def waiting_messages(self) -> int:
@@ -493,7 +490,7 @@ class ChannelCore:
             interruptions=self._interruptions,
             rejections=self._rejections,
             dead_letters=len(self._dead),
-            attempts=self._attempts,
+            attempts=self._attempts + self._last_delivery_id,
             **(self._counts or _NO_COUNTS),
         )
 
@@ -580,7 +577,8 @@ class ChannelCore:
     def configure(self, settings: BatchSettings) -> None:
         """Use ``settings`` from the next batch on; the open batch keeps the settings it opened with."""
         self._settings = settings
-        self._plain = _is_plain(settings)
+        current = self._open
+        self._plain = _is_plain(settings) and (current is None or current.settings is settings)
 
     def enqueue(self, msg: QueuedMessage, now: float) -> list[Effect]:
         """Add ``msg`` to the open batch (opening one if needed), closing batches that are due or full."""
@@ -589,18 +587,13 @@ class ChannelCore:
                 f"message for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
             )
         settings = self._settings
-        current = self._open
         # The common case takes a short path with the same outcome: settings that use no busy policy, author
-        # split or unbatched delivery (precomputed on configure), an open batch (if any) opened with them, a
-        # message without an id (nothing to look up or remember), and room below max_queued.
-        if (
-            not self._plain
-            or msg.message_id
-            or self._count >= settings.max_queued
-            or (current is not None and current.settings is not settings)
-        ):
+        # split or unbatched delivery, no open batch opened with other settings (``_plain``), a message
+        # without an id (nothing to look up or remember), and room below max_queued.
+        if not self._plain or msg.message_id or self._count >= settings.max_queued:
             return self._enqueue_by_rules(msg, now)
         effects: list[Effect] = []
+        current = self._open
         if current is not None and not current.held and now >= current.deadline:
             self._close(current.timed_reason(), now, effects)
             current = None
@@ -615,14 +608,22 @@ class ChannelCore:
         current.last_at = now
         if self._added_effects:
             effects.append(MessageAdded(msg, current.batch.size, now))
-        if len(current.batch.messages) >= settings.max_batch_size:
-            self._cut_full(now, effects)
-        self._deliver_next(effects, now)
+        size = len(current.batch.messages)
+        if size >= settings.max_batch_size:
+            if size == settings.max_batch_size:
+                self._close(FlushReason.FULL, now, effects)
+            else:  # more than one full batch: only after an interrupt
+                self._cut_full(now, effects)
+        if self._in_flight is None:
+            self._deliver_next(effects, now)
         return effects
 
     def _enqueue_by_rules(self, msg: QueuedMessage, now: float) -> list[Effect]:
         """:meth:`enqueue` with every rule checked in turn."""
         settings = self._settings
+        current = self._open
+        if not self._plain and _is_plain(settings) and (current is None or current.settings is settings):
+            self._plain = True  # the batch opened with earlier settings is gone: the short path serves again
         message_id = msg.message_id
         if message_id and settings.dedupe_ttl > 0:
             self._forget_expired(now)
@@ -633,10 +634,12 @@ class ChannelCore:
         busy = self._in_flight is not None
         if busy and settings.busy_policy == "reject":
             self._rejections += 1
+            self.refusals += 1
             return [MessageRejected(msg)]
         if self._count >= settings.max_queued:
             if settings.overflow == "reject":
                 self._add_count("rejected_full")
+                self.refusals += 1
                 return [MessageRejected(msg, "QueueFull")]
             self._add_count("dropped_overflow")
             if settings.overflow == "drop_newest":
@@ -998,22 +1001,31 @@ class ChannelCore:
         current = self._open
         assert current is not None
         self._open = None
-        # a full or flushed batch closes on time; a held one has no deadline to be late for
-        on_time = reason is FlushReason.FULL or reason is FlushReason.FLUSHED or current.held
-        if reason is FlushReason.COLLECTED or reason is FlushReason.AUTHOR:
-            on_time = True  # closed by an event, not by its deadline
+        # a full or flushed batch closes on time, as one closed by an event (collected, author) rather than by
+        # its deadline; a held one has no deadline to be late for
+        on_time = (
+            reason is FlushReason.FULL
+            or reason is FlushReason.FLUSHED
+            or current.held
+            or reason is FlushReason.COLLECTED
+            or reason is FlushReason.AUTHOR
+        )
         lateness = 0.0 if on_time else max(0.0, now - current.deadline)
-        item = QueueItem(self._new_id(), self.channel_id, current.batch, interrupted=current.carried > 0)
-        self._push_tail(item, reason, lateness, effects)
+        if current.carried:
+            item = QueueItem(self._new_id(), self.channel_id, current.batch, interrupted=True)
+        else:
+            item = QueueItem(self._new_id(), self.channel_id, current.batch)
+        self._fifo.append(_Waiting(item, reason, lateness))
+        effects.append(ItemQueued(item, reason, lateness))
 
     def _push_tail(self, item: QueueItem, reason: FlushReason, lateness: float, effects: list[Effect]) -> None:
         self._fifo.append(_Waiting(item, reason, lateness))
         effects.append(ItemQueued(item, reason, lateness))
 
     def _deliver_next(self, effects: list[Effect], now: float) -> None:
-        if self._paused or not self._attached or self._in_flight is not None or self._retry is not None:
-            return
         fifo = self._fifo
+        if not fifo or self._in_flight is not None or self._paused or not self._attached or self._retry is not None:
+            return
         settings = self._settings
         while fifo:
             head = fifo.popleft()
@@ -1036,7 +1048,6 @@ class ChannelCore:
             self._last_delivery_id += 1
             self._in_flight = (self._last_delivery_id, item)
             self._flight = head
-            self._attempts += 1
             if item.attempt > 1:
                 self._add_count("retries")
             timeout = settings.processing_timeout

@@ -323,7 +323,9 @@ class LoopDriver:
         """One loop.call_at for the earliest of the Timer's alarm and Thespian's pending wakeups."""
         if self._state is not _State.RUNNING:
             return
-        thespian = self._required_base().next_wakeup_in()
+        base = self._base
+        assert base is not None  # running
+        thespian = base.next_wakeup_in()
         if thespian is None and self._alarm_at == self._armed_alarm and self._handle is not None:
             return  # nothing changed since the last arming
         self._armed_alarm = self._alarm_at
