@@ -212,6 +212,7 @@ def test_the_short_path_has_the_effects_and_counts_of_the_full_rules(
                 assert isinstance(arg, float)
                 pair.append(core.tick(now + arg))
             elif kind == "finish" and core.in_flight is not None:
+                assert isinstance(arg, str)
                 pair.append(core.finish(core.in_flight[0], arg or None, now))
             elif kind == "hold":
                 pair.append(core.hold())

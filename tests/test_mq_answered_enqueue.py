@@ -29,7 +29,7 @@ def count_answered(mq: MessageQueue) -> list[str]:
         answered.append(message.text)
         await inner(message)
 
-    backend._enqueue_answered = wrapper  # type: ignore[method-assign]
+    backend._enqueue_answered = wrapper  # type: ignore[method-assign,assignment]
     return answered
 
 
