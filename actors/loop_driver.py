@@ -98,6 +98,8 @@ class LoopDriver:
         self._clock = clock
         self._turn_seconds = turn_seconds
         self._state = _State.NEW
+        # True exactly while the state is RUNNING: an attribute, since every enqueue reads it
+        self.running = False
         self._system: RunningSystem | None = None
         self._base: LeanSimpleBase | None = None
         self._address = ActorAddress("System:LoopDriver")
@@ -137,7 +139,7 @@ class LoopDriver:
         base = self._base = lean_base(system.asys)
         self._supervisor = system.supervisor
         base.add_endpoint(self._address, self._received)
-        self._state = _State.RUNNING
+        self._enter(_State.RUNNING)
         configure = ConfigureSystem(
             self._settings,
             self._idle_timeout,
@@ -159,9 +161,9 @@ class LoopDriver:
             self.stop()
             raise
 
-    @property
-    def running(self) -> bool:
-        return self._state is _State.RUNNING
+    def _enter(self, state: _State) -> None:
+        self._state = state
+        self.running = state is _State.RUNNING
 
     def stop(self) -> None:
         """Hand over what was accepted, run the system until nothing is pending, stop every actor (persistence
@@ -176,9 +178,9 @@ class LoopDriver:
             return
         system = self._system
         if system is None or self._state is _State.NEW:
-            self._state = _State.STOPPED
+            self._enter(_State.STOPPED)
             return
-        self._state = _State.STOPPING
+        self._enter(_State.STOPPING)
         try:
             base = self._required_base()
             self._inject()
@@ -188,7 +190,7 @@ class LoopDriver:
             base.run_pending()
             system.asys.shutdown()
         finally:
-            self._state = _State.STOPPED
+            self._enter(_State.STOPPED)
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None
@@ -204,7 +206,7 @@ class LoopDriver:
     def abandon(self) -> None:
         """Give the system up without running it again (its loop is closed): the actors are left to the garbage
         collector and the I/O thread ends; waiting calls are not resolved (their loop is gone)."""
-        self._state = _State.STOPPED
+        self._enter(_State.STOPPED)
         self._calls.clear()
         if self._io is not None:
             self._io.shutdown(wait=False)
