@@ -422,14 +422,14 @@ class ChannelCore:
         """The earliest of: when the open batch must close (none when no batch is open, or it is held),
         when a waiting retry's backoff ends, and when the item in flight times out; None if none applies."""
         current = self._open
-        due = self._retry_due
-        flight_due = self._flight_due
-        if due is None and flight_due is None:  # no retry waiting, no processing timeout running
+        if self._retry_due is None and self._flight_due is None:  # no retry waiting, no timeout running
             if current is None or current.held or (
-                current.settings.busy_policy == "collect" and self._in_flight is not None
+                self._in_flight is not None and current.settings.busy_policy == "collect"
             ):
                 return None
             return current.deadline
+        due = self._retry_due
+        flight_due = self._flight_due
         if flight_due is not None and (due is None or flight_due < due):
             due = flight_due
         if current is None or current.held or self._collecting(current):
