@@ -125,6 +125,12 @@ def _late_imports() -> tuple[Callable[..., None], type[QueuedMessage], type[Mess
 
 
 _NO_ID = ""  # the default message_id (the interpreter's one empty str): passes without a look at it
+_MESSAGE_TYPE: list[type[QueuedMessage]] = []  # QueuedMessage once imported: read on every message, no call
+
+
+def _message_type() -> type[QueuedMessage]:
+    _MESSAGE_TYPE.append(_late_imports()[1])
+    return _MESSAGE_TYPE[0]
 
 
 def validate_message(msg: QueuedMessage) -> QueuedMessage:
@@ -134,7 +140,7 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
     Raises:
         InvalidInput: for the first broken limit, naming it and the value.
     """
-    check_extra, QueuedMessage, _ = _late_imports()
+    QueuedMessage = _MESSAGE_TYPE[0] if _MESSAGE_TYPE else _message_type()  # noqa: N806 - the class
     if type(msg) is not QueuedMessage:
         what = "not a subclass, got" if isinstance(msg, QueuedMessage) else "got"
         raise InvalidInput(f"message must be a QueuedMessage, {what} {type(msg).__name__}")
@@ -166,6 +172,7 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
     if not (type(queued_at) is datetime and queued_at.tzinfo is timezone.utc):
         validate_time(queued_at, "queued_at")
     if not (type(extra) is dict and not extra):
+        check_extra = _late_imports()[0]
         check_extra(extra, finite=True)
     return msg
 
