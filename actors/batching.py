@@ -715,6 +715,22 @@ class ChannelCore:
         """Act on every deadline that has passed: time out the item in flight, end a retry's backoff, close
         the open batch."""
         effects: list[Effect] = []
+        if self._flight_due is not None or self._retry_due is not None:
+            self._tick_failures(now, effects)
+        current = self._open
+        if (
+            current is not None
+            and not current.held
+            and now >= current.deadline
+            and not (self._in_flight is not None and current.settings.busy_policy == "collect")
+        ):
+            self._close(current.timed_reason(), now, effects)
+        if self._in_flight is None:
+            self._deliver_next(effects, now)
+        return effects
+
+    def _tick_failures(self, now: float, effects: list[Effect]) -> None:
+        """:meth:`tick`'s part for a processing timeout and a retry's backoff."""
         flight = self._in_flight
         flight_due = self._flight_due
         if flight is not None and flight_due is not None and now >= flight_due:
@@ -732,16 +748,6 @@ class ChannelCore:
         if retry_due is not None and now >= retry_due:
             self._retry = None
             self._retry_due = None
-        current = self._open
-        if (
-            current is not None
-            and not current.held
-            and now >= current.deadline
-            and not (current.settings.busy_policy == "collect" and self._in_flight is not None)
-        ):
-            self._close(current.timed_reason(), now, effects)
-        self._deliver_next(effects, now)
-        return effects
 
     def flush(self, now: float) -> tuple[bool, list[Effect]]:
         """Close the open batch now (reason ``flushed``); False when no batch is open."""
