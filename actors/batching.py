@@ -614,7 +614,7 @@ class ChannelCore:
                 self._close(FlushReason.FULL, now, effects)
             else:  # more than one full batch: only after an interrupt
                 self._cut_full(now, effects)
-        if self._in_flight is None:
+        if self._in_flight is None and self._fifo:
             self._deliver_next(effects, now)
         return effects
 
@@ -725,7 +725,7 @@ class ChannelCore:
             and not (self._in_flight is not None and current.settings.busy_policy == "collect")
         ):
             self._close(current.timed_reason(), now, effects)
-        if self._in_flight is None:
+        if self._in_flight is None and self._fifo:
             self._deliver_next(effects, now)
         return effects
 
