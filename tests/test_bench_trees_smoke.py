@@ -15,7 +15,7 @@ SCRIPT = ROOT / "bench" / "bench_trees.py"
 
 def test_the_report_compares_the_two_trees_repeat_by_repeat() -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--repeat", "2", str(ROOT), str(ROOT)],
+        [sys.executable, str(SCRIPT), "--quick", "--repeat", "2", "--bytecodes", str(ROOT), str(ROOT)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -31,3 +31,6 @@ def test_the_report_compares_the_two_trees_repeat_by_repeat() -> None:
         assert block["cpu_ratio"] > 0 and block["throughput_ratio"] > 0
     assert set(report["new_vs_old"]) == {"cpu_ratio", "throughput_ratio"}
     assert all(value > 0 for value in report["new_vs_old"].values())
+    counts = report["bytecodes"]
+    assert counts["per_msg"]["old"] > 100 and counts["per_msg"]["new"] > 100  # a message runs code
+    assert counts["largest_differences"]  # the same tree twice: differences from the driver's turns only
