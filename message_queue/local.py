@@ -138,8 +138,9 @@ class _Channel:
     backlog: deque[_Delivery] = field(default_factory=deque)  # delivered while ``active`` still unwinds
     queued: int = 0  # waiting items, from the last report
     in_flight: bool = False  # from the last report
-    sent: int = 0  # messages sent unanswered since the last report (overflow reject: see _refuses_when_busy)
-    allowance: int = 0  # messages it may be sent unanswered after that report: ``base - queued * step``
+    # Messages it may still be sent without waiting for its answer: ``base - queued * step`` at its last report
+    # (see _limits), less those sent since.
+    budget: int = 0
     base: int = 0  # from its settings (see _limits)
     step: int = 0
 
@@ -199,10 +200,13 @@ class LocalQueue:
             if self._metrics is not None:
                 self._metrics.rejected()
             raise
-        chan = self._channels.get(msg.channel_id)
-        if chan is not None and chan.sent < chan.allowance:
-            chan.sent += 1  # the common case of _refuses_when_busy, inline
-        elif self._refuses_when_busy(msg.channel_id):
+        try:
+            chan = self._channels[msg.channel_id]
+        except KeyError:
+            chan = self._channel(msg.channel_id)
+        if chan.budget > 0:
+            chan.budget -= 1
+        else:  # the channel may refuse it (see _refuses_when_busy)
             await self._enqueue_answered(msg)
             return
         driver = self._driver
@@ -259,19 +263,21 @@ class LocalQueue:
     def _refuses_when_busy(self, channel: str) -> bool:
         """True when the channel may refuse a message, so its enqueue waits for the answer: busy policy
         reject, or overflow reject once the channel's last reported count is near ``max_queued`` (see
-        :func:`_allowance`). Else the message counts as sent unanswered."""
+        :func:`_limits`). Else the message counts against the channel's budget."""
         chan = self._channel(channel)
-        if chan.sent < chan.allowance:
-            chan.sent += 1
+        if chan.budget > 0:
+            chan.budget -= 1
             return False
         return True
 
     def _settings_changed(self, channel: str) -> None:
-        """The channel's settings (``_settings_of``) may have changed: its allowance follows them."""
+        """The channel's settings (``_settings_of``) may have changed: its budget follows them (the messages
+        sent since its last report still count)."""
         chan = self._channels.get(channel)
         if chan is not None:
+            before = chan.base - chan.queued * chan.step
             chan.base, chan.step = _limits(self._settings_of(channel))
-            chan.allowance = chan.base - chan.queued * chan.step
+            chan.budget += chan.base - chan.queued * chan.step - before
 
     async def _enqueue_answered(self, msg: QueuedMessage) -> None:
         """Enqueue ``msg`` and wait for its channel's answer: with busy policy reject, it may refuse it."""
@@ -651,7 +657,7 @@ class LocalQueue:
         if chan is None:
             chan = self._channels[channel] = _Channel()
             chan.base, chan.step = _limits(self._settings_of(channel))
-            chan.allowance = chan.base
+            chan.budget = chan.base
         return chan
 
     # -- outputs of the actors, during a turn ----------------------------------------------------------------
@@ -661,8 +667,7 @@ class LocalQueue:
             chan = self._channel(output.channel_id)
             chan.queued = output.queued
             chan.in_flight = output.in_flight
-            chan.sent = 0
-            chan.allowance = chan.base - output.queued * chan.step
+            chan.budget = chan.base - output.queued * chan.step
         elif isinstance(output, BatchReady):
             self._ready(output)
         elif isinstance(output, CancelProcessing):
@@ -683,8 +688,7 @@ class LocalQueue:
         if ready.queued >= 0:  # the delivery doubles as the channel's QueueChanged
             chan.queued = ready.queued
             chan.in_flight = True
-            chan.sent = 0
-            chan.allowance = chan.base - ready.queued * chan.step
+            chan.budget = chan.base - ready.queued * chan.step
         callback = self._callbacks.get(ready.channel_id)
         if callback is None or self._closed:
             # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.
