@@ -807,14 +807,13 @@ class ChannelCore:
         if flight is None or flight[0] != delivery_id:
             return []
         self._in_flight = None
-        record = self._flight
-        self._flight = None
-        self._flight_due = None
         self._processed += 1
         effects: list[Effect] = [DeliveryFinished(flight[1], delivery_id, error)]
         if error is not None:
             self._failed += 1
-            self._attempt_failed(flight[1], record, error, now, effects)
+            self._attempt_failed(flight[1], self._flight, error, now, effects)
+        self._flight = None
+        self._flight_due = None
         current = self._open
         if current is not None and current.settings.busy_policy == "collect":
             self._close(FlushReason.COLLECTED, now, effects)

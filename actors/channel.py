@@ -248,10 +248,10 @@ class ChannelActor(Dispatcher):
         # Each message at the time it was accepted: its window counts from then, however long it took to get here.
         for message, arrived in zip(msg.messages, msg.arrived):
             effects += enqueue(message, arrived)
-        reply_to = msg.reply_to
         if core.refusals == refusals and not msg.ack:  # nothing refused, no answer asked for
             self._settle(effects)
             return
+        reply_to = msg.reply_to
         then: list[tuple[ActorAddress, object]] = []
         refused = [e for e in effects if isinstance(e, MessageRejected)]
         for rejection in refused:
