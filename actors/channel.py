@@ -2,7 +2,8 @@
 
 It turns protocol messages into :class:`ChannelCore` calls and the core's effects into sends: items to the
 processor, deadlines to the shared :class:`~actors.timer.Timer` (at most one pending wake per purpose), and a
-``Passivate`` offer to the Supervisor once it has held no work for ``idle_timeout`` seconds.
+``Passivate`` offer to the Supervisor once it has held no work for ``idle_timeout`` seconds. The offer carries the
+message ids it still remembers for duplicate detection; the Supervisor gives them to the channel's next actor.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from actors.journal import (
     AppendOpen,
     ChannelSnapshot,
     ClearQueue,
+    ClearRetry,
     Durable,
     FinishInFlight,
     Op,
@@ -133,11 +135,14 @@ class ChannelActor(Dispatcher):
         self._last_activity = 0.0
         self._observer: ActorAddress | None = None
         self._reported: int | None = None  # the waiting count last sent to the observer
-        self._early: list[tuple[object, ActorAddress]] = []  # messages that overtook ChannelInit
+        self._early: list[tuple[object, ActorAddress]] | None = None  # messages that overtook ChannelInit
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: ActorAddress | None = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
         self._stored_ids = 0  # entries of the stored list of message ids: compacted when twice the bound
+        # the stored list holds exactly _stored_ids entries (restored or compacted by this actor); else it may
+        # hold more: ids an earlier actor stored that expired before this one started
+        self._ids_exact = False
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -145,6 +150,8 @@ class ChannelActor(Dispatcher):
         if self._core is None and not isinstance(message, (ChannelInit, ActorSystemMessage)):
             # On the TCP base, ChannelInit waits until every address it carries (the Timer's, just created)
             # is usable, and the Supervisor's next messages can overtake it: keep them until it comes.
+            if self._early is None:
+                self._early = []
             self._early.append((message, sender))
             return
         super().receiveMessage(message, sender)
@@ -172,6 +179,9 @@ class ChannelActor(Dispatcher):
         self._processor = msg.processor
         self._persistence = msg.persistence
         effects: list[Effect] = []
+        if msg.remembered:  # handed over by its earlier actor: already stored when persisting
+            self._core.remember_ids(msg.remembered, self.clock())
+            self._stored_ids = len(msg.remembered)
         if msg.restore is not None:
             effects = self._restore(msg.restore)
         if msg.paused:
@@ -179,8 +189,8 @@ class ChannelActor(Dispatcher):
         if msg.processor is not None:
             effects += self._core.attach(self.clock())
         self._settle(effects)
-        early, self._early = self._early, []
-        for message, origin in early:
+        early, self._early = self._early, None
+        for message, origin in early or ():
             self.receiveMessage(message, origin)
 
     def _restore(self, snapshot: ChannelSnapshot) -> list[Effect]:
@@ -191,6 +201,7 @@ class ChannelActor(Dispatcher):
         if snapshot.ids:
             core.remember_ids([(seen.message_id, now - (wall - seen.at)) for seen in snapshot.ids], now)
             self._stored_ids = len(snapshot.ids)
+        self._ids_exact = True  # the snapshot holds the whole stored list
         retry = snapshot.retry
         effects = core.restore(
             snapshot.waiting,
@@ -371,27 +382,34 @@ class ChannelActor(Dispatcher):
         if not core.is_quiescent or self._awaiting_durable or core.dead_letters():
             return  # dead letters live here (and in Redis when persisting): the channel stays
         idle_until = self._last_activity + self._idle_timeout
-        # The ids it remembers for duplicate detection live only here: it stays until the last is forgotten.
-        ids_until = core.ids_expire_at(now)
-        if ids_until is not None:
-            idle_until = max(idle_until, ids_until)
-        if now >= idle_until:
-            stats = core.statistics()
-            assert self._supervisor is not None
-            self.send(
-                self._supervisor,
-                Passivate(
-                    core.channel_id,
-                    self._received,
-                    stats.processed,
-                    stats.cancelled,
-                    stats.failed,
-                    (stats.duplicates, stats.edits, stats.retractions, stats.interruptions, stats.rejections),
-                    tuple(getattr(stats, name) for name in FAILURE_COUNTS),
-                ),
-            )
-        else:
+        if now < idle_until:
             self._schedule_idle(idle_until)
+            return
+        stats = core.statistics()
+        remembered = core.remembered_ids(now)  # the Supervisor keeps them for the channel's next actor
+        passivate = Passivate(
+            core.channel_id,
+            self._received,
+            stats.processed,
+            stats.cancelled,
+            stats.failed,
+            (stats.duplicates, stats.edits, stats.retractions, stats.interruptions, stats.rejections),
+            tuple(getattr(stats, name) for name in FAILURE_COUNTS),
+            remembered,
+        )
+        assert self._supervisor is not None
+        if self._persistence is not None and self._stored_ids and (
+            not self._ids_exact or self._stored_ids != len(remembered)
+        ):
+            # The stored list may hold ids that expired: it becomes what is handed over before the offer goes
+            # out, so that the next actor's appends follow it and a restart loads no more than that.
+            wall = time.time() - now
+            ids = tuple(SeenId(i, at + wall) for i, at in remembered)
+            self.send(self._persistence, Persist((ReplaceIds(core.channel_id, ids),), ((self._supervisor, passivate),)))
+            self._awaiting_durable += 1
+            self._stored_ids, self._ids_exact = len(remembered), True
+            return
+        self.send(self._supervisor, passivate)
 
     # -- effects -----------------------------------------------------------------------------------------
 
@@ -495,7 +513,7 @@ class ChannelActor(Dispatcher):
             # the stored list only grows: rewrite it as the ids still remembered
             remembered = core.remembered_ids(self.clock())
             ops.append(ReplaceIds(core.channel_id, tuple(SeenId(i, at + wall) for i, at in remembered)))
-            self._stored_ids = len(remembered)
+            self._stored_ids, self._ids_exact = len(remembered), True
         # The observer hears of the counts before any reply this settle sends: a caller that got its reply
         # already sees what its command did.
         if self._observer is not None and effects:
@@ -553,6 +571,8 @@ def _journal(channel_id: str, effect: Effect, ops: list[Op], wall: float) -> Non
         ops.append(TakeHead(channel_id))
     elif isinstance(effect, (DeliveryFinished, DeliveryCancelled)):
         ops.append(FinishInFlight(channel_id))
+        if effect.item.attempt > 1:  # a retried item may have a stored wait (a RetryScheduled after sets it again)
+            ops.append(ClearRetry(channel_id))
     elif isinstance(effect, QueueCleared):
         ops.append(ClearQueue(channel_id))
     elif isinstance(effect, IdRemembered):

@@ -16,7 +16,14 @@ Pauses are stored: answering ``pause``/``resume`` sets or deletes the field ``pa
 hash ``message_queue:config:{channel}`` and the channel's membership of :data:`protocol.keys.PAUSED`, in the
 same transaction as the answer; a persisting node re-applies the stored pauses when it starts.
 
-Every function here blocks on Redis; the persistence actor calls them on its I/O thread.
+``dead-letters CHANNEL`` (with ``"replay": true`` or ``"purge": true``) is answered the same way, from the
+dead letters the node's channels hold in memory (a persisting node journals them to
+``message_queue:dead:{channel}`` and restores them on start): :func:`dead_letters_message` maps the request to
+its actor message, :func:`dead_letters_result` the channel's answer to the admin's result, and
+:func:`dead_letter_row` gives a dead letter the one JSON shape every admin route lists it in.
+
+The functions above the dead-letter section block on Redis; the persistence actor calls them on its I/O
+thread. Those of the dead-letter section do no I/O.
 """
 
 from __future__ import annotations
@@ -29,9 +36,17 @@ from typing import Any
 
 import redis
 
-from protocol import codec, keys
-from protocol.errors import DecodeError
-from protocol.values import DeadLetter, OpenEntry, QueueItem
+from protocol import keys
+from protocol.errors import DecodeError, InvalidInput
+from protocol.messages import (
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
+    GetDeadLetters,
+    PurgeDeadLetters,
+    ReplayDeadLetters,
+)
+from protocol.values import DeadLetter, payload_messages
 
 log = logging.getLogger(__name__)
 
@@ -161,48 +176,97 @@ def paused_channels(client: redis.Redis) -> list[str]:
 
 # -- dead letters -------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True)
-class Replayable:
-    """The dead letters of a channel read for a replay: the decodable ones (as items or open-batch entries),
-    how many could not be decoded (skipped) and how many entries were read (to remove them afterwards)."""
-
-    channel: str
-    items: tuple[QueueItem, ...]
-    entries: tuple[OpenEntry, ...]
-    skipped: int
-    read: int
+DEAD_LETTER_ACTIONS = {"list": "dead-letters", "replay": "dead-letters --replay", "purge": "dead-letters --purge"}
+MAX_LISTED_TEXT = 1000  # characters of a message's text a listed dead letter shows
 
 
-def read_dead_letters(client: redis.Redis, channel: str) -> Replayable:
-    """The channel's dead letters, decoded for a replay: a queued or in-flight item's data as a
-    :class:`QueueItem` of this channel, an open batch's as an :class:`OpenEntry`; anything else is skipped."""
-    raws: list[bytes] = client.lrange(keys.channel_key(keys.DEAD_LETTER, channel), 0, -1)  # type: ignore[assignment]
-    items: list[QueueItem] = []
-    entries: list[OpenEntry] = []
-    skipped = 0
-    for raw in raws:
-        try:
-            letter = codec.decode(raw, DeadLetter)
-            if letter.role == keys.OPEN_BATCH:
-                entry = codec.decode(letter.data, OpenEntry)
-                if entry.message.channel_id != channel:
-                    raise DecodeError(f"a message of channel {entry.message.channel_id!r}")
-                entries.append(entry)
-            elif letter.role in (keys.QUEUE, keys.PROCESSING):
-                item = codec.decode(letter.data, QueueItem)
-                if item.channel_id != channel:
-                    raise DecodeError(f"an item of channel {item.channel_id!r}")
-                items.append(item)
-            else:
-                raise DecodeError(f"role {letter.role!r}")
-        except DecodeError as exc:
-            log.info("dead letter of channel %r not replayed: %s", channel, exc)
-            skipped += 1
-    return Replayable(channel, tuple(items), tuple(entries), skipped, len(raws))
+DeadLetterCommand = GetDeadLetters | ReplayDeadLetters | PurgeDeadLetters
 
 
-def drop_dead_letters(client: redis.Redis, channel: str, count: int) -> None:
-    """Remove the first ``count`` dead letters of ``channel`` (those a replay read; later ones stay)."""
-    if count > 0:
-        client.ltrim(keys.channel_key(keys.DEAD_LETTER, channel), count, -1)
+def dead_letters_message(channel: str, payload: dict[str, Any]) -> DeadLetterCommand:
+    """The actor message of a ``dead-letters`` request on ``channel``: its ``replay`` and ``purge`` fields
+    (booleans, at most one true, both optional) choose ``ReplayDeadLetters``, ``PurgeDeadLetters`` or
+    ``GetDeadLetters``.
+
+    Raises:
+        InvalidInput: naming the field that is not a boolean, or both set.
+    """
+    replay, purge = payload.get("replay", False), payload.get("purge", False)
+    for name, value in (("replay", replay), ("purge", purge)):
+        if type(value) is not bool:
+            raise InvalidInput(f"dead-letters: {name} must be true or false, got {value!r:.40}")
+    if replay and purge:
+        raise InvalidInput("dead-letters: replay and purge cannot both be asked")
+    if replay:
+        return ReplayDeadLetters(channel)
+    if purge:
+        return PurgeDeadLetters(channel)
+    return GetDeadLetters(channel)
+
+
+def dead_letters_action(message: DeadLetterCommand) -> str:
+    """The admin command a dead-letter message carries out (``dead-letters``, ``... --replay``, ``... --purge``)."""
+    if isinstance(message, ReplayDeadLetters):
+        return DEAD_LETTER_ACTIONS["replay"]
+    if isinstance(message, PurgeDeadLetters):
+        return DEAD_LETTER_ACTIONS["purge"]
+    return DEAD_LETTER_ACTIONS["list"]
+
+
+def dead_letters_result(reply: DeadLetters | DeadLettersReplayed | DeadLettersPurged, source: str) -> dict[str, Any]:
+    """The admin result of a channel's answer to a dead-letter message: a listing
+    (:func:`dead_letters_listing`), ``{"channel", "source", "replayed"}`` or ``{"channel", "source", "purged"}``;
+    ``source`` says where it came from (``node``: the actors; ``redis``: the stored list)."""
+    if isinstance(reply, DeadLetters):
+        return dead_letters_listing(reply.channel_id, [dead_letter_row(letter) for letter in reply.letters], source)
+    if isinstance(reply, DeadLettersReplayed):
+        return {"channel": reply.channel_id, "source": source, "replayed": reply.count}
+    return {"channel": reply.channel_id, "source": source, "purged": reply.count}
+
+
+def dead_letters_listing(channel: str, rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """A channel's dead letters as the admin lists them: ``{"channel", "source", "dead_letters": [row, ...],
+    "undecodable": how many rows are undecodable entries}``, oldest first."""
+    return {"channel": channel, "source": source, "dead_letters": rows,
+            "undecodable": sum(1 for row in rows if row["undecodable"])}
+
+
+def dead_letter_row(letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter as the admin lists it, on every route.
+
+    An item that failed its last attempt: ``item_id``, ``messages`` (each ``message_id``, ``text`` cut to
+    :data:`MAX_LISTED_TEXT` characters, ``truncated`` when cut), ``error`` (the last one), ``attempts``,
+    ``first_failed_at`` and ``last_failed_at`` (Unix seconds). A stored entry set aside (it failed to decode
+    or encode): ``item_id`` None, no messages, ``error`` why, ``attempts`` 0 and no failure times. Both have
+    ``role`` (``item``, or the key role the entry was in), ``at`` (when it was set aside), ``bytes`` (of the
+    data it holds) and ``undecodable`` (true for a dead-letter entry that did not decode itself: role
+    ``dead``)."""
+    item = letter.item
+    messages = []
+    if item is not None:
+        for message in payload_messages(item.payload):
+            text = message.text
+            row: dict[str, Any] = {"message_id": message.message_id, "text": text[:MAX_LISTED_TEXT]}
+            if len(text) > MAX_LISTED_TEXT:
+                row["truncated"] = True
+            messages.append(row)
+    return {
+        "item_id": item.item_id if item is not None else None,
+        "messages": messages,
+        "error": letter.reason,
+        "attempts": letter.attempts,
+        "first_failed_at": letter.first_failed_at if item is not None else None,
+        "last_failed_at": letter.last_failed_at if item is not None else None,
+        "role": letter.role,
+        "at": letter.at,
+        "bytes": len(letter.data),
+        "undecodable": letter.role == keys.DEAD_LETTER,
+    }
+
+
+def undecodable_row(raw: bytes, error: DecodeError) -> dict[str, Any]:
+    """A stored dead-letter entry that does not decode, listed like :func:`dead_letter_row` lists the same
+    entry once a node has loaded it (``role`` ``dead``, ``undecodable``), but with no ``at``: it is unknown."""
+    return {"item_id": None, "messages": [], "error": str(error)[:4096], "attempts": 0,
+            "first_failed_at": None, "last_failed_at": None, "role": keys.DEAD_LETTER, "at": None,
+            "bytes": len(raw), "undecodable": True}

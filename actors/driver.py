@@ -33,7 +33,6 @@ from actors.internal import ConfigureSystem, EnqueueChecked
 from actors.io import ThreadIo
 from actors.system import SIMPLE_BASE, RunningSystem, launch_system, restored_channels
 from actors.thespian_compat import LeanSimpleBase, PrivateEndpoint, lean_base
-from protocol.limits import validate_message
 from protocol.messages import (
     BatchReady,
     CancelProcessing,
@@ -44,6 +43,7 @@ from protocol.messages import (
     Rejected,
     StartProcessing,
 )
+from protocol.validation import validate_message
 from protocol.values import BatchSettings, QueuedMessage
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class InProcessDriver:
 
     def enqueue(self, message: QueuedMessage, *, checked: bool = False) -> None:
         """Fire-and-forget ``Enqueue``: the cheapest way in. ``checked``: the caller already ran
-        :func:`~protocol.limits.validate_message` on it, so it is not checked again.
+        :func:`~protocol.validation.validate_message` on it, so it is not checked again.
 
         Raises:
             InvalidInput: (unless ``checked``) if the message breaks a documented limit.

@@ -75,7 +75,7 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class EnqueueChecked:
-    """In-process driver -> Supervisor: messages already checked with ``protocol.limits.validate_message``, in
+    """In-process driver -> Supervisor: messages already checked with ``protocol.validation.validate_message``, in
     order, each with the time it was accepted (``arrived``, on the system's clock: its batching window counts
     from then). Routed without checking them again, so it cannot be pickled: it never comes from another
     process. With ``ack``, the Supervisor answers ``Enqueued`` once they are all durable (at once without
@@ -153,6 +153,8 @@ class ChannelInit:
     # duplicates, edits, retractions, interruptions, rejections of its earlier actors
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     failures: tuple[int, ...] = ()  # actors.batching.FAILURE_COUNTS of its earlier actors
+    # message ids its earlier actor remembered when it passivated: (id, when accepted on the clock), oldest first
+    remembered: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,9 @@ class Gathered:
 
 @dataclass(frozen=True, slots=True)
 class Passivate:
-    """ChannelActor -> Supervisor: idle with no work; may be stopped if it has seen every routed message."""
+    """ChannelActor -> Supervisor: idle with no work; may be stopped if it has seen every routed message.
+    ``ids``: the message ids it still remembers for duplicate detection, for its next actor (as in
+    ``ChannelInit.remembered``)."""
 
     channel_id: str
     received: int
@@ -218,11 +222,13 @@ class Passivate:
     failed: int
     conversation: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # as in ChannelInit
     failures: tuple[int, ...] = ()  # as in ChannelInit
+    ids: tuple[tuple[str, float], ...] = ()
 
 
 class WakeKind(enum.Enum):
     DEADLINE = "deadline"
     IDLE = "idle"
+    FORGET = "forget"  # the Supervisor drops the expired ids of passivated channels
 
 
 @dataclass(frozen=True, slots=True)

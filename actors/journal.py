@@ -130,9 +130,16 @@ class SetRetry:
     wait: RetryWait
 
 
+@dataclass(frozen=True, slots=True)
+class ClearRetry:
+    """A retried item was answered (done, failed for good, or cancelled): forget the channel's stored wait."""
+
+    channel_id: str
+
+
 Op = (
     AppendOpen | PushTail | PushHead | TakeHead | FinishInFlight | ClearQueue | ReplaceWaiting | AppendIds |
-    ReplaceIds | PushDead | RemoveDead | SetRetry
+    ReplaceIds | PushDead | RemoveDead | SetRetry | ClearRetry
 )
 
 

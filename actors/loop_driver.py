@@ -214,7 +214,7 @@ class LoopDriver:
     # -- what callers hand over -----------------------------------------------------------------------------
 
     def enqueue(self, message: QueuedMessage) -> None:
-        """Accept ``message`` (already checked with :func:`~protocol.limits.validate_message`) now: stamped
+        """Accept ``message`` (already checked with :func:`~protocol.validation.validate_message`) now: stamped
         with the clock, handed to the actors on the next turn."""
         self._accepted.append(message)
         self._stamps.append(self._clock())

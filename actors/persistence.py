@@ -24,7 +24,8 @@ operations and every acknowledgement stay held, never sent.
 Admin commands through Redis (:mod:`actors.control_stream`): once the channels are restored, the actor polls
 the control stream every :data:`CONTROL_POLL_SECONDS` on a wakeup of its own (a non-blocking ``XREAD`` on the
 I/O thread, off the write path), hands each request to the Supervisor as its actor message (``PauseChannel``,
-``ResumeChannel``, ``FlushBatch``, ``Clear``), one at a time, and pushes the answer onto the request's reply
+``ResumeChannel``, ``FlushBatch``, ``Clear``; ``dead-letters``: ``GetDeadLetters``, ``ReplayDeadLetters`` or
+``PurgeDeadLetters``), one at a time, and pushes the answer onto the request's reply
 list once the Supervisor replies. Pauses are stored with the answer, and re-applied when the store is loaded:
 the Supervisor gets a ``PauseChannel`` for each stored pause before ``ChannelsLoaded``, so a restored channel
 is paused before anything else reaches it.
@@ -66,6 +67,9 @@ from protocol.messages import (
     ChannelPaused,
     Clear,
     Cleared,
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
     FlushBatch,
     PauseChannel,
     Rejected,
@@ -440,6 +444,18 @@ class RedisPersistence(Dispatcher):
     def receiveMsg_Cleared(self, msg: Cleared, sender: ActorAddress) -> None:
         self._reply(msg.channel_id, ("clear",), {"channel": msg.channel_id, "removed": msg.removed})
 
+    def receiveMsg_DeadLetters(self, msg: DeadLetters, sender: ActorAddress) -> None:
+        self._reply(msg.channel_id, (control_stream.DEAD_LETTER_ACTIONS["list"],),
+                    control_stream.dead_letters_result(msg, "node"))
+
+    def receiveMsg_DeadLettersReplayed(self, msg: DeadLettersReplayed, sender: ActorAddress) -> None:
+        self._reply(msg.channel_id, (control_stream.DEAD_LETTER_ACTIONS["replay"],),
+                    control_stream.dead_letters_result(msg, "node"))
+
+    def receiveMsg_DeadLettersPurged(self, msg: DeadLettersPurged, sender: ActorAddress) -> None:
+        self._reply(msg.channel_id, (control_stream.DEAD_LETTER_ACTIONS["purge"],),
+                    control_stream.dead_letters_result(msg, "node"))
+
     def receiveMsg_Rejected(self, msg: Rejected, sender: ActorAddress) -> None:
         if self._restoring > 0 and msg.command == "PauseChannel":
             log.warning("a stored pause of %r was refused: %s", msg.channel_id, msg.reason,
@@ -500,11 +516,14 @@ class RedisPersistence(Dispatcher):
 
 
 _NODE_COMMANDS_OF = {"PauseChannel": ("pause",), "ResumeChannel": ("resume",), "FlushBatch": ("flush",),
-                     "Clear": ("clear",)}
+                     "Clear": ("clear",), "GetDeadLetters": (control_stream.DEAD_LETTER_ACTIONS["list"],),
+                     "ReplayDeadLetters": (control_stream.DEAD_LETTER_ACTIONS["replay"],),
+                     "PurgeDeadLetters": (control_stream.DEAD_LETTER_ACTIONS["purge"],)}
 
 
 def _command_of(request: ControlRequest) -> tuple[str, str, object]:
-    """The command, channel and actor message of an admin request.
+    """The command (for ``dead-letters``, with its action: ``dead-letters --replay``...), channel and actor
+    message of an admin request.
 
     Raises:
         InvalidInput: naming what is wrong with the request.
@@ -514,11 +533,15 @@ def _command_of(request: ControlRequest) -> tuple[str, str, object]:
     command = request.payload.get("command")
     channel = request.payload.get("channel")
     messages = {"pause": PauseChannel, "resume": ResumeChannel, "flush": FlushBatch, "clear": Clear}
-    if command not in messages:
-        raise InvalidInput(f"command must be one of {', '.join(messages)} through Redis, got {command!r:.80}")
+    if command not in messages and command != "dead-letters":
+        raise InvalidInput(f"command must be one of {', '.join(control_stream.NODE_COMMANDS)} through Redis, "
+                           f"got {command!r:.80}")
     try:
         validate_channel_id(channel)
     except InvalidInput as exc:
         raise InvalidInput(f"{command}: {exc}") from exc
     assert isinstance(command, str) and isinstance(channel, str)
+    if command == "dead-letters":
+        message = control_stream.dead_letters_message(channel, request.payload)
+        return control_stream.dead_letters_action(message), channel, message
     return command, channel, messages[command](channel)

@@ -2,12 +2,15 @@
 
 It validates commands at the edge, spawns one :class:`ChannelActor` per active channel on demand, routes
 each command to its channel, keeps processor registrations and per-channel settings (so a passivated channel
-comes back as it was), and owns the shared :class:`Timer`.
+comes back as it was), and owns the shared :class:`Timer`. The message ids a passivated channel still remembers
+are kept in :class:`~actors.remembered.RememberedIds` for its next actor; one timer wake at a time drops those
+that expired.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 from thespian.actors import ActorExitRequest, ActorSystemMessage, ChildActorExited
 
 from actors.base import Dispatcher
-from actors.batching import FAILURE_COUNTS
+from actors.batching import FAILURE_COUNTS, MAX_REMEMBERED_IDS
 from actors.channel import ChannelActor
 from actors.internal import (
     Ack,
@@ -29,8 +32,11 @@ from actors.internal import (
     Gathered,
     Passivate,
     Routed,
+    ScheduleWake,
     SystemConfigured,
     TimerConfig,
+    Wake,
+    WakeKind,
 )
 from actors.journal import (
     ChannelsLoaded,
@@ -40,9 +46,10 @@ from actors.journal import (
     StoreFailed,
     StoreOpened,
 )
+from actors.remembered import RememberedIds
 from actors.timer import Timer
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
+from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import (
     BatchFlushed,
     BatchHeld,
@@ -87,6 +94,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, QueuedMessage
 
 if TYPE_CHECKING:
@@ -94,6 +102,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+# The least time between two walks over the ids of passivated channels; otherwise a quarter of the longest
+# dedupe_ttl among them (so an id is looked at about four times at most, and lingers at most that long).
+_MIN_FORGET_GAP = 0.01
 
 # What the Supervisor handles while it restores persisted channels; everything else waits.
 _STARTUP_MESSAGES = (StoreOpened, StoreFailed, ChannelsLoaded, ActorSystemMessage)
@@ -177,6 +189,8 @@ class Supervisor(Dispatcher):
         self._paused: set[str] = set()  # channels whose deliveries are paused (PauseChannel)
         self._observer: ActorAddress | None = None  # gets every channel's QueueChanged facts
         self._retired: dict[str, _Counters] = {}  # counters of passivated channels, see _pack_counters
+        self._remembered = RememberedIds()  # message ids of passivated channels, for their next actors
+        self._forget_wake: float | None = None  # when the Timer wakes us to drop expired ones (None: no wake)
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
         self._stopping = False  # asked to exit: children exit with it, which is no error
@@ -482,9 +496,44 @@ class Supervisor(Dispatcher):
         counters = _pack_counters(msg.processed, msg.cancelled, msg.failed, msg.conversation, msg.failures)
         if counters is not None:  # a channel re-spawned without an entry starts from zero, as it should
             self._retired[msg.channel_id] = counters
+        if msg.ids:
+            self._keep_ids(msg.channel_id, msg.ids)
         self.send(sender, ActorExitRequest())
         if self._observer is not None:
             self.send(self._observer, ChannelPassivated(msg.channel_id))
+
+    def _keep_ids(self, channel_id: str, ids: object) -> None:
+        try:
+            checked = _checked_ids(ids)
+        except InvalidInput as exc:
+            log.warning("channel %r passivated with message ids that are not valid; they are forgotten: %s",
+                        channel_id, exc, extra={"channel": channel_id})
+            return
+        now = self._clock()
+        ttl = self._ttl_of(channel_id)
+        expires = self._remembered.keep(channel_id, checked, now, ttl)
+        if expires is not None:
+            self._schedule_forget(max(expires, now + max(ttl / 4, _MIN_FORGET_GAP)))
+
+    def receiveMsg_Wake(self, msg: Wake, sender: ActorAddress) -> None:
+        if msg.kind is not WakeKind.FORGET or msg.at != self._forget_wake:
+            return  # replaced by an earlier wake
+        self._forget_wake = None
+        now = self._clock()
+        next_empty = self._remembered.prune(now, self._ttl_of)
+        if next_empty is not None:
+            longest = max((self._settings, *self._overrides.values()), key=lambda s: s.dedupe_ttl).dedupe_ttl
+            self._schedule_forget(max(next_empty, now + max(longest / 4, _MIN_FORGET_GAP)))
+
+    def _schedule_forget(self, at: float) -> None:
+        """Have the Timer wake us at ``at`` to drop expired ids, unless a wake is due no later."""
+        if self._forget_wake is not None and self._forget_wake <= at:
+            return
+        self._forget_wake = at
+        self.send(self._timer_address(), ScheduleWake(at, WakeKind.FORGET))
+
+    def _ttl_of(self, channel_id: str) -> float:
+        return self._overrides.get(channel_id, self._settings).dedupe_ttl
 
     def on_stop(self) -> None:
         self._stopping = True
@@ -498,6 +547,7 @@ class Supervisor(Dispatcher):
         if msg.childAddress == self._timer:
             log.error("the Timer exited; starting a new one for channels created from now on")
             self._timer = None
+            self._forget_wake = None  # it went with the Timer
             return
         channel_id = self._live_channel_of(msg.childAddress)
         if channel_id is None:
@@ -585,6 +635,7 @@ class Supervisor(Dispatcher):
                 channel_id in self._paused,
                 conversation,
                 failures,
+                self._remembered.take(channel_id),
             ),
         )
         route.sent += 1
@@ -645,6 +696,25 @@ def _checked_settings(settings: object) -> BatchSettings:
         return replace(settings)  # runs the constructor's checks on every field
     except TypeError as exc:  # a field missing or unknown: not a BatchSettings of this version
         raise InvalidSettings(f"settings must be a BatchSettings: {exc}") from exc
+
+
+def _checked_ids(ids: object) -> tuple[tuple[str, float], ...]:
+    """``ids`` checked to be what ``Passivate.ids`` holds: it may have crossed a process boundary.
+
+    Raises:
+        InvalidInput: naming the rule and the value.
+    """
+    if not isinstance(ids, tuple) or len(ids) > MAX_REMEMBERED_IDS:
+        raise InvalidInput(f"ids must be a tuple of at most {MAX_REMEMBERED_IDS} pairs, got {type(ids).__name__}"
+                           f"{f' of {len(ids)}' if isinstance(ids, tuple) else ''}")
+    for pair in ids:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise InvalidInput(f"each of ids must be a (message_id, time) pair, got {pair!r:.80}")
+        validate_message_id(pair[0])
+        at = pair[1]
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+            raise InvalidInput(f"the time of message id {pair[0]!r} must be a finite number, got {at!r:.40}")
+    return ids
 
 
 def _printable(channel_id: object) -> str:

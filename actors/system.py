@@ -24,7 +24,7 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors import thespian_compat, watchdog
-from actors.internal import Clock, ConfigureSystem, SystemConfigured
+from actors.internal import Alarm, Clock, ConfigureSystem, SystemConfigured
 from actors.procfs import alive as alive
 from actors.procfs import children, parent, session_members, wait_exit
 from actors.procfs import descendants as descendants
@@ -136,6 +136,7 @@ def start_system(
     allow_volatile_redis: bool = False,
     timeout: float = 10.0,
     clock: Clock | None = None,
+    alarm: Alarm | None = None,
     report_redis_writes: bool = False,
 ) -> RunningSystem:
     """Start an actor system on ``base``, create (or find) the Supervisor and configure it. With
@@ -143,7 +144,9 @@ def start_system(
 
     With ``redis_url`` every channel is persisted there and the channels stored by an earlier run are
     restored before this returns (``timeout`` covers the restore); persistence's Redis calls run inline, in
-    its actor. ``clock`` is the clock every actor reads (default ``time.monotonic``).
+    its actor. ``clock`` is the clock every actor reads (default ``time.monotonic``); with ``alarm`` (simple
+    base only: it is called in this process) the Timer arms it instead of Thespian wakeups, and whoever owns it
+    sends the Timer ``Tick`` when a deadline has come (a test's fake time).
 
     Raises:
         InvalidSettings: for an unsupported base, settings the Supervisor refuses, or (TCP base) an
@@ -155,7 +158,7 @@ def start_system(
     """
     running = launch_system(base, admin_port=admin_port)
     configure = ConfigureSystem(
-        settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, clock=clock,
+        settings or BatchSettings(), idle_timeout, redis_url, allow_volatile_redis, clock=clock, alarm=alarm,
         report_redis_writes=report_redis_writes,
     )
     reply = running.asys.ask(running.supervisor, configure, timeout)

@@ -104,40 +104,48 @@ class _Children:
     __slots__ = ("_by_key",)
 
     def __init__(self, addresses: Any = ()) -> None:
-        self._by_key: dict[str, Any] = {}
+        self._by_key: dict[str, Any] | None = None  # made with the first child: most actors never have one
         for address in addresses:
             self.append(address)
 
     def append(self, address: Any) -> None:
+        if self._by_key is None:
+            self._by_key = {}
         self._by_key[address.actorAddressString] = address
 
     def index(self, address: Any) -> str:
         key: str = address.actorAddressString
-        if key not in self._by_key:
+        if not self._by_key or key not in self._by_key:
             raise ValueError(f"{address} is not a child")
         return key
 
     def remove(self, address: Any) -> None:
         """Remove ``address``; nothing happens if it is not a child."""
-        self._by_key.pop(address.actorAddressString, None)
+        if self._by_key:
+            self._by_key.pop(address.actorAddressString, None)
 
     def __getitem__(self, key: str) -> Any:
+        if self._by_key is None:
+            raise KeyError(key)
         return self._by_key[key]
 
     def __delitem__(self, key: str) -> None:
+        if self._by_key is None:
+            raise KeyError(key)
         del self._by_key[key]
 
     def __contains__(self, address: object) -> bool:
-        return getattr(address, "actorAddressString", None) in self._by_key
+        by_key = self._by_key
+        return by_key is not None and getattr(address, "actorAddressString", None) in by_key
 
     def __iter__(self) -> Any:
-        return iter(list(self._by_key.values()))  # a copy: a send made while iterating may add a child
+        return iter(list(self._by_key.values()) if self._by_key else [])  # a copy: a send may add a child
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        return len(self._by_key) if self._by_key else 0
 
     def __repr__(self) -> str:
-        return f"_Children({list(self._by_key.values())!r})"
+        return f"_Children({list(self)!r})"
 
 
 class _ActorRef(simpleSystemBase.ActorRef):  # type: ignore[misc]
@@ -317,10 +325,12 @@ class LeanSimpleBase(_Original):  # type: ignore[misc]
             except Exception:
                 actor = None  # the original path below reports it as the base does
             if actor is not None:
-                ref = simpleSystemBase.ActorRef(actorSystem, parentAddr, actorAddr, actor)
+                # made as an _ActorRef (not switched to one): its attributes then stay in the object, with no
+                # dict for the garbage collector to track
+                ref = _ActorRef(actorSystem, parentAddr, actorAddr, actor)
+                ref._yung = _Children()
                 actor._myRef = ref
                 actor._receive = types.MethodType(simpleSystemBase.actor_base_receive, actor)
-                _track_children(ref)
                 return ref
         ref = _Original._newRefAndActor(
             self, actorSystem, parentAddr, actorAddr, actorClass, sourceHash, targetActorRequirements, isTopLevel

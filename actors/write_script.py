@@ -17,6 +17,7 @@ from actors.journal import (
     AppendIds,
     AppendOpen,
     ClearQueue,
+    ClearRetry,
     FinishInFlight,
     Op,
     PushDead,
@@ -237,6 +238,8 @@ def script_operations(
                 args.extend((_LREM, dead_key, frame))
         elif isinstance(op, SetRetry):
             args.extend((_SET, key(keys.channel_key(keys.RETRY, channel)), encode_retry(op.wait)))
+        elif isinstance(op, ClearRetry):
+            args.extend((_DEL, key(keys.channel_key(keys.RETRY, channel))))
         else:  # pragma: no cover - Op is a closed union
             raise TypeError(f"unknown operation {type(op).__name__}")
     for channel, letter in dead:

@@ -346,7 +346,7 @@ SENDS = {
 STAGES = {
     # label: (file name ending, function): entry points whose cumulative time splits a message's cost
     "enqueue (MessageQueue.enqueue -> LocalQueue.enqueue)": ("message_queue/local.py", "enqueue"),
-    "  of which validate_message": ("protocol/limits.py", "validate_message"),
+    "  of which validate_message": ("protocol/validation.py", "validate_message"),
     "loop driver turns (LoopDriver._turn)": ("actors/loop_driver.py", "_turn"),
     "  of which sends run (LeanSimpleBase.run_pending)": ("actors/thespian_compat.py", "run_pending"),
     "  of which the Timer's Tick (Timer._fire)": ("actors/timer.py", "_fire"),

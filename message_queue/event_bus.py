@@ -20,9 +20,16 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from message_queue import scripts
 from protocol import codec
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.keys import DIST_SEQ_FLOOR, DIST_STATE, INBOUND_STREAM, channel_tag, dist_key_of_tag
-from protocol.limits import validate_payload
+from protocol.keys import (
+    DIST_HELD,
+    DIST_STATE,
+    INBOUND_STREAM,
+    channel_tag,
+    config_key,
+    dist_key_of_tag,
+)
 from protocol.stream import InboundBatch
+from protocol.validation import validate_payload
 from protocol.values import MessageBatch
 
 if TYPE_CHECKING:
@@ -96,7 +103,9 @@ class RedisStreamEventBus:
 
         Called by a relay (:func:`current_inbound` is set), the entry is copied as it is, keeping its batch
         id. Called directly, the batch gets the channel's next batch id, with reason ``published`` (and a
-        channel with no open batch keeps its distributed state for :data:`~message_queue.scripts.IDLE_TTL`).
+        channel with no open batch keeps its distributed state for :data:`~message_queue.scripts.IDLE_TTL`); on a
+        paused channel it is held ahead of the channel's held batches instead, and the id is "" (resume
+        publishes it first).
 
         Raises:
             InvalidInput: for an empty batch, a batch mixing channels, or a message breaking a limit.
@@ -108,13 +117,11 @@ class RedisStreamEventBus:
             raise InvalidInput(f"publish_inbound needs a MessageBatch, got {type(batch).__name__}")
         channel = validate_payload(batch)
         tag = channel_tag(channel)
-        result = await scripts.run(
-            self.redis,
-            scripts.PUBLISH,
-            [dist_key_of_tag(DIST_STATE, tag), self.stream, DIST_SEQ_FLOOR],
-            [channel, tag, codec.encode(batch), len(batch.messages), "published", self.maxlen, "bus/bus",
-             round(scripts.IDLE_TTL * 1000)],
-        )
+        keys, args = scripts.publish_call(dist_key_of_tag(DIST_STATE, tag), config_key(channel),
+                                          dist_key_of_tag(DIST_HELD, tag), self.stream, self.maxlen, channel, tag,
+                                          codec.encode(batch), len(batch.messages), "published", "bus/bus",
+                                          round(scripts.IDLE_TTL * 1000))
+        result = await scripts.run(self.redis, scripts.PUBLISH, keys, args)
         assert isinstance(result, list), result
         batch_id = result[0]
         return batch_id.decode("ascii") if isinstance(batch_id, bytes) else str(batch_id)

@@ -19,7 +19,8 @@ from message_queue.distributed import DistributedQueue
 from message_queue.local import Callback, LocalQueue, check_callback
 from message_queue.redis_url import url_of_client
 from protocol.errors import InvalidSettings
-from protocol.limits import check_seconds, validate_channel_id, validate_message, validate_payload
+from protocol.limits import check_seconds, validate_channel_id
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage
 
 if TYPE_CHECKING:
@@ -289,7 +290,8 @@ class MessageQueue:
 
     def enqueue_front(self, item: Payload) -> Awaitable[None]:
         """Put a message or a batch at the head of its channel's queue, behind the item in flight; returns once
-        the channel holds it (with ``redis``: once stored). In distributed mode it is published at once.
+        the channel holds it (with ``redis``: once stored). In distributed mode it is published at once (held first
+        while the channel is paused).
 
         Raises:
             InvalidInput: for an empty batch, a batch mixing channels, or a message breaking a limit.

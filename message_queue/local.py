@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 from actors.loop_driver import DriverStopped, LoopDriver, Output
 from message_queue.config import ChannelConfigReader, apply_settings
 from protocol.errors import ChannelBusy, InvalidInput, InvalidSettings, QueueFull, UnsafeRedis
-from protocol.limits import validate_channel_id, validate_message, validate_message_id, validate_payload
+from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import (
     BatchHeld,
     BatchReady,
@@ -77,6 +77,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage, QueueItem
 
 if TYPE_CHECKING:

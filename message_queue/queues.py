@@ -13,12 +13,10 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, TypeVar
 
-import msgpack
-
 from protocol import keys
 from protocol.codec import decode, encode
 from protocol.errors import DecodeError
-from protocol.values import MessageBatch, Payload, QueuedMessage
+from protocol.values import DeadLetter, MessageBatch, Payload, QueuedMessage
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -132,8 +130,9 @@ class RedisQueue:
     one would take over the first one's unacknowledged items. Producers may be anywhere.
 
     An item that fails to decode is moved, in one transaction, from the processing list to the dead-letter
-    list as a msgpack map ``{"key": <queue key>, "reason": <error>, "data": <the stored bytes>, "at": <unix
-    seconds>}``, logged as an error, and ``get`` goes on with the next item.
+    list as a :class:`~protocol.values.DeadLetter` frame (role ``"redis"``, the error, the stored bytes, Unix
+    seconds: the format every writer of that list uses, read with :func:`protocol.codec.decode_dead_letter`),
+    logged as an error, and ``get`` goes on with the next item.
 
     The Redis client must return bytes (``decode_responses=False``, the default). It is not closed here.
     ``get`` blocks in BLMOVE without a limit, or, if the client has a ``socket_timeout``, for at most half of
@@ -283,9 +282,7 @@ class RedisQueue:
                 del self._acking[raw]
 
     async def _dead_letter(self, redis: Redis, raw: bytes, exc: DecodeError) -> None:
-        entry = msgpack.packb(
-            {"key": self.key, "reason": str(exc), "data": raw, "at": time.time()}, use_bin_type=True
-        )
+        entry = encode(DeadLetter(keys.QUEUE, str(exc)[:4096], raw, time.time()))
         async with redis.pipeline(transaction=True) as pipe:
             pipe.rpush(self.dead_letter_key, entry)
             pipe.lrem(self.processing_key, 1, raw)  # type: ignore[arg-type]  # bytes are fine

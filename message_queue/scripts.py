@@ -19,7 +19,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Final, Iterable, Sequence
 
 from actors.batching import MAX_REMEMBERED_IDS
-from protocol.keys import DIST_DEADLINES, DIST_SEQ_FLOOR
+from protocol.keys import DIST_DEADLINES, DIST_PAUSED, DIST_SEQ_FLOOR
 from protocol.values import BatchSettings
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ LEASE: Final = "lease"
 RELEASE: Final = "release"
 CONFIGS: Final = "configs"
 STATS: Final = "stats"
+ADMIN: Final = "admin"
 
-NAMES: Final = (APPEND, FLUSH, DUE, PUBLISH, LEASE, RELEASE, CONFIGS, STATS)
+NAMES: Final = (APPEND, FLUSH, DUE, PUBLISH, LEASE, RELEASE, CONFIGS, STATS, ADMIN)
 _STANDALONE: Final = frozenset({LEASE, RELEASE, CONFIGS, STATS})  # need none of the shared helpers
 
 IDLE_TTL: Final = 24 * 3600.0
@@ -47,10 +48,15 @@ NODE_KEY_TTL_MS: Final = 24 * 3600 * 1000
 Arg = str | bytes | int
 Key = str | bytes
 
-AppendEntry = tuple[Key, Key, Key, bytes, Arg, Arg, Arg, Arg]
-"""One message of an append call: its channel's messages key, state key and ids key, the message's codec frame,
-the channel id, the channel's tag, the settings argument (:func:`settings_argument`) and the message's
-``message_id`` (empty: none)."""
+AppendEntry = tuple[Key, Key, Key, Key, Key, bytes, Arg, Arg, Arg, Arg]
+"""One message of an append call: its channel's messages key, state key, ids key, settings hash key
+(``protocol.keys.config_key``) and held key, the message's codec frame, the channel id, the channel's tag, the
+settings argument (:func:`settings_argument`) and the message's ``message_id`` (empty: none)."""
+
+FlushEntry = tuple[Key, Key, Key, Key, Arg]
+"""One channel of a flush call: its messages key, state key, settings hash key, held key and tag."""
+
+ADMIN_MODES: Final = ("flush", "clear", "pause", "resume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +103,19 @@ async def run(redis: Redis, name: str, keys: Sequence[Key], args: Sequence[Arg])
 
 
 def settings_argument(settings: BatchSettings) -> bytes:
-    """``settings`` as the append script takes them:
-    ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0 batching>:<dedupe_ttl ms, 0: off>`` (times rounded to the
-    ms; a max_wait or dedupe_ttl above 0 but below 1 ms counts as 1 ms)."""
+    """``settings`` as the append script takes them: ``<window ms>:<max_wait ms, 0: none>:<cap>:<1|0
+    batching>:<dedupe_ttl ms, 0: off>:<max_queued>:<overflow: r, o or n>`` (times rounded to the ms; a
+    max_wait or dedupe_ttl above 0 but below 1 ms counts as 1 ms; overflow reject, drop_oldest, drop_newest)."""
     window_ms = round(settings.window * 1000)
     max_wait_ms = max(1, round(settings.max_wait * 1000)) if settings.max_wait is not None else 0
     dedupe_ms = max(1, round(settings.dedupe_ttl * 1000)) if settings.dedupe_ttl > 0 else 0
     batching = "1" if settings.batching else "0"
-    return f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}:{dedupe_ms}".encode()
+    overflow = _OVERFLOW_CODES[settings.overflow]
+    return (f"{window_ms}:{max_wait_ms}:{settings.max_batch_size}:{batching}:{dedupe_ms}:{settings.max_queued}:"
+            f"{overflow}").encode()
+
+
+_OVERFLOW_CODES = {"reject": "r", "drop_oldest": "o", "drop_newest": "n"}
 
 
 def append_call(stream: str, node_key: str, maxlen: int, by: Arg, first: int, idle_ms: int,
@@ -114,33 +125,33 @@ def append_call(stream: str, node_key: str, maxlen: int, by: Arg, first: int, id
     ``first``, ``first + 1``, ...; ``max_ids``: the most message ids a channel remembers."""
     keys: list[Key] = [DIST_DEADLINES, stream, node_key, DIST_SEQ_FLOOR]
     args: list[Arg] = [maxlen, by, first, NODE_KEY_TTL_MS, idle_ms, max_ids]
-    for messages_key, state_key, ids_key, frame, channel, tag, settings, message_id in entries:
-        keys += (messages_key, state_key, ids_key)
+    for messages_key, state_key, ids_key, config, held, frame, channel, tag, settings, message_id in entries:
+        keys += (messages_key, state_key, ids_key, config, held)
         args += (frame, channel, tag, settings, message_id)
     if now_ms is not None:
         args.append(now_ms)
     return keys, args
 
 
-def flush_call(stream: str, maxlen: int, by: Arg, idle_ms: int, channels: Iterable[tuple[Key, Key, Arg]],
+def flush_call(stream: str, maxlen: int, by: Arg, idle_ms: int, channels: Iterable[FlushEntry],
                now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
-    """KEYS and ARGV of one ``flush`` call; ``channels``: the messages key, state key and tag of each."""
+    """KEYS and ARGV of one ``flush`` call; ``channels``: the keys and tag of each (:data:`FlushEntry`)."""
     keys: list[Key] = [DIST_DEADLINES, stream, DIST_SEQ_FLOOR]
     args: list[Arg] = [maxlen, by, idle_ms]
-    for messages_key, state_key, tag in channels:
-        keys += (messages_key, state_key)
+    for messages_key, state_key, config, held, tag in channels:
+        keys += (messages_key, state_key, config, held)
         args.append(tag)
     if now_ms is not None:
         args.append(now_ms)
     return keys, args
 
 
-def publish_call(state_key: Key, stream: str, maxlen: int, channel: Arg, tag: Arg, frame: bytes, count: int,
-                 reason: str, by: Arg, idle_ms: int, node: tuple[str, int] | None = None,
+def publish_call(state_key: Key, config: Key, held: Key, stream: str, maxlen: int, channel: Arg, tag: Arg,
+                 frame: bytes, count: int, reason: str, by: Arg, idle_ms: int, node: tuple[str, int] | None = None,
                  now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
-    """KEYS and ARGV of one ``publish`` call; ``node``: the node key and operation number, which make a
-    replayed call a no-op."""
-    keys: list[Key] = [state_key, stream, DIST_SEQ_FLOOR]
+    """KEYS and ARGV of one ``publish`` call (``config``, ``held``: the channel's settings hash and held list);
+    ``node``: the node key and operation number, which make a replayed call a no-op."""
+    keys: list[Key] = [state_key, stream, DIST_SEQ_FLOOR, config, held]
     args: list[Arg] = [channel, tag, frame, count, reason, maxlen, by, idle_ms]
     if node is not None:
         keys.append(node[0])
@@ -156,3 +167,21 @@ def due_call(grace_ms: int, limit: int, now_ms: int | None = None) -> tuple[list
     if now_ms is not None:
         args.append(now_ms)
     return [DIST_DEADLINES], args
+
+
+def admin_call(mode: str, channel_keys: tuple[Key, Key, Key, Key], tag: Arg, by: Arg, idle_ms: int,
+               streams: Sequence[Key] = (), st: bytes = b"", now_ms: int | None = None) -> tuple[list[Key], list[Arg]]:
+    """KEYS and ARGV of one ``admin`` call: ``mode`` (one of :data:`ADMIN_MODES`) on the channel whose messages
+    key, state key, settings hash key and held key are ``channel_keys``; ``streams``: flush: the stream of the
+    state's ``st`` field, whose value (as read) is ``st``; resume: every stream the held batches name.
+
+    Raises:
+        ValueError: for an unknown mode.
+    """
+    if mode not in ADMIN_MODES:
+        raise ValueError(f"mode must be one of {', '.join(ADMIN_MODES)}, got {mode!r}")
+    keys: list[Key] = [DIST_DEADLINES, DIST_SEQ_FLOOR, DIST_PAUSED, *channel_keys, *streams]
+    args: list[Arg] = [mode, tag, by, idle_ms, st]
+    if now_ms is not None:
+        args.append(now_ms)
+    return keys, args

@@ -66,9 +66,9 @@ from protocol.errors import DecodeError, InvalidInput
 from protocol.limits import (
     MAX_CHANNEL_ID_BYTES,
     MAX_EXTRA_BYTES,
-    MAX_EXTRA_DEPTH,
     MAX_NAME_BYTES,
     MAX_TEXT_BYTES,
+    check_extra,
     validate_channel_id,
 )
 from protocol.messages import (
@@ -133,6 +133,7 @@ __all__ = [
     "Encodable",
     "check_extra",
     "decode",
+    "decode_dead_letter",
     "encode",
     "encode_item_of_frames",
     "encode_open_entry",
@@ -145,8 +146,7 @@ MAX_SEQUENCE_ITEMS: Final = 65_536
 """Most values in one list field (messages of a batch or of ``EnqueueMany``, channels of ``Statistics``)."""
 
 _MAX_INT: Final = 2**63 - 1
-_MIN_EXTRA_INT: Final = -(2**63)
-_MAX_EXTRA_INT: Final = 2**64 - 1
+_LEGACY_DEAD_ROLE: Final = "redis"  # protocol.keys.QUEUE: the list RedisQueue takes items from
 _DAY_US: Final = 86_400 * 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1102,68 +1102,25 @@ def decode(
     return value
 
 
-_EXTRA_SCALARS: Final = frozenset({type(None), bool, float, str, bytes})
-_EXTRA_CONTAINERS: Final = frozenset({dict, list, tuple})
-
-
-def check_extra(extra: object, *, finite: bool = False) -> None:
-    """Check that ``extra`` can be stored: a dict of plain msgpack values within the limits; with ``finite``,
-    also that every float in it is finite (the rule for input: strict JSON has no NaN or Infinity). The
-    codec itself carries non-finite floats, so that entries stored before that rule still decode.
-
-    Rules:
-        * ``extra`` is a ``dict`` whose keys, and the keys of every dict inside it, are ``str``;
-        * values are exactly ``None``, ``bool``, ``int`` in -2**63..2**64-1, ``float``, ``str``, ``bytes``,
-          ``list``, ``tuple`` or ``dict`` (no subclasses, sets, datetimes or other objects);
-        * nesting depth at most ``MAX_EXTRA_DEPTH`` (4): ``extra`` itself is depth 1, a list or dict
-          directly inside it is depth 2, and so on; scalars add no depth, an empty container counts;
-        * at most ``MAX_EXTRA_BYTES`` (16 KiB) once encoded as msgpack; strings must be valid UTF-8;
-        * with ``finite``: no float is NaN, Infinity or -Infinity.
-
-    Tuples are accepted but decode as lists.
+def decode_dead_letter(data: bytes | bytearray | memoryview) -> DeadLetter:
+    """A stored dead letter: a :class:`DeadLetter` frame, or the msgpack map ``{"key", "reason", "data", "at"}``
+    that ``RedisQueue`` wrote for an undecodable item before it wrote frames (read as role ``redis``: the queue
+    list it was taken from).
 
     Raises:
-        InvalidInput: naming the broken rule and where in ``extra`` it broke.
+        DecodeError: when ``data`` is neither.
     """
-    if type(extra) is not dict:
-        raise InvalidInput(f"extra must be a dict, got {_kind(extra)}")
-    if not extra:
-        return
-    pending: list[tuple[dict[Any, Any] | list[Any] | tuple[Any, ...], int, str]] = [(extra, 1, "extra")]
-    while pending:
-        container, depth, where = pending.pop()
-        if type(container) is dict:
-            for key in container:
-                if type(key) is not str:
-                    raise InvalidInput(f"extra keys must be str, got {_kind(key)} {key!r:.40} in {where}")
-            items: Any = container.items()
-        else:
-            items = enumerate(container)
-        for key, value in items:
-            kind = type(value)
-            if kind in _EXTRA_SCALARS:
-                if finite and kind is float and not math.isfinite(value):
-                    raise InvalidInput(f"extra floats must be finite, got {value!r} at {where}[{key!r}]")
-                continue
-            if kind is int:
-                if not _MIN_EXTRA_INT <= value <= _MAX_EXTRA_INT:
-                    raise InvalidInput(f"extra ints must fit in 64 bits, got {value} at {where}[{key!r}]")
-                continue
-            if kind in _EXTRA_CONTAINERS:
-                if depth + 1 > MAX_EXTRA_DEPTH:
-                    raise InvalidInput(
-                        f"extra nesting depth must be at most {MAX_EXTRA_DEPTH}, got {depth + 1} "
-                        f"at {where}[{key!r}]"
-                    )
-                pending.append((value, depth + 1, f"{where}[{key!r}]"))
-                continue
-            raise InvalidInput(
-                "extra values must be None, bool, int, float, str, bytes, list, tuple or dict, "
-                f"got {kind.__name__} at {where}[{key!r}]"
-            )
     try:
-        size = len(msgpack.packb(extra, use_bin_type=True))
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"extra strings must be valid UTF-8 text, got {exc.object[:40]!r}") from exc
-    if size > MAX_EXTRA_BYTES:
-        raise InvalidInput(f"extra must be at most {MAX_EXTRA_BYTES} bytes once encoded, got {size} bytes")
+        return decode(data, DeadLetter)
+    except DecodeError as exc:
+        error = exc
+    try:
+        legacy = msgpack.unpackb(bytes(data), raw=False, max_str_len=MAX_TEXT_BYTES, max_bin_len=MAX_FRAME_BYTES,
+                                 max_array_len=0, max_map_len=4, max_ext_len=0)
+    except Exception:  # not msgpack at all: the frame's error says more
+        raise error from None
+    if (type(legacy) is not dict or set(legacy) != {"key", "reason", "data", "at"}
+            or type(legacy["reason"]) is not str or type(legacy["data"]) is not bytes
+            or type(legacy["at"]) not in (int, float)):
+        raise error
+    return DeadLetter(_LEGACY_DEAD_ROLE, legacy["reason"], legacy["data"], float(legacy["at"]))

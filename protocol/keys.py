@@ -97,25 +97,28 @@ def config_key(channel_id: str) -> str:
 #   * (role, channel) -> key is injective: the tag is a bijective encoding of the id and ends at the first
 #     ``}``, and the role after it is a fixed word.
 # The keys shared by every channel (the deadline index, the outbox, the relay lease, the nodes' operation
-# counters, the seq floor) follow ``message_queue:dist:`` with a letter, never ``{``, so they cannot collide with a
-# channel's key. They live outside the channels' slots, and the scripts touch them together with a channel's
-# keys: distributed mode needs one Redis server, not a Cluster (a Cluster variant would shard the deadline
-# index and the stream by slot). ``dist`` and ``inbound`` are not roles of :func:`channel_key`, so no persistence
-# key can take these names either.
+# counters, the seq floor, the paused set) follow ``message_queue:dist:`` with a letter, never ``{``, so they
+# cannot collide with a channel's key. They live outside the channels' slots, and the scripts touch them
+# together with a channel's keys (and its settings hash ``message_queue:config:<channel>``, whose ``paused``
+# field they read): distributed mode needs one Redis server, not a Cluster (a Cluster variant would shard the
+# deadline index and the stream by slot). ``dist`` and ``inbound`` are not roles of :func:`channel_key`, so no
+# persistence key can take these names either.
 
 DIST = "dist"
 DIST_MESSAGES = "msgs"  # list: codec frames (QueuedMessage) of the channel's open batch, oldest first
 DIST_STATE = "state"  # hash: the open batch's times and settings, and the channel's batch counter ``seq``;
 #                       expires after the node's idle_ttl once nothing is open
 DIST_IDS = "ids"  # sorted set: message ids the channel accepted -> when (ms), for duplicate detection
+DIST_HELD = "held"  # list: batches closed while the channel is paused, oldest first, until resumed or cleared
 
-DIST_ROLES = (DIST_MESSAGES, DIST_STATE, DIST_IDS)
+DIST_ROLES = (DIST_MESSAGES, DIST_STATE, DIST_IDS, DIST_HELD)
 
 DIST_DEADLINES = f"{PREFIX}:{DIST}:deadlines"  # sorted set: channel tag -> deadline (Redis server time, ms)
 DIST_OUTBOX = f"{PREFIX}:{DIST}:outbox"  # stream: finished batches waiting for a custom event bus's relay
 DIST_RELAY_LEASE = f"{PREFIX}:{DIST}:relay"  # string: id of the node whose relay may publish the outbox
 DIST_DEAD = f"{PREFIX}:{DIST}:dead"  # stream: outbox entries a relay could not decode, with the reason
 DIST_SEQ_FLOOR = f"{PREFIX}:{DIST}:floor"  # string: a new or expired channel numbers its batches above it
+DIST_PAUSED = f"{PREFIX}:{DIST}:paused"  # set: tags of the channels paused (or holding batches) until resumed
 INBOUND_STREAM = f"{PREFIX}:inbound"  # the default stream of RedisStreamEventBus
 
 MAX_NODE_ID = 64

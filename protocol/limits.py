@@ -1,4 +1,6 @@
-"""Documented input limits and the checks that enforce them at the edge.
+"""Documented input limits and the checks of single fields that enforce them at the edge (a whole message or
+queue payload is checked by :mod:`protocol.validation`, which also imports the value types; this module
+imports none, so :mod:`protocol.values` can use its limits).
 
 Limits (every field of a message is checked; the first broken rule raises :class:`InvalidInput` naming it and
 the value):
@@ -9,7 +11,7 @@ the value):
     * platform, user id, user name, message id: at most 256 bytes of UTF-8 each;
     * ``queued_at``: a timezone-aware ``datetime`` (``utcoffset()`` is not None). A naive one is refused: it
       names no instant, and each reader would guess its zone differently;
-    * ``extra``: a dict with str keys and plain values (see :func:`protocol.codec.check_extra`), nesting depth
+    * ``extra``: a dict with str keys and plain values (see :func:`check_extra`), nesting depth
       at most 4, at most 16 KiB once encoded, and finite floats only (NaN and ±Infinity are refused: strict
       JSON, which ``serve`` writes, has no token for them);
     * a batch (an enqueue-front payload): a :class:`~protocol.values.MessageBatch` of 1..100 messages
@@ -22,15 +24,13 @@ the value):
 
 from __future__ import annotations
 
-import functools
 import math
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable
+from datetime import datetime
+from typing import Any, Final
+
+import msgpack  # msgpack ships no type information (setup.cfg ignores its imports)
 
 from protocol.errors import InvalidInput, InvalidSettings
-
-if TYPE_CHECKING:
-    from protocol.values import MessageBatch, Payload, QueuedMessage
 
 MAX_CHANNEL_ID_BYTES = 256
 MAX_TEXT_BYTES = 64 * 1024
@@ -75,14 +75,14 @@ def validate_message_id(message_id: object) -> str:
     Raises:
         InvalidInput: naming the rule and the offending value.
     """
-    _check_text(message_id, "message_id", MAX_NAME_BYTES)
+    check_text(message_id, "message_id", MAX_NAME_BYTES)
     assert isinstance(message_id, str)
     if not message_id:
         raise InvalidInput("message_id must not be empty")
     return message_id
 
 
-def _check_text(value: object, field: str, limit: int) -> None:
+def check_text(value: object, field: str, limit: int) -> None:
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be a str, got {type(value).__name__}")
     size = _utf8_size(value, field)
@@ -114,104 +114,6 @@ def validate_time(value: object, field: str) -> datetime:
     return value
 
 
-@functools.cache
-def _late_imports() -> tuple[Callable[..., None], type[QueuedMessage], type[MessageBatch]]:
-    """``check_extra``, ``QueuedMessage`` and ``MessageBatch``, imported on first use (the codec and the
-    values module import this one); cached because ``validate_message`` is on every message's path."""
-    from protocol.codec import check_extra
-    from protocol.values import MessageBatch, QueuedMessage
-
-    return check_extra, QueuedMessage, MessageBatch
-
-
-_NO_ID = ""  # the default message_id (the interpreter's one empty str): passes without a look at it
-_MESSAGE_TYPE: list[type[QueuedMessage]] = []  # QueuedMessage once imported: read on every message, no call
-
-
-def _message_type() -> type[QueuedMessage]:
-    _MESSAGE_TYPE.append(_late_imports()[1])
-    return _MESSAGE_TYPE[0]
-
-
-def validate_message(msg: QueuedMessage) -> QueuedMessage:
-    """Check every field of one inbound message against the limits (see the module docstring) and return it
-    unchanged; ``raw`` is not looked at.
-
-    Raises:
-        InvalidInput: for the first broken limit, naming it and the value.
-    """
-    QueuedMessage = _MESSAGE_TYPE[0] if _MESSAGE_TYPE else _message_type()  # noqa: N806 - the class
-    if type(msg) is not QueuedMessage:
-        what = "not a subclass, got" if isinstance(msg, QueuedMessage) else "got"
-        raise InvalidInput(f"message must be a QueuedMessage, {what} {type(msg).__name__}")
-    try:
-        platform, channel_id, user_id, user_name, text = (
-            msg.platform, msg.channel_id, msg.user_id, msg.user_name, msg.text
-        )
-        queued_at, extra, message_id = msg.queued_at, msg.extra, msg.message_id
-    except AttributeError as exc:  # an instance made without __init__ (unpickled from a hand-made state)
-        raise InvalidInput(f"message must have every field of a QueuedMessage ({exc})") from exc
-    # The common message (plain ASCII str fields within their limits, a UTC time) passes on the first line of
-    # each check; anything else takes the full check, which names what is wrong.
-    if not (type(channel_id) is str and channel_id.isascii() and 0 < len(channel_id) <= MAX_CHANNEL_ID_BYTES):
-        validate_channel_id(channel_id)
-    if not (
-        type(platform) is str and type(user_id) is str and type(user_name) is str
-        and len(platform) <= MAX_NAME_BYTES and len(user_id) <= MAX_NAME_BYTES
-        and len(user_name) <= MAX_NAME_BYTES and platform.isascii() and user_id.isascii() and user_name.isascii()
-    ):
-        _check_text(platform, "platform", MAX_NAME_BYTES)
-        _check_text(user_id, "user_id", MAX_NAME_BYTES)
-        _check_text(user_name, "user_name", MAX_NAME_BYTES)
-    if message_id is not _NO_ID and not (
-        type(message_id) is str and len(message_id) <= MAX_NAME_BYTES and message_id.isascii()
-    ):
-        _check_text(message_id, "message_id", MAX_NAME_BYTES)
-    if not (type(text) is str and len(text) <= MAX_TEXT_BYTES and text.isascii()):
-        _check_text(text, "text", MAX_TEXT_BYTES)
-    if not (type(queued_at) is datetime and queued_at.tzinfo is timezone.utc):
-        validate_time(queued_at, "queued_at")
-    if not (type(extra) is dict and not extra):
-        check_extra = _late_imports()[0]
-        check_extra(extra, finite=True)
-    return msg
-
-
-def validate_payload(payload: Payload) -> str:
-    """Check a queue payload (a message, or a batch of 1..``MAX_BATCH_SIZE`` messages of one channel, each
-    within the limits, with aware ``first_at`` and ``last_at``) and return its channel id.
-
-    Raises:
-        InvalidInput: for the first broken rule, naming it and the value.
-    """
-    _, QueuedMessage, MessageBatch = _late_imports()
-    if type(payload) is QueuedMessage:
-        return validate_message(payload).channel_id
-    if type(payload) is not MessageBatch:
-        raise InvalidInput(f"payload must be a QueuedMessage or a MessageBatch, got {type(payload).__name__}")
-    try:
-        messages, first_at, last_at = payload.messages, payload.first_at, payload.last_at
-    except AttributeError as exc:
-        raise InvalidInput(f"payload batch must have every field of a MessageBatch ({exc})") from exc
-    if type(messages) is not list:
-        raise InvalidInput(f"payload batch messages must be a list, got {type(messages).__name__}")
-    if not messages:
-        raise InvalidInput("payload batch must not be empty")
-    if len(messages) > MAX_BATCH_SIZE:
-        raise InvalidInput(f"payload batch must hold at most {MAX_BATCH_SIZE} messages, got {len(messages)}")
-    channel_id = None
-    for message in messages:
-        validate_message(message)
-        if channel_id is None:
-            channel_id = message.channel_id
-        elif message.channel_id != channel_id:
-            raise InvalidInput(f"a batch holds one channel: got {message.channel_id!r} after {channel_id!r}")
-    validate_time(first_at, "payload batch first_at")
-    validate_time(last_at, "payload batch last_at")
-    assert channel_id is not None
-    return channel_id
-
-
 def check_seconds(name: str, value: object, *, positive: bool) -> float:
     """Return ``value`` as seconds if it is a finite number ``> 0`` (``positive``) or ``>= 0``.
 
@@ -224,3 +126,72 @@ def check_seconds(name: str, value: object, *, positive: bool) -> float:
     if value < 0 or (positive and value == 0):
         raise InvalidSettings(f"{name} must be {rule}, got {value!r}")
     return float(value)
+
+
+_EXTRA_SCALARS: Final = frozenset({type(None), bool, float, str, bytes})
+_MIN_EXTRA_INT: Final = -(2**63)
+_MAX_EXTRA_INT: Final = 2**64 - 1
+_EXTRA_CONTAINERS: Final = frozenset({dict, list, tuple})
+
+
+def check_extra(extra: object, *, finite: bool = False) -> None:
+    """Check that ``extra`` can be stored: a dict of plain msgpack values within the limits; with ``finite``,
+    also that every float in it is finite (the rule for input: strict JSON has no NaN or Infinity). The
+    codec itself carries non-finite floats, so that entries stored before that rule still decode.
+
+    Rules:
+        * ``extra`` is a ``dict`` whose keys, and the keys of every dict inside it, are ``str``;
+        * values are exactly ``None``, ``bool``, ``int`` in -2**63..2**64-1, ``float``, ``str``, ``bytes``,
+          ``list``, ``tuple`` or ``dict`` (no subclasses, sets, datetimes or other objects);
+        * nesting depth at most ``MAX_EXTRA_DEPTH`` (4): ``extra`` itself is depth 1, a list or dict
+          directly inside it is depth 2, and so on; scalars add no depth, an empty container counts;
+        * at most ``MAX_EXTRA_BYTES`` (16 KiB) once encoded as msgpack; strings must be valid UTF-8;
+        * with ``finite``: no float is NaN, Infinity or -Infinity.
+
+    Tuples are accepted but decode as lists.
+
+    Raises:
+        InvalidInput: naming the broken rule and where in ``extra`` it broke.
+    """
+    if type(extra) is not dict:
+        raise InvalidInput(f"extra must be a dict, got {type(extra).__name__}")
+    if not extra:
+        return
+    pending: list[tuple[dict[Any, Any] | list[Any] | tuple[Any, ...], int, str]] = [(extra, 1, "extra")]
+    while pending:
+        container, depth, where = pending.pop()
+        if type(container) is dict:
+            for key in container:
+                if type(key) is not str:
+                    raise InvalidInput(f"extra keys must be str, got {type(key).__name__} {key!r:.40} in {where}")
+            items: Any = container.items()
+        else:
+            items = enumerate(container)
+        for key, value in items:
+            kind = type(value)
+            if kind in _EXTRA_SCALARS:
+                if finite and kind is float and not math.isfinite(value):
+                    raise InvalidInput(f"extra floats must be finite, got {value!r} at {where}[{key!r}]")
+                continue
+            if kind is int:
+                if not _MIN_EXTRA_INT <= value <= _MAX_EXTRA_INT:
+                    raise InvalidInput(f"extra ints must fit in 64 bits, got {value} at {where}[{key!r}]")
+                continue
+            if kind in _EXTRA_CONTAINERS:
+                if depth + 1 > MAX_EXTRA_DEPTH:
+                    raise InvalidInput(
+                        f"extra nesting depth must be at most {MAX_EXTRA_DEPTH}, got {depth + 1} "
+                        f"at {where}[{key!r}]"
+                    )
+                pending.append((value, depth + 1, f"{where}[{key!r}]"))
+                continue
+            raise InvalidInput(
+                "extra values must be None, bool, int, float, str, bytes, list, tuple or dict, "
+                f"got {kind.__name__} at {where}[{key!r}]"
+            )
+    try:
+        size = len(msgpack.packb(extra, use_bin_type=True))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"extra strings must be valid UTF-8 text, got {exc.object[:40]!r}") from exc
+    if size > MAX_EXTRA_BYTES:
+        raise InvalidInput(f"extra must be at most {MAX_EXTRA_BYTES} bytes once encoded, got {size} bytes")

@@ -12,11 +12,13 @@ values byte strings:
                    state expired after ``idle_ttl``, continues above a shared floor (it may not start at 1)
     ``reason``     why the batch closed: ``window``, ``full``, ``max_wait``, ``unbatched`` (batching off),
                    ``settings`` (batching turned off while it was open), ``front`` (``enqueue_front``),
-                   ``published`` (an event bus's own ``publish_inbound``)
+                   ``published`` (an event bus's own ``publish_inbound``), ``flushed`` (``admin flush``)
     ``count``      number of messages (decimal)
     ``deadline``   the deadline the batch was flushed for, Redis server time in ms (``0``: none, e.g. full)
-    ``published``  when it was published, Redis server time in ms
-    ``by``         which node published it and how: ``<node id>/<append|timer|sweep|front|bus>``
+    ``published``  when it was published, Redis server time in ms (for a batch held while its channel was
+                   paused: when ``resume`` published it)
+    ``by``         which node published it and how: ``<node id>/<append|timer|sweep|front|bus>``, or
+                   ``admin/flush`` and ``admin/resume`` for the admin commands
     ``batch``      the messages: one :mod:`protocol.codec` frame of a ``MessageBatch`` (``first_at`` and
                    ``last_at`` are the Redis server times of its first and last message, UTC, to the ms; a
                    batch of ``front`` or ``published`` keeps the times it was given)

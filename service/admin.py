@@ -4,15 +4,28 @@ Two ways to a node's state:
     * ``--control PATH``: a running ``serve --control PATH`` node, through its Unix socket
       (:mod:`service.control`): every command.
     * ``--redis URL``: the state a persisting node (``serve --redis``, ``MessageQueue(redis=...)``) keeps in
-      Redis, read directly: ``channels``, ``show``, ``dead-letters`` (and ``--purge``, which only touches the
-      dead-letter list, which no node reads back). Commands that change what a node holds (``pause``,
-      ``resume``, ``flush``, ``clear``) go to the node holding the database's writer lease through the
-      control stream (:mod:`actors.control_stream`), and its answer comes back the same way. Channels of
-      distributed mode (``serve --distributed``) are read from their own keys (:mod:`service.admin_distributed`):
-      ``channels`` lists those with an open batch, ``show`` any, and the mutations refuse with exit 1.
+      Redis. ``channels`` and ``show`` read it directly. Commands that change what a node holds (``pause``,
+      ``resume``, ``flush``, ``clear``) and ``dead-letters`` (listing, ``--replay``, ``--purge``) go to the
+      node holding the database's writer lease through the control stream (:mod:`actors.control_stream`),
+      and its answer comes back the same way. With no lease holder, ``dead-letters`` lists the stored list
+      ``message_queue:dead:{channel}`` directly and ``--purge`` deletes it (no node holds those letters in
+      memory; the deletion is refused if a node takes the lease meanwhile), while ``--replay`` fails: only a
+      running node can put items back into a channel's queue. Channels of distributed mode (``serve
+      --distributed``) are read from their own keys and changed by an atomic script
+      (:mod:`service.admin_distributed`): ``channels`` lists those with an open batch or paused, ``show`` any,
+      the mutations act at once (no node needs to answer), and ``dead-letters`` refuses with exit 1 (they keep
+      none). ``--distributed`` treats a channel Redis holds no state of as a distributed one.
+
+``dead-letters CHANNEL`` gives the same result on every route: ``{"channel", "source", "dead_letters": [...],
+"undecodable"}`` (``source`` is ``node`` when the node's actors answered, ``redis`` when the stored list was
+read), each letter as :func:`actors.control_stream.dead_letter_row` describes it (item id, messages' ids and
+text, last error, attempts, first and last failure times; entries that do not decode are listed as
+``undecodable`` and counted); ``--replay``: ``{"channel", "source", "replayed"}`` (items put back at the tail
+of the channel's queue, ids kept, attempt 1); ``--purge``: ``{"channel", "source", "purged"}``.
 
 Every command prints a table, or one JSON object with ``--json``. Exit status: 0 done, 1 when no node answers
-(within ``--timeout``), the node refused the command, or Redis cannot be reached, 2 on a usage error.
+(within ``--timeout``), no node holds the lease for ``dead-letters --replay``, the node refused the command,
+or Redis cannot be reached, 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -21,12 +34,13 @@ import argparse
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from protocol import codec
 from protocol.errors import DecodeError, InvalidInput
 from protocol.limits import validate_channel_id
-from protocol.values import DeadLetter, OpenEntry, QueueItem, payload_messages
+from protocol.values import OpenEntry, QueueItem, payload_messages
 from service.control import NoNode, request
 from service.process import EXIT_FAILED, EXIT_OK
 
@@ -44,10 +58,15 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "dead-letters)",
         description="Look at and act on a node's channels: through a running node's control socket "
         "(serve --control PATH; every command), or the state a persisting node keeps in Redis (--redis URL: "
-        "channels, show, dead-letters). Exit status 0 done, 1 when no node answers or the command failed.")
+        "channels and show read directly; dead-letters and pause, resume, flush and clear go to the node holding "
+        "the writer lease, or act at once on a channel of distributed mode). Exit status 0 done, 1 when no node "
+        "answers or the command failed, 2 on a usage error.")
     where = admin.add_mutually_exclusive_group(required=True)
     where.add_argument("--control", metavar="PATH", help="the control socket of a running serve node")
     where.add_argument("--redis", metavar="URL", help="the Redis a persisting node stores its channels in")
+    admin.add_argument("--distributed", action="store_true",
+                       help="with --redis: act on CHANNEL as a channel of distributed mode even when Redis holds "
+                       "no state of it yet (e.g. pause it before its first message)")
     admin.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     admin.add_argument("--timeout", type=float, default=6.0, metavar="SECONDS",
                        help="how long to wait for the node's answer (default 6)")
@@ -60,18 +79,22 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                        ("flush", "close the channel's open batch now"),
                        ("clear", "discard the channel's waiting items")):
         sub.add_parser(name, help=text).add_argument("channel", metavar="CHANNEL")
-    dead = sub.add_parser("dead-letters", help="the entries set aside as undecodable")
+    dead = sub.add_parser("dead-letters", help="the channel's dead letters: items that failed their last attempt, "
+                          "and stored entries set aside")
     dead.add_argument("channel", metavar="CHANNEL")
     action = dead.add_mutually_exclusive_group()
     action.add_argument("--replay", action="store_true",
-                        help="put the decodable entries back at the tail of the channel's queue")
-    action.add_argument("--purge", action="store_true", help="delete the channel's dead letters")
+                        help="put the dead letters' items back at the tail of the channel's queue (attempt 1, ids "
+                        "kept); needs a running node")
+    action.add_argument("--purge", action="store_true", help="forget the channel's dead letters")
     return admin
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.timeout > 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
+    if args.distributed and args.redis is None:
+        parser.error("--distributed needs --redis URL")
     if args.admin_command == "channels" and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
     channel = getattr(args, "channel", None)
@@ -115,17 +138,15 @@ def run_admin(args: argparse.Namespace, out: Callable[[str], None] = print) -> i
 
 
 def redis_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Run a read command (or ``dead-letters --purge``) on the state stored in Redis.
+    """Run a command on a persisting node's state: read from Redis, or sent to the lease holder.
 
     Raises:
-        AdminError: for a command that must go to the node, or when Redis cannot be reached.
+        AdminError: when no node answers a command that must go to one, the node refused it, or Redis cannot
+            be reached.
     """
     import redis
 
     command = args.admin_command
-    if command == "dead-letters" and args.replay:
-        raise AdminError("dead-letters --replay is not available through Redis yet: the dead letters stay where "
-                         "they are")
     # The socket timeout outlasts the wait for the node's answer (BLPOP blocks up to --timeout).
     from protocol import keys
     from service import admin_distributed as dist
@@ -141,21 +162,25 @@ def redis_command(args: argparse.Namespace) -> dict[str, Any]:
             rows += distributed
             rows.sort(key=lambda r: (-r["waiting"], -r["open_batch_size"], r["channel"]))
             return {"channels": rows[: args.limit], "total": len(names) + distributed_total}
-        stored = command == "dead-letters" or bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
+        stored = bool(client.sismember(keys.CHANNEL_INDEX, args.channel)) or \
             bool(client.sismember(keys.PAUSED, args.channel))
-        distributed_row = None if command == "dead-letters" else dist.channel_row(client, args.channel)
+        distributed_row = dist.channel_row(client, args.channel)
+        is_distributed = getattr(args, "distributed", False) or (distributed_row is not None and not stored)
+        if command == "dead-letters":
+            if is_distributed:
+                dist.refuse(command)
+            return dead_letters_command(client, args)
         if command in MUTATIONS:
-            if distributed_row is None or stored:
+            if not is_distributed:
                 return node_command(client, build_request(args), args.timeout)
-            dist.refuse(command)
-        if command == "show":
-            if distributed_row is not None and not stored:
-                return distributed_row
-            row = stored_channel(client, args.channel)
-            if distributed_row is not None:
-                row["distributed"] = distributed_row
-            return row
-        return dead_letters(client, args.channel, purge=args.purge)
+            return dist.MUTATIONS[command](client, args.channel)
+        # show
+        if distributed_row is not None and not stored:
+            return distributed_row
+        row = stored_channel(client, args.channel)
+        if distributed_row is not None:
+            row["distributed"] = distributed_row
+        return row
     except dist.Refused as exc:
         raise AdminError(str(exc)) from exc
     except redis.RedisError as exc:
@@ -237,28 +262,66 @@ def stored_channel(client: Any, channel: str) -> dict[str, Any]:
     }
 
 
-def dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, Any]:
+def dead_letters_command(client: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``dead-letters``: through the lease holder when there is one; otherwise read (or purged) from the
+    stored list, and ``--replay`` refused.
+
+    Raises:
+        AdminError: for ``--replay`` with no lease holder, and as :func:`node_command` does.
+    """
+    from actors import control_stream
+
+    if control_stream.lease_holder(client) is not None:
+        return node_command(client, build_request(args), args.timeout)
+    if args.replay:
+        raise AdminError("no node holds the writer lease of this database: a node must be running to replay dead "
+                         "letters, since they go back into a live channel's queue (start one with serve --redis URL); "
+                         "the dead letters stay where they are")
+    return stored_dead_letters(client, args.channel, purge=args.purge)
+
+
+class LeaseTaken(AdminError):
+    """A node took the writer lease while the stored dead letters were being purged; nothing was deleted."""
+
+
+def stored_dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, Any]:
+    """The channel's stored dead letters, read while no node holds the lease (see
+    :func:`actors.control_stream.dead_letters_listing`); with ``purge``, deleted instead (``{"channel",
+    "source", "purged"}``), in a transaction that fails if a node takes the lease meanwhile.
+
+    Raises:
+        LeaseTaken: when a node took the lease during the purge.
+    """
+    import redis
+
+    from actors import control_stream
     from protocol import keys
 
     key = keys.channel_key(keys.DEAD_LETTER, channel)
-    raws = client.lrange(key, 0, -1)
-    letters = []
-    for raw in raws:
+    if not purge:
+        rows = []
+        for raw in client.lrange(key, 0, -1):
+            try:
+                rows.append(control_stream.dead_letter_row(codec.decode_dead_letter(raw)))
+            except DecodeError as exc:
+                rows.append(control_stream.undecodable_row(raw, exc))
+        return control_stream.dead_letters_listing(channel, rows, "redis")
+    with client.pipeline(transaction=True) as pipe:
         try:
-            letter = codec.decode(raw, DeadLetter)
-            letters.append({"role": letter.role, "reason": letter.reason, "at": letter.at,
-                            "bytes": len(letter.data)})
-        except DecodeError as exc:
-            letters.append({"role": None, "reason": f"undecodable dead letter: {exc}", "at": None,
-                            "bytes": len(raw)})
-    purged = 0
-    if purge and raws:
-        # only what was listed: a letter set aside meanwhile stays
-        pipe = client.pipeline(transaction=True)
-        pipe.ltrim(key, len(raws), -1)
-        pipe.execute()
-        purged = len(raws)
-    return {"channel": channel, "dead_letters": letters, "replayed": 0, "purged": purged}
+            # A node that takes the lease loads the dead letters after it: if none held it when the
+            # deletion ran, none holds them in memory.
+            pipe.watch(keys.LEASE, key)
+            if pipe.exists(keys.LEASE):
+                raise LeaseTaken("a node took the writer lease of this database: run dead-letters --purge again "
+                                 "to purge through it")
+            count = int(pipe.llen(key))
+            pipe.multi()
+            pipe.delete(key)
+            pipe.execute()
+        except redis.WatchError as exc:
+            raise LeaseTaken("a node took the writer lease of this database (or changed the dead letters) while "
+                             "they were purged: nothing was deleted; run dead-letters --purge again") from exc
+    return {"channel": channel, "source": "redis", "purged": count}
 
 
 # -- output ----------------------------------------------------------------------------------------------------
@@ -295,11 +358,35 @@ def render(command: str, result: dict[str, Any]) -> str:
         return "\n".join(f"{key}: {_cell(value)}" for key, value in result.items() if key != "distributed") + \
             ("\ndistributed: " + render("flush", result["distributed"]) if "distributed" in result else "")
     if command == "dead-letters":
-        lines = [f"{len(result['dead_letters'])} dead letter(s) on {result['channel']!r}"]
-        lines += [f"  {d['role']}: {d['reason']} ({d['bytes']} bytes)" for d in result["dead_letters"]]
-        if result.get("replayed"):
-            lines.append(f"replayed {result['replayed']}")
-        if result.get("purged"):
-            lines.append(f"purged {result['purged']}")
-        return "\n".join(lines)
+        return render_dead_letters(result)
     return ", ".join(f"{key}: {_cell(value)}" for key, value in result.items())
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def render_dead_letters(result: dict[str, Any]) -> str:
+    """A ``dead-letters`` result (listing, replay or purge) as text."""
+    channel = result["channel"]
+    source = "the node" if result["source"] == "node" else "Redis (no node holds the lease)"
+    if "replayed" in result:
+        return f"replayed {result['replayed']} item(s) of {channel!r} to the tail of its queue"
+    if "purged" in result:
+        where = "on the node" if result["source"] == "node" else "from Redis (no node holds the lease)"
+        return f"purged {result['purged']} dead letter(s) of {channel!r} {where}"
+    letters = result["dead_letters"]
+    lines = [f"{len(letters)} dead letter(s) on {channel!r} ({result['undecodable']} undecodable), from {source}"]
+    for letter in letters:
+        if letter["item_id"] is not None:
+            lines.append(f"  item {letter['item_id']}: {letter['attempts']} attempt(s), failed "
+                         f"{_when(letter['first_failed_at'])} .. {_when(letter['last_failed_at'])}: {letter['error']}")
+            for message in letter["messages"]:
+                text = message["text"] if len(message["text"]) <= 60 else message["text"][:59] + "\u2026"
+                lines.append(f"    [{message['message_id'] or '-'}] {text!r}")
+        else:
+            kind = "undecodable" if letter["undecodable"] else f"set aside from {letter['role']}"
+            lines.append(f"  {kind} ({letter['bytes']} bytes, {_when(letter['at'])}): {letter['error']}")
+    return "\n".join(lines)

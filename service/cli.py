@@ -215,11 +215,11 @@ def _check_distributed(parser: argparse.ArgumentParser, namespace: argparse.Name
     if namespace.base != SIMPLE_BASE or namespace.admin_port is not None:
         parser.error("--distributed runs no actor system: --base and --admin-port do not apply")
     local_only = [f"--{name.replace('_', '-')}" for name in (
-        "busy_policy", "split_on_author", "max_attempts", "retry_backoff", "processing_timeout", "max_queued",
-        "overflow", "max_age") if getattr(namespace, name) != getattr(defaults, name)]
+        "busy_policy", "split_on_author", "max_attempts", "retry_backoff", "processing_timeout", "max_age")
+        if getattr(namespace, name) != getattr(defaults, name)]
     if local_only:
         parser.error(f"{', '.join(local_only)} do(es) not apply to --distributed (the nodes batch in Redis "
-                     "scripts and publish to a stream: only --dedupe-ttl does)")
+                     "scripts and publish to a stream: only --dedupe-ttl, --max-queued and --overflow do)")
     if not namespace.stream:
         parser.error("--stream must not be empty")
     if namespace.stream_maxlen < 0:

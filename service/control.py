@@ -12,7 +12,9 @@ The node checks the peer's credentials (``SO_PEERCRED``) and refuses a connectio
 its own (where the OS does not report them, the socket's mode 0600 is the only guard).
 
 :func:`execute` runs a request against the node's actors (``GetStatistics``, ``PauseChannel``,
-``ResumeChannel``, ``FlushBatch``, ``Clear``) with a bounded wait for each reply.
+``ResumeChannel``, ``FlushBatch``, ``Clear``; ``dead-letters``: ``GetDeadLetters``, or with ``"replay": true``
+``ReplayDeadLetters``, with ``"purge": true`` ``PurgeDeadLetters``) with a bounded wait for each reply. The
+result of ``dead-letters`` is the one every admin route gives (:func:`actors.control_stream.dead_letters_result`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
+from actors.control_stream import dead_letters_message, dead_letters_result
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id
 from protocol.messages import (
@@ -34,6 +37,9 @@ from protocol.messages import (
     ChannelPaused,
     Clear,
     Cleared,
+    DeadLetters,
+    DeadLettersPurged,
+    DeadLettersReplayed,
     FlushBatch,
     GetStatistics,
     PauseChannel,
@@ -59,7 +65,7 @@ class ControlError(Exception):
 
 
 def channel_row(s: ChannelStatistics, paused: bool) -> dict[str, Any]:
-    """One channel as the admin command line shows it (in memory: no attempt, age or dead letters known)."""
+    """One channel as the admin command line shows it (in memory: no attempt or age known)."""
     return {
         "channel": s.channel_id,
         "open_batch_size": s.open_batch_size,
@@ -67,7 +73,7 @@ def channel_row(s: ChannelStatistics, paused: bool) -> dict[str, Any]:
         "in_flight": s.in_flight,
         "attempt": None,
         "oldest_age_s": None,
-        "dead_letters": 0,
+        "dead_letters": s.dead_letters,
         "paused": paused,
         "processed": s.processed,
         "cancelled": s.cancelled,
@@ -142,8 +148,14 @@ class Executor:
             reply = self._ask(Clear(channel))
             assert isinstance(reply, Cleared), reply
             return {"channel": channel, "removed": reply.removed}
-        # dead-letters: an in-memory node stores nothing, so it sets nothing aside
-        return {"channel": channel, "dead_letters": [], "replayed": 0, "purged": 0}
+        # dead-letters: the channel's dead letters as its actor holds them (restored from Redis on a persisting node)
+        try:
+            message = dead_letters_message(channel, request)
+        except InvalidInput as exc:
+            raise ControlError(str(exc)) from exc
+        reply = self._ask(message)
+        assert isinstance(reply, (DeadLetters, DeadLettersReplayed, DeadLettersPurged)), reply
+        return dead_letters_result(reply, "node")
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

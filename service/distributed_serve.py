@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -12,7 +13,7 @@ import threading
 from collections import Counter
 from typing import IO, TYPE_CHECKING, Iterable
 
-from protocol.errors import InvalidInput, StoreUnavailable, UnsafeRedis
+from protocol.errors import InvalidInput, QueueFull, StoreUnavailable, UnsafeRedis
 from protocol.values import BatchSettings
 from service.lines import MAX_LINE_BYTES, LineSplitter, channel_of, parse_line
 from service.logs import report
@@ -75,7 +76,8 @@ async def _serve_distributed(args: argparse.Namespace) -> int:
     stopped = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
-    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait, dedupe_ttl=args.dedupe_ttl)
+    settings = BatchSettings(args.window, args.max_batch_size, args.max_wait, dedupe_ttl=args.dedupe_ttl,
+                             max_queued=args.max_queued, overflow=args.overflow)
     options = NodeOptions(stream=args.stream, maxlen=args.stream_maxlen, sweep_interval=args.sweep_interval,
                           grace=args.grace, **({"node_id": args.node_id} if args.node_id else {}))
     client = Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=5)
@@ -169,6 +171,9 @@ class _Node:
         summary = (f"{stats.appended} messages stored; this node published {published} batches "
                    f"({stats.published_on_append} on append, {stats.published_by_timer} by its timers, "
                    f"{stats.published_by_sweep} overdue ones by its sweeper)")
+        if self.counts["refused"] or stats.dropped_overflow:
+            summary += (f"; {self.counts['refused']} refused and {stats.dropped_overflow} dropped by max_queued "
+                        f"(--overflow {self.args.overflow})")
         if self.stopped.is_set():
             print(f"serve: stopped by a signal; {summary}; open batches stay in Redis for the other nodes",
                   file=sys.stderr)
@@ -176,10 +181,14 @@ class _Node:
             print(f"serve: done; {summary}", file=sys.stderr)
         return EXIT_OK
 
-    def answered(self, future: asyncio.Future[None]) -> None:
+    def answered(self, number: int, channel: str, future: asyncio.Future[None]) -> None:
         if future.cancelled():
             return
         exc = future.exception()
+        if isinstance(exc, QueueFull):  # the channel's open batch held max_queued messages: refused, counted
+            self.counts["refused"] += 1
+            report(f"serve: line {number} refused: {exc}", line=number, channel=channel)
+            return
         if exc is not None and not self.failure:
             self.failure.append(exc)
             self.stopped.set()
@@ -213,7 +222,7 @@ class _Node:
             if not batcher.has_room:
                 await batcher.wait_for_room()
             self.counts["accepted"] += 1
-            batcher.submit(message).add_done_callback(self.answered)
+            batcher.submit(message).add_done_callback(functools.partial(self.answered, number, message.channel_id))
 
     async def feed(self) -> None:
         splitter = LineSplitter()

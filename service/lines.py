@@ -8,8 +8,9 @@ from datetime import datetime, timezone
 from typing import IO, Any, Iterator
 
 from protocol.errors import InvalidInput
-from protocol.limits import validate_channel_id, validate_message, validate_message_id
+from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import Edit, Retract
+from protocol.validation import validate_message
 from protocol.values import QueuedMessage
 
 MAX_LINE_BYTES = 1024 * 1024  # an input line longer than this is rejected unread
@@ -28,7 +29,7 @@ def parse_line(data: bytes) -> QueuedMessage:
     message_id (a string, the platform's id of the message), and no other field; strict JSON (the tokens
     ``NaN``, ``Infinity`` and ``-Infinity`` are refused, and so is a number too large for a float, such as
     ``1e999``); every limit of
-    :func:`protocol.limits.validate_message` holds. A blank line (empty or whitespace only) is refused too.
+    :func:`protocol.validation.validate_message` holds. A blank line (empty or whitespace only) is refused too.
 
     Raises:
         InvalidInput: naming the first broken rule.

@@ -7,12 +7,15 @@ process) and registers the driver itself as the processor of every channel.
 Standard input, one command per line:
     ``E <channel> <msgid>``: enqueue a message whose text is ``msgid``. Lines available together are sent as one
     ``EnqueueMany(ack=True)``.
+    ``L <channel>``: list the channel's dead letters (after the enqueues read before it).
 
 Standard output, line-buffered and flushed after every line:
     ``R <pid>``: the driver started (every stored channel is restored) and the processor is registered;
     ``A <msgid> ...``: these messages are acknowledged, i.e. stored in Redis;
     ``D <channel> <item_id> <attempt> <msgid>,<msgid>,...``: an item was delivered to the processor. The line is
-    flushed before ``ProcessingDone`` is sent, so a delivery the node finished is always on stdout.
+    flushed before ``ProcessingDone`` is sent, so a delivery the node finished is always on stdout. On a channel
+    whose id starts with ``--fail-prefix`` the processor answers ``ProcessingFailed`` instead;
+    ``L <channel> <count> <item_id>:<attempts>:<first_failed_at>:<last_failed_at> ...``: the answer to ``L``.
 
 Acknowledgements: ``InProcessDriver.call`` matches a reply to its command only by when it arrives. While Redis
 is unreachable RedisPersistence holds every reply, so ``call`` resolves with None, and the held reply of that
@@ -39,10 +42,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from actors.driver import InProcessDriver, Output  # noqa: E402
 from protocol.messages import (  # noqa: E402
     BatchReady,
+    DeadLetters,
     Enqueued,
     EnqueueMany,
+    GetDeadLetters,
     GetStatistics,
     ProcessingDone,
+    ProcessingFailed,
     StartProcessing,
     Statistics,
 )
@@ -86,6 +92,9 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=0.05, help="quiet window in seconds")
     parser.add_argument("--max-batch-size", type=int, default=5)
     parser.add_argument("--start-timeout", type=float, default=120.0)
+    parser.add_argument("--max-attempts", type=int, default=1)
+    parser.add_argument("--retry-backoff", type=float, default=BatchSettings().retry_backoff)
+    parser.add_argument("--fail-prefix", default="", help="deliveries on channels named so fail")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
@@ -97,9 +106,13 @@ def main() -> int:
         if isinstance(output, BatchReady):
             texts = ",".join(m.text for m in payload_messages(output.item.payload))
             out.line(f"D {output.channel_id} {output.item.item_id} {output.item.attempt} {texts}")
-            driver.tell(ProcessingDone(output.channel_id, output.delivery_id))
+            if args.fail_prefix and output.channel_id.startswith(args.fail_prefix):
+                driver.tell(ProcessingFailed(output.channel_id, output.delivery_id, "failed on purpose"))
+            else:
+                driver.tell(ProcessingDone(output.channel_id, output.delivery_id))
 
-    settings = BatchSettings(window=args.window, max_batch_size=args.max_batch_size)
+    settings = BatchSettings(window=args.window, max_batch_size=args.max_batch_size,
+                             max_attempts=args.max_attempts, retry_backoff=args.retry_backoff)
     # Channels never passivate during a test: a probe's GetStatistics must reach a live channel.
     driver = InProcessDriver(on_output, settings, idle_timeout=3600.0, redis_url=args.redis)
     driver.start(timeout=args.start_timeout)
@@ -123,7 +136,11 @@ def main() -> int:
             continue
         raw = lines.get()
         batch: list[QueuedMessage] = []
+        listing: str | None = None
         while raw is not None:
+            if raw.startswith(b"L "):
+                listing = raw.decode("utf-8").split()[1]
+                break
             message = _message(raw)
             if message is not None:
                 batch.append(message)
@@ -135,15 +152,20 @@ def main() -> int:
                 break
         else:
             eof = True
-        if not batch:
-            continue
-        reply = driver.call(EnqueueMany(tuple(batch), ack=True)).result()
-        if isinstance(reply, Enqueued) and reply.count == len(batch):
-            out.line("A " + " ".join(m.text for m in batch))
-        else:
-            log.warning("no acknowledgement for %d messages (reply %r): probing until Redis has them",
-                        len(batch), reply)
-            unconfirmed = batch
+        if batch:
+            reply = driver.call(EnqueueMany(tuple(batch), ack=True)).result()
+            if isinstance(reply, Enqueued) and reply.count == len(batch):
+                out.line("A " + " ".join(m.text for m in batch))
+            else:
+                log.warning("no acknowledgement for %d messages (reply %r): probing until Redis has them",
+                            len(batch), reply)
+                unconfirmed = batch
+        if listing is not None:
+            letters = driver.call(GetDeadLetters(listing)).result()
+            assert isinstance(letters, DeadLetters), letters
+            described = [f"{x.item.item_id if x.item else '-'}:{x.attempts}:{x.first_failed_at!r}:"
+                         f"{x.last_failed_at!r}" for x in letters.letters]
+            out.line(f"L {listing} {len(described)} " + " ".join(described))
     driver.stop()
     return 0
 

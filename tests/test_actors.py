@@ -26,6 +26,7 @@ from harness import (
     deliveries,
     message,
     port_accepts,
+    start_harness,
     texts,
 )
 
@@ -83,7 +84,7 @@ def launch(base: str) -> Iterator[Launch]:
     ) -> Harness:
         port = free_port() if base == TCP_BASE else None
         settings = BatchSettings(window, max_batch_size, max_wait, batching)
-        harness = Harness(start_system(base, settings, idle_timeout=idle_timeout, admin_port=port), port)
+        harness = start_harness(base, settings, idle_timeout=idle_timeout, admin_port=port)
         started.append(harness)
         return harness
 
@@ -96,7 +97,7 @@ def launch(base: str) -> Iterator[Launch]:
 def shared(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """One system per base for the tests that only get rejections: they leave no state behind."""
     port = free_port() if request.param == TCP_BASE else None
-    harness = Harness(start_system(request.param, admin_port=port), port)
+    harness = start_harness(request.param, admin_port=port)
     yield harness
     harness.shutdown_and_verify()
 
@@ -438,6 +439,38 @@ def test_an_idle_channel_passivates_and_comes_back_with_nothing_lost(launch: Lau
     mq.stats_when("c1", lambda s: s.processed == 2, "processed == 2")
 
 
+def test_a_channel_that_remembers_message_ids_passivates_and_its_next_actor_drops_their_duplicates(
+    launch: Launch,
+) -> None:
+    mq = launch(window=0.05, idle_timeout=0.2)  # ids are remembered for dedupe_ttl, 600 s
+    proc = mq.processor()
+    mq.attach(proc)
+    mq.enqueue(message("c1", "a", message_id="m1"), message("c1", "b", message_id="m2"))
+    mq.wait_for(proc, count=1)
+    mq.eventually(lambda: "c1" not in mq.live_channels(), "c1 passivated")
+    # the ids went to the Supervisor with the passivation, and back to the new actor before these messages
+    mq.enqueue(message("c1", "a (retry)", message_id="m1"), message("c1", "c", message_id="m3"))
+    assert mq.ask(Enqueue(message("c1", "b (retry)", message_id="m2"), ack=True), Enqueued) == Enqueued(1)
+    events = deliveries(mq.wait_for(proc, count=2))
+    assert [texts(e) for e in events] == [["a", "b"], ["c"]]
+    mq.stats_when("c1", lambda s: (s.duplicates, s.processed) == (2, 2), "two duplicates dropped and counted")
+
+
+def test_an_id_that_expired_while_its_channel_was_passivated_is_accepted_again(launch: Launch) -> None:
+    mq = launch(window=0.05, idle_timeout=0.1)
+    assert mq.ask(ConfigureChannel("c1", BatchSettings(window=0.05, dedupe_ttl=0.5)), ChannelConfigured)
+    proc = mq.processor()
+    mq.attach(proc)
+    mq.enqueue(message("c1", "a", message_id="m1"))
+    mq.wait_for(proc, count=1)
+    mq.eventually(lambda: "c1" not in mq.live_channels(), "c1 passivated")
+    mq.let_pass(0.5)  # the id's dedupe_ttl
+    mq.enqueue(message("c1", "a again", message_id="m1"))
+    events = deliveries(mq.wait_for(proc, count=2))
+    assert [texts(e) for e in events] == [["a"], ["a again"]]
+    assert mq.stats("c1").duplicates == 0
+
+
 def test_a_channel_with_work_does_not_passivate(launch: Launch) -> None:
     mq = launch(window=LONG, max_batch_size=2, idle_timeout=0.1)
     proc = hold_three_items(mq)
@@ -627,3 +660,20 @@ def test_shutdown_ends_every_process_of_a_tcp_system_and_closes_its_admin_port()
     finally:
         mq.shutdown_and_verify()
     assert not alive(admin) and running.processes() == [] and not port_accepts(port)
+
+
+def test_on_the_simple_base_the_harness_owns_time_and_jumps_to_the_next_deadline() -> None:
+    mq = start_harness(SIMPLE_BASE, BatchSettings(window=3600.0))  # an hour's window, on fake time
+    try:
+        assert mq.fake is not None
+        proc = mq.processor()
+        mq.attach(proc)
+        start = mq.fake.now
+        mq.enqueue(message("c1", "a"))
+        assert mq.wait_for(proc, count=0) == ()  # nothing due: time did not move
+        assert mq.fake.now == start
+        (ready,) = deliveries(mq.wait_for(proc, count=1, timeout=7200.0))
+        assert (texts(ready), ready.reason) == (["a"], "window")
+        assert mq.fake.now == pytest.approx(start + 3600.0)  # moved to the deadline, not beyond
+    finally:
+        mq.shutdown_and_verify()

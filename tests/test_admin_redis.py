@@ -1,6 +1,6 @@
 """``run_system.py admin --redis URL`` on the state a real ``serve --redis`` node stores in a private
-redis-server: channels and show read the stored keys, dead-letters lists and purges (the commands that change
-what the node holds: tests/test_admin_redis_node.py)."""
+redis-server: channels and show read the stored keys (the commands that change what the node holds:
+tests/test_admin_redis_node.py; dead letters: tests/test_admin_dead_letters.py)."""
 
 from __future__ import annotations
 
@@ -52,12 +52,6 @@ def test_channels_show_and_dead_letters_read_the_stored_state(
         assert a["oldest_age_s"] is not None and 0 <= a["oldest_age_s"] < TIMEOUT
         assert b["paused"] is True and b["open_batch_size"] == 1
         assert admin_json(redis_srv.url, "show", "slack:#b")["open_batch_size"] == 1
-
-        dead = admin_json(redis_srv.url, "dead-letters", "slack:#a")
-        assert dead["dead_letters"] == [{"role": "redis", "reason": "bad frame", "at": letter.at, "bytes": 5}]
-        assert admin_json(redis_srv.url, "dead-letters", "slack:#a", "--purge")["purged"] == 1
-        assert client.llen(keys.channel_key(keys.DEAD_LETTER, "slack:#a")) == 0
-
     finally:
         client.close()
     node.proc.kill()

@@ -12,6 +12,29 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import (
+    MAX_INT,
+    UTC,
+    aware_datetimes,
+    batch_settings,
+    batches,
+    channel_ids,
+    channel_statistics,
+    counts,
+    datetimes,
+    extras,
+    finite,
+    free_text,
+    item_ids,
+    items,
+    messages,
+    naive_datetimes,
+    names,
+    payloads,
+    reasons,
+    texts,
+    utf8_size,
+)
 from thespian.actors import ActorAddress
 
 import protocol.messages as messages_module
@@ -19,15 +42,7 @@ import protocol.values as values_module
 from protocol import codec
 from protocol.codec import MAX_FRAME_BYTES, MAX_SEQUENCE_ITEMS, TAGS, check_extra, decode, encode
 from protocol.errors import DecodeError, InvalidInput, InvalidSettings
-from protocol.limits import (
-    MAX_BATCH_SIZE,
-    MAX_CHANNEL_ID_BYTES,
-    MAX_EXTRA_BYTES,
-    MAX_EXTRA_DEPTH,
-    MAX_NAME_BYTES,
-    MAX_TEXT_BYTES,
-    validate_message,
-)
+from protocol.limits import MAX_CHANNEL_ID_BYTES, MAX_EXTRA_BYTES, MAX_NAME_BYTES, MAX_TEXT_BYTES
 from protocol.messages import (
     BatchFlushed,
     BatchHeld,
@@ -74,6 +89,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
+from protocol.validation import validate_message
 from protocol.values import (
     BatchSettings,
     ChannelStatistics,
@@ -88,119 +104,7 @@ from protocol.values import (
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-MAX_INT = 2**63 - 1
-UTC = timezone.utc
 
-
-# -- strategies -------------------------------------------------------------------------------------------
-
-HOSTILE = ["*", ":", "{", "}", "[", "]", "?", "%", "\n", "\r", "\x00", "\\", " ", "🎉", "é", "\u202e", "\ufeff"]
-any_char = st.one_of(st.sampled_from(HOSTILE), st.characters(codec="utf-8"))
-
-
-def utf8_size(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
-channel_ids = st.one_of(
-    st.text(any_char, min_size=1, max_size=64),  # at most 4 bytes a character: always within 256 bytes
-    st.integers(1, MAX_CHANNEL_ID_BYTES).map(lambda n: "c" * n),
-    st.integers(1, MAX_CHANNEL_ID_BYTES // 4).map(lambda n: "🎉" * n),
-    st.sampled_from(["*", "a:b", "{x}", "line\nbreak", "nul\x00", "message_queue:redis:{x}"]),
-)
-names = st.text(any_char, max_size=64)
-item_ids = st.text(any_char, min_size=1, max_size=64)
-texts = st.one_of(
-    st.text(any_char, max_size=300), st.just("t" * MAX_TEXT_BYTES), st.just("é" * (MAX_TEXT_BYTES // 2))
-)
-counts = st.integers(0, MAX_INT)
-
-offsets = st.timedeltas(
-    min_value=timedelta(hours=-24) + timedelta(microseconds=1),
-    max_value=timedelta(hours=24) - timedelta(microseconds=1),
-)
-fixed_zones = st.one_of(st.just(UTC), offsets.map(timezone))
-aware_datetimes = st.datetimes(timezones=fixed_zones)
-naive_datetimes = st.datetimes()
-datetimes = st.one_of(aware_datetimes, naive_datetimes)
-
-extra_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**63), 2**64 - 1),
-    st.floats(allow_nan=False),
-    st.text(any_char, max_size=20),
-    st.binary(max_size=20),
-)
-extra_keys = st.text(any_char, max_size=10)
-
-
-def extra_values(depth: int) -> st.SearchStrategy[Any]:
-    """A plain value whose containers, if any, sit at nesting ``depth`` (the extra dict itself is depth 1)."""
-    if depth > MAX_EXTRA_DEPTH:
-        return extra_scalars
-    inner = st.deferred(lambda: extra_values(depth + 1))
-    return st.one_of(
-        extra_scalars,
-        st.lists(inner, max_size=3),
-        st.dictionaries(extra_keys, inner, max_size=3),
-    )
-
-
-extras = st.dictionaries(extra_keys, extra_values(2), max_size=4)
-
-messages = st.builds(
-    QueuedMessage,
-    platform=names,
-    channel_id=channel_ids,
-    user_id=names,
-    user_name=names,
-    text=texts,
-    queued_at=datetimes,
-    extra=extras,
-    raw=st.one_of(st.none(), st.just(object())),
-    message_id=names,
-)
-batches = st.builds(
-    MessageBatch, messages=st.lists(messages, max_size=4), first_at=datetimes, last_at=datetimes
-)
-payloads = st.one_of(messages, batches)
-items = st.builds(
-    QueueItem, item_id=item_ids, channel_id=channel_ids, payload=payloads, attempt=st.integers(1, MAX_INT),
-    interrupted=st.booleans(),
-)
-seconds = st.one_of(st.floats(0, 1e9), st.integers(0, 10**9))
-batch_settings = st.builds(
-    BatchSettings,
-    window=seconds,
-    max_batch_size=st.integers(1, MAX_BATCH_SIZE),
-    max_wait=st.one_of(st.none(), st.floats(0, 1e9, exclude_min=True), st.integers(1, 10**9)),
-    batching=st.booleans(),
-    busy_policy=st.sampled_from(["queue", "collect", "interrupt", "reject"]),
-    split_on_author=st.booleans(),
-    dedupe_ttl=seconds,
-)
-channel_statistics = st.builds(
-    ChannelStatistics,
-    channel_id=channel_ids,
-    queued=counts,
-    open_batch_size=counts,
-    in_flight=st.booleans(),
-    processed=counts,
-    cancelled=counts,
-    failed=counts,
-    has_processor=st.booleans(),
-    duplicates=counts,
-    edits=counts,
-    retractions=counts,
-    interruptions=counts,
-    rejections=counts,
-)
-free_text = st.one_of(st.text(any_char, max_size=200), st.just("r" * MAX_TEXT_BYTES))
-reasons = st.one_of(
-    st.sampled_from(list(FlushReason)), st.sampled_from([r.value for r in FlushReason]), names
-)
-finite = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**63), MAX_INT))
 
 STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     QueuedMessage: messages,

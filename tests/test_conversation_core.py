@@ -9,7 +9,7 @@ import pytest
 from actors.batching import MAX_REMEMBERED_IDS, ChannelCore, Deliver, MessageRejected
 from protocol.codec import decode, encode
 from protocol.errors import InvalidInput, InvalidSettings
-from protocol.limits import validate_message
+from protocol.validation import validate_message
 from protocol.values import BatchSettings, ChannelStatistics, MessageBatch, QueuedMessage, QueueItem
 
 AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -150,8 +150,13 @@ def test_the_dedupe_memory_benchmark_reports_the_bound() -> None:
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_dedupe_memory.py"
-    result = subprocess.run([sys.executable, str(script), "--ids", "50"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(script), "--ids", "50", "--passivated", "1000"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["ids_remembered"] == 50 and report["max_remembered_ids"] == MAX_REMEMBERED_IDS
     assert report["bytes_per_id"] > 0
+    passivated = report["passivated"]
+    assert passivated["channels_with_one_id"] == 1000 and passivated["ids_each"] == 50
+    assert passivated["bytes_per_channel_with_one_id"] > 0 and passivated["bytes_per_id_with_many_ids"] > 0

@@ -73,6 +73,31 @@ def test_remembered_ids_survive_a_restart(node: Node, client: redis.Redis) -> No
     assert h.stats("c").duplicates == 1
 
 
+def stored_ids(client: redis.Redis, channel: str) -> list[str]:
+    return [s.message_id for s in stored(client, keys.SEEN_IDS, channel) if isinstance(s, SeenId)]
+
+
+def test_a_passivating_channel_leaves_only_its_unexpired_ids_in_redis(node: Node, client: redis.Redis) -> None:
+    h = node.start(window=0.01, idle_timeout=0.1)
+    assert h.ask(ConfigureChannel("c", BatchSettings(window=0.01, dedupe_ttl=0.3)), ChannelConfigured)
+    p = h.processor()
+    h.attach(p)
+    h.enqueue(msg("c", "a", "m1"))
+    h.wait_for(p, count=1)
+    h.let_pass(0.3)  # m1's dedupe_ttl
+    h.enqueue(msg("c", "b", "m2"))
+    h.wait_for(p, count=2)
+    assert stored_ids(client, "c") == ["m1", "m2"]
+    h.eventually(lambda: "c" not in h.live_channels(), "the channel passivated")
+    assert stored_ids(client, "c") == ["m2"]
+    h.let_pass(0.3)  # m2's dedupe_ttl
+    h.enqueue(msg("c", "c", "m3"))  # its actor got no ids back (m2 expired), and may not know what is stored
+    h.wait_for(p, count=3)
+    assert stored_ids(client, "c") == ["m2", "m3"]
+    h.eventually(lambda: "c" not in h.live_channels(), "the channel passivated again")
+    assert stored_ids(client, "c") == ["m3"]
+
+
 def test_edits_retractions_and_takes_are_in_redis_and_survive_a_restart(node: Node, client: redis.Redis) -> None:
     h = node.start(window=30.0, max_batch_size=2)
     h.enqueue(*(msg("c", t, f"id-{t}") for t in "abcde"))  # items [a, b], [c, d]; open [e]

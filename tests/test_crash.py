@@ -31,7 +31,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import pytest
 import redis
@@ -70,14 +70,15 @@ class Node:
     ``(generation, None)`` at end of file."""
 
     def __init__(
-        self, generation: int, url: str, log_dir: pathlib.Path, sink: queue.SimpleQueue[tuple[int, str | None]]
+        self, generation: int, url: str, log_dir: pathlib.Path, sink: queue.SimpleQueue[tuple[int, str | None]],
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.generation = generation
         self.log_path = log_dir / f"node-{generation}.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, str(NODE_SCRIPT), "--redis", url, "--window", str(WINDOW),
-                 "--max-batch-size", str(MAX_BATCH)],
+                 "--max-batch-size", str(MAX_BATCH), *extra_args],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -270,7 +270,8 @@ def test_racing_flushes_publish_a_batch_once(redis_srv: RedisServer) -> None:
             admin = cluster.client()
             tag = keys.channel_tag("c")
             flush_keys = [keys.DIST_DEADLINES, keys.INBOUND_STREAM, keys.DIST_SEQ_FLOOR,
-                          keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag)]
+                          keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag),
+                          keys.config_key("c"), keys.dist_key_of_tag(keys.DIST_HELD, tag)]
             deadline = await admin.zscore(keys.DIST_DEADLINES, tag)
             assert deadline is not None
             while True:  # poll the server's clock (not the batch) until every racer will find the batch due
@@ -296,8 +297,9 @@ def test_a_replayed_append_is_applied_once(redis_srv: RedisServer) -> None:
             from protocol import codec
 
             entry = (keys.dist_key_of_tag(keys.DIST_MESSAGES, tag), keys.dist_key_of_tag(keys.DIST_STATE, tag),
-                     keys.dist_key_of_tag(keys.DIST_IDS, tag), codec.encode(msg("c", "once")), "c", tag,
-                     "30000:0:10:1:0", "")
+                     keys.dist_key_of_tag(keys.DIST_IDS, tag), keys.config_key("c"),
+                     keys.dist_key_of_tag(keys.DIST_HELD, tag), codec.encode(msg("c", "once")), "c", tag,
+                     "30000:0:10:1:0:10000:r", "")
             call_keys, args = scripts.append_call(keys.INBOUND_STREAM, keys.dist_node_key("n1"), 0, "n1/append", 7,
                                                   60_000, [entry])
             first = reply(await scripts.run(admin, scripts.APPEND, call_keys, args))

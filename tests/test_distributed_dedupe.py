@@ -157,13 +157,14 @@ def test_a_channel_remembers_at_most_the_cores_bound_oldest_forgotten_first(redi
         tag = keys.channel_tag("c")
         msgs_key, state_key, ids_key = (keys.dist_key_of_tag(role, tag)
                                         for role in (keys.DIST_MESSAGES, keys.DIST_STATE, keys.DIST_IDS))
-        settings = b"0:0:10:0:600000"  # batching off: each message is published alone
+        settings = b"0:0:10:0:600000:10000:r"  # batching off: each message is published alone
         start = 1_700_000_000_000
         op = 1
 
         async def append(message_ids: list[str], now: int) -> list[int]:
             nonlocal op
-            entries = [(msgs_key, state_key, ids_key, codec.encode(msg(i, i)), "c", tag, settings, i)
+            entries = [(msgs_key, state_key, ids_key, keys.config_key("c"), keys.dist_key_of_tag(keys.DIST_HELD, tag),
+                        codec.encode(msg(i, i)), "c", tag, settings, i)
                        for i in message_ids]
             call_keys, args = scripts.append_call(STREAM, keys.dist_node_key("n"), 0, "n/append", op, 60_000,
                                                   entries, now_ms=now)

@@ -64,7 +64,7 @@ def test_distributed_keys_never_meet_the_shared_keys_or_the_persistence_keys(cha
                                                                              other: str) -> None:
     key = keys.dist_key(role, channel)
     shared = {keys.DIST_DEADLINES, keys.DIST_OUTBOX, keys.DIST_RELAY_LEASE, keys.DIST_DEAD, keys.INBOUND_STREAM,
-              keys.DIST_SEQ_FLOOR, keys.CHANNEL_INDEX, keys.EPOCH, keys.dist_node_key("node-1")}
+              keys.DIST_SEQ_FLOOR, keys.DIST_PAUSED, keys.CHANNEL_INDEX, keys.EPOCH, keys.dist_node_key("node-1")}
     assert key not in shared
     assert key != keys.channel_key(other, channel)
     assert keys.channel_key(other, channel) not in shared | {keys.DIST_DEADLINES}

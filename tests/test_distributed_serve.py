@@ -130,3 +130,23 @@ def test_sigterm_stops_a_node_and_another_node_publishes_what_it_left(redis_srv:
         first.end()
         if second is not None:
             second.end()
+
+
+@pytest.mark.redis
+def test_max_queued_caps_a_channels_open_batch_and_each_refusal_is_reported(
+    redis_srv: RedisServer, client: redis.Redis
+) -> None:
+    lines = b"".join(message_line("c", f"m{i}") for i in range(4))
+    done = serve(redis_srv.url, "--window", "0.05", "--max-queued", "2", stdin=lines)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "serve: line 3 refused:" in err and "serve: line 4 refused:" in err
+    assert "2 refused and 0 dropped by max_queued (--overflow reject)" in err
+    reader = StreamReader(client)
+    reader.read_until(lambda: len(reader.entries) == 1, timeout=5)
+    assert [[m.text for m in e.batch.messages] for e in reader.entries] == [["m0", "m1"]]
+    dropped = serve(redis_srv.url, "--window", "0.05", "--max-queued", "1", "--overflow", "drop_oldest",
+                    stdin=b"".join(message_line("d", f"n{i}") for i in range(3)))
+    assert dropped.returncode == 0, dropped.stderr.decode()
+    reader.read_until(lambda: len(reader.entries) == 2, timeout=5)
+    assert [m.text for m in reader.entries[1].batch.messages] == ["n2"]

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Iterator
 
+import msgpack
 import pytest
 import redis
 from actor_support import FAIL
@@ -134,6 +135,27 @@ def test_a_stored_undecodable_entry_stays_listed_and_purge_removes_it(
     assert mq.ask(GetDeadLetters("c1"), DeadLetters).letters == ()
 
 
+def test_a_dead_letter_in_the_former_redis_queue_format_is_listed_rewritten_and_purged(
+    redis_srv: RedisServer, nodes: list[Node], client: redis.Redis
+) -> None:
+    node = Node(redis_srv, BatchSettings(batching=False, max_attempts=2, retry_backoff=0.01))
+    nodes.append(node)
+    mq = node.start()
+    mq.attach(mq.processor(FAIL), "c1")
+    mq.enqueue(message("c1", "a"))
+    mq.stats_when("c1", lambda s: s.dead_lettered == 1, "the item dead-lettered")
+    node.stop()
+    legacy = {"key": keys.queue_key("c1"), "reason": "undecodable", "data": b"\xc1", "at": 12.5}
+    client.rpush(keys.channel_key(keys.DEAD_LETTER, "c1"), msgpack.packb(legacy, use_bin_type=True))
+
+    mq = node.start()
+    letters = mq.ask(GetDeadLetters("c1"), DeadLetters).letters
+    assert letters[1] == DeadLetter(keys.QUEUE, "undecodable", b"\xc1", 12.5)
+    assert stored_letters(client, "c1") == list(letters)  # stored again as frames
+    assert mq.ask(PurgeDeadLetters("c1"), DeadLettersPurged).count == 2
+    assert stored_letters(client, "c1") == []
+
+
 def test_a_retry_waits_out_the_rest_of_its_backoff_after_a_restart(
     redis_srv: RedisServer, nodes: list[Node], client: redis.Redis
 ) -> None:
@@ -162,3 +184,6 @@ def test_a_retry_waits_out_the_rest_of_its_backoff_after_a_restart(
     (got,) = deliveries(mq.wait_for(done, count=1))
     assert time.time() >= due - 0.05
     assert (texts(got), got.item.attempt, got.item.item_id, got.reason) == (["a"], 2, stored["item_id"], "retry")
+    # Answered: the stored wait goes with it (written with the answer, so a stats read after it sees it gone).
+    mq.stats_when("c1", lambda s: s.processed == 1, "the retry was answered")
+    assert not client.exists(keys.channel_key(keys.RETRY, "c1"))

@@ -238,3 +238,24 @@ def test_stats_counts_each_channels_conversation_events() -> None:
             }
 
     run(main())
+
+
+def test_a_webhook_retry_after_its_channel_passivated_is_still_dropped() -> None:
+    async def main() -> None:
+        async with MessageQueue(default_batch_window=0.0, max_batch_size=1, idle_timeout=0.05) as mq:
+            rec = Recorder()
+            await mq.start_processing("c", rec)
+            await mq.enqueue(msg("c", "hello", "m1"))
+            await rec.wait(lambda: len(rec.flat("c")) == 1)
+            for _ in range(int(TIMEOUT / 0.05)):
+                if not await mq.statistics():  # the channel actor passivated, its id unexpired (600 s)
+                    break
+                await asyncio.sleep(0.05)
+            assert await mq.statistics() == ()
+            await mq.enqueue(msg("c", "hello (retry)", "m1"))
+            await mq.enqueue(msg("c", "next", "m2"))
+            await rec.wait(lambda: len(rec.flat("c")) == 2)
+            assert rec.flat("c") == ["hello", "next"]
+            assert (await stats_of(mq, "c"))[0] == 1
+
+    run(main())

@@ -42,6 +42,10 @@ def message(channel: str, text: str) -> QueuedMessage:
     return QueuedMessage("test", channel, "u1", "U1", text)
 
 
+def with_id(channel: str, text: str, message_id: str) -> QueuedMessage:
+    return QueuedMessage("test", channel, "u1", "U1", text, message_id=message_id)
+
+
 class Node:
     """A simple-base system whose channels passivate after ``IDLE`` seconds, with a recording processor."""
 
@@ -126,6 +130,34 @@ def test_two_thousand_channels_passivate_and_come_back_with_their_counters(node:
     node.wait_for(2 * CHANNELS)
     # re-spawned, each counted on from where it stopped (live, or passivated again by now: the same answer)
     assert [c for c in channels if node.stats(c).processed != 2] == []
+
+
+def test_channels_with_message_ids_passivate_and_the_supervisor_forgets_the_ids_once_they_expire() -> None:
+    ttl = 2.0
+    node = Node(start_system(SIMPLE_BASE, BatchSettings(batching=False, dedupe_ttl=ttl), idle_timeout=IDLE))
+    try:
+        channels = [f"ids:{n:03d}" for n in range(300)]
+        sent = time.monotonic()
+        for start in range(0, len(channels), 100):
+            node.tell(EnqueueMany(tuple(with_id(c, "1", f"{c}/m1") for c in channels[start : start + 100])))
+        node.wait_for(len(channels))
+        node.eventually(lambda: node.live() == (), "every channel passivated, its id unexpired")
+        kept = node.supervisor._remembered
+        assert time.monotonic() - sent < ttl, "too slow to see the ids before they expire"
+        assert (len(kept), kept.ids) == (300, 300)
+        # a duplicate re-spawns its channel, which drops it: it got its id back
+        node.tell(Enqueue(with_id("ids:000", "1 (retry)", "ids:000/m1")))
+        assert node.stats("ids:000").duplicates == 1
+        assert (len(kept), kept.ids) == (299, 299)
+        # the Supervisor's timer wake drops the rest once expired, with no message coming
+        node.eventually(lambda: len(kept) == 0, "the expired ids forgotten")
+        assert kept.ids == 0
+        assert time.monotonic() - sent >= ttl
+        node.tell(Enqueue(with_id("ids:001", "1 (after expiry)", "ids:001/m1")))
+        node.wait_for(len(channels) + 1)
+        assert node.stats("ids:001").duplicates == 0
+    finally:
+        node.running.shutdown()
 
 
 def test_cancelled_and_failed_counts_survive_passivation(node: Node) -> None:

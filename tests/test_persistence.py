@@ -22,7 +22,7 @@ from actors.system import SIMPLE_BASE, TCP_BASE, free_port, start_system
 from protocol import codec, keys
 from protocol.errors import RedisDataLost, StoreLocked, UnsafeRedis
 from protocol.messages import BatchReady, Clear, Cleared, Enqueued, EnqueueFront, EnqueueMany
-from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem
+from protocol.values import BatchSettings, DeadLetter, MessageBatch, OpenEntry, QueueItem, SeenId
 
 pytestmark = pytest.mark.redis
 
@@ -40,12 +40,13 @@ class Node:
         self.server = server
         self.current: Harness | None = None
 
-    def start(self, window: float = 30.0, max_batch_size: int = 10) -> Harness:
+    def start(self, window: float = 30.0, max_batch_size: int = 10, idle_timeout: float = 60.0) -> Harness:
         self.stop()
         port = free_port() if self.base == TCP_BASE else None
         running = start_system(
             self.base,
             BatchSettings(window=window, max_batch_size=max_batch_size),
+            idle_timeout=idle_timeout,
             admin_port=port,
             redis_url=self.server.url,
             timeout=20,
@@ -329,3 +330,34 @@ def test_the_lease_is_renewed_past_its_initial_expiry_and_released_at_exit(
         assert client.exists(keys.LEASE, keys.LEASE_HOLDER) == 0
     finally:
         running.shutdown()
+
+
+# -- remembered message ids across passivation ---------------------------------------------------------------
+
+
+def stored_ids(client: redis.Redis, channel: str) -> list[str]:
+    return [s.message_id for s in stored(client, keys.SEEN_IDS, channel) if isinstance(s, SeenId)]
+
+
+def test_a_passivated_channels_stored_ids_are_neither_lost_nor_stored_twice(node: Node, client: redis.Redis) -> None:
+    h = node.start(window=0.01, idle_timeout=0.1)
+    p = h.processor()
+    h.attach(p)
+    h.enqueue(message("c", "a", message_id="m1"), message("c", "b", message_id="m2"))
+    h.wait_for(p, count=1)
+    h.eventually(lambda: "c" not in h.live_channels(), "the channel passivated holding its ids")
+    assert stored_ids(client, "c") == ["m1", "m2"]
+    # its next actor got them back from the Supervisor: it drops the duplicate and stores only the new id
+    h.enqueue(message("c", "a (retry)", message_id="m1"), message("c", "c", message_id="m3"))
+    h.wait_for(p, count=2)
+    assert h.stats("c").duplicates == 1
+    h.eventually(lambda: "c" not in h.live_channels(), "the channel passivated again")
+    assert stored_ids(client, "c") == ["m1", "m2", "m3"]
+    h = node.start(window=0.01)  # a restart loads them from Redis
+    p = h.processor()
+    h.attach(p)
+    h.enqueue(message("c", "b (retry)", message_id="m2"), message("c", "d", message_id="m4"))
+    events = [e for e in h.wait_for(p, count=1) if isinstance(e, BatchReady)]
+    assert [texts(e) for e in events] == [["d"]]
+    assert h.stats("c").duplicates == 1
+    assert stored_ids(client, "c") == ["m1", "m2", "m3", "m4"]

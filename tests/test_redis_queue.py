@@ -12,8 +12,11 @@ import msgpack
 import pytest
 
 from message_queue import InMemoryRedisQueue, InvalidInput, MessageBatch, QueuedMessage, RedisQueue
-from protocol.codec import decode, encode
+from protocol import keys
+from protocol.codec import decode, decode_dead_letter, encode
+from protocol.errors import DecodeError
 from protocol.keys import queue_key
+from protocol.values import DeadLetter
 
 TIMEOUT = 10.0
 
@@ -367,9 +370,9 @@ def test_an_undecodable_item_goes_to_the_dead_letter_list(redis_srv: Any, caplog
             await q.task_done()
             await q.task_done()
             assert await admin.llen(q.processing_key) == 0
-            dead = [msgpack.unpackb(e, raw=False) for e in await admin.lrange(q.dead_letter_key, 0, -1)]
-            assert [d["data"] for d in dead] == [b"\xc1not msgpack", truncated]
-            assert all(d["key"] == q.key and d["reason"] and d["at"] > 0 for d in dead)
+            dead = [decode(e, DeadLetter) for e in await admin.lrange(q.dead_letter_key, 0, -1)]
+            assert [d.data for d in dead] == [b"\xc1not msgpack", truncated]
+            assert all(d.role == keys.QUEUE and d.reason and d.at > 0 and d.item is None for d in dead)
         finally:
             await clients.close()
 
@@ -392,9 +395,9 @@ def test_a_value_of_an_unexpected_type_is_dead_lettered_too(redis_srv: Any) -> N
             await q.put(msg("good"))
             assert (await get_within(q)).text == "good"
             (entry,) = await admin.lrange(q.dead_letter_key, 0, -1)
-            dead = msgpack.unpackb(entry, raw=False)
-            assert "expected QueuedMessage or MessageBatch" in dead["reason"]
-            assert decode(dead["data"]) == Clear("chan")
+            dead = decode(entry, DeadLetter)
+            assert "expected QueuedMessage or MessageBatch" in dead.reason
+            assert decode(dead.data) == Clear("chan")
             await q.task_done()
         finally:
             await clients.close()
@@ -435,3 +438,14 @@ def test_in_memory_enqueue_front_wakes_a_waiting_getter() -> None:
         assert text_of(await asyncio.wait_for(getter, TIMEOUT)) == "urgent"
 
     run(main())
+
+
+def test_a_dead_letter_redis_queue_wrote_before_it_wrote_frames_still_reads() -> None:
+    legacy = msgpack.packb({"key": queue_key("chan"), "reason": "bad frame", "data": b"\xc1", "at": 12.5},
+                           use_bin_type=True)
+    assert decode_dead_letter(legacy) == DeadLetter(keys.QUEUE, "bad frame", b"\xc1", 12.5)
+    frame = encode(DeadLetter(keys.QUEUE, "bad frame", b"\xc1", 12.5))
+    assert decode_dead_letter(frame) == decode(frame, DeadLetter)
+    for junk in (b"\xc1", msgpack.packb({"key": "k", "reason": 1, "data": b"", "at": 1.0}), msgpack.packb([1, 2])):
+        with pytest.raises(DecodeError):
+            decode_dead_letter(junk)

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 
 from actors.system import free_port
 from protocol.errors import InvalidInput
-from protocol.limits import validate_message
 from protocol.messages import SUPERVISOR_NAME
+from protocol.validation import validate_message
 from service.lines import parse_line
 
 REPO = Path(__file__).resolve().parents[1]

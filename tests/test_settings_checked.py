@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from harness import Harness, message, texts
+from harness import message, start_harness, texts
 
-from actors.system import SIMPLE_BASE, start_system
+from actors.system import SIMPLE_BASE
 from protocol.messages import ChannelConfigured, ConfigureChannel, Rejected
 from protocol.values import BatchSettings
 
@@ -18,7 +18,7 @@ def unchecked(**fields: object) -> BatchSettings:
 
 
 def test_settings_with_a_bad_field_are_rejected_naming_it_and_the_channel_keeps_delivering() -> None:
-    mq = Harness(start_system(SIMPLE_BASE, BatchSettings(window=0.05)), None)
+    mq = start_harness(SIMPLE_BASE, BatchSettings(window=0.05))
     try:
         processor = mq.processor()
         mq.attach(processor, "c")

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 import pytest
 from actor_support import Recorded, RecordingProcessor, WaitFor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import (
+    FailingZone,
+    Opaque,
+    wrong_types,
+)
+from strategies import arbitrary_datetimes as datetimes
+from strategies import arbitrary_extras as extras
+from strategies import arbitrary_strings as strings
 
 from actors.system import SIMPLE_BASE, RunningSystem, start_system
 from protocol.errors import InvalidInput
-from protocol.limits import MAX_BATCH_SIZE, MAX_TEXT_BYTES, validate_message, validate_payload
+from protocol.limits import MAX_BATCH_SIZE, MAX_TEXT_BYTES
 from protocol.messages import (
     BatchHeld,
     BatchReady,
@@ -44,6 +52,7 @@ from protocol.messages import (
     StartProcessing,
     Statistics,
 )
+from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, MessageBatch, QueuedMessage, payload_messages
 
 ASK = 5.0  # seconds; never reached when things work
@@ -51,82 +60,9 @@ CONTROL = "control:good"  # the channel of the good messages: no generated comma
 POOL = ("pool:a", "pool:b")  # valid channels the generated commands aim at, among invalid ids
 
 
-# -- nasty values -------------------------------------------------------------------------------------------
+# -- nasty values (tests/strategies.py) -----------------------------------------------------------------
 
-
-class Opaque:
-    """A custom object: no field accepts it."""
-
-    def __repr__(self) -> str:
-        return "Opaque()"
-
-
-class FailingZone(tzinfo):
-    """A tzinfo whose every answer raises: a datetime carrying it is unusable."""
-
-    def utcoffset(self, dt: datetime | None) -> timedelta:
-        raise RuntimeError("no offset today")
-
-    def dst(self, dt: datetime | None) -> timedelta:
-        raise RuntimeError("no dst today")
-
-    def tzname(self, dt: datetime | None) -> str:
-        raise RuntimeError("no name today")
-
-
-def cyclic() -> dict[str, Any]:
-    loop: dict[str, Any] = {"k": 1}
-    loop["self"] = loop
-    return loop
-
-
-wrong_types = st.one_of(
-    st.none(),
-    st.integers(),
-    st.floats(),
-    st.binary(max_size=8),
-    st.lists(st.integers(), max_size=2),
-    st.sets(st.integers(), max_size=2),
-    st.builds(Opaque),
-)
-any_text = st.text(st.characters(blacklist_categories=()), max_size=12)  # surrogates and NUL included
-strings = st.one_of(
-    st.from_type(str),
-    any_text,
-    st.sampled_from(["", "\x00", "\ud800", "a\x00b", "x" * 300, "t" * (MAX_TEXT_BYTES + 1)]),
-)
 channel_ids = st.one_of(st.sampled_from(POOL), strings, wrong_types)
-datetimes = st.one_of(
-    st.from_type(datetime),  # naive
-    st.datetimes(timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=-5, minutes=-30))])),
-    st.builds(lambda: datetime(2024, 5, 1, tzinfo=FailingZone())),
-    st.sampled_from(["yesterday", 1_714_557_600.0, None]),
-    wrong_types,
-)
-extra_leaves = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(),  # NaN and infinities included
-    any_text,
-    st.binary(max_size=8),
-    st.sets(st.integers(), max_size=2),
-    st.builds(Opaque),
-    st.from_type(datetime),
-)
-extra_values = st.recursive(
-    extra_leaves,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
-    max_leaves=10,
-)
-extras = st.one_of(
-    st.dictionaries(any_text, extra_values, max_size=4),
-    st.dictionaries(st.one_of(st.integers(), st.binary(max_size=4)), extra_values, min_size=1, max_size=2),
-    st.builds(cyclic),
-    st.builds(lambda: {"big": "x" * (17 * 1024)}),
-    st.builds(lambda: {"d": {"d": {"d": {"d": {"d": 1}}}}}),
-    wrong_types,
-)
 
 
 def good_message(channel: str, text: str) -> QueuedMessage:

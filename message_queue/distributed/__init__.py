@@ -12,6 +12,14 @@ atomically, on Redis server time:
     * ``flush``: publish the channel's batch if its deadline has passed. Claiming the batch and appending it to
       the stream are one script: no two nodes publish the same batch, and no node can die between the two.
     * ``due``: list the channels whose deadline passed more than a grace period ago.
+    * ``admin``: the admin commands on one channel (``run_system.py admin --redis URL``, see
+      :mod:`service.admin_distributed`): ``flush`` (publish the open batch now, reason ``flushed``), ``clear``
+      (discard the open batch and the held ones), ``pause`` and ``resume``.
+
+Pause: while a channel's settings hash has ``paused`` = ``1``, every batch that closes on it (by any script)
+is appended to its held list instead of the stream, and a batch of ``enqueue_front`` goes to the head of that
+list; ``resume`` publishes them in order and removes the flag, in one script call. Batches still close on
+time, so a paused channel leaves no overdue deadline for the sweepers to retry.
 
 The rules are those of :class:`actors.batching.ChannelCore`; ``tests/test_rules_differential.py`` runs both on
 random command sequences and requires the same batches, in the same order, for the same reasons.

@@ -27,8 +27,8 @@ from message_queue.distributed.options import NodeOptions, NodeStatistics
 from message_queue.distributed.replies import connection_errors, reply_bytes, reply_int, reply_str
 from message_queue.distributed.settings import ChannelSettings
 from protocol import codec
-from protocol.errors import StoreUnavailable
-from protocol.keys import DIST_STATE, channel_tag, dist_key_of_tag, dist_node_key
+from protocol.errors import QueueFull, StoreUnavailable
+from protocol.keys import channel_of_tag, channel_tag, dist_node_key
 from protocol.values import BatchSettings, MessageBatch, Payload, QueuedMessage
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class DistributedBatcher:
     and finally :meth:`drain` (wait until this node's work is done) and :meth:`close`.
 
     Messages given to :meth:`submit`/:meth:`append` must already be checked
-    (:func:`protocol.limits.validate_message`).
+    (:func:`protocol.validation.validate_message`).
     """
 
     def __init__(self, redis: Redis, settings: BatchSettings, options: NodeOptions | None = None) -> None:
@@ -86,6 +86,8 @@ class DistributedBatcher:
         self._published_front = 0
         self._failed = 0
         self._duplicates = 0
+        self._rejected_full = 0  # appends refused: the open batch held max_queued (overflow reject)
+        self._dropped_overflow = 0  # appends dropped for the same reason (overflow drop_newest)
         self.on_progress: Callable[[], None] | None = None  # called on the loop after each answered pipeline
         # Called on the loop with the seconds each script pipeline took (metrics); None: not measured.
         self.on_script_seconds: Callable[[float], None] | None = None
@@ -158,6 +160,8 @@ class DistributedBatcher:
             pending=len(self._ops) + self._in_flight,
             armed=len(self._armed),
             duplicates=self._duplicates,
+            rejected_full=self._rejected_full,
+            dropped_overflow=self._dropped_overflow,
         )
 
     # -- operations ------------------------------------------------------------------------------------------
@@ -170,9 +174,7 @@ class DistributedBatcher:
         """
         loop = self._running_loop()
         channel = msg.channel_id
-        names = self._names.get(channel)
-        if names is None:
-            names = self._names[channel] = Names.of(channel)
+        names = self._names_of(channel)
         future: asyncio.Future[None] = loop.create_future()
         self._ops.append(Append(channel, names, codec.encode(msg), msg.message_id.encode("utf-8"), future))
         self._queued()
@@ -202,7 +204,9 @@ class DistributedBatcher:
 
     async def publish_now(self, payload: Payload) -> str:
         """Publish ``payload`` at once as a batch of its own (reason ``front``), ahead of the channel's open
-        batch; return its batch id. ``payload`` must be checked (non-empty, one channel, within limits)."""
+        batch; return its batch id, or "" when the channel is paused: the batch is then held ahead of the
+        channel's other held batches, and resume publishes it first. ``payload`` must be checked (non-empty,
+        one channel, within limits)."""
         loop = self._running_loop()
         batch = payload if isinstance(payload, MessageBatch) else single(payload)
         channel = batch.messages[0].channel_id
@@ -211,6 +215,12 @@ class DistributedBatcher:
         self._ops.append(Publish(channel, channel_tag(channel), frame, len(batch.messages), future))
         self._queued()
         return await future
+
+    def _names_of(self, channel: str) -> Names:
+        names = self._names.get(channel)
+        if names is None:
+            names = self._names[channel] = Names.of(channel)
+        return names
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._closed:
@@ -374,9 +384,10 @@ class DistributedBatcher:
             else:
                 (op,) = call.ops
                 assert isinstance(op, Publish)
-                keys, args = scripts.publish_call(dist_key_of_tag(DIST_STATE, op.tag), stream, maxlen, op.channel,
-                                                  op.tag, op.frame, op.count, "front", self._by_front, idle,
-                                                  node=(self._node_key, call.first))
+                names = self._names_of(op.channel)
+                keys, args = scripts.publish_call(names.state_key, names.config_key, names.held_key, stream, maxlen,
+                                                  op.channel, op.tag, op.frame, op.count, "front", self._by_front,
+                                                  idle, node=(self._node_key, call.first))
             pipe.evalsha(sha, len(keys), *keys, *args)
         self._channel_settings.add_refresh(pipe, refresh)
         observe = self.on_script_seconds
@@ -393,8 +404,8 @@ class DistributedBatcher:
         for op in ops:
             assert isinstance(op, Append)
             names = op.names
-            yield names.messages_key, names.state_key, names.ids_key, op.frame, names.channel, names.tag_bytes, \
-                settings.argument(op.channel), op.message_id
+            yield names.messages_key, names.state_key, names.ids_key, names.config_key, names.held_key, op.frame, \
+                names.channel, names.tag_bytes, settings.argument(op.channel), op.message_id
 
     def _fail(self, ops: Sequence[Append | Publish], exc: BaseException) -> None:
         for op in ops:
@@ -436,6 +447,14 @@ class DistributedBatcher:
                 self._published_on_append += 1
             if outcome == -3:  # a duplicate: dropped, nothing stored
                 self._duplicates += 1
+            elif outcome == -4:  # the open batch holds max_queued messages: refused (overflow reject)
+                self._rejected_full += 1
+                if not op.future.done():
+                    op.future.set_exception(QueueFull(
+                        f"channel {op.channel!r} holds max_queued messages in its open batch (overflow reject)"))
+                continue
+            elif outcome == -5:  # the same, dropped (overflow drop_newest)
+                self._dropped_overflow += 1
             else:
                 self._appended += 1  # -2: stored by an earlier send of this call, whose answer was lost
             if not op.future.done():
@@ -544,6 +563,12 @@ class DistributedBatcher:
             for raw in due:
                 tag = reply_str(raw)
                 if tag in self._flushing:
+                    continue
+                try:
+                    channel_of_tag(tag)
+                except ValueError:
+                    log.warning("distributed node %s: the deadline index holds %r, not a channel's tag; left "
+                                "alone", self.node_id, tag[:80])
                     continue
                 self._flushing.add(tag)
                 self._flushes.append(Flush(tag, "sweep"))

@@ -6,7 +6,16 @@ import asyncio
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from protocol.keys import DIST_IDS, DIST_MESSAGES, DIST_STATE, channel_tag, dist_key_of_tag
+from protocol.keys import (
+    DIST_HELD,
+    DIST_IDS,
+    DIST_MESSAGES,
+    DIST_STATE,
+    channel_of_tag,
+    channel_tag,
+    config_key,
+    dist_key_of_tag,
+)
 from protocol.values import MessageBatch, QueuedMessage
 
 
@@ -20,17 +29,24 @@ class Names:
     messages_key: bytes
     state_key: bytes
     ids_key: bytes
+    config_key: bytes  # the settings hash, whose ``paused`` field the scripts read
+    held_key: bytes
 
     @classmethod
     def of(cls, channel: str) -> Names:
-        names = cls.of_tag(channel_tag(channel))
-        return cls(names.tag, channel.encode("utf-8"), names.tag_bytes, names.messages_key, names.state_key,
-                   names.ids_key)
+        return cls.of_tag(channel_tag(channel), channel)
 
     @classmethod
-    def of_tag(cls, tag: str) -> Names:
-        return cls(tag, b"", tag.encode("ascii"), dist_key_of_tag(DIST_MESSAGES, tag).encode("ascii"),
-                   dist_key_of_tag(DIST_STATE, tag).encode("ascii"), dist_key_of_tag(DIST_IDS, tag).encode("ascii"))
+    def of_tag(cls, tag: str, channel: str | None = None) -> Names:
+        """The names of the channel whose tag is ``tag`` (``channel``: its id, when known)."""
+        if channel is None:
+            channel = channel_of_tag(tag)
+
+        def key(role: str) -> bytes:
+            return dist_key_of_tag(role, tag).encode("ascii")
+
+        return cls(tag, channel.encode("utf-8"), tag.encode("ascii"), key(DIST_MESSAGES), key(DIST_STATE),
+                   key(DIST_IDS), config_key(channel).encode("utf-8"), key(DIST_HELD))
 
 
 @dataclass(eq=False, slots=True)
@@ -78,11 +94,11 @@ class Call:
     first: int = 0  # number of the first operation (APPEND, PUBLISH), fixed for every replay of the call
 
 
-def flush_entries(ops: Sequence[Op]) -> Iterator[tuple[bytes, bytes, bytes]]:
+def flush_entries(ops: Sequence[Op]) -> Iterator[tuple[bytes, bytes, bytes, bytes, bytes]]:
     for op in ops:
         assert isinstance(op, Flush)
         names = op.names
-        yield names.messages_key, names.state_key, names.tag_bytes
+        yield names.messages_key, names.state_key, names.config_key, names.held_key, names.tag_bytes
 
 
 def single(message: QueuedMessage) -> MessageBatch:

@@ -79,6 +79,7 @@ class NodeStatistics:
 
     node_id: str
     appended: int  # messages stored in Redis, in the order submitted
+    # The published_* counts include batches held instead, on a paused channel.
     published_on_append: int  # batches published by an append (full, batching off, zero window)
     published_by_timer: int  # batches this node's timers published
     published_by_sweep: int  # overdue batches its sweeper published (usually another node's)
@@ -87,3 +88,5 @@ class NodeStatistics:
     pending: int  # operations accepted and not answered yet
     armed: int  # deadlines this node's timers wait for
     duplicates: int = 0  # appended messages dropped: their message_id was accepted within dedupe_ttl
+    rejected_full: int = 0  # appends refused with QueueFull: the open batch held max_queued (overflow reject)
+    dropped_overflow: int = 0  # appends dropped because the open batch held max_queued (overflow drop_newest)

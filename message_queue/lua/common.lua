@@ -6,9 +6,21 @@
 --                 fixed when it opens); l: time of its last message (ms; kept only when max_wait is set,
 --                 otherwise it is the deadline minus the window); ch: the channel id; seq: the number of the
 --                 channel's last published batch; b: the floor seq started above when this state was made
---                 (absent: 0), so seq - b batches were published since (ch, seq and b outlive the batch)
+--                 (absent: 0), so seq - b batches were published since (ch, seq and b outlive the batch); st:
+--                 "<maxlen>:<stream>" of the node that opened the last batch (where an admin flush publishes it);
+--                 hm: the messages of the held batches (absent: none; the state does not expire while present);
+--                 d, rf, do: counts (see append.lua)
+--   held  (list)  batches closed while the channel is paused, in publication order: each a cmsgpack array
+--                 [stream, maxlen, reason, count, deadline, channel, MessageBatch frame]
+--   config (hash) the channel's settings hash (message_queue:config:<channel>); paused = "1": hold, not publish
 -- Shared: the deadline index (sorted set: channel tag -> deadline, ms; it holds exactly the channels with an
 -- open batch), the stream, and the seq floor (string: no channel whose state may expire used a higher seq).
+-- Pause: while a channel is paused, or still holds batches (its flag was removed by hand), every batch that
+-- closes (deadline, cap, max_wait, settings, a flush) is appended to its held list instead of the stream, and
+-- enqueue-front (and an event bus's own publish_inbound) put theirs at the head of that list: the order the
+-- core's FIFO keeps while its deliveries are paused. Only resume (admin.lua) publishes held batches, oldest
+-- first, and clears the flag; clear discards them. Nothing else changes: the channel keeps accepting and
+-- batching, and a batch closes at its deadline as usual (so no deadline stays overdue while paused).
 -- Every time is Redis server time (TIME) in ms, so the nodes' clocks do not matter. A caller may give the time
 -- instead, as one more ARGV after the script's own (each script names its position): a fake clock for tests;
 -- nodes never give it.
@@ -77,6 +89,27 @@ local function publish(state, floor, stream, maxlen, tag, channel, reason, count
   return id, seq
 end
 
+-- True while the channel's finished batches must be held rather than published (see Pause above).
+local function holding(config, held)
+  return redis.call('HGET', config, 'paused') == '1' or redis.call('EXISTS', held) == 1
+end
+
+-- One held batch, as the held list stores it.
+local function held_entry(stream, maxlen, reason, count, deadline, channel, payload)
+  return cmsgpack.pack({stream, maxlen, reason, count, deadline, channel, payload})
+end
+
+-- Publish one finished batch (as publish()), or append it to the held list while the channel is held;
+-- ``hold``: the channel's {config, held} keys. Returns the batch id and seq, or nothing when held.
+local function deliver(hold, state, floor, stream, maxlen, tag, channel, reason, count, payload, deadline, now, by)
+  if holding(hold[1], hold[2]) then
+    redis.call('RPUSH', hold[2], held_entry(stream, maxlen, reason, count, deadline, channel, payload))
+    redis.call('HINCRBY', state, 'hm', count)
+    return nil, nil
+  end
+  return publish(state, floor, stream, maxlen, tag, channel, reason, count, payload, deadline, now, by)
+end
+
 -- The channel holds no open batch: raise the floor to its seq (nil: read it), then let its state expire after
 -- ``ttl`` ms unless something happens on the channel before.
 local function rest(state, floor, seq, ttl)
@@ -86,7 +119,43 @@ local function rest(state, floor, seq, ttl)
   if seq > tonumber(redis.call('GET', floor) or '0') then
     redis.call('SET', floor, int(seq))
   end
-  redis.call('PEXPIRE', state, ttl)
+  if redis.call('HEXISTS', state, 'hm') == 1 then
+    redis.call('PERSIST', state)  -- it counts the held batches' messages: kept as long as they are
+  else
+    redis.call('PEXPIRE', state, ttl)
+  end
+end
+
+-- Drop the first message of the oldest held batch (the head of the held list; the batch goes when it was its
+-- only message) and count it out of the state's "hm": what ChannelCore's drop_oldest does to its FIFO's head.
+local function drop_held_first(state, held)
+  local e = cmsgpack.unpack(redis.call('LINDEX', held, 0))
+  -- e: stream, maxlen, reason, count, deadline, channel, MessageBatch frame ["batch", [frames], first, last]
+  local payload = e[7]
+  local n, start = nil, nil
+  local b = string.byte(payload, 8)
+  if b >= 144 and b <= 159 then
+    n, start = b - 144, 9
+  else  -- 0xdc: an array of up to 65535
+    n, start = string.byte(payload, 9) * 256 + string.byte(payload, 10), 11
+  end
+  if n <= 1 then
+    redis.call('LPOP', held)
+  else
+    local after = cmsgpack.unpack_one(payload, start - 1)  -- 0-based offset of the second frame
+    local header
+    if n - 1 < 16 then
+      header = string.char(144 + n - 1)
+    else
+      header = '\220' .. string.char(math.floor((n - 1) / 256) % 256, (n - 1) % 256)
+    end
+    e[7] = string.sub(payload, 1, 7) .. header .. string.sub(payload, after + 1)
+    e[4] = e[4] - 1
+    redis.call('LSET', held, 0, cmsgpack.pack(e))
+  end
+  if redis.call('HINCRBY', state, 'hm', -1) <= 0 then
+    redis.call('HDEL', state, 'hm')
+  end
 end
 
 -- The open batch "o" of a state hash as numbers: first (ms), window, max_wait (ms), cap; nil if none.
@@ -110,12 +179,14 @@ local function due_at(o, last)
   return deadline, 'window'
 end
 
--- Close the open batch (if any) and publish it, in one step: claim and publish cannot be separated.
--- ``reason`` nil: "window", or "max_wait" when the deadline was the batch's age cap. ``last``: the time of its
--- last message when known (nil: stored, or the deadline minus the window). ``score``: its deadline when the
--- caller read it (nil: read here). Returns the batch id and seq, or nil when no batch was open. The caller
--- then calls rest(): nothing is left open.
-local function flush(msgs, state, floor, deadlines, stream, maxlen, tag, reason, deadline, now, by, last, score)
+-- Close the open batch (if any) and publish it (or hold it: deliver()), in one step: claim and publish cannot
+-- be separated. ``hold``: the channel's {config, held} keys. ``reason`` nil: "window", or "max_wait" when the
+-- deadline was the batch's age cap. ``last``: the time of its last message when known (nil: stored, or the
+-- deadline minus the window). ``score``: its deadline when the caller read it (nil: read here). Returns the
+-- batch id and seq, or nil when no batch was open or it was held. The caller then calls rest(): nothing is
+-- left open.
+local function flush(hold, msgs, state, floor, deadlines, stream, maxlen, tag, reason, deadline, now, by, last,
+                     score)
   if score == nil then
     score = redis.call('ZSCORE', deadlines, tag)
     score = score and tonumber(score)
@@ -148,7 +219,7 @@ local function flush(msgs, state, floor, deadlines, stream, maxlen, tag, reason,
   if last < o.first then
     last = o.first
   end
-  local id, seq = publish(state, floor, stream, maxlen, tag, v[2] or '', reason, #frames,
+  local id, seq = deliver(hold, state, floor, stream, maxlen, tag, v[2] or '', reason, #frames,
                           batch_frame(frames, o.first, last), deadline, now, by)
   redis.call('DEL', msgs)
   redis.call('HDEL', state, 'o', 'l')
