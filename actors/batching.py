@@ -104,6 +104,8 @@ FAILURE_COUNTS = (
 """The failure and flood counts a core starts from (``failures=``), in this order: ``ChannelStatistics``
 fields of the same names."""
 
+_NO_COUNTS = dict.fromkeys(FAILURE_COUNTS[1:], 0)  # the failure counts but attempts, all zero: never changed
+
 
 class ChannelState(enum.Enum):
     """Where the channel stands towards its processor."""
@@ -342,6 +344,9 @@ class ChannelCore:
         "_flight_due",
         "_dead",
         "_counts",
+        "_attempts",
+        "_plain",
+        "refusals",
     )
 
     def __init__(
@@ -387,9 +392,17 @@ class ChannelCore:
         self._flight: _Waiting | None = None  # the in-flight item's record
         self._flight_due: float | None = None  # when the in-flight item times out
         self._dead: deque[DeadLetter] = deque()
-        counts = dict.fromkeys(FAILURE_COUNTS, 0)
-        counts.update(zip(FAILURE_COUNTS, failures))
-        self._counts = counts
+        # attempts: this count plus the deliveries this core made (``_last_delivery_id``)
+        self._attempts = failures[0] if failures else 0
+        # The other failure counts move only when a rule acts: their dict is made then (None: all zero).
+        self._counts: dict[str, int] | None = None
+        if any(failures[1:]):
+            self._counts = dict(_NO_COUNTS)
+            self._counts.update(zip(FAILURE_COUNTS[1:], failures[1:]))
+        self._plain = _is_plain(self._settings)
+        # Messages this core refused (MessageRejected: busy policy reject, or overflow reject at max_queued):
+        # an owner that reads it before and after enqueue knows whether to look for refusals in the effects.
+        self.refusals = 0
 
     # -- queries ----------------------------------------------------------------------------------------
 
@@ -408,11 +421,17 @@ class ChannelCore:
     def deadline(self) -> float | None:
         """The earliest of: when the open batch must close (none when no batch is open, or it is held),
         when a waiting retry's backoff ends, and when the item in flight times out; None if none applies."""
+        current = self._open
+        if self._retry_due is None and self._flight_due is None:  # no retry waiting, no timeout running
+            if current is None or current.held or (
+                self._in_flight is not None and current.settings.busy_policy == "collect"
+            ):
+                return None
+            return current.deadline
         due = self._retry_due
         flight_due = self._flight_due
         if flight_due is not None and (due is None or flight_due < due):
             due = flight_due
-        current = self._open
         if current is None or current.held or self._collecting(current):
             return due
         batch_due = current.deadline
@@ -471,7 +490,8 @@ class ChannelCore:
             interruptions=self._interruptions,
             rejections=self._rejections,
             dead_letters=len(self._dead),
-            **self._counts,
+            attempts=self._attempts + self._last_delivery_id,
+            **(self._counts or _NO_COUNTS),
         )
 
     def remembered_ids(self, now: float) -> tuple[tuple[str, float], ...]:
@@ -557,6 +577,8 @@ class ChannelCore:
     def configure(self, settings: BatchSettings) -> None:
         """Use ``settings`` from the next batch on; the open batch keeps the settings it opened with."""
         self._settings = settings
+        current = self._open
+        self._plain = _is_plain(settings) and (current is None or current.settings is settings)
 
     def enqueue(self, msg: QueuedMessage, now: float) -> list[Effect]:
         """Add ``msg`` to the open batch (opening one if needed), closing batches that are due or full."""
@@ -565,6 +587,43 @@ class ChannelCore:
                 f"message for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
             )
         settings = self._settings
+        # The common case takes a short path with the same outcome: settings that use no busy policy, author
+        # split or unbatched delivery, no open batch opened with other settings (``_plain``), a message
+        # without an id (nothing to look up or remember), and room below max_queued.
+        if not self._plain or msg.message_id or self._count >= settings.max_queued:
+            return self._enqueue_by_rules(msg, now)
+        effects: list[Effect] = []
+        current = self._open
+        if current is not None and not current.held and now >= current.deadline:
+            self._close(current.timed_reason(), now, effects)
+            current = None
+        self._count += 1
+        if current is None:
+            current = self._open = _OpenBatch(MessageBatch(), settings, now, now)
+        current.batch.add(msg, msg.queued_at)
+        if current.held:
+            # the window restarts with this message; max_wait counts from it too
+            current.held = False
+            current.opened_at = now
+        current.last_at = now
+        if self._added_effects:
+            effects.append(MessageAdded(msg, current.batch.size, now))
+        size = len(current.batch.messages)
+        if size >= settings.max_batch_size:
+            if size == settings.max_batch_size:
+                self._close(FlushReason.FULL, now, effects)
+            else:  # more than one full batch: only after an interrupt
+                self._cut_full(now, effects)
+        if self._in_flight is None and self._fifo:
+            self._deliver_next(effects, now)
+        return effects
+
+    def _enqueue_by_rules(self, msg: QueuedMessage, now: float) -> list[Effect]:
+        """:meth:`enqueue` with every rule checked in turn."""
+        settings = self._settings
+        current = self._open
+        if not self._plain and _is_plain(settings) and (current is None or current.settings is settings):
+            self._plain = True  # the batch opened with earlier settings is gone: the short path serves again
         message_id = msg.message_id
         if message_id and settings.dedupe_ttl > 0:
             self._forget_expired(now)
@@ -575,12 +634,14 @@ class ChannelCore:
         busy = self._in_flight is not None
         if busy and settings.busy_policy == "reject":
             self._rejections += 1
+            self.refusals += 1
             return [MessageRejected(msg)]
         if self._count >= settings.max_queued:
             if settings.overflow == "reject":
-                self._counts["rejected_full"] += 1
+                self._add_count("rejected_full")
+                self.refusals += 1
                 return [MessageRejected(msg, "QueueFull")]
-            self._counts["dropped_overflow"] += 1
+            self._add_count("dropped_overflow")
             if settings.overflow == "drop_newest":
                 return [MessagesDropped((msg,), "overflow")]
             self._drop_oldest(effects)
@@ -654,10 +715,27 @@ class ChannelCore:
         """Act on every deadline that has passed: time out the item in flight, end a retry's backoff, close
         the open batch."""
         effects: list[Effect] = []
+        if self._flight_due is not None or self._retry_due is not None:
+            self._tick_failures(now, effects)
+        current = self._open
+        if (
+            current is not None
+            and not current.held
+            and now >= current.deadline
+            and not (self._in_flight is not None and current.settings.busy_policy == "collect")
+        ):
+            self._close(current.timed_reason(), now, effects)
+        if self._in_flight is None and self._fifo:
+            self._deliver_next(effects, now)
+        return effects
+
+    def _tick_failures(self, now: float, effects: list[Effect]) -> None:
+        """:meth:`tick`'s part for a processing timeout and a retry's backoff."""
         flight = self._in_flight
-        if flight is not None and self._flight_due is not None and now >= self._flight_due:
+        flight_due = self._flight_due
+        if flight is not None and flight_due is not None and now >= flight_due:
             timeout = self._flight_due_after()
-            self._counts["timeouts"] += 1
+            self._add_count("timeouts")
             record = self._flight
             self._in_flight = None
             self._flight = None
@@ -666,14 +744,10 @@ class ChannelCore:
             self._failed += 1
             self._attempt_failed(flight[1], record, f"processing_timeout: no answer within {timeout:g} s", now, effects)
             self._close_collected(now, effects)
-        if self._retry_due is not None and now >= self._retry_due:
+        retry_due = self._retry_due
+        if retry_due is not None and now >= retry_due:
             self._retry = None
             self._retry_due = None
-        current = self._open
-        if current is not None and self._due(current, now):
-            self._close(current.timed_reason(), now, effects)
-        self._deliver_next(effects, now)
-        return effects
 
     def flush(self, now: float) -> tuple[bool, list[Effect]]:
         """Close the open batch now (reason ``flushed``); False when no batch is open."""
@@ -733,15 +807,16 @@ class ChannelCore:
         if flight is None or flight[0] != delivery_id:
             return []
         self._in_flight = None
-        record = self._flight
-        self._flight = None
-        self._flight_due = None
         self._processed += 1
         effects: list[Effect] = [DeliveryFinished(flight[1], delivery_id, error)]
         if error is not None:
             self._failed += 1
-            self._attempt_failed(flight[1], record, error, now, effects)
-        self._close_collected(now, effects)
+            self._attempt_failed(flight[1], self._flight, error, now, effects)
+        self._flight = None
+        self._flight_due = None
+        current = self._open
+        if current is not None and current.settings.busy_policy == "collect":
+            self._close(FlushReason.COLLECTED, now, effects)
         self._deliver_next(effects, now)
         return effects
 
@@ -931,34 +1006,44 @@ class ChannelCore:
         current = self._open
         assert current is not None
         self._open = None
-        # a full or flushed batch closes on time; a held one has no deadline to be late for
-        on_time = reason is FlushReason.FULL or reason is FlushReason.FLUSHED or current.held
-        if reason is FlushReason.COLLECTED or reason is FlushReason.AUTHOR:
-            on_time = True  # closed by an event, not by its deadline
+        # a full or flushed batch closes on time, as one closed by an event (collected, author) rather than by
+        # its deadline; a held one has no deadline to be late for
+        on_time = (
+            reason is FlushReason.FULL
+            or reason is FlushReason.FLUSHED
+            or current.held
+            or reason is FlushReason.COLLECTED
+            or reason is FlushReason.AUTHOR
+        )
         lateness = 0.0 if on_time else max(0.0, now - current.deadline)
-        item = QueueItem(self._new_id(), self.channel_id, current.batch, interrupted=current.carried > 0)
-        self._push_tail(item, reason, lateness, effects)
+        if current.carried:
+            item = QueueItem(self._new_id(), self.channel_id, current.batch, interrupted=True)
+        else:
+            item = QueueItem(self._new_id(), self.channel_id, current.batch)
+        self._fifo.append(_Waiting(item, reason, lateness))
+        effects.append(ItemQueued(item, reason, lateness))
 
     def _push_tail(self, item: QueueItem, reason: FlushReason, lateness: float, effects: list[Effect]) -> None:
         self._fifo.append(_Waiting(item, reason, lateness))
         effects.append(ItemQueued(item, reason, lateness))
 
     def _deliver_next(self, effects: list[Effect], now: float) -> None:
-        if self._paused or not self._attached or self._in_flight is not None or self._retry is not None:
-            return
         fifo = self._fifo
+        if not fifo or self._in_flight is not None or self._paused or not self._attached or self._retry is not None:
+            return
         settings = self._settings
         while fifo:
             head = fifo.popleft()
             item = head.item
-            messages = payload_messages(item.payload)
-            self._count -= len(messages)
+            payload = item.payload
+            self._count -= len(payload.messages) if type(payload) is MessageBatch else 1
             if settings.max_age is not None:
+                messages = payload_messages(payload)
                 cutoff = self._wall() - settings.max_age
                 kept = tuple(m for m in messages if m.queued_at.timestamp() >= cutoff)
                 if len(kept) < len(messages):
                     stale = tuple(m for m in messages if m.queued_at.timestamp() < cutoff)
-                    self._counts["dropped_stale"] += len(stale)
+                    self._add_count("dropped_stale", len(stale))
                     if not kept:
                         effects.append(MessagesDropped(stale, "stale", head=True))
                         continue
@@ -968,13 +1053,18 @@ class ChannelCore:
             self._last_delivery_id += 1
             self._in_flight = (self._last_delivery_id, item)
             self._flight = head
-            self._counts["attempts"] += 1
             if item.attempt > 1:
-                self._counts["retries"] += 1
+                self._add_count("retries")
             timeout = settings.processing_timeout
             self._flight_due = None if timeout is None else now + timeout
             effects.append(Deliver(item, self._last_delivery_id, head.reason, head.lateness))
             return
+
+    def _add_count(self, name: str, amount: int = 1) -> None:
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = dict(_NO_COUNTS)
+        counts[name] += amount
 
     def _flight_due_after(self) -> float:
         return self._settings.processing_timeout or 0.0
@@ -1006,9 +1096,9 @@ class ChannelCore:
         dropped = None
         if len(self._dead) >= MAX_DEAD_LETTERS:
             dropped = self._dead.popleft()
-            self._counts["dead_letters_dropped"] += 1
+            self._add_count("dead_letters_dropped")
         self._dead.append(letter)
-        self._counts["dead_lettered"] += 1
+        self._add_count("dead_lettered")
         effects.append(ItemDead(letter, dropped))
 
     def _drop_oldest(self, effects: list[Effect]) -> None:
@@ -1048,7 +1138,7 @@ class ChannelCore:
         for letter in letters:
             if len(self._dead) >= MAX_DEAD_LETTERS:
                 self._dead.popleft()
-                self._counts["dead_letters_dropped"] += 1
+                self._add_count("dead_letters_dropped")
             self._dead.append(letter)
 
     def replay_dead_letters(self, now: float) -> tuple[int, list[Effect]]:
@@ -1100,6 +1190,12 @@ class ChannelCore:
         self._paused = False
         self._deliver_next(effects, now)
         return True, effects
+
+
+def _is_plain(settings: BatchSettings) -> bool:
+    """True when ``settings`` use none of the rules that :meth:`ChannelCore.enqueue` checks per message
+    beyond duplicates and max_queued: busy policy ``queue``, batching on, no split on author."""
+    return settings.busy_policy == "queue" and settings.batching and not settings.split_on_author
 
 
 def _rebatched(payload: Payload, messages: Sequence[QueuedMessage]) -> Payload:

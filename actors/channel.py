@@ -252,14 +252,19 @@ class ChannelActor(Dispatcher):
 
     def receiveMsg_EnqueueStamped(self, msg: EnqueueStamped, sender: ActorAddress) -> None:
         self._received += 1
-        enqueue = self._channel.enqueue
+        core = self._channel
+        enqueue = core.enqueue
         effects: list[Effect] = []
+        refusals = core.refusals
         # Each message at the time it was accepted: its window counts from then, however long it took to get here.
         for message, arrived in zip(msg.messages, msg.arrived):
             effects += enqueue(message, arrived)
+        if core.refusals == refusals and not msg.ack:  # nothing refused, no answer asked for
+            self._settle(effects)
+            return
+        reply_to = msg.reply_to
         then: list[tuple[ActorAddress, object]] = []
         refused = [e for e in effects if isinstance(e, MessageRejected)]
-        reply_to = msg.reply_to
         for rejection in refused:
             message = rejection.message
             why = (
@@ -430,7 +435,9 @@ class ChannelActor(Dispatcher):
         ops: list[Op] | None = [] if self._persistence is not None else None
         wall = time.time() - self.clock() if ops is not None else 0.0  # wall clock = our clock + wall
         for effect in effects:
-            if isinstance(effect, Deliver):
+            if isinstance(effect, ItemQueued):
+                pass  # the most common effect: nothing to send (journalled below)
+            elif isinstance(effect, Deliver):
                 processor = self._processor
                 assert processor is not None
                 self._flight_processor = processor
@@ -455,6 +462,18 @@ class ChannelActor(Dispatcher):
                         ),
                     )
                 )
+            elif isinstance(effect, DeliveryFinished):
+                if effect.error is not None:
+                    log.warning(
+                        "channel %r: processor failed item %s (%d messages): %s",
+                        core.channel_id,
+                        effect.item.item_id,
+                        effect.item.size,
+                        effect.error,
+                        extra={"channel": core.channel_id, "item_id": effect.item.item_id,
+                               "delivery_id": effect.delivery_id + self._delivery_base,
+                               "attempt": effect.item.attempt},
+                    )
             elif isinstance(effect, DeliveryCancelled):
                 if self._flight_processor is not None:
                     out.append(
@@ -486,16 +505,6 @@ class ChannelActor(Dispatcher):
                         core.channel_id, len(effect.messages), effect.rule, total,
                         extra={"channel": core.channel_id},
                     )
-            elif isinstance(effect, DeliveryFinished) and effect.error is not None:
-                log.warning(
-                    "channel %r: processor failed item %s (%d messages): %s",
-                    core.channel_id,
-                    effect.item.item_id,
-                    effect.item.size,
-                    effect.error,
-                    extra={"channel": core.channel_id, "item_id": effect.item.item_id,
-                           "delivery_id": effect.delivery_id + self._delivery_base, "attempt": effect.item.attempt},
-                )
             if ops is not None:
                 _journal(core.channel_id, effect, ops, wall)
                 if isinstance(effect, IdRemembered):

@@ -100,6 +100,8 @@ class LoopDriver:
         self._clock = clock
         self._turn_seconds = turn_seconds
         self._state = _State.NEW
+        # True exactly while the state is RUNNING: an attribute, since every enqueue reads it
+        self.running = False
         self._system: RunningSystem | None = None
         self._base: LeanSimpleBase | None = None
         self._address = ActorAddress("System:LoopDriver")
@@ -139,7 +141,7 @@ class LoopDriver:
         base = self._base = lean_base(system.asys)
         self._supervisor = system.supervisor
         base.add_endpoint(self._address, self._received)
-        self._state = _State.RUNNING
+        self._enter(_State.RUNNING)
         configure = ConfigureSystem(
             self._settings,
             self._idle_timeout,
@@ -162,9 +164,9 @@ class LoopDriver:
             self.stop()
             raise
 
-    @property
-    def running(self) -> bool:
-        return self._state is _State.RUNNING
+    def _enter(self, state: _State) -> None:
+        self._state = state
+        self.running = state is _State.RUNNING
 
     def stop(self) -> None:
         """Hand over what was accepted, run the system until nothing is pending, stop every actor (persistence
@@ -179,9 +181,9 @@ class LoopDriver:
             return
         system = self._system
         if system is None or self._state is _State.NEW:
-            self._state = _State.STOPPED
+            self._enter(_State.STOPPED)
             return
-        self._state = _State.STOPPING
+        self._enter(_State.STOPPING)
         try:
             base = self._required_base()
             self._inject()
@@ -191,7 +193,7 @@ class LoopDriver:
             base.run_pending()
             system.asys.shutdown()
         finally:
-            self._state = _State.STOPPED
+            self._enter(_State.STOPPED)
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None
@@ -207,7 +209,7 @@ class LoopDriver:
     def abandon(self) -> None:
         """Give the system up without running it again (its loop is closed): the actors are left to the garbage
         collector and the I/O thread ends; waiting calls are not resolved (their loop is gone)."""
-        self._state = _State.STOPPED
+        self._enter(_State.STOPPED)
         self._calls.clear()
         if self._io is not None:
             self._io.shutdown(wait=False)
@@ -326,7 +328,9 @@ class LoopDriver:
         """One loop.call_at for the earliest of the Timer's alarm and Thespian's pending wakeups."""
         if self._state is not _State.RUNNING:
             return
-        thespian = self._required_base().next_wakeup_in()
+        base = self._base
+        assert base is not None  # running
+        thespian = base.next_wakeup_in()
         if thespian is None and self._alarm_at == self._armed_alarm and self._handle is not None:
             return  # nothing changed since the last arming
         self._armed_alarm = self._alarm_at
@@ -396,7 +400,10 @@ class LoopDriver:
         return self._base
 
     def _send(self, to: ActorAddress, msg: object, sender: ActorAddress | None = None) -> None:
-        self._required_base().send(sender or self._address, to, msg)
+        base = self._base
+        if base is None:
+            raise DriverStopped("the actor system driver is not running")
+        base.send(sender or self._address, to, msg)
 
     def _posted(self, to: ActorAddress, msg: object) -> None:
         if self._state is not _State.RUNNING:

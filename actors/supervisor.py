@@ -347,13 +347,21 @@ class Supervisor(Dispatcher):
         """Send each channel its messages, in order, with their arrival times, as one ``EnqueueStamped``;
         return them by channel."""
         groups: dict[str, tuple[list[QueuedMessage], list[float]]] = {}
-        for message, at in zip(messages, arrived):
-            group = groups.get(message.channel_id)
+        # By runs of one channel's messages: the loop driver hands them over grouped by channel already.
+        count = len(messages)
+        start = 0
+        while start < count:
+            channel_id = messages[start].channel_id
+            end = start + 1
+            while end < count and messages[end].channel_id == channel_id:
+                end += 1
+            group = groups.get(channel_id)
             if group is None:
-                groups[message.channel_id] = ([message], [at])
+                groups[channel_id] = (list(messages[start:end]), list(arrived[start:end]))
             else:
-                group[0].append(message)
-                group[1].append(at)
+                group[0].extend(messages[start:end])
+                group[1].extend(arrived[start:end])
+            start = end
         for channel_id, (batch, times) in groups.items():
             self._send_channel(channel_id, EnqueueStamped(tuple(batch), tuple(times)))
         return groups

@@ -348,7 +348,7 @@ STAGES = {
     "enqueue (MessageQueue.enqueue -> LocalQueue.enqueue)": ("message_queue/local.py", "enqueue"),
     "  of which validate_message": ("protocol/validation.py", "validate_message"),
     "loop driver turns (LoopDriver._turn)": ("actors/loop_driver.py", "_turn"),
-    "  of which sends run (LoopDriver._run)": ("actors/loop_driver.py", "_run"),
+    "  of which sends run (LeanSimpleBase.run_pending)": ("actors/thespian_compat.py", "run_pending"),
     "  of which the Timer's Tick (Timer._fire)": ("actors/timer.py", "_fire"),
     "  of which outputs handled by the queue (LocalQueue._handle)": ("message_queue/local.py", "_handle"),
     "callback tasks (their steps)": ("message_queue/local.py", "_invoke"),

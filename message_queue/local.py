@@ -29,6 +29,7 @@ import contextvars
 import inspect
 import logging
 import math
+import sys
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
@@ -138,7 +139,11 @@ class _Channel:
     backlog: deque[_Delivery] = field(default_factory=deque)  # delivered while ``active`` still unwinds
     queued: int = 0  # waiting items, from the last report
     in_flight: bool = False  # from the last report
-    sent: int = 0  # messages sent unanswered since the last report (overflow reject: see _refuses_when_busy)
+    # Messages it may still be sent without waiting for its answer: ``base - queued * step`` at its last report
+    # (see _limits), less those sent since.
+    budget: int = 0
+    base: int = 0  # from its settings (see _limits)
+    step: int = 0
 
     @property
     def busy(self) -> bool:
@@ -196,7 +201,13 @@ class LocalQueue:
             if self._metrics is not None:
                 self._metrics.rejected()
             raise
-        if self._refuses_when_busy(msg.channel_id):
+        try:
+            chan = self._channels[msg.channel_id]
+        except KeyError:
+            chan = self._channel(msg.channel_id)
+        if chan.budget > 0:
+            chan.budget -= 1
+        else:  # the channel may refuse it (see _refuses_when_busy)
             await self._enqueue_answered(msg)
             return
         driver = self._driver
@@ -252,20 +263,22 @@ class LocalQueue:
 
     def _refuses_when_busy(self, channel: str) -> bool:
         """True when the channel may refuse a message, so its enqueue waits for the answer: busy policy
-        reject, or overflow reject once the channel's last reported count is near ``max_queued``."""
-        settings = self._settings_of(channel)
-        if settings.busy_policy == "reject":
-            return True
-        if settings.overflow != "reject":
-            return False
+        reject, or overflow reject once the channel's last reported count is near ``max_queued`` (see
+        :func:`_limits`). Else the message counts against the channel's budget."""
         chan = self._channel(channel)
-        # The report counts items, each up to max_batch_size messages (plus an open batch), and trails the
-        # messages sent since: answers are awaited once these could make half the cap.
-        size = settings.max_batch_size if settings.batching else 1
-        if 2 * ((chan.queued + 1) * size + chan.sent) >= settings.max_queued:
-            return True
-        chan.sent += 1
-        return False
+        if chan.budget > 0:
+            chan.budget -= 1
+            return False
+        return True
+
+    def _settings_changed(self, channel: str) -> None:
+        """The channel's settings (``_settings_of``) may have changed: its budget follows them (the messages
+        sent since its last report still count)."""
+        chan = self._channels.get(channel)
+        if chan is not None:
+            before = chan.base - chan.queued * chan.step
+            chan.base, chan.step = _limits(self._settings_of(channel))
+            chan.budget += chan.base - chan.queued * chan.step - before
 
     async def _enqueue_answered(self, msg: QueuedMessage) -> None:
         """Enqueue ``msg`` and wait for its channel's answer: with busy policy reject, it may refuse it."""
@@ -328,6 +341,7 @@ class LocalQueue:
         state = self._config_states.get(channel)
         if state is not None:
             state.settings = chosen
+        self._settings_changed(channel)
         reply = await self._call(ConfigureChannel(channel, chosen))
         assert isinstance(reply, ChannelConfigured), reply
 
@@ -643,6 +657,8 @@ class LocalQueue:
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
+            chan.base, chan.step = _limits(self._settings_of(channel))
+            chan.budget = chan.base
         return chan
 
     # -- outputs of the actors, during a turn ----------------------------------------------------------------
@@ -652,7 +668,7 @@ class LocalQueue:
             chan = self._channel(output.channel_id)
             chan.queued = output.queued
             chan.in_flight = output.in_flight
-            chan.sent = 0
+            chan.budget = chan.base - output.queued * chan.step
         elif isinstance(output, BatchReady):
             self._ready(output)
         elif isinstance(output, CancelProcessing):
@@ -666,13 +682,14 @@ class LocalQueue:
             state = self._config_states.get(output.channel_id)
             if state is not None and state.refresh is None:
                 del self._config_states[output.channel_id]
+                self._settings_changed(output.channel_id)
 
     def _ready(self, ready: BatchReady) -> None:
         chan = self._channel(ready.channel_id)
         if ready.queued >= 0:  # the delivery doubles as the channel's QueueChanged
             chan.queued = ready.queued
             chan.in_flight = True
-            chan.sent = 0
+            chan.budget = chan.base - ready.queued * chan.step
         callback = self._callbacks.get(ready.channel_id)
         if callback is None or self._closed:
             # Only while stop_processing (or close) is under way: its StopChannel cancels this delivery.
@@ -786,6 +803,7 @@ class LocalQueue:
                 if settings is not None and settings != state.settings:
                     driver.tell(ConfigureChannel(channel, settings))
                     state.settings = settings
+                    self._settings_changed(channel)
                 for waiting, acked in state.waiting:
                     if acked is None:
                         driver.enqueue(waiting)
@@ -798,6 +816,21 @@ class LocalQueue:
             state.waiting.clear()
             state.read_at = loop.time()
             state.refresh = None
+
+
+def _limits(settings: BatchSettings) -> tuple[int, int]:
+    """``(base, step)``: a channel with ``settings`` that reported ``queued`` waiting items may be sent
+    ``base - queued * step`` messages before an enqueue waits for its answer. None with busy policy reject
+    (any message may be refused); no limit when overflow is not reject (none is refused). With overflow
+    reject the report counts items, each up to max_batch_size messages (plus an open batch), and trails the
+    messages sent since: answers are awaited once these could make half of ``max_queued``, that is from the
+    first ``sent`` with ``2 * ((queued + 1) * size + sent) >= max_queued``."""
+    if settings.busy_policy == "reject":
+        return 0, 0
+    if settings.overflow != "reject":
+        return sys.maxsize, 0
+    size = settings.max_batch_size if settings.batching else 1
+    return (settings.max_queued + 1 - 2 * size) // 2, size
 
 
 def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:

@@ -22,6 +22,8 @@ from protocol.limits import (
 )
 from protocol.values import MessageBatch, Payload, QueuedMessage
 
+_NO_ID = ""  # the default message_id (the interpreter's one empty str): passes without a look at it
+
 
 def validate_message(msg: QueuedMessage) -> QueuedMessage:
     """Check every field of one inbound message against the limits (see the module docstring) and return it
@@ -52,7 +54,9 @@ def validate_message(msg: QueuedMessage) -> QueuedMessage:
         check_text(platform, "platform", MAX_NAME_BYTES)
         check_text(user_id, "user_id", MAX_NAME_BYTES)
         check_text(user_name, "user_name", MAX_NAME_BYTES)
-    if not (type(message_id) is str and len(message_id) <= MAX_NAME_BYTES and message_id.isascii()):
+    if message_id is not _NO_ID and not (
+        type(message_id) is str and len(message_id) <= MAX_NAME_BYTES and message_id.isascii()
+    ):
         check_text(message_id, "message_id", MAX_NAME_BYTES)
     if not (type(text) is str and len(text) <= MAX_TEXT_BYTES and text.isascii()):
         check_text(text, "text", MAX_TEXT_BYTES)
