@@ -69,7 +69,8 @@ import random
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
 
 from protocol.errors import InvalidInput, ProtocolViolation
 from protocol.values import (
@@ -106,6 +107,8 @@ fields of the same names."""
 
 _NO_COUNTS = dict.fromkeys(FAILURE_COUNTS[1:], 0)  # the failure counts but attempts, all zero: never changed
 
+
+_NO_IDS: Mapping[str, float] = MappingProxyType({})  # the remembered ids of a channel that has none
 
 class ChannelState(enum.Enum):
     """Where the channel stands towards its processor."""
@@ -382,7 +385,9 @@ class ChannelCore:
         self._failed = failed
         self._added_effects = added_effects
         self._paused = False
-        self._seen: OrderedDict[str, float] = OrderedDict()  # message id -> when accepted, oldest first
+        # message id -> when accepted, oldest first; an empty shared mapping until the first id (a live channel
+        # then has one object less for the garbage collector to walk)
+        self._seen: OrderedDict[str, float] | Mapping[str, float] = _NO_IDS
         self._duplicates, self._edits, self._retractions, self._interruptions, self._rejections = conversation
         self._wall = wall
         self._uniform = uniform
@@ -391,7 +396,7 @@ class ChannelCore:
         self._retry_due: float | None = None
         self._flight: _Waiting | None = None  # the in-flight item's record
         self._flight_due: float | None = None  # when the in-flight item times out
-        self._dead: deque[DeadLetter] = deque()
+        self._dead: deque[DeadLetter] | tuple[DeadLetter, ...] = ()  # a deque from the first letter on
         # attempts: this count plus the deliveries this core made (``_last_delivery_id``)
         self._attempts = failures[0] if failures else 0
         # The other failure counts move only when a rule acts: their dict is made then (None: all zero).
@@ -500,20 +505,14 @@ class ChannelCore:
         self._forget_expired(now)
         return tuple(self._seen.items())
 
-    def ids_expire_at(self, now: float) -> float | None:
-        """When the last remembered message id is forgotten (None: none is remembered)."""
-        self._forget_expired(now)
-        if not self._seen:
-            return None
-        return next(reversed(self._seen.values())) + self._settings.dedupe_ttl
-
     def remember_ids(self, ids: Sequence[tuple[str, float]], now: float) -> None:
         """Remember ``ids`` (message id, when accepted, oldest first) as accepted, e.g. after a restart."""
+        seen = self._seen_ids()
         for message_id, at in ids:
-            self._seen[message_id] = at
-            self._seen.move_to_end(message_id)
-        while len(self._seen) > MAX_REMEMBERED_IDS:
-            self._seen.popitem(last=False)
+            seen[message_id] = at
+            seen.move_to_end(message_id)
+        while len(seen) > MAX_REMEMBERED_IDS:
+            seen.popitem(last=False)
         self._forget_expired(now)
 
     # -- events -----------------------------------------------------------------------------------------
@@ -646,10 +645,11 @@ class ChannelCore:
                 return [MessagesDropped((msg,), "overflow")]
             self._drop_oldest(effects)
         if message_id and settings.dedupe_ttl > 0:
-            self._seen[message_id] = now
-            self._seen.move_to_end(message_id)
-            if len(self._seen) > MAX_REMEMBERED_IDS:
-                self._seen.popitem(last=False)
+            seen = self._seen_ids()
+            seen[message_id] = now
+            seen.move_to_end(message_id)
+            if len(seen) > MAX_REMEMBERED_IDS:
+                seen.popitem(last=False)
             if self._added_effects:
                 effects.append(IdRemembered(message_id, now))
         current = self._open
@@ -955,9 +955,26 @@ class ChannelCore:
             current.batch = rest
             current.carried = max(0, current.carried - cap)
 
+    def _seen_ids(self) -> OrderedDict[str, float]:
+        """The remembered ids, as the mapping to change (made with the first id)."""
+        seen = self._seen
+        if type(seen) is not OrderedDict:
+            seen = self._seen = OrderedDict()
+        return seen
+
+    def _dead_letters(self) -> deque[DeadLetter]:
+        """The dead letters, as the deque to change (made with the first letter)."""
+        dead = self._dead
+        if type(dead) is not deque:
+            dead = self._dead = deque()
+        return dead
+
     def _forget_expired(self, now: float) -> None:
         ttl = self._settings.dedupe_ttl
         seen = self._seen
+        if not seen:
+            return
+        assert type(seen) is OrderedDict
         while seen:
             oldest = next(iter(seen.values()))
             if ttl > 0 and now - oldest < ttl:
@@ -1094,10 +1111,11 @@ class ChannelCore:
             "item", error, b"", wall, item=item, attempts=item.attempt, first_failed_at=first, last_failed_at=wall
         )
         dropped = None
-        if len(self._dead) >= MAX_DEAD_LETTERS:
-            dropped = self._dead.popleft()
+        dead = self._dead_letters()
+        if len(dead) >= MAX_DEAD_LETTERS:
+            dropped = dead.popleft()
             self._add_count("dead_letters_dropped")
-        self._dead.append(letter)
+        dead.append(letter)
         self._add_count("dead_lettered")
         effects.append(ItemDead(letter, dropped))
 
@@ -1135,11 +1153,14 @@ class ChannelCore:
     def restore_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Keep ``letters`` (oldest first) as this channel's dead letters, e.g. after a restart; beyond
         :data:`MAX_DEAD_LETTERS` the oldest are dropped (counted)."""
+        if not letters:
+            return
+        dead = self._dead_letters()
         for letter in letters:
-            if len(self._dead) >= MAX_DEAD_LETTERS:
-                self._dead.popleft()
+            if len(dead) >= MAX_DEAD_LETTERS:
+                dead.popleft()
                 self._add_count("dead_letters_dropped")
-            self._dead.append(letter)
+            dead.append(letter)
 
     def replay_dead_letters(self, now: float) -> tuple[int, list[Effect]]:
         """Put every dead letter's item back at the tail of the FIFO (``attempt`` 1, ``item_id`` kept, reason
@@ -1148,7 +1169,7 @@ class ChannelCore:
         letters = tuple(self._dead)
         if not letters:
             return 0, []
-        self._dead.clear()
+        self._dead = ()
         effects: list[Effect] = [DeadLettersCleared(letters)]
         count = 0
         for letter in letters:
@@ -1164,7 +1185,7 @@ class ChannelCore:
     def purge_dead_letters(self) -> tuple[int, list[Effect]]:
         """Forget every dead letter; return how many."""
         letters = tuple(self._dead)
-        self._dead.clear()
+        self._dead = ()
         return len(letters), ([DeadLettersCleared(letters)] if letters else [])
 
     # -- pause (appended: operations) -------------------------------------------------------------------
