@@ -213,6 +213,12 @@ class Gathered:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseHeld:
+    """Launcher -> Supervisor, before it stops the system: send every channel the commands held for a read of
+    its settings hash now, with the settings it has, so that they are journaled before persistence stops."""
+
+
+@dataclass(frozen=True, slots=True)
 class Passivate:
     """ChannelActor -> Supervisor: idle with no work; may be stopped if it has seen every routed message.
     ``ids``: the message ids it still remembers for duplicate detection, for its next actor (as in

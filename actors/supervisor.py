@@ -31,6 +31,7 @@ from actors.internal import (
     EnqueueStamped,
     Gathered,
     Passivate,
+    ReleaseHeld,
     Routed,
     ScheduleWake,
     SystemConfigured,
@@ -590,6 +591,12 @@ class Supervisor(Dispatcher):
                 self._send_read_channel(channel_id, Routed(ConfigureChannel(channel_id, settings), self.myAddress))
         for held in waiting:
             self._send_read_channel(channel_id, held)
+
+    def receiveMsg_ReleaseHeld(self, msg: ReleaseHeld, sender: ActorAddress) -> None:
+        waiting, self._config_waiting = self._config_waiting, {}
+        for channel_id, held in waiting.items():
+            for command in held:
+                self._send_read_channel(channel_id, command)
 
     def receiveMsg_ChannelConfigured(self, msg: ChannelConfigured, sender: ActorAddress) -> None:
         """A channel applied settings read from its hash: nothing to answer."""

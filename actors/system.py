@@ -24,7 +24,7 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystem
 
 from actors import thespian_compat, watchdog
-from actors.internal import Alarm, Clock, ConfigureSystem, SystemConfigured
+from actors.internal import Alarm, Clock, ConfigureSystem, ReleaseHeld, SystemConfigured
 from actors.procfs import alive as alive
 from actors.procfs import children, parent, session_members, wait_exit
 from actors.procfs import descendants as descendants
@@ -95,10 +95,12 @@ class RunningSystem:
         ``ActorSystem.shutdown()`` can leave the TCP admin running with its port open, so whatever is left
         of the system's session is killed by pid, and this returns once those processes have exited.
         On the simple base the Supervisor is asked to exit first, so that its children run their exit hooks
-        (RedisPersistence writes what it still holds); that base's own shutdown does not.
+        (RedisPersistence writes what it still holds); that base's own shutdown does not. Before that, the
+        commands it holds for a read of a settings hash go to their channels, which journal them.
         """
         try:
             if self.base == SIMPLE_BASE:
+                self.asys.tell(self.supervisor, ReleaseHeld())  # runs to completion on this base
                 self.asys.tell(self.supervisor, ActorExitRequest())
             self.asys.shutdown()
         finally:

@@ -7,6 +7,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from typing import Iterator
 
 import pytest
+import redis
 from redis_support import REDIS_SERVER, RedisServer, redis_server  # noqa: E402
 
 
@@ -17,6 +18,14 @@ def redis_srv() -> Iterator[RedisServer]:
         pytest.skip("redis-server binary not found on PATH (.ci/run installs it with apt-get)")
     with redis_server() as server:
         yield server
+
+
+@pytest.fixture
+def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the test's private redis-server (bytes replies)."""
+    c = redis.Redis.from_url(redis_srv.url)
+    yield c
+    c.close()
 
 
 @pytest.fixture

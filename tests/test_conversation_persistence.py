@@ -41,13 +41,6 @@ def node(redis_srv: RedisServer) -> Iterator[Node]:
     n.stop()
 
 
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
-
-
 def msg(channel: str, text: str, mid: str = "") -> QueuedMessage:
     return QueuedMessage("test", channel, "u1", "U1", text, message_id=mid)
 

@@ -75,13 +75,6 @@ def nodes(redis_srv: RedisServer, tmp_path: pathlib.Path) -> Iterator[Nodes]:
     made.close()
 
 
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
-
-
 def stored(client: redis.Redis, key: str, timeout: float = 10.0) -> bytes:
     """The value at ``key`` once it exists."""
     deadline = time.monotonic() + timeout
@@ -112,8 +105,8 @@ def test_a_node_killed_during_a_backoff_and_then_with_a_dead_letter_keeps_both(
     assert record["item_id"] == first[1]
     node.kill9()  # mid-backoff: the retry waits up to a minute
 
-    # Pin the rest of the backoff to 1.5 s from now, as a long draw would leave it.
-    due = time.time() + 1.5
+    # Pin the rest of the backoff to 5 s from now, as a long draw would leave it (a restart takes about 1 s).
+    due = time.time() + 5.0
     client.set(retry_key, json.dumps({**record, "due_at": due}))
     (head,) = [codec.decode(as_bytes(raw), QueueItem) for raw in client.lrange(keys.queue_key(CHANNEL), 0, -1)]
     assert (head.item_id, head.attempt) == (first[1], 2)

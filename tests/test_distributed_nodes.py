@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, defaultdict
-from typing import Iterator
 
 import pytest
 import redis
@@ -35,13 +34,6 @@ SEND_PROBABILITY = 0.3
 ROUND_S = 0.05
 WINDOW = 0.15
 CAP = 5
-
-
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
 
 
 def test_three_nodes_publish_every_message_once_in_order_and_survive_a_kill(

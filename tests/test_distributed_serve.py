@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-from typing import Iterator
 
 import pytest
 import redis
@@ -21,13 +20,6 @@ from service.lines import LineSplitter
 
 SCRIPT = str(ROOT / "run_system.py")
 TIMEOUT = 30.0
-
-
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
 
 
 def serve(url: str, *options: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -50,13 +50,6 @@ class Node:
 
 
 @pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def nodes(redis_srv: RedisServer) -> Iterator[list[Node]]:
     made: list[Node] = []
     yield made
@@ -110,16 +103,22 @@ def test_dead_letters_survive_a_restart_and_replay_after_it(
     assert mq.ask(GetDeadLetters("c1"), DeadLetters).letters == ()  # replayed ones stay gone
 
 
-def test_a_stored_undecodable_entry_stays_listed_and_purge_removes_it(
-    redis_srv: RedisServer, nodes: list[Node], client: redis.Redis
-) -> None:
-    node = Node(redis_srv, BatchSettings(batching=False, max_attempts=2, retry_backoff=0.01))
+def stopped_with_a_dead_letter(server: RedisServer, nodes: list[Node]) -> Node:
+    """A node (stopped) whose channel c1 dead-lettered one item, "a", after two failed attempts."""
+    node = Node(server, BatchSettings(batching=False, max_attempts=2, retry_backoff=0.01))
     nodes.append(node)
     mq = node.start()
     mq.attach(mq.processor(FAIL), "c1")
     mq.enqueue(message("c1", "a"))
     mq.stats_when("c1", lambda s: s.dead_lettered == 1, "the item dead-lettered")
     node.stop()
+    return node
+
+
+def test_a_stored_undecodable_entry_stays_listed_and_purge_removes_it(
+    redis_srv: RedisServer, nodes: list[Node], client: redis.Redis
+) -> None:
+    node = stopped_with_a_dead_letter(redis_srv, nodes)
     client.lpush(keys.queue_key("c1"), b"\xc1 not a frame")  # damaged: set aside as a dead letter on load
 
     mq = node.start()
@@ -138,13 +137,7 @@ def test_a_stored_undecodable_entry_stays_listed_and_purge_removes_it(
 def test_a_dead_letter_in_the_former_redis_queue_format_is_listed_rewritten_and_purged(
     redis_srv: RedisServer, nodes: list[Node], client: redis.Redis
 ) -> None:
-    node = Node(redis_srv, BatchSettings(batching=False, max_attempts=2, retry_backoff=0.01))
-    nodes.append(node)
-    mq = node.start()
-    mq.attach(mq.processor(FAIL), "c1")
-    mq.enqueue(message("c1", "a"))
-    mq.stats_when("c1", lambda s: s.dead_lettered == 1, "the item dead-lettered")
-    node.stop()
+    node = stopped_with_a_dead_letter(redis_srv, nodes)
     legacy = {"key": keys.queue_key("c1"), "reason": "undecodable", "data": b"\xc1", "at": 12.5}
     client.rpush(keys.channel_key(keys.DEAD_LETTER, "c1"), msgpack.packb(legacy, use_bin_type=True))
 

@@ -67,13 +67,6 @@ def node(request: pytest.FixtureRequest, redis_srv: RedisServer) -> Iterator[Nod
     n.stop()
 
 
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
-
-
 def stored(client: redis.Redis, role: str, channel: str) -> list[object]:
     return [codec.decode(as_bytes(raw)) for raw in client.lrange(keys.channel_key(role, channel), 0, -1)]
 

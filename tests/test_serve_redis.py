@@ -14,7 +14,7 @@ import queue
 import re
 import signal
 import threading
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
 import pytest
 import redis
@@ -32,13 +32,6 @@ pytestmark = pytest.mark.redis
 __all__ = ["launch"]  # the fixture, used by name
 
 PIPE_SIZE = 16 * 1024  # the crashing node's stdout pipe; each of its batch lines is about twice that
-
-
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
 
 
 def lines_of(*records: dict[str, Any]) -> bytes:

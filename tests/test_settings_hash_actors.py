@@ -24,13 +24,6 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def node(redis_srv: RedisServer) -> Iterator[Harness]:
     running = start_system(SIMPLE_BASE, BatchSettings(window=LONG, max_batch_size=10), redis_url=redis_srv.url,
                            config_ttl=0.0, timeout=20)

@@ -208,13 +208,6 @@ def test_acknowledged_writes_survive_kill_9_of_redis(redis_srv: RedisServer) -> 
 HOST = socket.gethostname()
 
 
-@pytest.fixture
-def client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_srv.url)
-    yield c
-    c.close()
-
-
 def lease_of(client: redis.Redis) -> LeaseHolder | None:
     raw = client.get(keys.LEASE)
     assert raw is None or isinstance(raw, bytes)
