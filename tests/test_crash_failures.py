@@ -75,13 +75,11 @@ def nodes(redis_srv: RedisServer, tmp_path: pathlib.Path) -> Iterator[Nodes]:
     made.close()
 
 
-def stored(client: redis.Redis, key: str, timeout: float = 10.0) -> bytes:
-    """The value at ``key`` once it exists."""
+def stored(client: redis.Redis, key: str, *, head_of_list: bool = False, timeout: float = 10.0) -> bytes:
+    """The value at ``key`` (a string; with ``head_of_list``, the first entry of a list) once it exists."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        raw = client.get(key) if client.type(key) in (b"string", b"none") else None
-        if raw is None and client.type(key) == b"list":
-            raw = client.lindex(key, 0)
+        raw = client.lindex(key, 0) if head_of_list else client.get(key)
         if raw is not None:
             return as_bytes(raw)
         time.sleep(0.01)  # polling Redis for state another process writes
@@ -118,7 +116,7 @@ def test_a_node_killed_during_a_backoff_and_then_with_a_dead_letter_keeps_both(
     assert second == (CHANNEL, first[1], 2, "m1")  # same item, next attempt
 
     # The second attempt was the last: a dead letter. Kill the node once it is stored.
-    letter = codec.decode(stored(client, keys.channel_key(keys.DEAD_LETTER, CHANNEL)), DeadLetter)
+    letter = codec.decode(stored(client, keys.channel_key(keys.DEAD_LETTER, CHANNEL), head_of_list=True), DeadLetter)
     assert letter.item is not None and (letter.item.item_id, letter.attempts) == (first[1], 2)
     assert letter.first_failed_at <= record["first_failed_at"] + 1e-6 < letter.last_failed_at
     node.kill9()
