@@ -145,6 +145,10 @@ def _pack_counters(
     conversation: tuple[int, int, int, int, int] = _NO_CONVERSATION,
     failures: tuple[int, ...] = (),
 ) -> _Counters | None:
+    if failures:
+        # attempts (the first failure count) is kept as its difference from processed + cancelled + failed,
+        # which it equals when every delivery was answered once: usually 0, so most records stay an int
+        failures = (failures[0] - processed - cancelled - failed, *failures[1:])
     if any(failures):
         return (processed, cancelled, failed, *conversation, *failures)
     if cancelled or failed or any(conversation):
@@ -155,13 +159,16 @@ def _pack_counters(
 def _unpack_counters(
     counters: _Counters | None,
 ) -> tuple[int, int, int, tuple[int, int, int, int, int], tuple[int, ...]]:
-    """processed, cancelled, failed, the conversation counts and the failure counts (FAILURE_COUNTS)."""
+    """processed, cancelled, failed, the conversation counts and the failure counts (FAILURE_COUNTS; at least
+    attempts, see _pack_counters)."""
     if counters is None:
         return (0, 0, 0, _NO_CONVERSATION, ())
     if isinstance(counters, int):
-        return (counters, 0, 0, _NO_CONVERSATION, ())
+        return (counters, 0, 0, _NO_CONVERSATION, (counters,))
     processed, cancelled, failed, duplicates, edits, retractions, interruptions, rejections = counters[:8]
-    return (processed, cancelled, failed, (duplicates, edits, retractions, interruptions, rejections), counters[8:])
+    stored = counters[8:]
+    failures = (processed + cancelled + failed + (stored[0] if stored else 0), *stored[1:])
+    return (processed, cancelled, failed, (duplicates, edits, retractions, interruptions, rejections), failures)
 
 
 def _actor_key(address: ActorAddress) -> str | None:
