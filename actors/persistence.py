@@ -79,6 +79,7 @@ from protocol.messages import (
     ResumeChannel,
 )
 from protocol.settings_hash import SettingsHash, text_of
+from protocol.values import BatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class RedisPersistence(Dispatcher):
         self._control_after = b"0-0"  # the control stream's id read up to
         self._polling = False  # a poll is on its way
         self._requests: deque[ControlRequest] = deque()  # admin requests waiting for the Supervisor
-        self._settings_hash: SettingsHash | None = None  # parses settings hashes (warns once per bad value)
+        self._settings_hash = SettingsHash(BatchSettings())  # parses settings hashes (warns once per bad value)
         self._pending: _Pending | None = None  # ... and the one at the Supervisor
         self._restoring = 0  # PauseChannel replies still due for the stored pauses
 
@@ -499,8 +500,6 @@ class RedisPersistence(Dispatcher):
                         config_key(channel), type(exc).__name__, exc, extra={"channel": channel})
             self.send(msg.reply_to, SettingsRead(channel, None))
             return
-        if self._settings_hash is None:
-            self._settings_hash = SettingsHash(msg.request.base)
         settings = self._settings_hash.parse(channel, config_key(channel), msg.outcome.value, msg.request.base)
         self.send(msg.reply_to, SettingsRead(channel, settings))
 

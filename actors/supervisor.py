@@ -226,13 +226,13 @@ class Supervisor(Dispatcher):
         if not msg.idle_timeout > 0:
             self._reject(msg, "", InvalidInput(f"idle_timeout must be > 0, got {msg.idle_timeout!r}"), sender)
             return
+        ttl = msg.config_ttl
+        if ttl is not None and not (isinstance(ttl, (int, float)) and math.isfinite(ttl) and ttl >= 0):
+            self._reject(msg, "", InvalidInput(f"config_ttl must be a finite number >= 0, got {ttl!r}"), sender)
+            return
         self._settings = msg.settings
         self._idle_timeout = msg.idle_timeout
         self._configure = msg
-        if msg.config_ttl is not None and not (msg.config_ttl >= 0 and msg.config_ttl != float("inf")):
-            self._reject(msg, "", InvalidInput(f"config_ttl must be a finite number >= 0, got {msg.config_ttl!r}"),
-                         sender)
-            return
         self._config_ttl = msg.config_ttl if msg.redis_url else None
         if msg.clock is not None:
             self._clock = msg.clock

@@ -63,6 +63,7 @@ from typing import Any, Callable, Final, Mapping, Sequence, TypeVar, overload
 import msgpack  # msgpack ships no type information (setup.cfg ignores its imports)
 
 from protocol.errors import DecodeError, InvalidInput
+from protocol.keys import QUEUE
 from protocol.limits import (
     MAX_CHANNEL_ID_BYTES,
     MAX_EXTRA_BYTES,
@@ -146,7 +147,6 @@ MAX_SEQUENCE_ITEMS: Final = 65_536
 """Most values in one list field (messages of a batch or of ``EnqueueMany``, channels of ``Statistics``)."""
 
 _MAX_INT: Final = 2**63 - 1
-_LEGACY_DEAD_ROLE: Final = "redis"  # protocol.keys.QUEUE: the list RedisQueue takes items from
 _DAY_US: Final = 86_400 * 1_000_000
 _EPOCH: Final = datetime(1970, 1, 1)
 _EPOCH_UTC: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -1123,4 +1123,4 @@ def decode_dead_letter(data: bytes | bytearray | memoryview) -> DeadLetter:
             or type(legacy["reason"]) is not str or type(legacy["data"]) is not bytes
             or type(legacy["at"]) not in (int, float)):
         raise error
-    return DeadLetter(_LEGACY_DEAD_ROLE, legacy["reason"], legacy["data"], float(legacy["at"]))
+    return DeadLetter(QUEUE, legacy["reason"], legacy["data"], float(legacy["at"]))
