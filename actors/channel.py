@@ -4,6 +4,12 @@ It turns protocol messages into :class:`ChannelCore` calls and the core's effect
 processor, deadlines to the shared :class:`~actors.timer.Timer` (at most one pending wake per purpose), and a
 ``Passivate`` offer to the Supervisor once it has held no work for ``idle_timeout`` seconds. The offer carries the
 message ids it still remembers for duplicate detection; the Supervisor gives them to the channel's next actor.
+
+Its life cycle (:mod:`actors.lifecycle`): STARTING until ``ChannelInit``, holding in a
+:class:`~actors.lifecycle.StartupBuffer` whatever overtook it, then replaying that in order; RUNNING; and
+PASSIVATING from its offer on. The offer carries the count of messages received from the Supervisor, which
+accepts it only if it has sent none since; a message from the Supervisor that comes meanwhile therefore voids
+the offer and brings the channel back to RUNNING, and the channel offers again once idle again.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from actors.journal import (
     SetRetry,
     TakeHead,
 )
+from actors.lifecycle import PASSIVATING, RUNNING, STARTING, Lifecycle, StartupBuffer, buffered
 from protocol.errors import ProtocolViolation
 from protocol.messages import (
     BatchFlushed,
@@ -120,6 +127,11 @@ log = logging.getLogger(__name__)
 class ChannelActor(Dispatcher):
     """Holds one channel's open batch, deadline and FIFO; keeps one item in flight to the processor."""
 
+    # Messages that overtook ChannelInit (the TCP base): set on an actor only when one does, else read here.
+    # On CPython 3.11 each attribute that every actor sets costs every live channel 8 bytes (and past 30 of them
+    # each actor gets a dict of its own); on the simple base no ChannelActor ever sets this one.
+    _startup: StartupBuffer | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.clock: Clock = time.monotonic
@@ -135,7 +147,7 @@ class ChannelActor(Dispatcher):
         self._last_activity = 0.0
         self._observer: ActorAddress | None = None
         self._reported: int | None = None  # the waiting count last sent to the observer
-        self._early: list[tuple[object, ActorAddress]] | None = None  # messages that overtook ChannelInit
+        self._state = STARTING
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: ActorAddress | None = None
         self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
@@ -146,17 +158,37 @@ class ChannelActor(Dispatcher):
 
     # -- set-up ------------------------------------------------------------------------------------------
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """STARTING, RUNNING or PASSIVATING (see the module docstring)."""
+        return self._state
+
     def receiveMessage(self, message: object, sender: ActorAddress) -> None:
-        if self._core is None and not isinstance(message, (ChannelInit, ActorSystemMessage)):
-            # On the TCP base, ChannelInit waits until every address it carries (the Timer's, just created)
-            # is usable, and the Supervisor's next messages can overtake it: keep them until it comes.
-            if self._early is None:
-                self._early = []
-            self._early.append((message, sender))
+        if self._state is not RUNNING:
+            self._receive_unless_running(message, sender)
             return
         super().receiveMessage(message, sender)
 
+    def _receive_unless_running(self, message: object, sender: ActorAddress) -> None:
+        """STARTING: hold all but ChannelInit (and system messages). PASSIVATING: handle the message, and go
+        back to RUNNING if it voided the offer."""
+        if self._state is STARTING:
+            if isinstance(message, (ChannelInit, ActorSystemMessage)):
+                super().receiveMessage(message, sender)
+            else:
+                # On the TCP base, ChannelInit waits until every address it carries (the Timer's, just created)
+                # is usable, and the Supervisor's next messages can overtake it: keep them until it comes.
+                self._startup = buffered(self._startup, message, sender)
+            return
+        # PASSIVATING: a message that counts as received from the Supervisor voids the offer
+        received = self._received
+        super().receiveMessage(message, sender)
+        if self._received != received:
+            self._state = RUNNING
+
     def receiveMsg_ChannelInit(self, msg: ChannelInit, sender: ActorAddress) -> None:
+        if self._state is not STARTING:
+            raise ProtocolViolation(f"ChannelInit for channel {msg.channel_id!r} while {self._state.value}")
         self._received += 1
         self._supervisor = sender
         self._timer = msg.timer
@@ -189,9 +221,11 @@ class ChannelActor(Dispatcher):
         if msg.processor is not None:
             effects += self._core.attach(self.clock())
         self._settle(effects)
-        early, self._early = self._early, None
-        for message, origin in early or ():
-            self.receiveMessage(message, origin)
+        self._state = RUNNING
+        startup = self._startup
+        if startup is not None:
+            del self._startup
+            startup.replay(self.receiveMessage)
 
     def _restore(self, snapshot: ChannelSnapshot) -> list[Effect]:
         """Resume the stored state; open messages keep their arrival times, so deadlines stay as they were."""
@@ -398,6 +432,7 @@ class ChannelActor(Dispatcher):
             remembered,
         )
         assert self._supervisor is not None
+        self._state = PASSIVATING  # from this offer on, even while it waits to be stored
         if self._persistence is not None and self._stored_ids and (
             not self._ids_exact or self._stored_ids != len(remembered)
         ):

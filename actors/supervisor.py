@@ -5,6 +5,12 @@ each command to its channel, keeps processor registrations and per-channel setti
 comes back as it was), and owns the shared :class:`Timer`. The message ids a passivated channel still remembers
 are kept in :class:`~actors.remembered.RememberedIds` for its next actor; one timer wake at a time drops those
 that expired.
+
+Its life cycle (:mod:`actors.lifecycle`): RUNNING from the start; STARTING while it restores persisted channels
+(a ``ConfigureSystem`` with a ``redis_url``, until ``ChannelsLoaded`` or ``StoreFailed``), when every other
+command waits in a :class:`~actors.lifecycle.StartupBuffer` and is replayed in order once the launcher has its
+answer; STOPPING once asked to exit, when the exits of its children are no error. A channel's ``Passivate``
+offer is accepted only if the Supervisor has sent that channel nothing since the channel made it.
 """
 
 from __future__ import annotations
@@ -49,9 +55,10 @@ from actors.journal import (
     StoreFailed,
     StoreOpened,
 )
+from actors.lifecycle import RUNNING, STARTING, STOPPING, Lifecycle, StartupBuffer, buffered
 from actors.remembered import RememberedIds
 from actors.timer import Timer
-from protocol.errors import InvalidInput, InvalidSettings
+from protocol.errors import InvalidInput, InvalidSettings, ProtocolViolation
 from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import (
     BatchFlushed,
@@ -110,7 +117,7 @@ log = logging.getLogger(__name__)
 # dedupe_ttl among them (so an id is looked at about four times at most, and lingers at most that long).
 _MIN_FORGET_GAP = 0.01
 
-# What the Supervisor handles while it restores persisted channels; everything else waits.
+# What the Supervisor handles while STARTING (it restores persisted channels); everything else waits.
 _STARTUP_MESSAGES = (StoreOpened, StoreFailed, ChannelsLoaded, ActorSystemMessage)
 
 
@@ -203,9 +210,10 @@ class Supervisor(Dispatcher):
         self._forget_wake: float | None = None  # when the Timer wakes us to drop expired ones (None: no wake)
         self._gathers: dict[int, _Gather] = {}
         self._gather_seq = 0
-        self._stopping = False  # asked to exit: children exit with it, which is no error
+        self._state = RUNNING
+        self._startup: StartupBuffer | None = None  # what came while STARTING
+        self._launcher: ActorAddress | None = None  # whom to answer when STARTING ends
         self._persistence: ActorAddress | None = None  # RedisPersistence, when the system persists
-        self._starting: tuple[ActorAddress, list[tuple[object, ActorAddress]]] | None = None
         self._clock: Clock = time.monotonic
         self._configure: ConfigureSystem | None = None
         # The settings hash (persistence with config_ttl): when each channel's was last read, the settings read
@@ -242,15 +250,20 @@ class Supervisor(Dispatcher):
         # Persistence: answer only once every stored channel is back; hold other commands until then.
         from actors.persistence import RedisPersistence  # needs the redis extra: imported only when used
 
-        self._starting = (sender, [])
+        self._state, self._launcher = STARTING, sender
         self._persistence = self.createActor(RedisPersistence)
         self.send(self._persistence, OpenStore(msg.redis_url, msg.allow_volatile_redis, io=msg.io,
                                                  metrics=msg.redis_write_seconds or
                                                  (sender if msg.report_redis_writes else None)))
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """STARTING, RUNNING or STOPPING (see the module docstring)."""
+        return self._state
+
     def receiveMessage(self, message: object, sender: ActorAddress) -> None:
-        if self._starting is not None and not isinstance(message, _STARTUP_MESSAGES):
-            self._starting[1].append((message, sender))
+        if self._state is STARTING and not isinstance(message, _STARTUP_MESSAGES):
+            self._startup = buffered(self._startup, message, sender)
             return
         super().receiveMessage(message, sender)
 
@@ -259,29 +272,40 @@ class Supervisor(Dispatcher):
         self.send(self._persistence, LoadChannels())
 
     def receiveMsg_StoreFailed(self, msg: StoreFailed, sender: ActorAddress) -> None:
-        assert self._starting is not None
-        launcher, held = self._starting
-        self._starting = None
+        launcher = self._started(msg)
         self._persistence = None
         self.send(sender, ActorExitRequest())
         log.error("persistence refused: %s", msg.reason)
         self.send(launcher, Rejected("ConfigureSystem", "", msg.error, msg.reason))
-        self._replay(held)
+        self._replay()
 
     def receiveMsg_ChannelsLoaded(self, msg: ChannelsLoaded, sender: ActorAddress) -> None:
-        assert self._starting is not None
-        launcher, held = self._starting
-        self._starting = None
+        launcher = self._started(msg)
         for snapshot in msg.snapshots:
             self._spawn(snapshot.channel_id, snapshot)
         if msg.snapshots:
             log.info("restored %d channels from Redis", len(msg.snapshots))
         self.send(launcher, SystemConfigured(len(msg.snapshots)))
-        self._replay(held)
+        self._replay()
 
-    def _replay(self, held: list[tuple[object, ActorAddress]]) -> None:
-        for message, origin in held:
-            self.receiveMessage(message, origin)
+    def _started(self, event: object) -> ActorAddress:
+        """Go from STARTING to RUNNING on ``event``, which ends the restore; return whom to answer.
+
+        Raises:
+            ProtocolViolation: if the Supervisor is not STARTING.
+        """
+        launcher = self._launcher
+        if self._state is not STARTING or launcher is None:
+            raise ProtocolViolation(f"{type(event).__name__} while {self._state.value}: no restore is under way")
+        self._state, self._launcher = RUNNING, None
+        return launcher
+
+    def _replay(self) -> None:
+        """Handle what came while STARTING, in order. A replayed ConfigureSystem that starts another restore
+        makes the rest wait again, in a new buffer."""
+        startup, self._startup = self._startup, None
+        if startup is not None:
+            startup.replay(self.receiveMessage)
 
     def receiveMsg_StartProcessing(self, msg: StartProcessing, sender: ActorAddress) -> None:
         processor = msg.processor if msg.processor is not None else sender
@@ -609,10 +633,10 @@ class Supervisor(Dispatcher):
         """A channel applied settings read from its hash: nothing to answer."""
 
     def on_stop(self) -> None:
-        self._stopping = True
+        self._state = STOPPING
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: ActorAddress) -> None:
-        if self._stopping:
+        if self._state is STOPPING:
             return
         if msg.childAddress == self._persistence and self._persistence is not None:
             log.critical("RedisPersistence exited: nothing more can be persisted or acknowledged")
