@@ -9,6 +9,7 @@ Supervisor whose RedisPersistence is whoever configured it, so the test decides 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Iterator
 
 import pytest
@@ -27,7 +28,7 @@ from actors.internal import (
     Wake,
     WakeKind,
 )
-from actors.journal import ChannelsLoaded, LoadChannels, OpenStore, StoreOpened
+from actors.journal import ChannelsLoaded, Durable, LoadChannels, OpenStore, Persist, ReplaceIds, StoreOpened
 from actors.lifecycle import PASSIVATING, RUNNING, STARTING, STOPPING, Lifecycle, StartupBuffer, buffered
 from actors.persistence import RedisPersistence
 from actors.supervisor import Supervisor
@@ -112,7 +113,7 @@ class LoneChannel:
         self.actor: ChannelActor = instance_of(h, self.address)
         self.test = lean_base(h.asys).external_address()
 
-    def init_message(self, processor: ActorAddress) -> ChannelInit:
+    def init_message(self, processor: ActorAddress | None) -> ChannelInit:
         assert self.h.fake is not None
         return ChannelInit(CHANNEL, BatchSettings(batching=False), self.timer, processor, IDLE,
                            clock=self.h.fake.clock)
@@ -175,6 +176,32 @@ def test_a_channel_is_passivating_from_its_offer_until_a_message_from_the_superv
     assert [texts(event) for event in h.wait_for(processor, 2)] == [["1"], ["2"]]
     offer = h.listen_for(Passivate, timeout=2 * IDLE)
     assert (offer.received, offer.processed) == (4, 2) and lone.actor.lifecycle is PASSIVATING
+
+
+def test_a_channel_is_passivating_while_its_offer_waits_for_its_ids_to_be_stored(h: Harness) -> None:
+    # The test is also the channel's RedisPersistence. The channel was handed an id by its earlier actor: the
+    # stored list may hold more, so it is rewritten before the offer goes out (a Persist that carries it).
+    lone = LoneChannel(h)
+    assert h.fake is not None
+    init = replace(lone.init_message(processor=None), persistence=lone.test, remembered=(("m-1", h.fake.now),))
+    h.asys.tell(lone.address, init)
+    rewrite = h.listen_for(Persist, timeout=2 * IDLE)
+    ((to, offer),) = rewrite.then
+    assert [type(op) for op in rewrite.ops] == [ReplaceIds] and to == lone.test
+    assert isinstance(offer, Passivate) and offer.received == 1
+    assert lone.actor.lifecycle is PASSIVATING  # although the offer has not gone out yet
+
+    h.asys.tell(lone.address, Routed(GetStatistics(CHANNEL), lone.test))
+    assert lone.actor.lifecycle is RUNNING
+    answer = h.listen_for(Persist)  # the reply waits to be durable like any other
+    h.asys.tell(lone.address, Durable(rewrite.then))
+    assert h.listen_for(Passivate) == offer  # out at last, and void: the Supervisor has sent more since
+    assert lone.actor.lifecycle is RUNNING
+    h.asys.tell(lone.address, Durable(answer.then))
+    assert isinstance(h.listen_for(Statistics), Statistics)
+
+    offer = h.listen_for(Passivate, timeout=2 * IDLE)  # the stored list is exact now: offered at once
+    assert offer.received == 2 and lone.actor.lifecycle is PASSIVATING
 
 
 # -- the Supervisor ------------------------------------------------------------------------------------------
