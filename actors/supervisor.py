@@ -2,7 +2,10 @@
 
 It validates commands at the edge, spawns one :class:`ChannelActor` per active channel on demand, routes
 each command to its channel, keeps processor registrations and per-channel settings (so a passivated channel
-comes back as it was), and owns the shared :class:`Timer`. The message ids a passivated channel still remembers
+comes back as it was), and owns the shared :class:`Timer`. With persistence and ``config_ttl`` it is the one
+place that reads the per-channel settings hash (for the asyncio API and ``serve --redis`` alike): it holds a
+channel's commands while RedisPersistence reads the hash, tells its observer the settings that apply
+(``ChannelSettingsApplied``), then releases them. The message ids a passivated channel still remembers
 are kept in :class:`~actors.remembered.RememberedIds` for its next actor; one timer wake at a time drops those
 that expired.
 """
@@ -61,6 +64,7 @@ from protocol.messages import (
     ChannelConfigured,
     ChannelPassivated,
     ChannelPaused,
+    ChannelSettingsApplied,
     ChannelStopped,
     Clear,
     Cleared,
@@ -596,6 +600,8 @@ class Supervisor(Dispatcher):
             self._hash_settings[channel_id] = settings
             if channel_id in self._routes:  # a channel spawned later starts with them
                 self._send_read_channel(channel_id, Routed(ConfigureChannel(channel_id, settings), self.myAddress))
+        if self._observer is not None:  # before the held commands: their outcomes follow these settings
+            self.send(self._observer, ChannelSettingsApplied(channel_id, self._settings_of(channel_id)))
         for held in waiting:
             self._send_read_channel(channel_id, held)
 
