@@ -24,11 +24,15 @@ from message_queue.local import LocalQueue
 from protocol.keys import config_key
 from protocol.messages import (
     BatchReady,
+    ChannelConfigured,
     ChannelPassivated,
     ChannelSettingsApplied,
+    ConfigureChannel,
     Enqueue,
     Enqueued,
+    FlushBatch,
     Observe,
+    Rejected,
     StartProcessing,
 )
 from protocol.values import BatchSettings
@@ -274,5 +278,45 @@ def test_in_memory_the_queue_is_told_no_settings() -> None:
             assert [m.text for m in await mq.take_waiting("c")] == ["a", "b"]
             assert answered == []  # no wait for a read: nothing is read
             assert not any(isinstance(o, ChannelSettingsApplied) for o in seen)
+
+    run(main())
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["new_channel", "live_channel"])
+def test_configure_while_the_hash_is_read_applies_the_hash_over_the_new_override(
+    redis_srv: RedisServer, live: bool
+) -> None:
+    async def main() -> None:
+        client = aioredis.Redis.from_url(redis_srv.url)
+        try:
+            await client.hset(config_key("c"), "busy_policy", "reject")
+        finally:
+            await client.aclose()
+        outputs: list[Any] = []
+        driver = LoopDriver(asyncio.get_running_loop(), outputs.append, BatchSettings(window=60.0),
+                            redis_url=redis_srv.url, config_ttl=3600.0)
+        await driver.start()
+        try:
+            await driver.call(Observe())
+            await driver.call(StartProcessing("c"))  # the driver is the processor: it never answers
+            if live:
+                assert await driver.call(Enqueue(msg("c", "a0"), ack=True)) == Enqueued(1)  # opens a batch
+                # An override (the defaults again) has the hash read again by the channel's next message.
+                await driver.call(ConfigureChannel("c", BatchSettings(window=60.0)))
+            # Handed over in one turn: the override arrives while the read for "a" is under way.
+            driver.tell(Enqueue(msg("c", "a")))
+            override = BatchSettings(window=60.0, max_batch_size=1)
+            assert await driver.call(ConfigureChannel("c", override)) == ChannelConfigured("c")
+            # The open batch keeps the settings it opened with: flushed, it is in flight (a new channel's "a"
+            # went out at once: max_batch_size 1). Then "b" is refused: the hash's busy_policy applies over
+            # the new override.
+            await driver.call(FlushBatch("c"))
+            refused = await driver.call(Enqueue(msg("c", "b"), ack=True))
+            assert isinstance(refused, Rejected) and refused.error == "ChannelBusy", refused
+            effective = replace(override, busy_policy="reject")
+            facts = [o for o in outputs if isinstance(o, ChannelSettingsApplied)]
+            assert facts[-1] == ChannelSettingsApplied("c", effective), facts
+        finally:
+            driver.stop()
 
     run(main())
