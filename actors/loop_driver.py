@@ -14,8 +14,9 @@ On ``simpleSystemBase`` an actor runs only when its driver runs the system's pen
   read after the messages accepted before it were handed over: a batch never closes by time while a message
   of its channel accepted before its deadline is still on its way (both go through one hop in FIFO order).
 * **Time** is one ``loop.call_at`` for the earliest of the Timer's alarm and Thespian's pending wakeups.
-* **Outputs** (``BatchReady``, ``CancelProcessing``, ``QueueChanged``, ``ChannelPassivated``) addressed to the
-  driver are handed to ``on_output`` as the send loop reaches them, synchronously.
+* **Outputs** (``BatchReady``, ``CancelProcessing``, ``QueueChanged``, ``ChannelPassivated``, and with
+  ``config_ttl`` and Redis ``ChannelSettingsApplied``) addressed to the driver are handed to ``on_output`` as
+  the send loop reaches them, synchronously.
 * **Replies**: each :meth:`call` gets an endpoint of its own, whose first message resolves its future; the
   actors send a command's reply after the outputs it caused, so those were handed over first.
 * **Blocking I/O** (persistence's Redis calls) runs on an :class:`~actors.io.ThreadIo` thread; outcomes are
@@ -43,6 +44,7 @@ from protocol.messages import (
     BatchReady,
     CancelProcessing,
     ChannelPassivated,
+    ChannelSettingsApplied,
     Observe,
     QueueChanged,
     Rejected,
@@ -52,8 +54,8 @@ from protocol.values import BatchSettings, QueuedMessage
 
 log = logging.getLogger(__name__)
 
-Output = BatchReady | CancelProcessing | QueueChanged | ChannelPassivated
-_OUTPUTS = (BatchReady, CancelProcessing, QueueChanged, ChannelPassivated)
+Output = BatchReady | CancelProcessing | QueueChanged | ChannelPassivated | ChannelSettingsApplied
+_OUTPUTS = (BatchReady, CancelProcessing, QueueChanged, ChannelPassivated, ChannelSettingsApplied)
 
 _CHUNK_CHANNELS = 256  # channels per EnqueueChecked: the Supervisor sends each one EnqueueStamped
 _CHUNK_MESSAGES = 2048  # messages per EnqueueChecked: bounds the work of one handler

@@ -2,7 +2,10 @@
 
 It validates commands at the edge, spawns one :class:`ChannelActor` per active channel on demand, routes
 each command to its channel, keeps processor registrations and per-channel settings (so a passivated channel
-comes back as it was), and owns the shared :class:`Timer`. The message ids a passivated channel still remembers
+comes back as it was), and owns the shared :class:`Timer`. With persistence and ``config_ttl`` it is the one
+place that reads the per-channel settings hash (for the asyncio API and ``serve --redis`` alike): it holds a
+channel's commands while RedisPersistence reads the hash, tells its observer the settings that apply
+(``ChannelSettingsApplied``), then releases them. The message ids a passivated channel still remembers
 are kept in :class:`~actors.remembered.RememberedIds` for its next actor; one timer wake at a time drops those
 that expired.
 
@@ -68,6 +71,7 @@ from protocol.messages import (
     ChannelConfigured,
     ChannelPassivated,
     ChannelPaused,
+    ChannelSettingsApplied,
     ChannelStopped,
     Clear,
     Cleared,
@@ -222,6 +226,7 @@ class Supervisor(Dispatcher):
         self._config_read_at: dict[str, float] = {}
         self._hash_settings: dict[str, BatchSettings] = {}
         self._config_waiting: dict[str, list[object]] = {}
+        self._config_stale: set[str] = set()  # channels given a new override while their hash was read
 
     # -- configuration -----------------------------------------------------------------------------------
 
@@ -482,6 +487,8 @@ class Supervisor(Dispatcher):
         if self._config_ttl is not None:  # the hash is read again, over the new settings, by the next message
             self._config_read_at.pop(msg.channel_id, None)
             self._hash_settings.pop(msg.channel_id, None)
+            if msg.channel_id in self._config_waiting:  # or now, if a read over the old ones is under way
+                self._config_stale.add(msg.channel_id)
         self._command(msg, sender, ChannelConfigured(msg.channel_id))
 
     def receiveMsg_GetStatistics(self, msg: GetStatistics, sender: ActorAddress) -> None:
@@ -613,6 +620,11 @@ class Supervisor(Dispatcher):
 
     def receiveMsg_SettingsRead(self, msg: SettingsRead, sender: ActorAddress) -> None:
         channel_id = msg.channel_id
+        if channel_id in self._config_stale and channel_id in self._config_waiting:
+            self._config_stale.discard(channel_id)  # read over an override replaced since: read again
+            assert self._persistence is not None
+            self.send(self._persistence, ReadSettings(channel_id, self._overrides.get(channel_id, self._settings)))
+            return
         waiting = self._config_waiting.pop(channel_id, [])
         self._config_read_at[channel_id] = self._clock()
         settings = msg.settings
@@ -620,11 +632,21 @@ class Supervisor(Dispatcher):
             self._hash_settings[channel_id] = settings
             if channel_id in self._routes:  # a channel spawned later starts with them
                 self._send_read_channel(channel_id, Routed(ConfigureChannel(channel_id, settings), self.myAddress))
+        if self._observer is not None:  # before the held commands: their outcomes follow these settings
+            self.send(self._observer, ChannelSettingsApplied(channel_id, self._settings_of(channel_id)))
         for held in waiting:
-            self._send_read_channel(channel_id, held)
+            self._send_read_channel(channel_id, self._read_over(channel_id, held))
+
+    def _read_over(self, channel_id: str, held: object) -> object:
+        """``held``, or if it is a ``ConfigureChannel`` routed to the channel (sent while its hash was read),
+        the same with the hash read over its settings: the channel keeps the settings hash applied."""
+        if type(held) is Routed and type(held.command) is ConfigureChannel:
+            return replace(held, command=ConfigureChannel(channel_id, self._settings_of(channel_id)))
+        return held
 
     def receiveMsg_ReleaseHeld(self, msg: ReleaseHeld, sender: ActorAddress) -> None:
         waiting, self._config_waiting = self._config_waiting, {}
+        self._config_stale.clear()
         for channel_id, held in waiting.items():
             for command in held:
                 self._send_read_channel(channel_id, command)

@@ -110,11 +110,14 @@ class MessageQueue:
               :class:`~actors.store.UnsafeRedis`, unless ``allow_volatile_redis`` is True (then a warning is
               logged). A server that cannot be reached raises :class:`~actors.store.StoreUnavailable`; one
               that lost data written by an earlier run raises :class:`~actors.store.RedisDataLost`.
-            * **Per-channel settings**: each channel's ``window`` and ``disabled`` are read from the hash
-              ``message_queue:config:<channel>`` (see :mod:`message_queue.config`). A channel's hash is read
-              when a message arrives for it and the last read is older than ``config_ttl`` seconds; changed
-              settings are sent to the actors before that message, and apply from the channel's next batch
-              on.
+            * **Per-channel settings**: each channel's settings (``window``, ``disabled``, ``busy_policy``,
+              ...) are read from the hash ``message_queue:config:<channel>`` (see
+              :mod:`message_queue.config`) inside the actor system, in one place, as by ``serve --redis``:
+              when a message arrives for the channel and the last read is older than ``config_ttl``
+              seconds, the Supervisor holds the channel's commands until the hash is read, and the
+              settings apply from that message on. Until the queue is told a live channel's settings, its
+              ``enqueue`` calls wait for the channel's answer, so a ``reject`` rule in the hash refuses the
+              very first messages.
         event_bus: with ``redis``, switches the queue to **distributed mode** (see
             :mod:`message_queue.distributed`): batching state lives in that Redis, shared by every process
             running a queue on it, and each finished batch is published with ``await
@@ -128,7 +131,8 @@ class MessageQueue:
             batch; ``clear`` and ``cancel_current`` find nothing to act on (published batches belong to the
             bus's consumers); ``close`` waits until the batches whose deadline this queue armed have been
             published. Without ``redis``, ``event_bus`` is only stored (``set_event_bus``).
-        config_ttl: how long a channel's settings read from Redis are reused (seconds, default 1).
+        config_ttl: how long a channel's settings read from Redis are reused (seconds, default 1; 0: read
+            before every message).
         idle_timeout: seconds after which a channel with no work releases its actor.
         allow_volatile_redis: with ``redis``, accept a server that may lose acknowledged writes (no AOF, or
             an evicting ``maxmemory-policy``).
@@ -266,9 +270,9 @@ class MessageQueue:
 
         In memory it returns at once (the actors take the message over between the loop's other callbacks).
         With ``redis`` (persistence or distributed mode) it returns once the message is stored in Redis;
-        concurrent calls share one write. With the per-channel settings hash, the first message after the
-        channel's settings expire (``config_ttl``) waits for one read of them; messages of that channel that
-        arrive meanwhile wait too and keep their order.
+        concurrent calls share one write. With the per-channel settings hash, a message that arrives once
+        the channel's settings expired (``config_ttl``) waits in the actor system for one read of them;
+        messages of that channel that arrive meanwhile wait behind it, in order.
 
         Raises:
             InvalidInput: if the message breaks a documented limit (the error names the rule and the value).
@@ -280,7 +284,11 @@ class MessageQueue:
 
     def enqueue_many(self, messages: Iterable[QueuedMessage]) -> Awaitable[None]:
         """Add ``messages``, in order, as ``enqueue`` would one by one, with one write to Redis. Every message
-        is checked first: if one breaks a limit, none is enqueued.
+        is checked first: if one breaks a limit, none is enqueued. Without ``event_bus``, when a channel may
+        refuse some of them (a ``reject`` rule, or settings not known yet), each is offered to its channel
+        without waiting for the answers of the others (so they keep their order among concurrent calls), and
+        the first refusal is raised once all were answered; the messages not refused stay enqueued, and any
+        further refusal is logged.
 
         Raises:
             As :meth:`enqueue`.

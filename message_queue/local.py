@@ -20,6 +20,12 @@ whenever it changes, in a ``BatchReady`` or a ``QueueChanged``. ``queue_size``, 
 and ``stats`` first let the actors finish what was handed to them (``LoopDriver.sync``), so they reflect every
 call that returned before them. A channel's record goes when its actor passivates (``ChannelPassivated``);
 its callback registration stays.
+
+Settings hash (with ``redis=``): the queue does not read ``message_queue:config:<channel>`` itself. Its
+actor system does, in one place (the Supervisor, with ``config_ttl``; as for ``serve --redis``), and tells
+the queue what applies (``ChannelSettingsApplied``) before the channel sees the messages held for the read.
+Until a live channel's first such fact, the queue does not know whether the channel may refuse a message
+(busy policy or overflow ``reject`` in its hash), so each of its enqueues waits for the channel's answer.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import math
 import sys
 import weakref
 from collections import deque
@@ -36,8 +41,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from actors.loop_driver import DriverStopped, LoopDriver, Output
-from message_queue.config import ChannelConfigReader, apply_settings
+from message_queue.config import apply_settings
 from protocol.errors import ChannelBusy, InvalidInput, InvalidSettings, QueueFull, UnsafeRedis
+from protocol.keys import config_key
 from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import (
     BatchHeld,
@@ -46,6 +52,7 @@ from protocol.messages import (
     CancelProcessing,
     ChannelConfigured,
     ChannelPassivated,
+    ChannelSettingsApplied,
     ChannelStopped,
     Clear,
     Cleared,
@@ -77,6 +84,7 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
+from protocol.settings_hash import as_text
 from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage, QueueItem
 
@@ -144,18 +152,13 @@ class _Channel:
     budget: int = 0
     base: int = 0  # from its settings (see _limits)
     step: int = 0
+    # What the actors last said applies (ChannelSettingsApplied, with redis=): None until the settings hash
+    # was read since the channel went live, or since configure.
+    applied: BatchSettings | None = None
 
     @property
     def busy(self) -> bool:
         return self.active is not None or bool(self.backlog)
-
-
-@dataclass(eq=False, slots=True)
-class _ConfigState:
-    settings: BatchSettings  # what the Supervisor was last told for this channel
-    read_at: float = -math.inf  # loop time of the last read
-    refresh: asyncio.Task[None] | None = None
-    waiting: list[tuple[QueuedMessage, asyncio.Future[None] | None]] = field(default_factory=list)
 
 
 class LocalQueue:
@@ -181,8 +184,7 @@ class LocalQueue:
         self._allow_volatile_redis = allow_volatile_redis
         self._config_ttl = config_ttl
         self._idle_timeout = idle_timeout
-        self._config = ChannelConfigReader(redis, settings) if redis is not None else None
-        self._config_states: dict[str, _ConfigState] = {}
+        self._redis = redis  # configure writes the settings hash; the actors read it
         self._overrides: dict[str, BatchSettings] = {}  # set with configure
         self._callbacks: dict[str, Callback] = {}
         self._channels: dict[str, _Channel] = {}
@@ -213,9 +215,7 @@ class LocalQueue:
         driver = self._driver
         if driver is None or asyncio.get_running_loop() is not self._loop or not driver.running:
             driver = await self._ensure_driver()
-        if self._config is not None:
-            await self._enqueue_configured(driver, (msg,))
-        elif self._durable:
+        if self._durable:
             await driver.enqueue_acked(msg)
         else:
             driver.enqueue(msg)
@@ -232,13 +232,9 @@ class LocalQueue:
         if not batch:
             return
         if any(self._refuses_when_busy(msg.channel_id) for msg in batch):
-            for msg in batch:  # one by one: a refused message raises, those before it stay enqueued
-                await self.enqueue(msg)
+            await self._enqueue_many_answered(batch)
             return
         driver = await self._ensure_driver()
-        if self._config is not None:
-            await self._enqueue_configured(driver, batch)
-            return
         acked: asyncio.Future[None] | None = None
         for msg in batch:
             if self._durable:
@@ -254,12 +250,19 @@ class LocalQueue:
         assert isinstance(reply, Enqueued), reply
 
     def _settings_of(self, channel: str) -> BatchSettings:
-        """The settings this queue last gave the channel (configure, the settings hash, or the defaults)."""
-        override = self._overrides.get(channel)
-        if override is not None:
-            return override
-        state = self._config_states.get(channel)
-        return state.settings if state is not None else self._settings
+        """The channel's settings, as the Supervisor's ``_settings_of``: what the actors said applies after
+        reading its settings hash (over the override), else given with ``configure``, else the defaults."""
+        chan = self._channels.get(channel)
+        if chan is not None and chan.applied is not None:
+            return chan.applied
+        return self._overrides.get(channel, self._settings)
+
+    def _limits_of(self, channel: str, chan: _Channel) -> tuple[int, int]:
+        """:func:`_limits` of the channel's settings; ``(0, 0)`` (each enqueue waits for its answer) while the
+        actors read the settings hash of a channel they have not said the settings of (with ``redis=``)."""
+        if self._durable and chan.applied is None:
+            return 0, 0
+        return _limits(self._settings_of(channel))
 
     def _refuses_when_busy(self, channel: str) -> bool:
         """True when the channel may refuse a message, so its enqueue waits for the answer: busy policy
@@ -277,17 +280,35 @@ class LocalQueue:
         chan = self._channels.get(channel)
         if chan is not None:
             before = chan.base - chan.queued * chan.step
-            chan.base, chan.step = _limits(self._settings_of(channel))
+            chan.base, chan.step = self._limits_of(channel, chan)
             chan.budget += chan.base - chan.queued * chan.step - before
 
     async def _enqueue_answered(self, msg: QueuedMessage) -> None:
         """Enqueue ``msg`` and wait for its channel's answer: with busy policy reject, it may refuse it."""
-        if self._config is not None:
-            state = self._config_states.get(msg.channel_id)
-            if state is not None and state.refresh is not None:
-                await asyncio.shield(state.refresh)  # behind the messages waiting for the settings
         reply = await self._call(Enqueue(msg, ack=True))
         assert isinstance(reply, Enqueued), reply
+
+    async def _enqueue_many_answered(self, batch: list[QueuedMessage]) -> None:
+        """Enqueue every message of ``batch``, in order, each answered by its channel; raise the first refusal
+        once all are answered (later ones are logged). None waits for another's answer, so the messages keep
+        their order among those of concurrent calls."""
+        driver = await self._ensure_driver()
+        replies = await asyncio.gather(*(driver.call(Enqueue(msg, ack=True)) for msg in batch),
+                                       return_exceptions=True)
+        first: BaseException | None = None
+        for msg, reply in zip(batch, replies):
+            try:
+                if isinstance(reply, BaseException):
+                    raise reply
+                answered = self._answered(reply)
+                assert isinstance(answered, Enqueued), answered
+            except (ChannelBusy, QueueFull) as exc:
+                if first is not None:
+                    log.warning("enqueue_many: channel %r refused a message too: %s", msg.channel_id, exc)
+                    continue
+                first = exc
+        if first is not None:
+            raise first
 
     # -- conversations ----------------------------------------------------------------------------------------
 
@@ -332,15 +353,15 @@ class LocalQueue:
     async def configure(self, channel: str, settings: dict[str, object]) -> None:
         validate_channel_id(channel)
         chosen = apply_settings(self._settings, settings)  # raises before anything is written
-        if self._config is not None:
-            await self._config.write(channel, settings)  # the settings hash: kept across a restart
+        if self._redis is not None:
+            await _write_settings_hash(self._redis, channel, settings)  # kept across a restart
         if settings:
             self._overrides[channel] = chosen
         else:
             self._overrides.pop(channel, None)
-        state = self._config_states.get(channel)
-        if state is not None:
-            state.settings = chosen
+        chan = self._channels.get(channel)
+        if chan is not None:  # the actors read the hash again, over the new override, before its next message
+            chan.applied = None
         self._settings_changed(channel)
         reply = await self._call(ConfigureChannel(channel, chosen))
         assert isinstance(reply, ChannelConfigured), reply
@@ -499,9 +520,6 @@ class LocalQueue:
         self._closed = True
         if self._sampler is not None:
             self._sampler.cancel()
-        refreshes = [s.refresh for s in self._config_states.values() if s.refresh is not None]
-        if refreshes:
-            await asyncio.wait(refreshes)
         tasks = []
         for chan in self._channels.values():
             for delivery in (chan.active, *chan.backlog):
@@ -617,6 +635,7 @@ class LocalQueue:
             idle_timeout=self._idle_timeout,
             redis_url=self._redis_url,
             allow_volatile_redis=self._allow_volatile_redis,
+            config_ttl=self._config_ttl if self._durable else None,  # the Supervisor reads the settings hash
         )
         if self._metrics is not None:
             driver.on_redis_write = self._metrics.redis_written
@@ -640,7 +659,10 @@ class LocalQueue:
 
     async def _call(self, msg: object) -> object:
         driver = await self._ensure_driver()
-        reply = await driver.call(msg)
+        return self._answered(await driver.call(msg))
+
+    def _answered(self, reply: object) -> object:
+        """``reply``, or the error it reports (a ``Rejected``) raised."""
         if isinstance(reply, Rejected):
             if self._metrics is not None:
                 self._metrics.rejected()
@@ -657,7 +679,7 @@ class LocalQueue:
         chan = self._channels.get(channel)
         if chan is None:
             chan = self._channels[channel] = _Channel()
-            chan.base, chan.step = _limits(self._settings_of(channel))
+            chan.base, chan.step = self._limits_of(channel, chan)
             chan.budget = chan.base
         return chan
 
@@ -677,12 +699,16 @@ class LocalQueue:
             self._cancelled(output)
         elif isinstance(output, ChannelPassivated):
             gone = self._channels.get(output.channel_id)
-            if gone is not None and not gone.busy:
-                del self._channels[output.channel_id]
-            state = self._config_states.get(output.channel_id)
-            if state is not None and state.refresh is None:
-                del self._config_states[output.channel_id]
-                self._settings_changed(output.channel_id)
+            if gone is not None:
+                if not gone.busy:
+                    del self._channels[output.channel_id]
+                elif gone.applied is not None:  # its next message has its settings hash read again
+                    gone.applied = None
+                    self._settings_changed(output.channel_id)
+        elif isinstance(output, ChannelSettingsApplied):
+            chan = self._channel(output.channel_id)
+            chan.applied = output.settings
+            self._settings_changed(output.channel_id)
 
     def _ready(self, ready: BatchReady) -> None:
         chan = self._channel(ready.channel_id)
@@ -762,61 +788,6 @@ class LocalQueue:
                 chan.backlog.remove(delivery)
                 return
 
-    # -- settings from Redis -----------------------------------------------------------------------------------
-
-    async def _enqueue_configured(self, driver: LoopDriver, messages: Iterable[QueuedMessage]) -> None:
-        """Enqueue ``messages`` behind a fresh read of their channels' settings hash when the last read of a
-        channel is older than ``config_ttl``; in order per channel; with Redis, return once durable."""
-        loop = asyncio.get_running_loop()
-        waits: list[Awaitable[object]] = []
-        for msg in messages:
-            channel = msg.channel_id
-            state = self._config_states.get(channel)
-            if state is None:
-                state = self._config_states[channel] = _ConfigState(self._settings)
-            if state.refresh is None and loop.time() - state.read_at < self._config_ttl:
-                if self._durable:
-                    waits.append(driver.enqueue_acked(msg))
-                else:
-                    driver.enqueue(msg)
-                continue
-            if state.refresh is None:
-                state.refresh = loop.create_task(self._refresh_config(channel, state))
-            acked: asyncio.Future[None] | None = loop.create_future() if self._durable else None
-            state.waiting.append((msg, acked))
-            waits.append(asyncio.shield(state.refresh))
-            if acked is not None:
-                waits.append(acked)
-        for wait in waits:
-            await wait
-
-    async def _refresh_config(self, channel: str, state: _ConfigState) -> None:
-        assert self._config is not None
-        settings: BatchSettings | None = None
-        try:
-            settings = await self._config.read(channel, self._overrides.get(channel))
-        finally:
-            # Whatever happened, the waiting messages go in, in order, behind the new settings if any.
-            loop = asyncio.get_running_loop()
-            driver = self._driver
-            if driver is not None and driver.running:
-                if settings is not None and settings != state.settings:
-                    driver.tell(ConfigureChannel(channel, settings))
-                    state.settings = settings
-                    self._settings_changed(channel)
-                for waiting, acked in state.waiting:
-                    if acked is None:
-                        driver.enqueue(waiting)
-                    else:
-                        _chain(driver.enqueue_acked(waiting), acked)
-            else:
-                for _, acked in state.waiting:
-                    if acked is not None and not acked.done():
-                        acked.set_exception(DriverStopped("the MessageQueue stopped before the message was stored"))
-            state.waiting.clear()
-            state.read_at = loop.time()
-            state.refresh = None
-
 
 def _limits(settings: BatchSettings) -> tuple[int, int]:
     """``(base, step)``: a channel with ``settings`` that reported ``queued`` waiting items may be sent
@@ -833,18 +804,24 @@ def _limits(settings: BatchSettings) -> tuple[int, int]:
     return (settings.max_queued + 1 - 2 * size) // 2, size
 
 
-def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
-    def copy(done: asyncio.Future[None]) -> None:
-        if target.done():
-            return
-        if done.cancelled():
-            target.cancel()
-        elif done.exception() is not None:
-            target.set_exception(done.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(None)
+SETTINGS_WRITE_TIMEOUT = 2.0
+"""Seconds ``configure`` waits for Redis to write a channel's settings hash."""
 
-    source.add_done_callback(copy)
+
+async def _write_settings_hash(redis: Redis, channel: str, changes: dict[str, object]) -> None:
+    """Make the channel's settings hash hold exactly ``changes`` (as :func:`apply_settings` takes them, already
+    checked), as text; no changes deletes it. Bounded by ``SETTINGS_WRITE_TIMEOUT``.
+
+    Raises:
+        redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
+    """
+    key = config_key(channel)
+    fields = {name: as_text(value) for name, value in changes.items()}
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(key)
+    if fields:
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    await asyncio.wait_for(pipe.execute(), SETTINGS_WRITE_TIMEOUT)
 
 
 METRICS_SAMPLE_INTERVAL = 5.0

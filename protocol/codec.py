@@ -82,6 +82,7 @@ from protocol.messages import (
     ChannelConfigured,
     ChannelPassivated,
     ChannelPaused,
+    ChannelSettingsApplied,
     ChannelStopped,
     Clear,
     Cleared,
@@ -180,6 +181,7 @@ Encodable = (
     FlushBatch |
     BatchFlushed |
     ChannelPassivated |
+    ChannelSettingsApplied |
     Statistics |
     Observing |
     BatchReady |
@@ -993,6 +995,7 @@ _SCHEMAS: Final = (
     _schema("dead_letters_replayed", DeadLettersReplayed, _CHANNEL, _int("count")),
     _schema("purge_dead_letters", PurgeDeadLetters, _CHANNEL),
     _schema("dead_letters_purged", DeadLettersPurged, _CHANNEL, _int("count")),
+    _schema("channel_settings_applied", ChannelSettingsApplied, _CHANNEL, _nested("settings", _SETTINGS)),
 )
 
 _BY_TAG: Final[Mapping[str, _Schema]] = MappingProxyType({s.tag: s for s in _SCHEMAS})

@@ -348,6 +348,18 @@ class ChannelPassivated:
     channel_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelSettingsApplied:
+    """Supervisor -> observer registered with ``Observe``: the channel's settings hash was just read (with
+    persistence and ``config_ttl``), and ``settings`` are what the channel uses from now on (the hash over
+    its ``ConfigureChannel`` override, else over the defaults; what it had when Redis could not be read). Sent
+    before the commands held for the read reach the channel, so the observer knows them before their
+    outcomes."""
+
+    channel_id: str
+    settings: BatchSettings
+
+
 # -- operations: pausing a channel's deliveries ------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ from protocol.messages import (
     ChannelConfigured,
     ChannelPassivated,
     ChannelPaused,
+    ChannelSettingsApplied,
     ChannelStopped,
     Clear,
     Cleared,
@@ -163,6 +164,7 @@ STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ResumeChannel: st.builds(ResumeChannel, channel_id=channel_ids),
     ChannelPaused: st.builds(ChannelPaused, channel_id=channel_ids, paused=st.booleans()),
     ChannelPassivated: st.builds(ChannelPassivated, channel_id=channel_ids),
+    ChannelSettingsApplied: st.builds(ChannelSettingsApplied, channel_id=channel_ids, settings=batch_settings),
     Edit: st.builds(Edit, message=messages),
     Edited: st.builds(Edited, channel_id=channel_ids, message_id=names, edited=st.booleans()),
     Retract: st.builds(Retract, channel_id=channel_ids, message_id=names),
@@ -333,6 +335,7 @@ def test_tags_are_pinned() -> None:
         "dead_letters_replayed": "DeadLettersReplayed",
         "purge_dead_letters": "PurgeDeadLetters",
         "dead_letters_purged": "DeadLettersPurged",
+        "channel_settings_applied": "ChannelSettingsApplied",
     }
 
 

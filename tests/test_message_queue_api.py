@@ -748,7 +748,7 @@ def test_invalid_settings_in_redis_are_warned_about_and_the_defaults_kept(
 @pytest.mark.redis
 def test_an_unreachable_redis_keeps_the_default_settings(redis_srv: Any, caplog: pytest.LogCaptureFixture) -> None:
     # (With redis=, MessageQueue also persists there, so it cannot start without the server: that refusal is
-    # tested in test_mq_persistence.py. The settings reader alone keeps the defaults.)
+    # tested in test_mq_persistence.py. Distributed mode's settings reader alone keeps the defaults.)
     from message_queue.config import ChannelConfigReader
     from protocol.values import BatchSettings
 

@@ -1,7 +1,7 @@
 """The settings hash ``message_queue:config:<channel>`` is read inside the actor system, by the persistence
 actor for the Supervisor, before a channel's first message and again once the last read is older than
-``config_ttl``: a persisting node (``serve --redis``, an actor system started with ``redis_url``) honours it
-as the asyncio API does. Each test on a private redis-server."""
+``config_ttl``, for a persisting node (``serve --redis``, an actor system started with ``redis_url``) and the
+asyncio API alike (see tests/test_settings_applied.py). Each test on a private redis-server."""
 
 from __future__ import annotations
 
