@@ -39,7 +39,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DISABLED_FIELD", "SETTING_FIELDS", "WINDOW_FIELD", "ChannelConfigReader", "apply_settings"]
+__all__ = [
+    "DISABLED_FIELD",
+    "SETTING_FIELDS",
+    "WINDOW_FIELD",
+    "ChannelConfigReader",
+    "apply_settings",
+    "write_settings_hash",
+]
+
+
+async def write_settings_hash(redis: Redis, channel_id: str, changes: dict[str, object], timeout: float) -> None:
+    """Make the channel's settings hash hold exactly ``changes`` (names of :data:`SETTING_FIELDS`, values as
+    :func:`apply_settings` takes them, already checked), as text, in one transaction; no changes deletes the
+    hash. Bounded by ``timeout`` seconds.
+
+    Raises:
+        redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
+    """
+    key = config_key(channel_id)
+    fields = {name: as_text(value) for name, value in changes.items()}
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(key)
+    if fields:
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+    await asyncio.wait_for(pipe.execute(), timeout)
 
 class ChannelConfigReader:
     """Reads one channel's settings from Redis, on top of ``defaults``.
@@ -77,13 +101,7 @@ class ChannelConfigReader:
         Raises:
             redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
         """
-        key = config_key(channel_id)
-        fields = {name: as_text(value) for name, value in changes.items()}
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(key)
-        if fields:
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        await asyncio.wait_for(pipe.execute(), self._timeout)
+        await write_settings_hash(self._redis, channel_id, changes, self._timeout)
 
     def parse(
         self, channel_id: str, key: str, fields: dict[str, str], base: BatchSettings | None = None

@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from actors.loop_driver import DriverStopped, LoopDriver, Output
-from message_queue.config import apply_settings
+from message_queue.config import apply_settings, write_settings_hash
 from protocol.errors import ChannelBusy, InvalidInput, InvalidSettings, QueueFull, UnsafeRedis
-from protocol.keys import config_key
 from protocol.limits import validate_channel_id, validate_message_id
 from protocol.messages import (
     BatchHeld,
@@ -84,7 +83,6 @@ from protocol.messages import (
     Taken,
     TakeWaiting,
 )
-from protocol.settings_hash import as_text
 from protocol.validation import validate_message, validate_payload
 from protocol.values import BatchSettings, ChannelStatistics, DeadLetter, Payload, QueuedMessage, QueueItem
 
@@ -354,7 +352,7 @@ class LocalQueue:
         validate_channel_id(channel)
         chosen = apply_settings(self._settings, settings)  # raises before anything is written
         if self._redis is not None:
-            await _write_settings_hash(self._redis, channel, settings)  # kept across a restart
+            await write_settings_hash(self._redis, channel, settings, SETTINGS_WRITE_TIMEOUT)  # kept across a restart
         if settings:
             self._overrides[channel] = chosen
         else:
@@ -806,22 +804,6 @@ def _limits(settings: BatchSettings) -> tuple[int, int]:
 
 SETTINGS_WRITE_TIMEOUT = 2.0
 """Seconds ``configure`` waits for Redis to write a channel's settings hash."""
-
-
-async def _write_settings_hash(redis: Redis, channel: str, changes: dict[str, object]) -> None:
-    """Make the channel's settings hash hold exactly ``changes`` (as :func:`apply_settings` takes them, already
-    checked), as text; no changes deletes it. Bounded by ``SETTINGS_WRITE_TIMEOUT``.
-
-    Raises:
-        redis.RedisError, OSError, asyncio.TimeoutError: when Redis cannot be written.
-    """
-    key = config_key(channel)
-    fields = {name: as_text(value) for name, value in changes.items()}
-    pipe = redis.pipeline(transaction=True)
-    pipe.delete(key)
-    if fields:
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-    await asyncio.wait_for(pipe.execute(), SETTINGS_WRITE_TIMEOUT)
 
 
 METRICS_SAMPLE_INTERVAL = 5.0
