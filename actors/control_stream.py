@@ -186,10 +186,11 @@ DeadLetterCommand = GetDeadLetters | ReplayDeadLetters | PurgeDeadLetters
 def dead_letters_message(channel: str, payload: dict[str, Any]) -> DeadLetterCommand:
     """The actor message of a ``dead-letters`` request on ``channel``: its ``replay`` and ``purge`` fields
     (booleans, at most one true, both optional) choose ``ReplayDeadLetters``, ``PurgeDeadLetters`` or
-    ``GetDeadLetters``.
+    ``GetDeadLetters``; its optional ``limit`` is checked here (see :func:`listing_limit`) and applied to the
+    answer by :func:`dead_letters_result`.
 
     Raises:
-        InvalidInput: naming the field that is not a boolean, or both set.
+        InvalidInput: naming the field that is not a boolean, or both set, or a bad ``limit``.
     """
     replay, purge = payload.get("replay", False), payload.get("purge", False)
     for name, value in (("replay", replay), ("purge", purge)):
@@ -197,11 +198,25 @@ def dead_letters_message(channel: str, payload: dict[str, Any]) -> DeadLetterCom
             raise InvalidInput(f"dead-letters: {name} must be true or false, got {value!r:.40}")
     if replay and purge:
         raise InvalidInput("dead-letters: replay and purge cannot both be asked")
+    listing_limit(payload)
     if replay:
         return ReplayDeadLetters(channel)
     if purge:
         return PurgeDeadLetters(channel)
     return GetDeadLetters(channel)
+
+
+def listing_limit(payload: dict[str, Any] | None) -> int | None:
+    """The ``limit`` of a ``dead-letters`` request: at most that many letters are listed (the oldest); None
+    (the field is absent or null) lists them all.
+
+    Raises:
+        InvalidInput: when it is not an integer >= 1.
+    """
+    limit = None if payload is None else payload.get("limit")
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise InvalidInput(f"dead-letters: limit must be an integer >= 1, got {limit!r:.40}")
+    return limit
 
 
 def dead_letters_action(message: DeadLetterCommand) -> str:
@@ -213,22 +228,38 @@ def dead_letters_action(message: DeadLetterCommand) -> str:
     return DEAD_LETTER_ACTIONS["list"]
 
 
-def dead_letters_result(reply: DeadLetters | DeadLettersReplayed | DeadLettersPurged, source: str) -> dict[str, Any]:
+def dead_letters_result(
+    reply: DeadLetters | DeadLettersReplayed | DeadLettersPurged, source: str, limit: int | None = None
+) -> dict[str, Any]:
     """The admin result of a channel's answer to a dead-letter message: a listing
-    (:func:`dead_letters_listing`), ``{"channel", "source", "replayed"}`` or ``{"channel", "source", "purged"}``;
-    ``source`` says where it came from (``node``: the actors; ``redis``: the stored list)."""
+    (:func:`dead_letters_listing`, at most ``limit`` letters), ``{"channel", "source", "replayed"}`` or
+    ``{"channel", "source", "purged"}``; ``source`` says where it came from (``node``: the actors; ``redis``: the
+    stored list)."""
     if isinstance(reply, DeadLetters):
-        return dead_letters_listing(reply.channel_id, [dead_letter_row(letter) for letter in reply.letters], source)
+        letters = reply.letters
+        rows = [dead_letter_row(letter) for letter in letters[:limit]]
+        undecodable = sum(1 for letter in letters if letter.role == keys.DEAD_LETTER)
+        return dead_letters_listing(reply.channel_id, rows, source, total=len(letters), undecodable=undecodable)
     if isinstance(reply, DeadLettersReplayed):
         return {"channel": reply.channel_id, "source": source, "replayed": reply.count}
     return {"channel": reply.channel_id, "source": source, "purged": reply.count}
 
 
-def dead_letters_listing(channel: str, rows: list[dict[str, Any]], source: str) -> dict[str, Any]:
+def dead_letters_listing(
+    channel: str,
+    rows: list[dict[str, Any]],
+    source: str,
+    *,
+    total: int | None = None,
+    undecodable: int | None = None,
+) -> dict[str, Any]:
     """A channel's dead letters as the admin lists them: ``{"channel", "source", "dead_letters": [row, ...],
-    "undecodable": how many rows are undecodable entries}``, oldest first."""
+    "total": how many the channel has, "undecodable": how many of them are undecodable entries}``, oldest first.
+    ``rows`` may be the first of them only (a ``limit``): ``total`` and ``undecodable`` then count them all
+    (by default they count ``rows``)."""
     return {"channel": channel, "source": source, "dead_letters": rows,
-            "undecodable": sum(1 for row in rows if row["undecodable"])}
+            "total": len(rows) if total is None else total,
+            "undecodable": sum(1 for row in rows if row["undecodable"]) if undecodable is None else undecodable}
 
 
 def dead_letter_row(letter: DeadLetter) -> dict[str, Any]:
@@ -260,7 +291,7 @@ def dead_letter_row(letter: DeadLetter) -> dict[str, Any]:
         "role": letter.role,
         "at": letter.at,
         "bytes": len(letter.data),
-        "undecodable": letter.role == keys.DEAD_LETTER,
+        "undecodable": letter.role == keys.DEAD_LETTER,  # as counted by dead_letters_result
     }
 
 

@@ -458,8 +458,10 @@ class RedisPersistence(Dispatcher):
         self._reply(msg.channel_id, ("clear",), {"channel": msg.channel_id, "removed": msg.removed})
 
     def receiveMsg_DeadLetters(self, msg: DeadLetters, sender: ActorAddress) -> None:
+        pending = self._pending  # the request's limit was checked when it was read (_command_of)
+        limit = control_stream.listing_limit(pending.request.payload) if pending is not None else None
         self._reply(msg.channel_id, (control_stream.DEAD_LETTER_ACTIONS["list"],),
-                    control_stream.dead_letters_result(msg, "node"))
+                    control_stream.dead_letters_result(msg, "node", limit))
 
     def receiveMsg_DeadLettersReplayed(self, msg: DeadLettersReplayed, sender: ActorAddress) -> None:
         self._reply(msg.channel_id, (control_stream.DEAD_LETTER_ACTIONS["replay"],),

@@ -17,8 +17,9 @@ Two ways to a node's state:
       none). ``--distributed`` treats a channel Redis holds no state of as a distributed one.
 
 ``dead-letters CHANNEL`` gives the same result on every route: ``{"channel", "source", "dead_letters": [...],
-"undecodable"}`` (``source`` is ``node`` when the node's actors answered, ``redis`` when the stored list was
-read), each letter as :func:`actors.control_stream.dead_letter_row` describes it (item id, messages' ids and
+"total", "undecodable"}`` (``source`` is ``node`` when the node's actors answered, ``redis`` when the stored list
+was read; the listing holds the oldest ``--limit`` letters, default 20, and ``total`` and ``undecodable`` count
+them all), each letter as :func:`actors.control_stream.dead_letter_row` describes it (item id, messages' ids and
 text, last error, attempts, first and last failure times; entries that do not decode are listed as
 ``undecodable`` and counted); ``--replay``: ``{"channel", "source", "replayed"}`` (items put back at the tail
 of the channel's queue, ids kept, attempt 1); ``--purge``: ``{"channel", "source", "purged"}``.
@@ -87,6 +88,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                         help="put the dead letters' items back at the tail of the channel's queue (attempt 1, ids "
                         "kept); needs a running node")
     action.add_argument("--purge", action="store_true", help="forget the channel's dead letters")
+    dead.add_argument("--limit", type=int, default=20, metavar="N",
+                      help="list at most N letters, the oldest (default 20; the total is always given)")
     return admin
 
 
@@ -95,7 +98,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--timeout must be > 0, got {args.timeout}")
     if args.distributed and args.redis is None:
         parser.error("--distributed needs --redis URL")
-    if args.admin_command == "channels" and args.limit < 1:
+    if args.admin_command in ("channels", "dead-letters") and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
     channel = getattr(args, "channel", None)
     if channel is not None:
@@ -114,6 +117,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.admin_command == "dead-letters":
         payload["replay"] = args.replay
         payload["purge"] = args.purge
+        payload["limit"] = args.limit
     return payload
 
 
@@ -277,16 +281,17 @@ def dead_letters_command(client: Any, args: argparse.Namespace) -> dict[str, Any
         raise AdminError("no node holds the writer lease of this database: a node must be running to replay dead "
                          "letters, since they go back into a live channel's queue (start one with serve --redis URL); "
                          "the dead letters stay where they are")
-    return stored_dead_letters(client, args.channel, purge=args.purge)
+    return stored_dead_letters(client, args.channel, purge=args.purge, limit=args.limit)
 
 
 class LeaseTaken(AdminError):
     """A node took the writer lease while the stored dead letters were being purged; nothing was deleted."""
 
 
-def stored_dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, Any]:
+def stored_dead_letters(client: Any, channel: str, *, purge: bool, limit: int | None = None) -> dict[str, Any]:
     """The channel's stored dead letters, read while no node holds the lease (see
-    :func:`actors.control_stream.dead_letters_listing`); with ``purge``, deleted instead (``{"channel",
+    :func:`actors.control_stream.dead_letters_listing`: the first ``limit`` of them listed, all of them counted);
+    with ``purge``, deleted instead (``{"channel",
     "source", "purged"}``), in a transaction that fails if a node takes the lease meanwhile.
 
     Raises:
@@ -300,12 +305,14 @@ def stored_dead_letters(client: Any, channel: str, *, purge: bool) -> dict[str, 
     key = keys.channel_key(keys.DEAD_LETTER, channel)
     if not purge:
         rows = []
-        for raw in client.lrange(key, 0, -1):
+        for raw in client.lrange(key, 0, -1):  # bounded: a channel keeps MAX_DEAD_LETTERS at most
             try:
                 rows.append(control_stream.dead_letter_row(codec.decode_dead_letter(raw)))
             except DecodeError as exc:
                 rows.append(control_stream.undecodable_row(raw, exc))
-        return control_stream.dead_letters_listing(channel, rows, "redis")
+        undecodable = sum(1 for row in rows if row["undecodable"])
+        return control_stream.dead_letters_listing(channel, rows[:limit], "redis", total=len(rows),
+                                                   undecodable=undecodable)
     with client.pipeline(transaction=True) as pipe:
         try:
             # A node that takes the lease loads the dead letters after it: if none held it when the
@@ -378,7 +385,9 @@ def render_dead_letters(result: dict[str, Any]) -> str:
         where = "on the node" if result["source"] == "node" else "from Redis (no node holds the lease)"
         return f"purged {result['purged']} dead letter(s) of {channel!r} {where}"
     letters = result["dead_letters"]
-    lines = [f"{len(letters)} dead letter(s) on {channel!r} ({result['undecodable']} undecodable), from {source}"]
+    total = result.get("total", len(letters))
+    cut = f"; the oldest {len(letters)} listed (--limit)" if total > len(letters) else ""
+    lines = [f"{total} dead letter(s) on {channel!r} ({result['undecodable']} undecodable), from {source}{cut}"]
     for letter in letters:
         if letter["item_id"] is not None:
             lines.append(f"  item {letter['item_id']}: {letter['attempts']} attempt(s), failed "

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
-from actors.control_stream import dead_letters_message, dead_letters_result
+from actors.control_stream import dead_letters_message, dead_letters_result, listing_limit
 from protocol.errors import InvalidInput
 from protocol.limits import validate_channel_id
 from protocol.messages import (
@@ -155,7 +155,7 @@ class Executor:
             raise ControlError(str(exc)) from exc
         reply = self._ask(message)
         assert isinstance(reply, (DeadLetters, DeadLettersReplayed, DeadLettersPurged)), reply
-        return dead_letters_result(reply, "node")
+        return dead_letters_result(reply, "node", listing_limit(request))
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

@@ -110,7 +110,7 @@ def test_clear_discards_waiting_items_of_a_paused_channel(
     assert admin_json(control_path, "clear", "t:c") == {"channel": "t:c", "removed": 2}
     assert poll(control_path, {"command": "show", "channel": "t:c"}, lambda r: True)["waiting"] == 0
     assert admin_json(control_path, "dead-letters", "t:c") == {
-        "channel": "t:c", "source": "node", "dead_letters": [], "undecodable": 0}
+        "channel": "t:c", "source": "node", "dead_letters": [], "total": 0, "undecodable": 0}
     node.close_stdin()
     assert node.wait() == 0
     assert node.stdout.get(timeout=TIMEOUT) is None  # nothing was ever delivered

@@ -147,9 +147,12 @@ def test_control_route_lists_replays_and_purges_the_actors_dead_letters(
         assert payload_messages(node.next_delivery().item.payload)[0].text == "ok"  # the channel moved on
 
         listed = admin_json("--control", socket_path, "dead-letters", CHANNEL)
-        assert listed.keys() == {"channel", "source", "dead_letters", "undecodable"}
-        assert (listed["channel"], listed["source"], listed["undecodable"]) == (CHANNEL, "node", 0)
+        assert listed.keys() == {"channel", "source", "dead_letters", "total", "undecodable"}
+        assert (listed["channel"], listed["source"], listed["total"], listed["undecodable"]) == (CHANNEL, "node", 2, 0)
         check_item_rows(listed["dead_letters"], ids)
+        first = admin_json("--control", socket_path, "dead-letters", CHANNEL, "--limit", "1")
+        assert first["total"] == 2
+        check_item_rows(first["dead_letters"], {"f1": ids["f1"]})  # the oldest
         row = next(r for r in admin_json("--control", socket_path, "channels")["channels"] if r["channel"] == CHANNEL)
         assert row["dead_letters"] == 2
 
@@ -160,6 +163,13 @@ def test_control_route_lists_replays_and_purges_the_actors_dead_letters(
         assert lines[1].startswith(f"  item {ids['f1']}: 2 attempt(s), failed ") and \
             lines[1].endswith(": cannot process f1")
         assert lines[2] == "    [id-f1] 'f1'"
+        cut = admin("--control", socket_path, "dead-letters", CHANNEL, "--limit", "1")
+        assert cut.returncode == 0, cut.stderr
+        assert cut.stdout.splitlines()[0] == \
+            f"2 dead letter(s) on {CHANNEL!r} (0 undecodable), from the node; the oldest 1 listed (--limit)"
+        assert len(cut.stdout.splitlines()) == 3  # one item of one message
+        zero = admin("--control", socket_path, "dead-letters", CHANNEL, "--limit", "0")
+        assert zero.returncode == 2 and "--limit must be >= 1, got 0" in zero.stderr
 
         node.failing.clear()
         replayed = admin("--control", socket_path, "dead-letters", CHANNEL, "--replay")
@@ -180,6 +190,8 @@ def test_control_route_lists_replays_and_purges_the_actors_dead_letters(
         assert both.returncode == 2 and "not allowed with argument" in both.stderr
         answer = request(socket_path, {"command": "dead-letters", "channel": CHANNEL, "replay": "yes"})
         assert answer == {"ok": False, "error": "dead-letters: replay must be true or false, got 'yes'"}
+        answer = request(socket_path, {"command": "dead-letters", "channel": CHANNEL, "limit": True})
+        assert answer == {"ok": False, "error": "dead-letters: limit must be an integer >= 1, got True"}
     finally:
         server.stop()
 
@@ -203,6 +215,9 @@ def test_redis_route_reaches_the_lease_holder_and_the_journal_follows(
         listed = admin_json("--redis", url, "dead-letters", CHANNEL)
         assert (listed["source"], listed["undecodable"]) == ("node", 0)
         check_item_rows(listed["dead_letters"], ids)
+        last = admin_json("--redis", url, "dead-letters", CHANNEL, "--limit", "1")  # the limit rides the stream
+        assert last["total"] == 2
+        check_item_rows(last["dead_letters"], {"f1": ids["f1"]})
 
         node.failing.clear()
         assert admin_json("--redis", url, "dead-letters", CHANNEL, "--replay") == {
@@ -234,7 +249,10 @@ def test_with_no_lease_holder_the_stored_list_is_read_and_purged_and_a_replay_re
         client.rpush(keys.channel_key(keys.DEAD_LETTER, CHANNEL), b"\xc1 not a frame")
 
         listed = admin_json("--redis", url, "dead-letters", CHANNEL)
-        assert (listed["source"], listed["undecodable"]) == ("redis", 1)
+        assert (listed["source"], listed["total"], listed["undecodable"]) == ("redis", 2, 1)
+        first = admin_json("--redis", url, "dead-letters", CHANNEL, "--limit", "1")
+        assert (first["total"], first["undecodable"]) == (2, 1)  # counted over all, listed: the oldest
+        assert first["dead_letters"] == listed["dead_letters"][:1]
         assert listed["dead_letters"][0] == through_node["dead_letters"][0]  # one shape on every route
         check_item_rows(listed["dead_letters"][:1], ids)
         junk = listed["dead_letters"][1]
@@ -381,6 +399,10 @@ def test_a_request_names_one_action_and_a_listed_text_is_cut() -> None:
         dead_letters_message(CHANNEL, {"replay": True, "purge": True})
     with pytest.raises(InvalidInput, match="^dead-letters: purge must be true or false, got 1$"):
         dead_letters_message(CHANNEL, {"purge": 1})
+    assert dead_letters_message(CHANNEL, {"limit": 5, "replay": False}) == GetDeadLetters(CHANNEL)
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(InvalidInput, match="^dead-letters: limit must be an integer >= 1, got "):
+            dead_letters_message(CHANNEL, {"limit": bad})
 
     long = "x" * (MAX_LISTED_TEXT + 1)
     item = QueueItem("i1", CHANNEL, QueuedMessage("slack", CHANNEL, "U1", "ann", long))

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from typing import Any, Awaitable, Callable, Coroutine
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis_support import RedisServer, redis_server, reply
 
@@ -30,6 +31,7 @@ from protocol import keys
 from protocol.errors import InvalidInput
 from protocol.stream import InboundBatch, decode_entry
 from protocol.values import BatchSettings, ChannelStatistics
+from service import admin_distributed
 
 pytestmark = pytest.mark.redis
 
@@ -116,6 +118,35 @@ def test_messages_within_the_window_form_one_batch_published_once_the_window_is_
             admin = cluster.client()
             assert await admin.zcard(keys.DIST_DEADLINES) == 0
             assert await admin.exists(keys.dist_key(keys.DIST_MESSAGES, "slack:#dev")) == 0
+
+    run(main())
+
+
+def test_drain_does_not_wait_out_deadlines_an_admin_flush_or_clear_removed(redis_srv: RedisServer) -> None:
+    """A batch flushed or cleared by the admin script (another process) leaves this node's timer armed for the
+    old deadline; drain asks each armed channel once instead of waiting it out, and keeps waiting for one
+    still open."""
+
+    async def main() -> None:
+        async with Cluster(redis_srv.url) as cluster:
+            node = await cluster.node(BatchSettings(window=30.0, max_batch_size=10), "n1")
+            for channel in ("a", "b", "c"):
+                await node.append(msg(channel, f"{channel}0"))
+            admin = redis.Redis.from_url(redis_srv.url)
+            try:
+                assert admin_distributed.flush(admin, "a")["flushed"] is True
+                assert admin_distributed.clear(admin, "c")["removed"] == 1
+                with pytest.raises(TimeoutError):  # b is open for 30 s more: drain must keep waiting for it
+                    await asyncio.wait_for(asyncio.shield(node.drain()), 0.5)
+                assert node.statistics().armed == 1  # b, re-armed with its deadline; a and c let go
+                assert admin_distributed.flush(admin, "b")["flushed"] is True
+            finally:
+                admin.close()
+            await asyncio.wait_for(node.drain(), TIMEOUT)  # long before the 30 s window
+            entries = await read_stream(cluster.client(), 2)
+            assert [(e.channel_id, texts(e), e.by) for e in entries] == \
+                [("a", ["a0"], "admin/flush"), ("b", ["b0"], "admin/flush")]
+            assert node.statistics().armed == 0
 
     run(main())
 

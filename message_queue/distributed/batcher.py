@@ -116,10 +116,27 @@ class DistributedBatcher:
 
     async def drain(self) -> None:
         """Wait until every operation submitted so far was answered and every deadline this node armed was
-        flushed (or taken over by another node)."""
+        flushed (or taken over by another node).
+
+        Each armed channel is asked once, at the start, whether its batch is still open: an admin ``flush`` or
+        ``clear`` (another process's script) may have closed it, and nothing tells this node, whose timer would
+        then wait out the old deadline. A channel still open and not due answers with its deadline, re-armed as
+        before."""
+        self._recheck_armed()
         while not self._is_idle():
             self._idle.clear()
             await self._idle.wait()
+
+    def _recheck_armed(self) -> None:
+        """Queue a flush of every armed channel no flush is under way for (see :meth:`drain`)."""
+        queued = False
+        for tag in self._armed:
+            if tag not in self._flushing:
+                self._flushing.add(tag)
+                self._flushes.append(Flush(tag, "timer"))
+                queued = True
+        if queued:
+            self._queued()
 
     async def close(self) -> None:
         """Stop the timers, the writer and the sweeper. Operations still pending fail with RuntimeError;
