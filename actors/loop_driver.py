@@ -10,7 +10,12 @@ On ``simpleSystemBase`` an actor runs only when its driver runs the system's pen
 * **A turn** hands every accepted message to the Supervisor first (in ``EnqueueChecked`` chunks), then fires
   what is due (the Timer's alarm as ``Tick(now)``, Thespian's own wakeups), then runs pending sends until
   none is left or the turn has used its time budget (``turn_seconds``); the rest waits for the next turn, so
-  the loop keeps serving other callbacks. The Timer wakes only deadlines up to the ``now`` of its ``Tick``,
+  the loop keeps serving other callbacks. While the actors keep up (the last turn ran every pending send), a
+  turn is put off by one loop step at a time as long as the producer keeps adding messages, up to
+  ``gather_seconds`` (1 ms) after the first of them: a producer that sends bursts between its own awaits gets
+  one hand-over (one Supervisor message, one Timer ``Tick``) for many bursts instead of one each. The stamps
+  keep every window exact meanwhile; a turn due for a deadline is never put off. The Timer wakes only
+  deadlines up to the ``now`` of its ``Tick``,
   read after the messages accepted before it were handed over: a batch never closes by time while a message
   of its channel accepted before its deadline is still on its way (both go through one hop in FIFO order).
 * **Time** is one ``loop.call_at`` for the earliest of the Timer's alarm and Thespian's pending wakeups.
@@ -60,6 +65,8 @@ _OUTPUTS = (BatchReady, CancelProcessing, QueueChanged, ChannelPassivated, Chann
 _CHUNK_CHANNELS = 256  # channels per EnqueueChecked: the Supervisor sends each one EnqueueStamped
 _CHUNK_MESSAGES = 2048  # messages per EnqueueChecked: bounds the work of one handler
 _TURN_SECONDS = 0.002  # a turn runs sends for about this long, then lets the loop serve others
+# A turn is put off while the producer keeps adding messages, up to this long after the first of them.
+_GATHER_SECONDS = 0.001
 
 
 class DriverStopped(RuntimeError):
@@ -90,6 +97,7 @@ class LoopDriver:
         allow_volatile_redis: bool = False,
         clock: Clock = time.monotonic,
         turn_seconds: float = _TURN_SECONDS,
+        gather_seconds: float = _GATHER_SECONDS,
         config_ttl: float | None = None,
     ) -> None:
         self._loop = loop
@@ -101,6 +109,7 @@ class LoopDriver:
         self._allow_volatile_redis = allow_volatile_redis
         self._clock = clock
         self._turn_seconds = turn_seconds
+        self._gather_seconds = gather_seconds
         self._state = _State.NEW
         # True exactly while the state is RUNNING: an attribute, since every enqueue reads it
         self.running = False
@@ -113,6 +122,8 @@ class LoopDriver:
         self._stamps: list[float] = []
         self._acked: asyncio.Future[None] | None = None  # resolves once the accepted messages are durable
         self._scheduled = False
+        self._gathered = 0  # accepted messages when the pending turn was scheduled
+        self._caught_up = True  # the last turn ran every pending send: a turn may wait for the producer
         self._in_turn = False
         self._calls: dict[str, asyncio.Future[object]] = {}
         self._call_seq = 0
@@ -297,11 +308,24 @@ class LoopDriver:
 
     def _schedule(self) -> None:
         self._scheduled = True
+        self._gathered = len(self._accepted)
         self._loop.call_soon(self._turn)
 
     def _turn(self) -> None:
         self._scheduled = False
         if self._state is not _State.RUNNING:
+            return
+        accepted = len(self._accepted)
+        if (
+            self._caught_up
+            and accepted > self._gathered
+            and accepted < _CHUNK_MESSAGES
+            and self._clock() - self._stamps[0] < self._gather_seconds
+        ):
+            # Messages were accepted since this turn was scheduled: the producer is still at it. Let it run one
+            # more step first, so that one hand-over (and one Supervisor message) serves them all. Only while the
+            # actors keep up: behind, they get every turn, so a producer cannot pile up work ahead of them.
+            self._schedule()
             return
         base = self._required_base()
         self._in_turn = True
@@ -314,7 +338,7 @@ class LoopDriver:
                     assert self._timer is not None
                     self._send(self._timer, Tick(now))
             base.realize_wakeups()
-            done = base.run_pending(self._turn_seconds)
+            done = self._caught_up = base.run_pending(self._turn_seconds)
         finally:
             self._in_turn = False
         if not done and not self._scheduled:
@@ -324,6 +348,7 @@ class LoopDriver:
     def _fired(self) -> None:
         self._handle = None
         if not self._scheduled:
+            self._gathered = len(self._accepted)  # a deadline is due: no putting off
             self._turn()
 
     def _arm(self) -> None:

@@ -245,3 +245,63 @@ def test_accepted_messages_are_handed_over_grouped_by_channel_in_order_within_bo
     for messages, _ in chunks:
         assert 0 < len(messages) <= loop_driver._CHUNK_MESSAGES
         assert len({m.channel_id for m in messages}) <= loop_driver._CHUNK_CHANNELS
+
+
+def test_a_producer_still_adding_gets_one_hand_over_while_the_actors_keep_up() -> None:
+    """A turn is put off while messages keep being accepted between loop steps (the actors have nothing left
+    to run), until the producer pauses or the first of them is ``gather_seconds`` old: one hand-over, one
+    Supervisor message, for all of them."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        driver, delivered = await start(clock, BatchSettings(window=1.0, max_batch_size=100), turn_seconds=1.0)
+        handed: list[int] = []
+        driver.on_accepted = handed.append
+        try:
+            for burst in range(5):
+                driver.enqueue(message(CHANNELS[burst % 3], f"{burst}.0"))
+                driver.enqueue(message(CHANNELS[burst % 3], f"{burst}.1"))
+                await asyncio.sleep(0)  # a producer between two bursts (awaiting its input)
+            await asyncio.sleep(0)
+            assert handed == [10]  # handed over once the producer paused
+
+            driver.enqueue(message("a", "x0"))
+            driver.enqueue(message("a", "x1"))
+            await asyncio.sleep(0)  # still adding: put off
+            clock.now += 0.002  # the first is now older than gather_seconds (1 ms)
+            driver.enqueue(message("a", "x2"))
+            await asyncio.sleep(0)
+            assert handed == [10, 3]
+            clock.now += 2.0
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert delivered.count == 13  # none lost or held back
+        finally:
+            driver.stop()
+
+    run(clock, main())
+
+
+def test_a_turn_is_not_put_off_while_the_actors_are_behind() -> None:
+    """Once a turn left sends pending (its time was up), the next hands over what was accepted at once: a
+    producer outrunning the actors cannot pile up work ahead of them."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        driver, delivered = await start(clock, BatchSettings(window=1.0, max_batch_size=100), turn_seconds=0.0)
+        handed: list[int] = []
+        driver.on_accepted = handed.append
+        try:
+            for number in range(100):  # more sends than one turn of turn_seconds 0 runs (16)
+                driver.enqueue(message(f"ch{number}", "m"))
+            await asyncio.sleep(0)  # more were accepted after the turn was scheduled: put off
+            await asyncio.sleep(0)  # the producer paused: handed over, some sends run, the next turn scheduled
+            assert handed == [100]
+            driver.enqueue(message("a", "y0"))
+            driver.enqueue(message("a", "y1"))
+            await asyncio.sleep(0)  # the next turn: behind, so no putting off
+            assert handed == [100, 2]
+        finally:
+            driver.stop()
+
+    run(clock, main())
