@@ -215,7 +215,8 @@ class Gathered:
 @dataclass(frozen=True, slots=True)
 class ReleaseHeld:
     """Launcher -> Supervisor, before it stops the system: send every channel the commands held for a read of
-    its settings hash now, with the settings it has, so that they are journaled before persistence stops."""
+    its settings hash now, with the settings it has, so that they are journaled before persistence stops.
+    Answered with ``Enqueued(count of commands sent on)`` once those channels' work is durable."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,7 +122,9 @@ log = logging.getLogger(__name__)
 _MIN_FORGET_GAP = 0.01
 
 # What the Supervisor handles while STARTING (it restores persisted channels); everything else waits.
-_STARTUP_MESSAGES = (StoreOpened, StoreFailed, ChannelsLoaded, ActorSystemMessage)
+# ReleaseHeld: nothing is held for a settings read before the store is loaded, and a launcher stopping a
+# system that never finished starting must not wait for it.
+_STARTUP_MESSAGES = (StoreOpened, StoreFailed, ChannelsLoaded, ReleaseHeld, ActorSystemMessage)
 
 
 @dataclass(slots=True)
@@ -645,11 +647,18 @@ class Supervisor(Dispatcher):
         return held
 
     def receiveMsg_ReleaseHeld(self, msg: ReleaseHeld, sender: ActorAddress) -> None:
+        """Send the commands held for settings reads on, and answer ``Enqueued(count)`` once every channel that
+        got some has made its work so far durable (its ``Ack``): the launcher may then stop the system."""
         waiting, self._config_waiting = self._config_waiting, {}
         self._config_stale.clear()
+        if not waiting:
+            self.send(sender, Enqueued(0))
+            return
+        gather = self._new_gather(_Gather(sender, len(waiting), counting=True))
         for channel_id, held in waiting.items():
             for command in held:
                 self._send_read_channel(channel_id, command)
+            self._send_read_channel(channel_id, Ack(self.myAddress, Gathered(gather, Enqueued(len(held)))))
 
     def receiveMsg_ChannelConfigured(self, msg: ChannelConfigured, sender: ActorAddress) -> None:
         """A channel applied settings read from its hash: nothing to answer."""

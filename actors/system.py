@@ -89,6 +89,19 @@ class RunningSystem:
         :meth:`shutdown`."""
         return [pid for session in self.sessions for pid in session_members(session)]
 
+    def release_held(self, timeout: float) -> None:
+        """TCP base: have the Supervisor send on the commands it holds for settings-hash reads and wait
+        (``timeout`` seconds at most) until they are journaled. The stop reaches the other processes
+        asynchronously, so a told ``ReleaseHeld`` could lose the race with persistence's exit."""
+        try:
+            reply = self.asys.ask(self.supervisor, ReleaseHeld(), timeout)
+        except Exception as exc:  # a system that is already going away: nothing more can be journaled
+            log.warning("the Supervisor did not release its held commands (%s: %s)", type(exc).__name__, exc)
+            return
+        if reply is None:
+            log.warning("the Supervisor did not confirm within %.1f s that its held commands were journaled",
+                        timeout)
+
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the actor system; on the TCP base also end every process it started (admin included).
 
@@ -96,12 +109,17 @@ class RunningSystem:
         of the system's session is killed by pid, and this returns once those processes have exited.
         On the simple base the Supervisor is asked to exit first, so that its children run their exit hooks
         (RedisPersistence writes what it still holds); that base's own shutdown does not. Before that, the
-        commands it holds for a read of a settings hash go to their channels, which journal them.
+        commands it holds for a read of a settings hash go to their channels, which journal them (on the TCP
+        base this waits until they are: :meth:`release_held`).
         """
         try:
             if self.base == SIMPLE_BASE:
-                self.asys.tell(self.supervisor, ReleaseHeld())  # runs to completion on this base
+                # Runs to completion on this base; the writes it causes are made by persistence's exit hook (its
+                # I/O thread's outcomes would come back through a driver that no longer runs: no waiting here).
+                self.asys.tell(self.supervisor, ReleaseHeld())
                 self.asys.tell(self.supervisor, ActorExitRequest())
+            else:
+                self.release_held(timeout)
             self.asys.shutdown()
         finally:
             for _ in range(10):  # a member forking while it is killed leaves a new one behind

@@ -210,6 +210,38 @@ def test_sigterm_keeps_open_batches_in_redis_and_a_tcp_node_restores_them(
     assert tcp.processes() == set()
 
 
+@pytest.mark.tcp
+def test_a_tcp_node_stopped_while_it_holds_commands_for_a_settings_read_journals_them_first(
+    launch: Callable[..., Running], redis_srv: RedisServer
+) -> None:
+    """The Supervisor holds a new channel's messages while RedisPersistence reads its settings hash (Redis is
+    paused, so the read waits); SIGTERM comes meanwhile. The stop waits until the held messages went to their
+    channel and were journaled, before the other processes are told to exit: the next start delivers them."""
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        port = free_port()
+        stopped = launch("serve", "--base", "multiprocTCPBase", "--admin-port", str(port), "--redis",
+                         redis_srv.url, "--window", "60")
+        stopped.stderr_line(lambda line: "ready" in line)
+        client.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the settings read waits this long
+        stopped.write(json.dumps(message("slack:#held", "one")))
+        stopped.write(json.dumps(message("slack:#held", "two")))
+        stopped.close_stdin()
+        stopped.stderr_line(lambda line: "end of input; 2 messages accepted" in line)
+        stopped.proc.send_signal(signal.SIGTERM)
+        assert stopped.wait() == 0, stopped.all_stderr()
+        assert stopped.processes() == set()
+        assert "did not confirm" not in stopped.all_stderr()
+
+        restarted = launch("serve", "--redis", redis_srv.url, "--window", "0.05")
+        restarted.close_stdin()
+        batches = stdout_batches(restarted)
+        assert restarted.wait() == 0, restarted.all_stderr()
+        assert texts_by_channel(batches) == {"slack:#held": ["one", "two"]}
+    finally:
+        client.close()
+
+
 # -- refusals ---------------------------------------------------------------------------------------------
 
 
