@@ -223,7 +223,7 @@ def test_a_tcp_node_stopped_while_it_holds_commands_for_a_settings_read_journals
         stopped = launch("serve", "--base", "multiprocTCPBase", "--admin-port", str(port), "--redis",
                          redis_srv.url, "--window", "60")
         stopped.stderr_line(lambda line: "ready" in line)
-        client.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the settings read waits this long
+        client.client_pause(1500)  # the settings read waits this long
         stopped.write(json.dumps(message("slack:#held", "one")))
         stopped.write(json.dumps(message("slack:#held", "two")))
         stopped.close_stdin()
