@@ -237,18 +237,21 @@ class ChannelsLoaded:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """ChannelActor -> RedisPersistence: apply ``ops``; then answer ``Durable(then)`` if ``then`` is not
-    empty."""
+    """ChannelActor -> RedisPersistence: apply ``ops``, the channel's ``seq``-th Persist (numbered from 1 by
+    each actor); with ``confirm``, answer ``Durable`` once they are stored (the channel holds messages that
+    wait for them)."""
 
     ops: tuple[Op, ...]
-    then: tuple[tuple[ActorAddress, object], ...] = ()
+    seq: int
+    confirm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Durable:
-    """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
+    """RedisPersistence -> ChannelActor, once per write for each channel that asked: the operations of its
+    Persists numbered up to ``upto`` are stored; it sends the messages it held for them."""
 
-    then: tuple[tuple[ActorAddress, object], ...]
+    upto: int
 
 
 # -- the durability rule --------------------------------------------------------------------------------------
