@@ -140,10 +140,11 @@ class ChannelActor(Dispatcher):
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: ActorAddress | None = None
         # The messages that leave only once their operations are stored, each group with the number of the
-        # Persist that carries those operations; the numbers of the last Persist sent and the last confirmed.
+        # Persist that carries those operations (Persist.seq), the last number given, and whether a Persist
+        # without a number went out after it (its operations are covered by no number yet).
         self._held: deque[tuple[int, tuple[tuple[ActorAddress, object], ...]]] = deque()
-        self._persisted = 0
-        self._durable = 0
+        self._numbered = 0
+        self._unnumbered = False
         self._stored_ids = 0  # entries of the stored list of message ids: compacted when twice the bound
         # the stored list holds exactly _stored_ids entries (restored or compacted by this actor); else it may
         # hold more: ids an earlier actor stored that expired before this one started
@@ -232,7 +233,7 @@ class ChannelActor(Dispatcher):
         return []
 
     def receiveMsg_Durable(self, msg: Durable, sender: ActorAddress) -> None:
-        upto = self._durable = msg.upto
+        upto = msg.upto
         held = self._held
         while held and held[0][0] <= upto:
             for address, message in held.popleft()[1]:
@@ -415,7 +416,7 @@ class ChannelActor(Dispatcher):
             self._persist((ReplaceIds(core.channel_id, ids),), ((self._supervisor, passivate),))
             self._stored_ids, self._ids_exact = len(remembered), True
             return
-        if self._durable < self._persisted:  # the offer waits until what this actor journalled is stored
+        if self._unnumbered:  # the offer waits until everything this actor journalled is stored
             self._persist((), ((self._supervisor, passivate),))
             return
         self.send(self._supervisor, passivate)
@@ -545,12 +546,16 @@ class ChannelActor(Dispatcher):
             self._schedule_idle(self._last_activity + self._idle_timeout)
 
     def _persist(self, ops: tuple[Op, ...], held: tuple[tuple[ActorAddress, object], ...]) -> None:
-        """Send ``ops`` to RedisPersistence as the next numbered Persist; ``held`` leaves once they are stored
-        (RedisPersistence confirms that number, or a later one, with ``Durable``)."""
-        seq = self._persisted = self._persisted + 1
-        self.send(self._persistence, Persist(ops, seq, bool(held)))
+        """Send ``ops`` to RedisPersistence; ``held``, if any, leaves once they are stored: such a Persist gets
+        the next number, which RedisPersistence confirms (or a later one) with ``Durable``."""
         if held:
+            seq = self._numbered = self._numbered + 1
             self._held.append((seq, held))
+            self._unnumbered = False  # the operations before are stored once this number is confirmed
+        else:
+            seq = 0
+            self._unnumbered = True
+        self.send(self._persistence, Persist(ops, seq))
 
     def _report(self) -> None:
         """Tell the observer the waiting count (and the in-flight flag of that moment) if the count changed

@@ -237,13 +237,12 @@ class ChannelsLoaded:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """ChannelActor -> RedisPersistence: apply ``ops``, the channel's ``seq``-th Persist (numbered from 1 by
-    each actor); with ``confirm``, answer ``Durable`` once they are stored (the channel holds messages that
-    wait for them)."""
+    """ChannelActor -> RedisPersistence: apply ``ops``. A channel numbers (from 1, per actor) the Persists
+    whose operations some of its messages wait for: ``seq`` is that number, answered with ``Durable`` once
+    they are stored; 0 for the others, which need no answer."""
 
     ops: tuple[Op, ...]
-    seq: int
-    confirm: bool = False
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,7 +147,7 @@ _Answers = dict[object, tuple[ActorAddress, int]]
 the address's ``addressDetails`` (an address itself is not hashable)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Writing:
     """A write on its way: the first ``op_count`` buffered operations, and the channels that wait for it."""
 
@@ -281,7 +281,7 @@ class RedisPersistence(Dispatcher):
 
     def receiveMsg_Persist(self, msg: Persist, sender: ActorAddress) -> None:
         self._ops.extend(msg.ops)
-        if msg.confirm:  # a channel's numbers only grow: the last one it asked for covers the earlier ones
+        if msg.seq:  # a channel's numbers only grow: the last one covers the earlier ones
             self._answers[sender.addressDetails] = (sender, msg.seq)
         self._arm_flush()
 
