@@ -1,13 +1,18 @@
 """RedisPersistence: the one actor that talks to Redis when persistence is on.
 
-Channels send it ``Persist``: operations, plus the messages that may only leave once those operations are
-durable (deliveries to processors, acknowledgements to producers, command replies). It buffers what arrives
-and writes everything in one atomic script call on a zero-delay wakeup, which fires once the messages already
-queued to it have been handled: one Redis round trip serves many channels. While a write runs, what arrives
-goes into the next one, started as soon as the write's outcome is in (group commit). Only after a write
-succeeds does each channel get its held messages back in ``Durable``, to send them itself (so a processor's
-reply goes to the channel that sent the delivery). If Redis cannot be reached the buffer is kept and retried
-with backoff; nothing is acknowledged meanwhile.
+Channels send it ``Persist``: operations only. The messages that may leave only once those operations are
+durable (deliveries to processors, acknowledgements to producers, command replies) stay with the channel,
+behind the number (``Persist.seq``, counted by each channel actor from 1) of the Persist that carries their
+operations; a Persist that no message waits for has number 0. It buffers what arrives and writes everything in
+one atomic script call on a zero-delay wakeup, which fires once the messages already queued to it have been
+handled: one Redis round trip serves many channels. While a write runs, what arrives goes into the next one,
+started as soon as the write's outcome is in (group commit). Only after a write succeeds does each channel
+that had numbered Persists in it get one ``Durable(upto)``, the highest of its numbers in the write (writes
+follow arrival order, so that number covers every earlier Persist of the channel), and send what it held up
+to it, in order. If Redis cannot be reached the buffer is kept and retried with backoff; nothing is confirmed
+meanwhile. The watermark replaced sending every held message here and back inside ``Persist`` and
+``Durable``: measured no slower (``bench/bench_watermark.py``), and with the TCP base the messages are no longer
+pickled through this actor's process twice.
 
 Where the Redis calls run: given an :class:`~actors.internal.Io` (``OpenStore.io``; the in-process drivers
 give one, :class:`actors.io.ThreadIo`), every call runs on its I/O thread and its outcome comes back as a
@@ -19,7 +24,7 @@ a time. The lease lasts ``OpenStore.lease_seconds`` (:data:`~actors.journal.LEAS
 renewed every third of that on a wakeup of its own, off the write path; it is released when the actor stops.
 If another node takes the lease (this one stalled, or could not reach Redis, for longer than the lease), every
 later write fails instead of writing: like a Redis that lost our data, that is logged as critical, and the
-operations and every acknowledgement stay held, never sent.
+operations stay buffered and are never confirmed, so the channels never send what they hold for them.
 
 Admin commands through Redis (:mod:`actors.control_stream`): once the channels are restored, the actor polls
 the control stream every :data:`CONTROL_POLL_SECONDS` on a wakeup of its own (a non-blocking ``XREAD`` on the

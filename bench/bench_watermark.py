@@ -26,7 +26,9 @@ Per tree and workload: medians over the repeats (``runs`` lists each). ``new_vs_
 median over the repeats of NEW's number over OLD's in the same repeat, with the lowest and highest of those
 paired ratios (how far repeats of the same comparison spread: the noise); throughput above 1.0 and CPU below
 1.0 favour NEW. On a shared 2-core machine, comparing a tree with a copy of itself gave paired CPU ratios from
-0.94 to 1.24 and medians up to 1.13: timed differences of a few per cent are noise there.
+0.94 to 1.24 and medians up to 1.13 (the tree in the NEW slot ran slightly slower in every workload): timed
+differences of a few per cent are noise there. Running the comparison a second time with the trees swapped and
+taking the geometric mean of NEW/OLD and 1 / (swapped NEW/OLD) cancels that slot's bias.
 
 ``--bytecodes`` adds, per tree and workload, one smaller run (``saturated``: 200 channels, 2 rounds;
 ``durable``: 500 messages sequential, 1,000 in each other shape; ``--quick``: the quick sizes) with
