@@ -31,7 +31,7 @@ differences of a few per cent are noise there. Running the comparison a second t
 taking the geometric mean of NEW/OLD and 1 / (swapped NEW/OLD) cancels that slot's bias.
 
 ``--bytecodes`` adds, per tree and workload, one smaller run (``saturated``: 200 channels, 2 rounds;
-``durable``: 500 messages sequential, 1,000 in each other shape; ``--quick``: the quick sizes) with
+``durable``: 500 messages sequential, 1,000 in each other shape; ``--quick``: 10 channels, 50 messages) with
 ``sys.settrace`` and ``threading.settrace`` counting the bytecodes executed in every thread, from the start of
 the run to its end (set-up and shutdown included): ``bytecodes.per_msg``, ``bytecodes.project_per_msg`` (those
 in the tree's own files) and ``bytecodes.largest_differences`` (the functions whose count per message differs
@@ -119,8 +119,8 @@ def count_bytecodes(
     tree named relative to it) of one traced run."""
     activate(modules)
     bd, bp, ba = modules["bench_durable"], modules["bench_persistence"], modules["bench_actors"]
-    wl = ba.Bursts(channels=100 if quick else 200, rounds=2, period=0.1, spread=0.0)
-    p = (bd.Params(repeat=1, sequential=200, per_task=5, many_calls=5) if quick
+    wl = ba.Bursts(channels=10 if quick else 200, rounds=2, period=0.1, spread=0.0)
+    p = (bd.Params(repeat=1, channels=10, sequential=50, tasks=10, per_task=5, many_calls=1, many_size=50) if quick
          else bd.Params(repeat=1, sequential=500, per_task=10, many_calls=10))
     runs: dict[str, Callable[[], Any]] = {"saturated": lambda: bp.run_persistent_bursts(wl, url, client)}
     for shape in SHAPES:
