@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Sequence
 
 from thespian.actors import ActorSystemMessage
@@ -150,7 +151,12 @@ class ChannelActor(Dispatcher):
         self._state = STARTING
         self._delivery_base = 0  # deliveries issued by this channel's earlier (passivated) actors
         self._persistence: ActorAddress | None = None
-        self._awaiting_durable = 0  # Persist messages whose held messages have not come back yet
+        # The messages that leave only once their operations are stored, each group with the number of the
+        # Persist that carries those operations (Persist.seq), the last number given, and whether a Persist
+        # without a number went out after it (its operations are covered by no number yet).
+        self._held: deque[tuple[int, tuple[tuple[ActorAddress, object], ...]]] = deque()
+        self._numbered = 0
+        self._unnumbered = False
         self._stored_ids = 0  # entries of the stored list of message ids: compacted when twice the bound
         # the stored list holds exactly _stored_ids entries (restored or compacted by this actor); else it may
         # hold more: ids an earlier actor stored that expired before this one started
@@ -257,13 +263,15 @@ class ChannelActor(Dispatcher):
             still_open = entries[len(entries) - (core.statistics().open_batch_size) :]
             ops.extend(AppendOpen(core.channel_id, entry) for entry in still_open)
         if ops and self._persistence is not None:
-            self.send(self._persistence, Persist(tuple(ops)))
+            self._persist(tuple(ops), ())
         return []
 
     def receiveMsg_Durable(self, msg: Durable, sender: ActorAddress) -> None:
-        self._awaiting_durable -= 1
-        for address, message in msg.then:
-            self.send(address, message)
+        upto = msg.upto
+        held = self._held
+        while held and held[0][0] <= upto:
+            for address, message in held.popleft()[1]:
+                self.send(address, message)
         self._settle([], active=False)  # re-arms the idle wake a pending Durable may have skipped
 
     def receiveMsg_Ack(self, msg: Ack, sender: ActorAddress) -> None:
@@ -413,7 +421,7 @@ class ChannelActor(Dispatcher):
         if msg.at == self._idle_wake:
             self._idle_wake = None
         core = self._channel
-        if not core.is_quiescent or self._awaiting_durable or core.dead_letters():
+        if not core.is_quiescent or self._held or core.dead_letters():
             return  # dead letters live here (and in Redis when persisting): the channel stays
         idle_until = self._last_activity + self._idle_timeout
         if now < idle_until:
@@ -440,9 +448,11 @@ class ChannelActor(Dispatcher):
             # out, so that the next actor's appends follow it and a restart loads no more than that.
             wall = time.time() - now
             ids = tuple(SeenId(i, at + wall) for i, at in remembered)
-            self.send(self._persistence, Persist((ReplaceIds(core.channel_id, ids),), ((self._supervisor, passivate),)))
-            self._awaiting_durable += 1
+            self._persist((ReplaceIds(core.channel_id, ids),), ((self._supervisor, passivate),))
             self._stored_ids, self._ids_exact = len(remembered), True
+            return
+        if self._unnumbered:  # the offer waits until everything this actor journalled is stored
+            self._persist((), ((self._supervisor, passivate),))
             return
         self.send(self._supervisor, passivate)
 
@@ -462,8 +472,8 @@ class ChannelActor(Dispatcher):
     ) -> None:
         """Carry out the core's effects, send ``then``, and re-arm the deadline and idle wakes as needed.
 
-        With persistence, every message that leaves (deliveries, cancels, replies) is handed to
-        RedisPersistence with the operations that make the effects durable, and leaves only after them.
+        With persistence, the operations that make the effects durable go to RedisPersistence, and every
+        message that would leave (deliveries, cancels, replies) is held here until it confirms them.
         """
         core = self._channel
         out: list[tuple[ActorAddress, object]] = []
@@ -556,9 +566,7 @@ class ChannelActor(Dispatcher):
         out.extend(then)
         if ops is not None:
             if ops or out:
-                assert self._persistence is not None
-                self.send(self._persistence, Persist(tuple(ops), tuple(out)))
-                self._awaiting_durable += bool(out)
+                self._persist(tuple(ops), tuple(out))
         else:
             for address, message in out:
                 self.send(address, message)
@@ -571,6 +579,18 @@ class ChannelActor(Dispatcher):
             self._last_activity = now
         if core.is_quiescent and self._idle_wake is None:
             self._schedule_idle(self._last_activity + self._idle_timeout)
+
+    def _persist(self, ops: tuple[Op, ...], held: tuple[tuple[ActorAddress, object], ...]) -> None:
+        """Send ``ops`` to RedisPersistence; ``held``, if any, leaves once they are stored: such a Persist gets
+        the next number, which RedisPersistence confirms (or a later one) with ``Durable``."""
+        if held:
+            seq = self._numbered = self._numbered + 1
+            self._held.append((seq, held))
+            self._unnumbered = False  # the operations before are stored once this number is confirmed
+        else:
+            seq = 0
+            self._unnumbered = True
+        self.send(self._persistence, Persist(ops, seq))
 
     def _report(self) -> None:
         """Tell the observer the waiting count (and the in-flight flag of that moment) if the count changed

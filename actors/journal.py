@@ -237,18 +237,20 @@ class ChannelsLoaded:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """ChannelActor -> RedisPersistence: apply ``ops``; then answer ``Durable(then)`` if ``then`` is not
-    empty."""
+    """ChannelActor -> RedisPersistence: apply ``ops``. A channel numbers (from 1, per actor) the Persists
+    whose operations some of its messages wait for: ``seq`` is that number, answered with ``Durable`` once
+    they are stored; 0 for the others, which need no answer."""
 
     ops: tuple[Op, ...]
-    then: tuple[tuple[ActorAddress, object], ...] = ()
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Durable:
-    """RedisPersistence -> ChannelActor: the operations sent with these messages are stored; send them."""
+    """RedisPersistence -> ChannelActor, once per write for each channel that asked: the operations of its
+    Persists numbered up to ``upto`` are stored; it sends the messages it held for them."""
 
-    then: tuple[tuple[ActorAddress, object], ...]
+    upto: int
 
 
 # -- the durability rule --------------------------------------------------------------------------------------

@@ -1,13 +1,18 @@
 """RedisPersistence: the one actor that talks to Redis when persistence is on.
 
-Channels send it ``Persist``: operations, plus the messages that may only leave once those operations are
-durable (deliveries to processors, acknowledgements to producers, command replies). It buffers what arrives
-and writes everything in one atomic script call on a zero-delay wakeup, which fires once the messages already
-queued to it have been handled: one Redis round trip serves many channels. While a write runs, what arrives
-goes into the next one, started as soon as the write's outcome is in (group commit). Only after a write
-succeeds does each channel get its held messages back in ``Durable``, to send them itself (so a processor's
-reply goes to the channel that sent the delivery). If Redis cannot be reached the buffer is kept and retried
-with backoff; nothing is acknowledged meanwhile.
+Channels send it ``Persist``: operations only. The messages that may leave only once those operations are
+durable (deliveries to processors, acknowledgements to producers, command replies) stay with the channel,
+behind the number (``Persist.seq``, counted by each channel actor from 1) of the Persist that carries their
+operations; a Persist that no message waits for has number 0. It buffers what arrives and writes everything in
+one atomic script call on a zero-delay wakeup, which fires once the messages already queued to it have been
+handled: one Redis round trip serves many channels. While a write runs, what arrives goes into the next one,
+started as soon as the write's outcome is in (group commit). Only after a write succeeds does each channel
+that had numbered Persists in it get one ``Durable(upto)``, the highest of its numbers in the write (writes
+follow arrival order, so that number covers every earlier Persist of the channel), and send what it held up
+to it, in order. If Redis cannot be reached the buffer is kept and retried with backoff; nothing is confirmed
+meanwhile. The watermark replaced sending every held message here and back inside ``Persist`` and
+``Durable``: measured no slower (``bench/bench_watermark.py``), and with the TCP base the messages are no longer
+pickled through this actor's process twice.
 
 Where the Redis calls run: given an :class:`~actors.internal.Io` (``OpenStore.io``; the in-process drivers
 give one, :class:`actors.io.ThreadIo`), every call runs on its I/O thread and its outcome comes back as a
@@ -19,7 +24,7 @@ a time. The lease lasts ``OpenStore.lease_seconds`` (:data:`~actors.journal.LEAS
 renewed every third of that on a wakeup of its own, off the write path; it is released when the actor stops.
 If another node takes the lease (this one stalled, or could not reach Redis, for longer than the lease), every
 later write fails instead of writing: like a Redis that lost our data, that is logged as critical, and the
-operations and every acknowledgement stay held, never sent.
+operations stay buffered and are never confirmed, so the channels never send what they hold for them.
 
 Admin commands through Redis (:mod:`actors.control_stream`): once the channels are restored, the actor polls
 the control stream every :data:`CONTROL_POLL_SECONDS` on a wakeup of its own (a non-blocking ``XREAD`` on the
@@ -117,9 +122,7 @@ class _Loaded:
 
 @dataclass(frozen=True, slots=True)
 class _Written:
-    outcome: Outcome
-    op_count: int  # the first op_count buffered operations were in the write
-    then_count: int  # ... and the first then_count held replies wait for it
+    outcome: Outcome  # of the write in RedisPersistence._writing
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,20 @@ class _SettingsFields:
     outcome: Outcome  # the settings hash's fields, as text
     request: ReadSettings
     reply_to: ActorAddress
+
+
+_Answers = dict[object, tuple[ActorAddress, int]]
+"""The channels that asked for ``Durable``: each one's address and the highest number it asked for, keyed by
+the address's ``addressDetails`` (an address itself is not hashable)."""
+
+
+@dataclass(slots=True)
+class _Writing:
+    """A write on its way: the first ``op_count`` buffered operations, and the channels that wait for it."""
+
+    submitted: Submission
+    op_count: int
+    answers: _Answers
 
 
 @dataclass(slots=True)
@@ -188,10 +205,10 @@ class RedisPersistence(Dispatcher):
         self._io: Io | None = None
         self._launcher: ActorAddress | None = None
         self._ops: list[Op] = []
-        self._then: list[tuple[ActorAddress, Durable]] = []
+        self._answers: _Answers = {}  # the channels that asked for Durable since the last write began
         self._flush_armed = False
         self._backoff = 0.0
-        self._writing: tuple[Submission, int, int] | None = None  # a write on its way, and what it covers
+        self._writing: _Writing | None = None
         self._inline: list[object] = []  # replies of inline calls, handled in order on _InlineReplies
         self._metrics: Callable[[float], None] | ActorAddress | None = None
         self._write_times: list[float] = []  # to report to the address in _metrics
@@ -269,8 +286,8 @@ class RedisPersistence(Dispatcher):
 
     def receiveMsg_Persist(self, msg: Persist, sender: ActorAddress) -> None:
         self._ops.extend(msg.ops)
-        if msg.then:
-            self._then.append((sender, Durable(msg.then)))
+        if msg.seq:  # a channel's numbers only grow: the last one covers the earlier ones
+            self._answers[sender.addressDetails] = (sender, msg.seq)
         self._arm_flush()
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: ActorAddress) -> None:
@@ -292,25 +309,27 @@ class RedisPersistence(Dispatcher):
 
     def _flush(self) -> None:
         """Write everything buffered, unless a write is on its way (its outcome starts the next)."""
-        if self._writing is not None or not (self._ops or self._then):
+        if self._writing is not None or not (self._ops or self._answers):
             return
         store = self._required_store()
-        ops, then_count = list(self._ops), len(self._then)
-        if not ops:  # nothing written since the last write was confirmed: the held replies may go
-            self._released(0, then_count)
+        ops, answers, self._answers = list(self._ops), self._answers, {}
+        if not ops:  # nothing written since the last write was confirmed: what they asked for is stored
+            self._released(0, answers)
             return
+
         def write() -> float:
             started = time.perf_counter()
             store.apply(ops)
             return time.perf_counter() - started
 
-        submitted = self._submit(write, lambda outcome: _Written(outcome, len(ops), then_count))
-        self._writing = (submitted, len(ops), then_count)
+        self._writing = _Writing(self._submit(write, _Written), len(ops), answers)
 
     def receiveMsg__Written(self, msg: _Written, sender: ActorAddress) -> None:
-        self._writing = None
+        writing, self._writing = self._writing, None
+        assert writing is not None
         exc = msg.outcome.error
         if exc is not None:
+            self._unwritten(writing)
             self._failed(exc, len(self._ops))
             return
         metrics = self._metrics
@@ -319,20 +338,25 @@ class RedisPersistence(Dispatcher):
                 self._write_times.append(msg.outcome.value)
         elif metrics is not None:
             metrics(msg.outcome.value)
-        self._released(msg.op_count, msg.then_count)
-        if self._ops or self._then:
+        self._released(writing.op_count, writing.answers)
+        if self._ops or self._answers:
             self._arm_flush()
 
-    def _released(self, op_count: int, then_count: int) -> None:
-        """The first ``op_count`` buffered operations are stored: send the first ``then_count`` held replies."""
-        then = self._then[:then_count]
-        del self._ops[:op_count], self._then[:then_count]
+    def _released(self, op_count: int, answers: _Answers) -> None:
+        """The first ``op_count`` buffered operations are stored: tell each channel in ``answers`` up to which
+        number its operations are."""
+        del self._ops[:op_count]
         self._backoff = 0.0
-        for address, message in then:
-            self.send(address, message)
+        for address, upto in answers.values():
+            self.send(address, Durable(upto))
+
+    def _unwritten(self, writing: _Writing) -> None:
+        """``writing`` failed: its channels wait for the next write, which begins with its operations (still
+        buffered), with the numbers asked for since, which are higher."""
+        self._answers = writing.answers | self._answers
 
     def _failed(self, exc: BaseException, op_count: int) -> None:
-        """A write failed: keep every operation and reply, and try again after a backoff. The retry begins
+        """A write failed: keep every operation and unanswered channel, and try again after a backoff. The retry begins
         with the same operations, as :meth:`RedisStore.apply` requires."""
         context = ops_context(self._ops[:op_count])
         if isinstance(exc, (RedisDataLost, StoreLocked)):
@@ -535,11 +559,12 @@ class RedisPersistence(Dispatcher):
         if store is None:
             return
         writing, self._writing = self._writing, None
-        if writing is not None:
-            submitted, op_count, then_count = writing
-            if submitted.outcome().error is None:  # its _Written will not be handled any more: release here
-                self._released(op_count, then_count)
-        ops, then = list(self._ops), list(self._then)
+        if writing is not None:  # its _Written will not be handled any more: release or keep here
+            if writing.submitted.outcome().error is None:
+                self._released(writing.op_count, writing.answers)
+            else:
+                self._unwritten(writing)
+        ops, answers = list(self._ops), self._answers
 
         def final() -> None:
             try:
@@ -552,8 +577,7 @@ class RedisPersistence(Dispatcher):
         if outcome.error is not None:
             log.error("could not write %d operations at exit: %s", len(ops), outcome.error)
             return
-        for address, message in then:
-            self.send(address, message)
+        self._released(0, answers)
 
 
 _NODE_COMMANDS_OF = {"PauseChannel": ("pause",), "ResumeChannel": ("resume",), "FlushBatch": ("flush",),
