@@ -186,18 +186,18 @@ def test_a_channel_is_passivating_while_its_offer_waits_for_its_ids_to_be_stored
     init = replace(lone.init_message(processor=None), persistence=lone.test, remembered=(("m-1", h.fake.now),))
     h.asys.tell(lone.address, init)
     rewrite = h.listen_for(Persist, timeout=2 * IDLE)
-    ((to, offer),) = rewrite.then
-    assert [type(op) for op in rewrite.ops] == [ReplaceIds] and to == lone.test
-    assert isinstance(offer, Passivate) and offer.received == 1
+    assert [type(op) for op in rewrite.ops] == [ReplaceIds] and rewrite.seq == 1  # the offer waits for it
     assert lone.actor.lifecycle is PASSIVATING  # although the offer has not gone out yet
 
     h.asys.tell(lone.address, Routed(GetStatistics(CHANNEL), lone.test))
     assert lone.actor.lifecycle is RUNNING
     answer = h.listen_for(Persist)  # the reply waits to be durable like any other
-    h.asys.tell(lone.address, Durable(rewrite.then))
-    assert h.listen_for(Passivate) == offer  # out at last, and void: the Supervisor has sent more since
+    assert (answer.ops, answer.seq) == ((), 2)
+    h.asys.tell(lone.address, Durable(rewrite.seq))
+    offer = h.listen_for(Passivate)  # out at last, and void: the Supervisor has sent more since
+    assert offer.received == 1
     assert lone.actor.lifecycle is RUNNING
-    h.asys.tell(lone.address, Durable(answer.then))
+    h.asys.tell(lone.address, Durable(answer.seq))
     assert isinstance(h.listen_for(Statistics), Statistics)
 
     offer = h.listen_for(Passivate, timeout=2 * IDLE)  # the stored list is exact now: offered at once
