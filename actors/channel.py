@@ -216,6 +216,10 @@ class ChannelActor(Dispatcher):
         self._delivery_base = msg.processed + msg.cancelled
         self._processor = msg.processor
         self._persistence = msg.persistence
+        if msg.observer is not None:
+            self._observer = msg.observer
+            if msg.restore is None:
+                self._reported = 0  # a new channel waits for nothing: the observer hears when that changes
         effects: list[Effect] = []
         if msg.remembered:  # handed over by its earlier actor: already stored when persisting
             self._core.remember_ids(msg.remembered, self.clock())
@@ -475,7 +479,8 @@ class ChannelActor(Dispatcher):
         With persistence, the operations that make the effects durable go to RedisPersistence, and every
         message that would leave (deliveries, cancels, replies) is held here until it confirms them.
         """
-        core = self._channel
+        core = self._core
+        assert core is not None  # settled only once running
         out: list[tuple[ActorAddress, object]] = []
         ops: list[Op] | None = [] if self._persistence is not None else None
         wall = time.time() - self.clock() if ops is not None else 0.0  # wall clock = our clock + wall
@@ -490,7 +495,8 @@ class ChannelActor(Dispatcher):
                 # Sent at once to a processor that also observes, the delivery reports the waiting count
                 # itself (the core's, final for this settle). Not when persisting: it leaves only once durable,
                 # and a later QueueChanged could overtake it.
-                if ops is None and self._observer is not None and processor == self._observer:
+                observer = self._observer
+                if ops is None and observer is not None and (processor is observer or processor == observer):
                     queued = self._reported = core.queued
                 out.append(
                     (
@@ -574,9 +580,8 @@ class ChannelActor(Dispatcher):
         if deadline is not None and (self._deadline_wake is None or deadline < self._deadline_wake):
             self._deadline_wake = deadline
             self._send_timer(ScheduleWake(deadline, WakeKind.DEADLINE))
-        now = self.clock()
         if active:
-            self._last_activity = now
+            self._last_activity = self.clock()
         if core.is_quiescent and self._idle_wake is None:
             self._schedule_idle(self._last_activity + self._idle_timeout)
 

@@ -158,6 +158,8 @@ class ChannelInit:
     failures: tuple[int, ...] = ()  # actors.batching.FAILURE_COUNTS of its earlier actors
     # message ids its earlier actor remembered when it passivated: (id, when accepted on the clock), oldest first
     remembered: tuple[tuple[str, float], ...] = ()
+    # gets its QueueChanged facts (as Observe would tell it), from a count of 0 unless ``restore`` is given
+    observer: ActorAddress | None = None
 
 
 @dataclass(frozen=True, slots=True)

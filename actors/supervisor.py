@@ -767,12 +767,10 @@ class Supervisor(Dispatcher):
                 conversation,
                 failures,
                 self._remembered.take(channel_id),
+                self._observer,
             ),
         )
         route.sent += 1
-        if self._observer is not None:
-            self.send(route.address, Observe(self._observer))
-            route.sent += 1
         return route
 
     def _send_channel(self, channel_id: str, msg: object) -> None:
