@@ -29,45 +29,23 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import pathlib
 import statistics
 import sys
 import time
 from collections import Counter
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any, Callable
 
-PACKAGES = ("actors", "protocol", "message_queue", "service")
+from source_trees import SourceTree
+
 BENCH_MODULES = ("bench_facade", "bench_actors", "asyncio_baseline", "loop_support")
+ENTRY_MODULES = ("bench_facade",)
 
 
-def _ours(name: str) -> bool:
-    return name.split(".")[0] in PACKAGES + BENCH_MODULES
-
-
-def load_tree(root: pathlib.Path) -> dict[str, ModuleType]:
-    """Import ``root``'s benchmark (and through it the project's modules); return every module of it."""
-    for name in [n for n in sys.modules if _ours(n)]:
-        del sys.modules[name]
-    saved = list(sys.path)
-    sys.path[:0] = [str(root), str(root / "bench")]
-    try:
-        importlib.import_module("bench_facade")
-    finally:
-        sys.path[:] = saved
-    return {n: m for n, m in sys.modules.items() if _ours(n)}
-
-
-def activate(modules: dict[str, ModuleType]) -> None:
-    for name in [n for n in sys.modules if _ours(n)]:
-        del sys.modules[name]
-    sys.modules.update(modules)
-
-
-def run_once(modules: dict[str, ModuleType], quick: bool) -> dict[str, float]:
-    activate(modules)
+def run_once(tree: SourceTree, quick: bool) -> dict[str, float]:
+    modules = tree.activate()
     bf, ba = modules["bench_facade"], modules["bench_actors"]
     wl = ba.Bursts(channels=100 if quick else 4000, rounds=2 if quick else 4, period=0.1, spread=0.0)
     gc.collect()
@@ -84,11 +62,9 @@ def run_once(modules: dict[str, ModuleType], quick: bool) -> dict[str, float]:
     }
 
 
-def count_bytecodes(
-    modules: dict[str, ModuleType], root: pathlib.Path, quick: bool
-) -> tuple[float, dict[str, float]]:
+def count_bytecodes(tree: SourceTree, quick: bool) -> tuple[float, dict[str, float]]:
     """Bytecodes executed per delivered message, in total and per function (``file:function``)."""
-    activate(modules)
+    modules, root = tree.activate(), tree.root
     bf, ba = modules["bench_facade"], modules["bench_actors"]
     wl = ba.Bursts(channels=50 if quick else 400, rounds=4, period=0.1, spread=0.0)
     bf.run_facade_bursts(wl, False)  # a first run: imports and caches out of the count
@@ -132,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if repeat < 1:
         parser.error(f"--repeat must be >= 1, got {repeat}")
     roots = {"old": args.old.resolve(), "new": args.new.resolve()}
-    trees = {label: load_tree(root) for label, root in roots.items()}
+    trees = {label: SourceTree(root, ENTRY_MODULES, BENCH_MODULES) for label, root in roots.items()}
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in roots}
     started = time.monotonic()
     for r in range(repeat):
@@ -153,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.bytecodes:
         totals, per_function = {}, {}
-        for label, root in roots.items():
-            totals[label], per_function[label] = count_bytecodes(trees[label], root, args.quick)
+        for label in roots:
+            totals[label], per_function[label] = count_bytecodes(trees[label], args.quick)
         old, new = per_function["old"], per_function["new"]
         differences = sorted(
             ((new.get(k, 0.0) - old.get(k, 0.0), k) for k in set(old) | set(new)), key=lambda d: -abs(d[0])

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import importlib
 import importlib.util
 import json
 import pathlib
@@ -53,47 +52,21 @@ import sys
 import threading
 import time
 from collections import Counter
-from types import CodeType, FrameType, ModuleType
+from types import CodeType, FrameType
 from typing import Any, Callable
 
-PACKAGES = ("actors", "protocol", "message_queue", "service")
+from source_trees import SourceTree
+
 BENCH_MODULES = ("bench_durable", "bench_persistence", "bench_actors", "asyncio_baseline", "loop_support")
+ENTRY_MODULES = ("bench_durable", "actors.persistence")
 SHAPES = ("sequential", "concurrent", "enqueue_many")
 WORKLOADS = ("saturated",) + tuple(f"durable_{shape}" for shape in SHAPES)
 METRICS = ("msgs_per_s", "cpu_us_per_msg")
 
 
-def _ours(name: str) -> bool:
-    return name.split(".")[0] in PACKAGES + BENCH_MODULES
-
-
-def load_tree(root: pathlib.Path) -> dict[str, ModuleType]:
-    """Import ``root``'s benchmarks (and through them the project's modules); return every module of it."""
-    for name in [n for n in sys.modules if _ours(n)]:
-        del sys.modules[name]
-    saved = list(sys.path)
-    sys.path[:0] = [str(root), str(root / "bench")]
-    try:
-        importlib.import_module("bench_durable")
-        importlib.import_module("actors.persistence")
-    finally:
-        sys.path[:] = saved
-    modules = {n: m for n, m in sys.modules.items() if _ours(n)}
-    strays = [n for n, m in modules.items() if not str(getattr(m, "__file__", None) or root).startswith(str(root))]
-    if strays:
-        raise RuntimeError(f"modules of another tree were imported for {root}: {sorted(strays)}")
-    return modules
-
-
-def activate(modules: dict[str, ModuleType]) -> None:
-    for name in [n for n in sys.modules if _ours(n)]:
-        del sys.modules[name]
-    sys.modules.update(modules)
-
-
-def run_tree(modules: dict[str, ModuleType], url: str, client: Any, quick: bool) -> dict[str, dict[str, float]]:
+def run_tree(tree: SourceTree, url: str, client: Any, quick: bool) -> dict[str, dict[str, float]]:
     """One run of every workload on one tree."""
-    activate(modules)
+    modules = tree.activate()
     bd, bp, ba = modules["bench_durable"], modules["bench_persistence"], modules["bench_actors"]
     out: dict[str, dict[str, float]] = {}
     wl = ba.Bursts(channels=100 if quick else 2000, rounds=2 if quick else 4, period=0.1, spread=0.0)
@@ -112,12 +85,10 @@ def run_tree(modules: dict[str, ModuleType], url: str, client: Any, quick: bool)
     return out
 
 
-def count_bytecodes(
-    modules: dict[str, ModuleType], root: pathlib.Path, url: str, client: Any, quick: bool
-) -> dict[str, tuple[int, Counter[str]]]:
+def count_bytecodes(tree: SourceTree, url: str, client: Any, quick: bool) -> dict[str, tuple[int, Counter[str]]]:
     """Per workload: the messages and the bytecodes executed per function (``file:function``, files of the
     tree named relative to it) of one traced run."""
-    activate(modules)
+    modules, root = tree.activate(), tree.root
     bd, bp, ba = modules["bench_durable"], modules["bench_persistence"], modules["bench_actors"]
     wl = ba.Bursts(channels=10 if quick else 200, rounds=2, period=0.1, spread=0.0)
     p = (bd.Params(repeat=1, channels=10, sequential=50, tasks=10, per_task=5, many_calls=1, many_size=50) if quick
@@ -189,7 +160,7 @@ def _load_redis_support(root: pathlib.Path) -> Any:
 
 def compare(old: pathlib.Path, new: pathlib.Path, repeat: int, quick: bool, bytecodes: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
-    trees = {"old": load_tree(old), "new": load_tree(new)}
+    trees = {name: SourceTree(root, ENTRY_MODULES, BENCH_MODULES) for name, root in (("old", old), ("new", new))}
     redis_support = _load_redis_support(new)
     if redis_support.REDIS_SERVER is None:
         raise SystemExit("redis-server not found on PATH")
@@ -206,8 +177,7 @@ def compare(old: pathlib.Path, new: pathlib.Path, repeat: int, quick: bool, byte
                     runs[name].append(run_tree(trees[name], server.url, client, quick))
             if bytecodes:
                 log("bytecodes")
-                roots = {"old": old, "new": new}
-                counted = {name: count_bytecodes(trees[name], roots[name], server.url, client, quick)
+                counted = {name: count_bytecodes(trees[name], server.url, client, quick)
                            for name in ("old", "new")}
         finally:
             client.close()

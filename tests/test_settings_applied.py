@@ -243,20 +243,27 @@ def test_configure_is_applied_through_the_actors_from_the_next_message(redis_srv
     run(main())
 
 
+async def observing_driver(url: str, field: str, value: str, outputs: list[Any]) -> LoopDriver:
+    """A started loop driver persisting to ``url`` (settings read once an hour), observing and processing
+    channel ``c`` into ``outputs`` (it never answers a delivery); ``c``'s hash holds ``field`` = ``value``."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.hset(config_key("c"), field, value)
+    finally:
+        await client.aclose()
+    driver = LoopDriver(asyncio.get_running_loop(), outputs.append, BatchSettings(window=60.0),
+                        redis_url=url, config_ttl=3600.0)
+    await driver.start()
+    await driver.call(Observe())
+    await driver.call(StartProcessing("c"))
+    return driver
+
+
 def test_the_fact_comes_before_the_outcomes_of_the_held_messages(redis_srv: RedisServer) -> None:
     async def main() -> None:
-        client = aioredis.Redis.from_url(redis_srv.url)
-        try:
-            await client.hset(config_key("c"), "disabled", "1")
-        finally:
-            await client.aclose()
         outputs: list[Any] = []
-        driver = LoopDriver(asyncio.get_running_loop(), outputs.append, BatchSettings(window=60.0),
-                            redis_url=redis_srv.url, config_ttl=3600.0)
-        await driver.start()
+        driver = await observing_driver(redis_srv.url, "disabled", "1", outputs)
         try:
-            await driver.call(Observe())
-            await driver.call(StartProcessing("c"))
             assert await driver.call(Enqueue(msg("c", "a"), ack=True)) == Enqueued(1)
             kinds = [type(o) for o in outputs]
             assert kinds[0] is ChannelSettingsApplied and BatchReady in kinds, kinds  # "a" went out at once
@@ -287,18 +294,9 @@ def test_configure_while_the_hash_is_read_applies_the_hash_over_the_new_override
     redis_srv: RedisServer, live: bool
 ) -> None:
     async def main() -> None:
-        client = aioredis.Redis.from_url(redis_srv.url)
-        try:
-            await client.hset(config_key("c"), "busy_policy", "reject")
-        finally:
-            await client.aclose()
         outputs: list[Any] = []
-        driver = LoopDriver(asyncio.get_running_loop(), outputs.append, BatchSettings(window=60.0),
-                            redis_url=redis_srv.url, config_ttl=3600.0)
-        await driver.start()
+        driver = await observing_driver(redis_srv.url, "busy_policy", "reject", outputs)
         try:
-            await driver.call(Observe())
-            await driver.call(StartProcessing("c"))  # the driver is the processor: it never answers
             if live:
                 assert await driver.call(Enqueue(msg("c", "a0"), ack=True)) == Enqueued(1)  # opens a batch
                 # An override (the defaults again) has the hash read again by the channel's next message.
