@@ -12,7 +12,8 @@ Sections:
       byte written): a message is acknowledged once stored in Redis. ``commands_per_msg`` comes from
       ``INFO commandstats`` over the whole run including the final flushes (``sent``: commands the nodes send,
       i.e. EVALSHA of the scripts and HGETALL of the settings; ``total``: those plus every command the scripts
-      run). Medians of ``--repeat`` runs (``runs`` lists each).
+      run). ``redis_cpu_us_per_msg``: the redis-server's CPU (``INFO cpu``, user + system, its append-only file
+      included) over the same span, per message. Medians of ``--repeat`` runs (``runs`` lists each).
     * ``lateness``: 3 nodes, 1,000 channels, a steady paced load (``rate`` msg/s for ``seconds``, every message
       to a random node), window 0.2 s, cap 10; for every batch closed by its deadline, published time minus
       deadline, both Redis server time (``published`` and ``deadline`` of the stream entry), in ms.
@@ -75,6 +76,12 @@ def _commandstats(client: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
+def _redis_cpu(client: redis.Redis) -> float:
+    """Seconds of CPU the redis-server has used (user + system, every thread)."""
+    cpu: dict[str, Any] = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def _stream_entries(client: redis.Redis) -> list[Any]:
     reader = dist_cluster.StreamReader(client)
     while reader.poll(block_ms=1):
@@ -92,6 +99,7 @@ def throughput_run(server: Any, client: redis.Redis, nodes_count: int, messages:
         shares = [lines[i::nodes_count] for i in range(nodes_count)]
         payloads = [b"".join(share) for share in shares]
         before = _commandstats(client)
+        cpu_before = _redis_cpu(client)
         started = time.monotonic()
         writers = [threading.Thread(target=node.send, args=(payload, len(share)))
                    for node, payload, share in zip(nodes, payloads, shares)]
@@ -104,6 +112,7 @@ def throughput_run(server: Any, client: redis.Redis, nodes_count: int, messages:
             writer.join()
         statuses = [node.finish(timeout=60) for node in nodes]
         after = _commandstats(client)
+        redis_cpu = _redis_cpu(client) - cpu_before
     finally:
         for node in nodes:
             node.end()
@@ -121,6 +130,7 @@ def throughput_run(server: Any, client: redis.Redis, nodes_count: int, messages:
         "msgs_per_s": round(messages / elapsed),
         "commands_per_msg": {"sent": round(sent / messages, 3), "total": round(total / messages, 2)},
         "per_command": {name: round(n / messages, 3) for name, n in sorted(delta.items()) if n},
+        "redis_cpu_us_per_msg": round(redis_cpu / messages * 1e6, 1),
         "published_messages": published,
         "batches": len(entries),
         "exit_statuses": statuses,
@@ -239,6 +249,7 @@ def main() -> int:
                 throughput[f"nodes_{count}"] = {
                     **best,
                     "msgs_per_s": statistics.median(r["msgs_per_s"] for r in results),
+                    "redis_cpu_us_per_msg": statistics.median(r["redis_cpu_us_per_msg"] for r in results),
                     "runs": [r["msgs_per_s"] for r in results],
                 }
             ratios = [runs[3][i]["msgs_per_s"] / runs[1][i]["msgs_per_s"] for i in range(args.repeat)]
