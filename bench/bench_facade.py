@@ -212,7 +212,8 @@ async def _facade_bursts(
             await stalls.stop()
         finally:
             await mq.close()
-    by_payload = {id(ready.item.payload): (t, ready) for t, ready in tap.emitted}
+    # The payloads stay alive in ``got`` until here, so no id was reused.
+    by_payload = {entry[1]: (entry[0], *entry[2:]) for entry in tap.emitted}
     deliveries = []
     handoff = []
     for t, payload in got:
@@ -222,9 +223,9 @@ async def _facade_bursts(
             reason = FULL if len(numbers) >= wl.max_batch_size else "window"
             deliveries.append((t, payload_messages(payload)[0].channel_id, numbers, reason, 0.0))
             continue
-        t_out, ready = emitted
+        t_out, channel, reason, lateness = emitted
         handoff.append(t - t_out)
-        deliveries.append((t, ready.channel_id, numbers, ready.reason, ready.lateness))
+        deliveries.append((t, channel, numbers, reason, lateness))
     record = result_record(wl, plan, sent, deliveries, "core", cpu)
     record["lateness_ms"]["handoff"] = ba.percentiles_ms(handoff)
     record["facade_outputs_per_batch"] = sum(tap.kinds.values()) / max(1, len(got))

@@ -115,17 +115,20 @@ def loop_driver(mq: Any) -> Any:
 class OutputTap:
     """Wraps the loop driver's output callback (``LoopDriver._on_output``, a private attribute, replaced for
     the run): when each ``BatchReady`` left the actors, and how many outputs of each type the queue got.
-    Costs one ``time.monotonic()`` and one ``list.append`` per output, on the loop thread."""
+    Costs one ``time.monotonic()`` and one ``list.append`` per output, on the loop thread. It keeps what it
+    reads of each ``BatchReady`` (``emitted``: time, ``id`` of the payload, channel, reason, lateness: no
+    object the collector tracks), not the ``BatchReady`` itself, which would keep it and its item alive for the
+    run's garbage collections to walk (the queue drops both once the callback returns)."""
 
     def __init__(self, driver: Any) -> None:
-        self.emitted: list[tuple[float, BatchReady]] = []
+        self.emitted: list[tuple[float, int, str, str, float]] = []
         self.kinds: Counter[str] = Counter()
         inner: Callable[[object], None] = driver._on_output
         emitted, kinds = self.emitted, self.kinds
 
         def tap(output: Any) -> None:
             if type(output) is BatchReady:
-                emitted.append((mono(), output))
+                emitted.append((mono(), id(output.item.payload), output.channel_id, output.reason, output.lateness))
             kinds[type(output).__name__] += 1
             inner(output)
 
