@@ -187,11 +187,30 @@ class Harness:
     ) -> tuple[Any, ...]:
         """Every event the processor recorded, once it holds ``count`` events and ``messages`` messages."""
         if self.fake is None:
-            return self.ask(WaitFor(count, messages), Recorded, to=processor, timeout=timeout).events
+            reply = self.asys.ask(processor, WaitFor(count, messages), timeout)
+            if not isinstance(reply, Recorded):
+                raise AssertionError(f"waiting for {count} events, {messages} messages: got {reply!r}; "
+                                     f"{self._progress(processor)}")
+            return reply.events
         self.asys.tell(processor, WaitFor(count, messages))
         reply = self._on_fake_time(self._listen_now, timeout)
         assert isinstance(reply, Recorded), f"waiting for {count} events, {messages} messages: got {reply!r}"
         return reply.events
+
+    def _progress(self, processor: ActorAddress) -> str:
+        """What the processor and the Supervisor say now, for the message of a wait that timed out: whether
+        messages were lost, are still on their way, or only the answer to the wait was."""
+        recorded = self.asys.ask(processor, WaitFor(0, 0), ASK)
+        if isinstance(recorded, Recorded):
+            seen = f"the processor holds {len(recorded.events)} events"
+        else:
+            seen = f"the processor did not answer either ({recorded!r})"
+        channels = self.asys.ask(self.supervisor, GetStatistics(""), ASK)
+        if isinstance(channels, Statistics):
+            live = ", ".join(f"{s.channel_id}: queued {s.queued}, open {s.open_batch_size}, processed "
+                             f"{s.processed}" for s in channels.channels)
+            return f"{seen}; live channels: {live or 'none'}"
+        return f"{seen}; the Supervisor did not answer ({channels!r})"
 
     def release(self, processor: ActorAddress, channel: str = "", delivery_id: int = 0) -> int:
         return self.ask(Release(channel, delivery_id), Released, to=processor).count
