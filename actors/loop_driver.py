@@ -41,7 +41,7 @@ from typing import Callable, Iterator
 
 from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemMessage
 
-from actors.internal import Clock, ConfigureSystem, EnqueueChecked, Tick
+from actors.internal import Clock, ConfigureSystem, EnqueueChecked, ReleaseHeld, Tick
 from actors.io import ThreadIo
 from actors.system import SIMPLE_BASE, RunningSystem, launch_system, restored_channels
 from actors.thespian_compat import LeanSimpleBase, lean_base
@@ -201,7 +201,10 @@ class LoopDriver:
             base = self._required_base()
             self._inject()
             base.run_pending()
-            # Asked to exit, the Supervisor's children (channels, RedisPersistence) run their exit hooks.
+            # The commands held for a read of a settings hash go to their channels, which journal them; asked
+            # to exit, the Supervisor's children (channels, RedisPersistence) then run their exit hooks.
+            self._send(system.supervisor, ReleaseHeld())
+            base.run_pending()
             self._send(system.supervisor, ActorExitRequest())
             base.run_pending()
             system.asys.shutdown()

@@ -18,7 +18,7 @@ from test_message_queue_api import TIMEOUT, Recorder, run
 from test_mq_answered_enqueue import count_answered
 
 import message_queue.local
-from actors.loop_driver import LoopDriver, Output
+from actors.loop_driver import DriverStopped, LoopDriver, Output
 from message_queue import ChannelBusy, MessageQueue, QueuedMessage, QueueFull
 from message_queue.local import LocalQueue
 from protocol.keys import config_key
@@ -316,5 +316,37 @@ def test_configure_while_the_hash_is_read_applies_the_hash_over_the_new_override
             assert facts[-1] == ChannelSettingsApplied("c", effective), facts
         finally:
             driver.stop()
+
+    run(main())
+
+
+def test_a_queue_closed_while_its_actors_read_a_settings_hash_stores_the_messages_held_for_it(
+    redis_srv: RedisServer,
+) -> None:
+    """Redis is paused, so the actors' read of a new channel's settings hash waits, and the channel's message
+    with it; the queue is closed meanwhile. The held message goes to its channel and is stored before the
+    actors stop (its enqueue was not acknowledged, so it fails), and the next queue delivers it."""
+
+    async def main() -> None:
+        admin = aioredis.Redis.from_url(redis_srv.url)
+        client = aioredis.Redis.from_url(redis_srv.url)
+        try:
+            mq = MessageQueue(redis=client, default_batch_window=0.05)
+            await mq.statistics()  # started: its store is open
+            await admin.client_pause(1000)  # the settings read waits this long
+            pending = asyncio.ensure_future(mq.enqueue(msg("c", "held")))
+            await asyncio.sleep(0)  # accepted, and held by the Supervisor for the read
+            await mq.close(drain=False)
+            with pytest.raises(DriverStopped):  # not acknowledged: the queue stopped before the write
+                await pending
+
+            recorder = Recorder()
+            async with MessageQueue(redis=client, default_batch_window=0.05) as again:
+                await again.start_processing("c", recorder)
+                await recorder.wait(lambda: bool(recorder.items["c"]))
+            assert recorder.texts("c") == [["held"]]
+        finally:
+            await admin.aclose()
+            await client.aclose()
 
     run(main())
