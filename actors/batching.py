@@ -269,6 +269,33 @@ class _Waiting:
     first_failed: float = 0.0  # wall time of its first failed attempt (0.0: none failed)
 
 
+class _NoWaiting(deque[_Waiting]):
+    """The FIFO of a channel that has no waiting item: one shared, empty deque that refuses additions.
+
+    An empty deque costs 760 bytes, most of what a live channel that is not busy holds: a channel holds a deque
+    of its own only while items wait (:meth:`ChannelCore._own_fifo` makes it at the first addition), and lets it
+    go when its last item is delivered or removed.
+    """
+
+    __slots__ = ()
+
+    def append(self, item: _Waiting, /) -> None:
+        raise TypeError("the shared empty FIFO is read-only: add through ChannelCore._own_fifo")
+
+    appendleft = append
+
+    def extend(self, items: object, /) -> None:
+        raise TypeError("the shared empty FIFO is read-only: add through ChannelCore._own_fifo")
+
+    extendleft = extend
+
+    def insert(self, index: int, item: _Waiting, /) -> None:
+        raise TypeError("the shared empty FIFO is read-only: add through ChannelCore._own_fifo")
+
+
+_NO_WAITING = _NoWaiting()
+
+
 @dataclass(slots=True)
 class _OpenBatch:
     batch: MessageBatch
@@ -376,7 +403,7 @@ class ChannelCore:
         self._settings = settings or BatchSettings()
         self._new_id = new_id
         self._open: _OpenBatch | None = None
-        self._fifo: deque[_Waiting] = deque()
+        self._fifo: deque[_Waiting] = _NO_WAITING  # see _own_fifo
         self._attached = False
         self._in_flight: tuple[int, QueueItem] | None = None
         self._last_delivery_id = 0
@@ -550,7 +577,7 @@ class ChannelCore:
             if channel != self.channel_id:
                 raise InvalidInput(f"restored state of channel {channel!r} sent to channel {self.channel_id!r}")
         for item in waiting:
-            self._fifo.append(_Waiting(item, FlushReason.RESTORED, 0.0))
+            self._own_fifo().append(_Waiting(item, FlushReason.RESTORED, 0.0))
         if retry is not None and self._fifo and self._fifo[0].item.item_id == retry[0]:
             head = self._fifo[0]
             head.first_failed = retry[2]
@@ -775,7 +802,7 @@ class ChannelCore:
                     f"item for channel {msg.channel_id!r} sent to channel {self.channel_id!r}"
                 )
         item = QueueItem(self._new_id(), self.channel_id, payload)
-        self._fifo.appendleft(_Waiting(item, FlushReason.FRONT, 0.0))
+        self._own_fifo().appendleft(_Waiting(item, FlushReason.FRONT, 0.0))
         self._count += item.size
         effects: list[Effect] = [ItemQueued(item, FlushReason.FRONT, 0.0)]
         self._deliver_next(effects, now)
@@ -888,6 +915,8 @@ class ChannelCore:
                 )
             else:
                 self._fifo.remove(waiting)
+                if not self._fifo:
+                    self._fifo = _NO_WAITING
                 if waiting is self._retry:
                     self._retry = self._retry_due = None
             self._count -= 1
@@ -902,7 +931,7 @@ class ChannelCore:
             taken.extend(self._open.batch.messages)
         if not taken:
             return [], []
-        self._fifo.clear()
+        self._fifo = _NO_WAITING
         self._open = None
         self._count = 0
         self._retry = self._retry_due = None
@@ -911,7 +940,7 @@ class ChannelCore:
     def clear(self) -> tuple[int, list[Effect]]:
         """Discard every waiting item (a retry waiting out its backoff too); return how many."""
         items = tuple(w.item for w in self._fifo)
-        self._fifo.clear()
+        self._fifo = _NO_WAITING
         self._count = self._open.batch.size if self._open is not None else 0
         self._retry = self._retry_due = None
         return len(items), ([QueueCleared(items)] if items else [])
@@ -1037,12 +1066,19 @@ class ChannelCore:
             item = QueueItem(self._new_id(), self.channel_id, current.batch, interrupted=True)
         else:
             item = QueueItem(self._new_id(), self.channel_id, current.batch)
-        self._fifo.append(_Waiting(item, reason, lateness))
+        self._own_fifo().append(_Waiting(item, reason, lateness))
         effects.append(ItemQueued(item, reason, lateness))
 
     def _push_tail(self, item: QueueItem, reason: FlushReason, lateness: float, effects: list[Effect]) -> None:
-        self._fifo.append(_Waiting(item, reason, lateness))
+        self._own_fifo().append(_Waiting(item, reason, lateness))
         effects.append(ItemQueued(item, reason, lateness))
+
+    def _own_fifo(self) -> deque[_Waiting]:
+        """The channel's FIFO, to add to: its own deque, made now if it held none (see :class:`_NoWaiting`)."""
+        fifo = self._fifo
+        if fifo is _NO_WAITING:
+            fifo = self._fifo = deque()
+        return fifo
 
     def _deliver_next(self, effects: list[Effect], now: float) -> None:
         fifo = self._fifo
@@ -1051,6 +1087,8 @@ class ChannelCore:
         settings = self._settings
         while fifo:
             head = fifo.popleft()
+            if not fifo:
+                self._fifo = _NO_WAITING  # empty: its deque goes
             item = head.item
             payload = item.payload
             self._count -= len(payload.messages) if type(payload) is MessageBatch else 1
@@ -1098,7 +1136,7 @@ class ChannelCore:
             ceiling = min(MAX_RETRY_DELAY, settings.retry_backoff * 2 ** (item.attempt - 1))
             delay = max(0.0, self._uniform(0.0, ceiling)) if ceiling > 0 else 0.0
             waiting = _Waiting(again, FlushReason.RETRY, 0.0, first)
-            self._fifo.appendleft(waiting)
+            self._own_fifo().appendleft(waiting)
             self._count += again.size
             if delay > 0:
                 self._retry = waiting
@@ -1132,6 +1170,8 @@ class ChannelCore:
                 head.item = rest
             else:
                 fifo.popleft()
+                if not fifo:
+                    self._fifo = _NO_WAITING
                 if head is self._retry:
                     self._retry = self._retry_due = None
             effects.append(MessagesDropped(messages[:1], "overflow", head=True, rest=rest))
