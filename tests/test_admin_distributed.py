@@ -208,10 +208,14 @@ def test_pause_and_resume_while_two_nodes_append_lose_and_reorder_nothing(redis_
         held_key = keys.dist_key(keys.DIST_HELD, "x")
         released = 0
         chunk = per_node // 6
+        tail = 5  # of each chunk, sent once the pause is stored: their batches close paused, so some are held
         for start in range(0, per_node, chunk):  # each chunk races a pause; resume once some batch was held
+            raced, after = range(start, start + chunk - tail), range(start + chunk - tail, start + chunk)
             for index, node in enumerate(nodes):
-                node.send(b"".join(message_line("x", f"n{index}-{i}") for i in range(start, start + chunk)), chunk)
+                node.send(b"".join(message_line("x", f"n{index}-{i}") for i in raced), len(raced))
             assert admin_distributed.pause(client, "x") == {"channel": "x", "paused": True}
+            for index, node in enumerate(nodes):
+                node.send(b"".join(message_line("x", f"n{index}-{i}") for i in after), len(after))
             deadline = time.monotonic() + TIMEOUT
             while not client.llen(held_key):
                 assert time.monotonic() < deadline, "no batch was held"
