@@ -59,6 +59,7 @@ from actors.journal import (
     StoreOpened,
 )
 from actors.lifecycle import RUNNING, STARTING, STOPPING, Lifecycle, StartupBuffer, buffered
+from actors.records import STOPPED, UNSET, ChannelRecords, Counters
 from actors.remembered import RememberedIds
 from actors.timer import Timer
 from protocol.errors import InvalidInput, InvalidSettings, ProtocolViolation
@@ -147,7 +148,7 @@ class _Route:
 # The counters of a passivated channel: ``processed`` alone when nothing else was counted (the common case: an
 # int, shared when small), else ``(processed, cancelled, failed, duplicates, edits, retractions,
 # interruptions, rejections)``. All zero is no entry at all.
-_Counters = int | tuple[int, ...]
+_Counters = Counters
 _NO_CONVERSATION: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
@@ -206,12 +207,12 @@ class Supervisor(Dispatcher):
         self._routes: dict[str, _Route] = {}  # live channels; changed only by _add_route and _drop_route
         self._channel_of_actor: dict[str, str] = {}  # _actor_key of a live route's address -> channel id
         self._overrides: dict[str, BatchSettings] = {}
-        self._processors: dict[str, ActorAddress] = {}
+        # per channel, beyond its actor's life: the processor named for it and its passivated actor's counters
+        # (see _pack_counters)
+        self._records: ChannelRecords[ActorAddress] = ChannelRecords()
         self._default_processor: ActorAddress | None = None
-        self._stopped: set[str] = set()
         self._paused: set[str] = set()  # channels whose deliveries are paused (PauseChannel)
         self._observer: ActorAddress | None = None  # gets every channel's QueueChanged facts
-        self._retired: dict[str, _Counters] = {}  # counters of passivated channels, see _pack_counters
         self._remembered = RememberedIds()  # message ids of passivated channels, for their next actors
         self._forget_wake: float | None = None  # when the Timer wakes us to drop expired ones (None: no wake)
         self._gathers: dict[int, _Gather] = {}
@@ -319,13 +320,12 @@ class Supervisor(Dispatcher):
         if msg.channel_id == "":
             self._default_processor = processor
             for channel_id in self._routes:
-                if channel_id not in self._processors and channel_id not in self._stopped:
+                if self._records.processor(channel_id) is UNSET:
                     self._send_channel(channel_id, AttachProcessor(processor))
         else:
             if not self._valid_channel(msg, msg.channel_id, sender):
                 return
-            self._processors[msg.channel_id] = processor
-            self._stopped.discard(msg.channel_id)
+            self._records.set_processor(msg.channel_id, processor)
             if msg.channel_id in self._routes:
                 self._send_channel(msg.channel_id, AttachProcessor(processor))
         self.send(sender, ProcessingStarted(msg.channel_id))
@@ -473,8 +473,7 @@ class Supervisor(Dispatcher):
     def receiveMsg_StopChannel(self, msg: StopChannel, sender: ActorAddress) -> None:
         if not self._valid_channel(msg, msg.channel_id, sender):
             return
-        self._processors.pop(msg.channel_id, None)
-        self._stopped.add(msg.channel_id)
+        self._records.set_processor(msg.channel_id, STOPPED)
         self._command(msg, sender, ChannelStopped(msg.channel_id, False))
 
     def receiveMsg_ConfigureChannel(self, msg: ConfigureChannel, sender: ActorAddress) -> None:
@@ -552,7 +551,7 @@ class Supervisor(Dispatcher):
         self._drop_route(msg.channel_id)
         counters = _pack_counters(msg.processed, msg.cancelled, msg.failed, msg.conversation, msg.failures)
         if counters is not None:  # a channel re-spawned without an entry starts from zero, as it should
-            self._retired[msg.channel_id] = counters
+            self._records.set_counters(msg.channel_id, counters)
         if msg.ids:
             self._keep_ids(msg.channel_id, msg.ids)
         self.send(sender, ActorExitRequest())
@@ -748,7 +747,7 @@ class Supervisor(Dispatcher):
 
     def _spawn(self, channel_id: str, restore: ChannelSnapshot | None = None) -> _Route:
         route = self._add_route(channel_id, self.createActor(ChannelActor))
-        processed, cancelled, failed, conversation, failures = _unpack_counters(self._retired.pop(channel_id, None))
+        processed, cancelled, failed, conversation, failures = _unpack_counters(self._records.take_counters(channel_id))
         self.send(
             route.address,
             ChannelInit(
@@ -789,9 +788,10 @@ class Supervisor(Dispatcher):
         route.sent += 1
 
     def _processor_for(self, channel_id: str) -> ActorAddress | None:
-        if channel_id in self._stopped:
-            return None
-        return self._processors.get(channel_id, self._default_processor)
+        processor = self._records.processor(channel_id)
+        if processor is UNSET:
+            return self._default_processor
+        return None if processor is STOPPED else processor
 
     def _timer_address(self) -> ActorAddress:
         if self._timer is None:
@@ -802,7 +802,7 @@ class Supervisor(Dispatcher):
         return self._timer
 
     def _idle_statistics(self, channel_id: str) -> ChannelStatistics:
-        processed, cancelled, failed, conversation, failures = _unpack_counters(self._retired.get(channel_id))
+        processed, cancelled, failed, conversation, failures = _unpack_counters(self._records.counters(channel_id))
         return ChannelStatistics(
             channel_id, 0, 0, False, processed, cancelled, failed, self._processor_for(channel_id) is not None,
             *conversation,

@@ -28,8 +28,10 @@ its own item and goes out at once) and a processor actor that answers ``Processi
       with the live channels, not with the passivated ones).
     * memory: RSS before the creation and after every channel passivated (and a full collection), the
       growth per channel; ``retired_bytes_per_channel``: what the Supervisor keeps per passivated channel
-      (its counters record: dict slot, key, value), by ``sys.getsizeof``; ``leftover``: registry entries and
-      children the simple base still holds for exited channel actors (0 expected).
+      (its record of processor and counters: dict slot, key, what is not shared), by ``sys.getsizeof``;
+      ``retired_entries``: channels whose counters it keeps, ``records``: channels it keeps a record of;
+      ``leftover``: registry entries and children the simple base still holds for exited channel actors (0
+      expected).
     * ``counters_intact``: ``GetStatistics`` of a sample of passivated channels shows the one processed item.
 
 Every number is the median over ``--repeat`` runs; ``runs`` lists each. ``--quick`` (2,000 channels, one
@@ -121,19 +123,6 @@ def rss_bytes() -> int:
 def _instance(running: RunningSystem, address: ActorAddress) -> Any:
     """The actor object behind ``address`` on the simple base (benchmark-only: reaches into Thespian)."""
     return running.asys._systemBase.actorRegistry[address.actorAddressString].instance
-
-
-def retired_bytes(retired: dict[str, object]) -> int:
-    """Bytes the Supervisor's counters of passivated channels take: the dict, its keys, and values that are
-    not shared (small ints are)."""
-    total = sys.getsizeof(retired)
-    for key, value in retired.items():
-        total += sys.getsizeof(key)
-        if isinstance(value, tuple):
-            total += sys.getsizeof(value) + sum(sys.getsizeof(v) for v in value if not -5 <= v <= 256)
-        elif isinstance(value, int) and not -5 <= value <= 256:
-            total += sys.getsizeof(value)
-    return total
 
 
 class FullCollections:
@@ -268,7 +257,7 @@ def churn_run(
             stats = asys.ask(running.supervisor, GetStatistics(name), TIMEOUT)
             assert isinstance(stats, Statistics), stats
             intact += stats.channels[0].processed == 1
-        retired = supervisor._retired
+        records = supervisor._records
         children = registry[running.supervisor.actorAddressString]._yung
         first_due = t0 + idle_timeout
         while_passivating = commands.answer_times(first_due, passivated)
@@ -292,8 +281,9 @@ def churn_run(
             "rss_before_mb": rss_before / 2**20,
             "rss_after_mb": rss_after / 2**20,
             "rss_growth_bytes_per_channel": (rss_after - rss_before) / channels,
-            "retired_entries": len(retired),
-            "retired_bytes_per_channel": retired_bytes(retired) / channels,
+            "retired_entries": records.counted(),
+            "records": len(records),
+            "retired_bytes_per_channel": records.nbytes() / channels,
             "leftover": {
                 "registry_entries": len(registry) - registry_before - 1,  # all but the Timer
                 "supervisor_children": len(children) - 1,  # all but the Timer
