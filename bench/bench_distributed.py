@@ -27,7 +27,6 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -42,18 +41,10 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from source_trees import load_tests_module  # noqa: E402
 
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-redis_support = _load("redis_support")
-dist_cluster = _load("dist_cluster")
+redis_support = load_tests_module("redis_support")
+dist_cluster = load_tests_module("dist_cluster")
 
 import redis  # noqa: E402
 

@@ -56,8 +56,9 @@ import bench_actors as ba  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 from bench_actors import channel_name, check_order, environment, median, percentiles_ms, seq_of  # noqa: E402
-from bench_persistence import _OWN_COMMANDS, _load_redis_support, commandstats, leftover_keys  # noqa: E402
+from bench_persistence import _OWN_COMMANDS, commandstats, leftover_keys  # noqa: E402
 from loop_support import StallProbe, stall_summary  # noqa: E402
+from source_trees import load_tests_module  # noqa: E402
 
 from message_queue import MessageQueue  # noqa: E402
 from protocol.values import Payload, QueuedMessage, payload_messages  # noqa: E402
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             print(f"[bench_durable {mono() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    redis_support = _load_redis_support()
+    redis_support = load_tests_module("redis_support")
     if redis_support.REDIS_SERVER is None:
         print("redis-server not found on PATH", file=sys.stderr)
         return 2

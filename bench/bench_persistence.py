@@ -59,6 +59,7 @@ from bench_actors import (  # noqa: E402
     run_actor_bursts,
     summarize,
 )
+from source_trees import load_tests_module  # noqa: E402
 
 from actors.driver import InProcessDriver  # noqa: E402
 from protocol import keys  # noqa: E402
@@ -67,16 +68,6 @@ mono = time.monotonic
 
 RATIO_BAR = 0.3  # persistent / in-memory throughput, saturated workload
 _OWN_COMMANDS = {"info", "flushall", "exists", "dbsize"}  # the benchmark's, not the system's
-
-
-def _load_redis_support() -> Any:
-    """``tests/redis_support.py``, imported by path (the tests directory is not a package)."""
-    spec = importlib.util.spec_from_file_location("redis_support", ROOT / "tests" / "redis_support.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("redis_support", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager
@@ -215,7 +206,7 @@ def run(p: Params, url: str, client: redis.Redis, log: Callable[[str], None]) ->
 
 def main(argv: list[str] | None = None) -> int:
     args, p, log = ba.cli(argv, __doc__, "bench_persistence")
-    redis_support = _load_redis_support()
+    redis_support = load_tests_module("redis_support")
     if redis_support.REDIS_SERVER is None:
         print("redis-server not found on PATH", file=sys.stderr)
         return 2

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import io
 import json
 import pathlib
@@ -40,6 +39,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from source_trees import load_tests_module  # noqa: E402
 from thespian.actors import ActorAddress, ActorTypeDispatcher  # noqa: E402
 
 from actors.driver import InProcessDriver, Output  # noqa: E402
@@ -48,15 +48,6 @@ from actors.store import RedisStore  # noqa: E402
 from actors.system import SIMPLE_BASE, start_system  # noqa: E402
 from protocol.messages import BatchReady, ProcessingDone, ProcessingStarted, StartProcessing  # noqa: E402
 from protocol.values import QueuedMessage, QueueItem  # noqa: E402
-
-
-def _load_redis_support() -> Any:
-    spec = importlib.util.spec_from_file_location("redis_support", ROOT / "tests" / "redis_support.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["redis_support"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def channel_name(index: int) -> str:
@@ -196,7 +187,7 @@ def main() -> None:
     parser.add_argument("--driver", action="store_true", help="also time one run through InProcessDriver")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of one more restore")
     args = parser.parse_args()
-    redis_support = _load_redis_support()
+    redis_support = load_tests_module("redis_support")
     total = args.channels * args.items_per_channel
     runs = []
     extra: dict[str, Any] = {}

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import importlib.util
 import json
 import pathlib
 import statistics
@@ -55,7 +54,7 @@ from collections import Counter
 from types import CodeType, FrameType
 from typing import Any, Callable
 
-from source_trees import SourceTree
+from source_trees import SourceTree, load_tests_module
 
 BENCH_MODULES = ("bench_durable", "bench_persistence", "bench_actors", "asyncio_baseline", "loop_support")
 ENTRY_MODULES = ("bench_durable", "actors.persistence")
@@ -149,19 +148,10 @@ def bytecode_report(old: dict[str, tuple[int, Counter[str]]], new: dict[str, tup
     return out
 
 
-def _load_redis_support(root: pathlib.Path) -> Any:
-    spec = importlib.util.spec_from_file_location("redis_support", root / "tests" / "redis_support.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("redis_support", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def compare(old: pathlib.Path, new: pathlib.Path, repeat: int, quick: bool, bytecodes: bool,
             log: Callable[[str], None]) -> dict[str, Any]:
     trees = {name: SourceTree(root, ENTRY_MODULES, BENCH_MODULES) for name, root in (("old", old), ("new", new))}
-    redis_support = _load_redis_support(new)
+    redis_support = load_tests_module("redis_support", new)
     if redis_support.REDIS_SERVER is None:
         raise SystemExit("redis-server not found on PATH")
     import redis

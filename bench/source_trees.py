@@ -1,15 +1,29 @@
 """Two source trees of this project in one process: import each once under the project's own module names,
 then swap a tree's modules into ``sys.modules`` before each of its runs (``bench_trees.py``,
-``bench_watermark.py``). Runs of the trees can then alternate in one process, on one machine state."""
+``bench_watermark.py``). Runs of the trees can then alternate in one process, on one machine state. Also the
+benchmarks' way to import a helper of a tree's ``tests/`` (:func:`load_tests_module`)."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pathlib
 import sys
 from types import ModuleType
 
 PACKAGES = ("actors", "protocol", "message_queue", "service")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_tests_module(name: str, root: pathlib.Path = ROOT) -> ModuleType:
+    """``tests/<name>.py`` of the tree at ``root`` (the tests directory is not a package), imported by path and
+    put in ``sys.modules`` as ``name``, so that the other helpers of ``tests/`` that import it find it."""
+    spec = importlib.util.spec_from_file_location(name, root / "tests" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class SourceTree:
