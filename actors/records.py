@@ -86,11 +86,10 @@ class ChannelRecords(Generic[P]):
             if id(record) in shared:
                 continue
             total += sys.getsizeof(record)
-            counters = record[1]
-            for count in counters if isinstance(counters, tuple) else () if counters is None else (counters,):
-                if not -5 <= count <= 256:  # CPython's small ints are shared
-                    total += sys.getsizeof(count)
+            counters = record[1]  # CPython's small ints (-5 to 256) are shared
             if isinstance(counters, tuple):
+                total += sys.getsizeof(counters) + sum(sys.getsizeof(c) for c in counters if not -5 <= c <= 256)
+            elif counters is not None and not -5 <= counters <= 256:
                 total += sys.getsizeof(counters)
         return total
 

@@ -145,10 +145,6 @@ class _Route:
     sent: int = 0  # messages sent to the channel actor, for the passivation handshake
 
 
-# The counters of a passivated channel: ``processed`` alone when nothing else was counted (the common case: an
-# int, shared when small), else ``(processed, cancelled, failed, duplicates, edits, retractions,
-# interruptions, rejections)``. All zero is no entry at all.
-_Counters = Counters
 _NO_CONVERSATION: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
 
 
@@ -158,7 +154,10 @@ def _pack_counters(
     failed: int,
     conversation: tuple[int, int, int, int, int] = _NO_CONVERSATION,
     failures: tuple[int, ...] = (),
-) -> _Counters | None:
+) -> Counters | None:
+    """The counters of a passivated channel as the Supervisor keeps them: ``processed`` alone when nothing else
+    was counted (the common case: an int, shared when small), else ``(processed, cancelled, failed,
+    duplicates, edits, retractions, interruptions, rejections, *failures)``; None when all are zero."""
     if failures:
         # attempts (the first failure count) is kept as its difference from processed + cancelled + failed,
         # which it equals when every delivery was answered once: usually 0, so most records stay an int
@@ -171,7 +170,7 @@ def _pack_counters(
 
 
 def _unpack_counters(
-    counters: _Counters | None,
+    counters: Counters | None,
 ) -> tuple[int, int, int, tuple[int, int, int, int, int], tuple[int, ...]]:
     """processed, cancelled, failed, the conversation counts and the failure counts (FAILURE_COUNTS; at least
     attempts, see _pack_counters)."""
